@@ -1,0 +1,216 @@
+//! Where a stream's files live: a local folder, or a remote prefix reached through
+//! `object_store` (`s3://`, `gs://`, `az://`/`abfs://`, `http(s)://`, `file://`).
+//!
+//! Cloud credentials come from the environment, as each store's `from_env()` builder reads
+//! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), the same variables streaming's downloaders use.
+//! All remote calls run on one small tokio runtime per source; callers stay synchronous.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::ObjectStoreScheme;
+use object_store::path::Path as StorePath;
+
+use super::error::{Result, StreamError, io_err};
+
+/// A remote prefix with its store and the runtime that drives it.
+pub(crate) struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// A stream's origin.
+pub(crate) enum Source {
+    /// Files already on this machine; read in place, never evicted.
+    Local(PathBuf),
+    /// Files fetched on demand into a cache folder.
+    Remote(Box<Remote>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Local(p) => write!(f, "Local({})", p.display()),
+            Source::Remote(r) => write!(f, "Remote({})", r.url),
+        }
+    }
+}
+
+/// Whether `location` names a remote (has a URL scheme) rather than a local path.
+pub(crate) fn is_remote(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+    })
+}
+
+impl Source {
+    /// Parse a location: a URL with a scheme is remote, anything else a local folder.
+    pub(crate) fn parse(location: &str) -> Result<Source> {
+        if !is_remote(location) {
+            return Ok(Source::Local(PathBuf::from(location)));
+        }
+        let bad = |reason: String| StreamError::Location {
+            location: location.to_string(),
+            reason,
+        };
+        let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
+        let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+            ObjectStoreScheme::AmazonS3 => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            ObjectStoreScheme::MicrosoftAzure => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            ObjectStoreScheme::Http => Arc::new(
+                object_store::http::HttpBuilder::new()
+                    .with_url(&url[..url::Position::BeforePath])
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            other => return Err(bad(format!("unsupported scheme ({other:?})"))),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tessera-fetch")
+            .enable_all()
+            .build()
+            .map_err(io_err(location))?;
+        Ok(Source::Remote(Box::new(Remote {
+            url: location.trim_end_matches('/').to_string(),
+            store,
+            prefix,
+            runtime,
+        })))
+    }
+}
+
+impl Remote {
+    /// The full URL of a file under this prefix.
+    pub(crate) fn url_of(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.url)
+    }
+
+    /// Fetch a whole file (`relative` to the prefix, `/`-separated), retrying transient
+    /// failures `retries` times with a short backoff. A missing file is not retried.
+    pub(crate) fn fetch(&self, relative: &str, retries: u32) -> Result<Vec<u8>> {
+        let mut location = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            location = location.child(part);
+        }
+        let mut attempt = 0;
+        loop {
+            let result = self.runtime.block_on(async {
+                let got = self.store.get(&location).await?;
+                got.bytes().await
+            });
+            match result {
+                Ok(bytes) => return Ok(bytes.to_vec()),
+                Err(e)
+                    if matches!(e, object_store::Error::NotFound { .. }) || attempt >= retries =>
+                {
+                    return Err(StreamError::Remote {
+                        url: self.url_of(relative),
+                        source: e,
+                    });
+                }
+                Err(_) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
+                }
+            }
+        }
+    }
+}
+
+/// streaming's default local cache folder for a remote: a temp subfolder named by a hash of
+/// the URL, so two runs of the same remote share one cache.
+pub(crate) fn default_cache_dir(remote: &str, split: Option<&str>) -> PathBuf {
+    let digest = xxhash_rust::xxh3::xxh3_128(remote.as_bytes());
+    let mut dir = std::env::temp_dir()
+        .join("tessera-streams")
+        .join(format!("{digest:032x}"));
+    if let Some(split) = split {
+        dir.push(split);
+    }
+    dir
+}
+
+/// `dir/relative` where `relative` is a `/`-separated basename from an index.
+pub(crate) fn local_path(dir: &Path, relative: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for part in relative.split('/').filter(|p| !p.is_empty()) {
+        p.push(part);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_pick_remote_or_local() {
+        assert!(is_remote("s3://bucket/data"));
+        assert!(is_remote("file:///tmp/x"));
+        assert!(is_remote("https://example.com/d"));
+        assert!(!is_remote("/data/mds"));
+        assert!(!is_remote("relative/dir"));
+        assert!(matches!(
+            Source::parse("/data/mds").unwrap(),
+            Source::Local(_)
+        ));
+        assert!(matches!(
+            Source::parse("file:///tmp/some/dir").unwrap(),
+            Source::Remote(_)
+        ));
+        assert!(matches!(
+            Source::parse("s3://bucket/prefix").unwrap(),
+            Source::Remote(_)
+        ));
+        assert!(matches!(
+            Source::parse("gs://bucket/prefix").unwrap(),
+            Source::Remote(_)
+        ));
+        assert!(matches!(
+            Source::parse("https://example.com/prefix").unwrap(),
+            Source::Remote(_)
+        ));
+        let err = Source::parse("ftp://host/x").unwrap_err().to_string();
+        assert!(err.contains("ftp://host/x"), "{err}");
+    }
+
+    #[test]
+    fn file_remote_fetches_and_reports_missing_files_with_their_url() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.bin"), b"hello").unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let Source::Remote(remote) = Source::parse(&url).unwrap() else {
+            panic!("not remote")
+        };
+        assert_eq!(remote.fetch("sub/a.bin", 0).unwrap(), b"hello");
+        let err = remote.fetch("sub/missing.bin", 3).unwrap_err().to_string();
+        assert!(err.contains("sub/missing.bin"), "{err}");
+    }
+}

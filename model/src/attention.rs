@@ -1,0 +1,217 @@
+//! MPT self-attention (llm-foundry `GroupedQueryAttention` with `attn_impl: torch`): one fused
+//! `Wqkv`, `clip_qkv` on its output before the split, optional `qk_ln`/`qk_gn`, RoPE, GQA/MQA,
+//! and [`attention`], the single entry point that a fused kernel can later replace.
+
+use burn::module::Module;
+use burn::nn::Dropout;
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::linear::Linear;
+use crate::norm::Norm;
+use crate::rope::Rotary;
+
+/// Scalar settings of [`attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttnOptions {
+    /// Multiplies `q k^T` (llm-foundry `softmax_scale`).
+    pub scale: f64,
+    /// `c * tanh(scores / c)` before the bias (`attn_logit_softcapping`).
+    pub softcap: Option<f64>,
+    /// Dropout on the probabilities; active only on autodiff backends (training).
+    pub dropout: f64,
+}
+
+/// `softmax(q k^T * scale + bias) v`, the whole attention computation.
+///
+/// `bias` already holds ALiBi and every mask (see [`crate::mask`]); this is the function a
+/// fused (flash) kernel replaces. The materialised path here works on every backend and under
+/// autodiff, and is what llm-foundry's `scaled_multihead_dot_product_attention` computes.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, s_q, head_dim]`
+/// - `k`, `v`: `[batch, heads, s_k, head_dim]`
+/// - `bias`: broadcastable to `[batch, heads, s_q, s_k]`
+/// - returns `[batch, heads, s_q, head_dim]`
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    opts: &AttnOptions,
+) -> Tensor<B, 4> {
+    // Scaling q rather than the scores touches head_dim values per query instead of s_k.
+    let mut scores = (q * opts.scale).matmul(k.swap_dims(2, 3));
+    if let Some(c) = opts.softcap {
+        scores = (scores / c).tanh() * c;
+    }
+    if let Some(bias) = bias {
+        let [b, h, s_q, s_k] = scores.dims();
+        scores = if bias.dims()[0] == 1 && b > 1 && bias.dims()[1] == h {
+            // Broadcast over the batch as one shared row of h * s_q * s_k values: the layout
+            // backends add fastest (Flex's strided broadcast path is ~5x slower).
+            let n = h * s_q * s_k;
+            (scores.reshape([b, n]) + bias.reshape([1, n])).reshape([b, h, s_q, s_k])
+        } else {
+            scores + bias
+        };
+    }
+    let probs = softmax(scores, 3);
+    let probs = if opts.dropout > 0.0 { Dropout { prob: opts.dropout }.forward(probs) } else { probs };
+    probs.matmul(v)
+}
+
+/// Per-forward inputs shared by every layer.
+#[derive(Clone, Debug)]
+pub struct LayerContext<B: Backend> {
+    /// Additive bias (ALiBi + masks), `[batch or 1, heads or 1, s_q, s_k]`.
+    pub bias: Option<Tensor<B, 4>>,
+    /// RoPE tables for the new tokens.
+    pub rotary: Option<Rotary<B>>,
+}
+
+/// Keys and values of one layer for the tokens seen so far (after RoPE, before GQA repeat).
+#[derive(Clone, Debug)]
+pub struct LayerKv<B: Backend> {
+    /// `[batch, kv_heads, seen, head_dim]`.
+    pub k: Tensor<B, 4>,
+    /// `[batch, kv_heads, seen, head_dim]`.
+    pub v: Tensor<B, 4>,
+}
+
+/// The attention sub-layer of an MPT block.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Fused query/key/value projection (checkpoint name `Wqkv`), `[(h + 2 kv) hd, d_model]`.
+    pub wqkv: Linear<B>,
+    /// Query norm (`qk_ln`: over `d_model`; `qk_gn`: over `head_dim`).
+    pub q_ln: Option<Norm<B>>,
+    /// Key norm (`qk_ln`: over `kv_heads * head_dim`; `qk_gn`: over `head_dim`).
+    pub k_ln: Option<Norm<B>>,
+    /// Output projection, `[d_model, d_model]` (a residual projection for init).
+    pub out_proj: Linear<B>,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub kv_n_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// Clamp bound for the fused projection's output.
+    pub clip_qkv: Option<f64>,
+    /// The q/k norms are per head (`qk_gn`) rather than over the full vector (`qk_ln`).
+    pub qk_gn: bool,
+    /// Softmax scale.
+    pub softmax_scale: f64,
+    /// Attention logit soft-capping.
+    pub softcap: Option<f64>,
+    /// Attention-probability dropout.
+    pub attn_pdrop: f64,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attends over the new tokens and, when `kv` holds earlier ones, over those too; `kv` is
+    /// then extended with the new keys and values.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, s, d_model]` (already normalised) -> `[batch, s, d_model]`
+    pub fn forward(&self, x: Tensor<B, 3>, ctx: &LayerContext<B>, kv: Option<&mut Option<LayerKv<B>>>) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, hd) = (self.n_heads, self.kv_n_heads, self.head_dim);
+        let mut qkv = self.wqkv.forward(x); // [b, s, (h + 2 kvh) hd]
+        if let Some(c) = self.clip_qkv {
+            qkv = qkv.clamp(-c, c);
+        }
+        let (q, k, v) = if self.q_ln.is_some() && !self.qk_gn {
+            // qk_ln normalises the whole query / key vector, so split before reshaping.
+            let q = qkv.clone().narrow(2, 0, h * hd);
+            let k = qkv.clone().narrow(2, h * hd, kvh * hd);
+            let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
+            let q = self.q_ln.as_ref().map_or(q.clone(), |n| n.forward(q));
+            let k = self.k_ln.as_ref().map_or(k.clone(), |n| n.forward(k));
+            (q.reshape([b, s, h, hd]), k.reshape([b, s, kvh, hd]), v.reshape([b, s, kvh, hd]))
+        } else {
+            // [b, s, h + 2 kvh, hd]: a free reshape; the splits below are views.
+            let qkv = qkv.reshape([b, s, h + 2 * kvh, hd]);
+            let mut q = qkv.clone().narrow(2, 0, h);
+            let mut k = qkv.clone().narrow(2, h, kvh);
+            let v = qkv.narrow(2, h + kvh, kvh);
+            if let (Some(qn), Some(kn)) = (&self.q_ln, &self.k_ln) {
+                q = qn.forward(q);
+                k = kn.forward(k);
+            }
+            (q, k, v)
+        };
+        // [b, heads, s, hd]
+        let mut q = q.swap_dims(1, 2);
+        let mut k = k.swap_dims(1, 2);
+        let mut v = v.swap_dims(1, 2);
+        if let Some(rot) = &ctx.rotary {
+            q = rot.apply(q);
+            k = rot.apply(k);
+        }
+        if let Some(slot) = kv {
+            if let Some(past) = slot.take() {
+                k = Tensor::cat(vec![past.k, k], 2);
+                v = Tensor::cat(vec![past.v, v], 2);
+            }
+            *slot = Some(LayerKv { k: k.clone(), v: v.clone() });
+        }
+        if kvh != h {
+            // GQA/MQA: query head j uses kv head j / (h / kvh), as llm-foundry's
+            // repeat_kv_for_gqa. [b, kvh, s_k, hd] -> [b, h, s_k, hd]
+            let rep = h / kvh;
+            let s_k = k.dims()[2];
+            k = k.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s_k, hd]).reshape([b, h, s_k, hd]);
+            v = v.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s_k, hd]).reshape([b, h, s_k, hd]);
+        }
+        let opts = AttnOptions { scale: self.softmax_scale, softcap: self.softcap, dropout: self.attn_pdrop };
+        let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
+        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn attention_matches_hand_computed_softmax() {
+        let dev = Default::default();
+        // One head, two keys; q = [1, 0], k = [[1, 0], [0, 1]], v = [[1, 2], [3, 4]].
+        let q = Tensor::<Flex, 4>::from_floats([[[[1.0, 0.0]]]], &dev);
+        let k = Tensor::<Flex, 4>::from_floats([[[[1.0, 0.0], [0.0, 1.0]]]], &dev);
+        let v = Tensor::<Flex, 4>::from_floats([[[[1.0, 2.0], [3.0, 4.0]]]], &dev);
+        let bias = Tensor::<Flex, 4>::from_floats([[[[0.0, 0.5]]]], &dev);
+        let opts = AttnOptions { scale: 2.0, softcap: None, dropout: 0.0 };
+        let out = attention(q, k, v, Some(bias), &opts).into_data().to_vec::<f32>().unwrap();
+        // scores = [2, 0.5]
+        let (e0, e1) = (2f64.exp(), 0.5f64.exp());
+        let (p0, p1) = (e0 / (e0 + e1), e1 / (e0 + e1));
+        assert!((out[0] as f64 - (p0 + 3.0 * p1)).abs() < 1e-6);
+        assert!((out[1] as f64 - (2.0 * p0 + 4.0 * p1)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_agrees_with_burns_fused_op() {
+        // burn's own attention op (the fused-kernel interface) with the same bias must agree.
+        let dev = Default::default();
+        let shape = [2, 3, 5, 4];
+        let q = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let bias = crate::mask::attention_bias::<Flex>(3, Some(&[0.5, 0.25, 0.125]), 5, 0, None, None, &dev);
+        let opts = AttnOptions { scale: 0.3, softcap: None, dropout: 0.0 };
+        let ours = attention(q.clone(), k.clone(), v.clone(), bias.clone(), &opts);
+        let fused = burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            None,
+            bias,
+            burn::tensor::ops::AttentionModuleOptions { scale: Some(0.3), softcap: None, is_causal: false },
+        );
+        let diff = (ours - fused).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+    }
+}

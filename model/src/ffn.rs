@@ -1,0 +1,81 @@
+//! MPT feed-forward layers (llm-foundry `MPTMLP` and `MPTGLU` in `llmfoundry/models/layers/ffn.py`).
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation;
+
+use crate::config::Activation;
+use crate::linear::Linear;
+
+/// `down(act(up(x)))`, or with `gate_proj` present `down(act(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Ffn<B: Backend> {
+    /// `[hidden, d_model]`.
+    pub up_proj: Linear<B>,
+    /// `[hidden, d_model]`, GLU only.
+    pub gate_proj: Option<Linear<B>>,
+    /// `[d_model, hidden]` (a residual projection for init).
+    pub down_proj: Linear<B>,
+    /// The activation.
+    pub activation: Activation,
+}
+
+impl Activation {
+    /// Applies the activation element-wise.
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Gelu => activation::gelu(x),
+            Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::Silu => activation::silu(x),
+            Activation::Relu => activation::relu(x),
+            Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+        }
+    }
+}
+
+impl<B: Backend> Ffn<B> {
+    /// # Shapes
+    /// - `x`: `[batch, s, d_model]` -> `[batch, s, d_model]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = match &self.gate_proj {
+            Some(gate) => self.activation.apply(gate.forward(x.clone())) * self.up_proj.forward(x),
+            None => self.activation.apply(self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn activations_match_closed_forms() {
+        let dev = Default::default();
+        let xs = [-2.0f64, -0.5, 0.0, 0.7, 3.0];
+        let x = Tensor::<Flex, 1>::from_floats([-2.0, -0.5, 0.0, 0.7, 3.0], &dev);
+        let erf = |v: f64| {
+            // High-precision erf via its Taylor series (|v| <= 3 / sqrt 2).
+            let mut sum = 0.0;
+            let mut term = v;
+            for n in 0..60 {
+                sum += term / (2 * n + 1) as f64;
+                term *= -v * v / (n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        };
+        let cases: [(Activation, Box<dyn Fn(f64) -> f64>); 4] = [
+            (Activation::Gelu, Box::new(move |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))),
+            (Activation::Silu, Box::new(|v| v / (1.0 + (-v).exp()))),
+            (Activation::Relu, Box::new(|v| v.max(0.0))),
+            (Activation::QuickGelu, Box::new(|v| v / (1.0 + (-1.702 * v).exp()))),
+        ];
+        for (kind, f) in cases {
+            let got = kind.apply(x.clone()).into_data().to_vec::<f32>().unwrap();
+            for (g, &v) in got.iter().zip(&xs) {
+                assert!((*g as f64 - f(v)).abs() < 2e-6, "{kind:?}({v}) = {g}, want {}", f(v));
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Linear and embedding layers that keep PyTorch's weight layout.
+//!
+//! burn's `nn::Linear` stores `[d_in, d_out]`; checkpoints store `[d_out, d_in]`. Keeping the
+//! checkpoint layout makes import and export plain copies (bit-exact round trips) and costs
+//! nothing at run time: the transpose is a stride swap the matmul reads directly.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+
+/// `y = x W^T + b` with `W: [d_out, d_in]` as in `torch.nn.Linear`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_out, d_in]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[d_out]`, absent when the config has no bias.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Applies the layer to the last axis.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]` -> `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let [d_out, _] = self.weight.dims();
+        let rows: usize = dims[..D - 1].iter().product();
+        // One 2-D GEMM over all rows (forward and both backward products), rather than a
+        // batched matmul whose weight gradient must then be summed over the batch.
+        let y = x.reshape([rows, d_in]).matmul(self.weight.val().transpose());
+        let y = match &self.bias {
+            Some(b) => y + b.val().unsqueeze_dim(0),
+            None => y,
+        };
+        let mut out = dims;
+        out[D - 1] = d_out;
+        y.reshape(out)
+    }
+}
+
+/// A lookup table `[num_embeddings, d]` (`torch.nn.Embedding`); also the tied unembedding.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[num_embeddings, d]`.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// Looks up rows.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]` -> `[batch, seq, d]`
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.weight.val(), ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn linear_matches_torch_layout_product() {
+        let dev = Default::default();
+        // W = [[1, 2], [3, 4], [5, 6]] (d_out 3, d_in 2), b = [0.5, 0, -1]
+        let lin = Linear::<Flex> {
+            weight: Param::from_tensor(Tensor::from_floats([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], &dev)),
+            bias: Some(Param::from_tensor(Tensor::from_floats([0.5, 0.0, -1.0], &dev))),
+        };
+        let x = Tensor::<Flex, 3>::from_floats([[[1.0, 1.0], [2.0, -1.0]]], &dev);
+        let y = lin.forward(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(y, vec![3.5, 7.0, 10.0, 0.5, 2.0, 3.0]);
+    }
+}

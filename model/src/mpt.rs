@@ -1,0 +1,284 @@
+//! The MPT causal language model (llm-foundry `MPTForCausalLM` / `MPTModel`).
+//!
+//! `forward` runs embeddings -> blocks -> `norm_f` -> unembedding. Everything that depends only
+//! on the input's shape and masks (ALiBi + causal + padding + sequence_id bias, RoPE tables,
+//! position ids) is built once per forward and shared by all layers.
+
+use burn::module::Module;
+use burn::nn::Dropout;
+use burn::prelude::*;
+
+use crate::alibi::gen_slopes;
+use crate::attention::{Attention, LayerContext};
+use crate::block::MptBlock;
+use crate::cache::KvCache;
+use crate::config::{FfnType, MptConfig};
+use crate::ffn::Ffn;
+use crate::linear::{Embedding, Linear};
+use crate::mask::attention_bias;
+use crate::norm::Norm;
+use crate::rope::Rotary;
+use crate::spec::{Builder, ParamSpec};
+
+/// Input of a full (uncached) forward.
+#[derive(Clone, Debug)]
+pub struct MptInput<B: Backend> {
+    /// Token ids, `[batch, seq]`.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// `[batch, seq]`, `true` = real token. Padded keys are never attended to, and position
+    /// ids (learned or RoPE) count only real tokens, so left padding changes no real row.
+    pub attention_mask: Option<Tensor<B, 2, Bool>>,
+    /// `[batch, seq]` packed-document ids; used only when `attn_uses_sequence_id` is set, and
+    /// then tokens attend only within their own document.
+    pub sequence_id: Option<Tensor<B, 2, Int>>,
+}
+
+impl<B: Backend> MptInput<B> {
+    /// Ids only: no padding, one document per row.
+    pub fn new(input_ids: Tensor<B, 2, Int>) -> Self {
+        Self { input_ids, attention_mask: None, sequence_id: None }
+    }
+}
+
+/// The model. Field names are the checkpoint's (see [`crate::spec`]).
+#[derive(Module, Debug)]
+pub struct Mpt<B: Backend> {
+    /// Token embedding `[vocab, d_model]`; also the unembedding when tied.
+    pub wte: Embedding<B>,
+    /// Learned position embedding `[max_seq_len, d_model]` (`learned_pos_emb`).
+    pub wpe: Option<Embedding<B>>,
+    /// The transformer blocks.
+    pub blocks: Vec<MptBlock<B>>,
+    /// Final norm.
+    pub norm_f: Norm<B>,
+    /// Untied unembedding `[vocab, d_model]`.
+    pub lm_head: Option<Linear<B>>,
+    config: MptConfig,
+}
+
+impl<B: Backend> Mpt<B> {
+    /// Builds the model, taking every tensor from `source` (which must return each spec's
+    /// shape). Used by `init` and `hf::load`.
+    pub(crate) fn build(config: &MptConfig, device: &B::Device, source: &mut dyn FnMut(&ParamSpec) -> TensorData) -> Self {
+        let mut b = Builder::<B>::new(config, device, source);
+        let c = config;
+        let a = &c.attn_config;
+        let blocks = (0..c.n_layers)
+            .map(|i| {
+                let p = format!("transformer.blocks.{i}");
+                let has_qk = a.qk_ln || a.qk_gn;
+                MptBlock {
+                    norm_1: b.norm(&format!("{p}.norm_1"), c),
+                    attn: Attention {
+                        wqkv: b.linear(&format!("{p}.attn.Wqkv")),
+                        q_ln: has_qk.then(|| b.norm(&format!("{p}.attn.q_ln"), c)),
+                        k_ln: has_qk.then(|| b.norm(&format!("{p}.attn.k_ln"), c)),
+                        out_proj: b.linear(&format!("{p}.attn.out_proj")),
+                        n_heads: c.n_heads,
+                        kv_n_heads: a.kv_n_heads,
+                        head_dim: c.head_dim(),
+                        clip_qkv: a.clip_qkv,
+                        qk_gn: a.qk_gn,
+                        softmax_scale: c.softmax_scale(),
+                        softcap: a.attn_logit_softcapping,
+                        attn_pdrop: a.attn_pdrop,
+                    },
+                    norm_2: b.norm(&format!("{p}.norm_2"), c),
+                    ffn: Ffn {
+                        up_proj: b.linear(&format!("{p}.ffn.up_proj")),
+                        gate_proj: (c.ffn_config.ffn_type == FfnType::MptGlu)
+                            .then(|| b.linear(&format!("{p}.ffn.gate_proj"))),
+                        down_proj: b.linear(&format!("{p}.ffn.down_proj")),
+                        activation: c.ffn_config.activation,
+                    },
+                    resid_pdrop: c.resid_pdrop,
+                }
+            })
+            .collect();
+        // Order of the calls is irrelevant; they follow the checkpoint order for readability.
+        let wte = b.embedding("transformer.wte");
+        let wpe = c.learned_pos_emb.then(|| b.embedding("transformer.wpe"));
+        let norm_f = b.norm("transformer.norm_f", c);
+        let lm_head = (!c.tie_word_embeddings).then(|| b.linear("lm_head"));
+        Self { wte, wpe, blocks, norm_f, lm_head, config: config.clone() }
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &MptConfig {
+        &self.config
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.config.n_layers)
+    }
+
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - `input.input_ids`: `[batch, seq]` -> `[batch, seq, vocab_size]`
+    ///
+    /// # Panics
+    /// If `seq > max_seq_len`, or the mask / sequence_id shapes differ from the ids'.
+    pub fn forward(&self, input: MptInput<B>) -> Tensor<B, 3> {
+        self.logits(self.forward_features(input))
+    }
+
+    /// The normalised final hidden states (`norm_f` output), before the unembedding; with
+    /// [`Mpt::logits`] this lets a trainer compute the loss in chunks.
+    ///
+    /// # Shapes
+    /// - returns `[batch, seq, d_model]`
+    pub fn forward_features(&self, input: MptInput<B>) -> Tensor<B, 3> {
+        self.run(input.input_ids, input.attention_mask, input.sequence_id, None, None)
+    }
+
+    /// Transformers' `output_hidden_states`: the embeddings, the output of each block but the
+    /// last, and `norm_f` of the last block's output (`n_layers + 1` tensors).
+    ///
+    /// # Shapes
+    /// - each `[batch, seq, d_model]`
+    pub fn forward_hidden_states(&self, input: MptInput<B>) -> Vec<Tensor<B, 3>> {
+        let mut hidden = Vec::with_capacity(self.config.n_layers + 1);
+        let last = self.run(input.input_ids, input.attention_mask, input.sequence_id, None, Some(&mut hidden));
+        hidden.push(last);
+        hidden
+    }
+
+    /// Incremental decoding: logits for the new tokens, attending also to everything in
+    /// `cache`, which is then extended. Positions continue from `cache.len()`.
+    ///
+    /// `attention_mask` covers the new tokens only (`true` = real); the cache remembers earlier
+    /// masks, so a left-padded prompt can be decoded with no mask afterwards.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, s]` -> `[batch, s, vocab_size]`
+    ///
+    /// # Panics
+    /// If `cache.len() + s > max_seq_len`, the cache belongs to another model or batch size.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let x = self.run(input_ids, attention_mask, None, Some(cache), None);
+        self.logits(x)
+    }
+
+    /// Unembedding, `logit_scale` and `final_logit_softcapping`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]` -> `[batch, seq, vocab_size]`
+    pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                let [b, s, d] = x.dims();
+                let w = self.wte.weight.val(); // [vocab, d]
+                let v = w.dims()[0];
+                x.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, v])
+            }
+        };
+        let scale = self.config.logit_scale_value();
+        if scale != 1.0 {
+            logits = logits * scale;
+        }
+        if let Some(c) = self.config.final_logit_softcapping {
+            logits = (logits / c).tanh() * c;
+        }
+        logits
+    }
+
+    fn run(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+        sequence_id: Option<Tensor<B, 2, Int>>,
+        mut cache: Option<&mut KvCache<B>>,
+        mut hidden: Option<&mut Vec<Tensor<B, 3>>>,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let device = ids.device();
+        let [batch, s] = ids.dims();
+        let past = cache.as_ref().map_or(0, |k| k.len());
+        assert!(
+            past + s <= c.max_seq_len,
+            "cannot forward {s} tokens after {past} cached: max_seq_len is {}",
+            c.max_seq_len
+        );
+        if let Some(m) = &attention_mask {
+            assert_eq!(m.dims(), [batch, s], "attention_mask must have the ids' shape");
+        }
+        if let Some(k) = cache.as_deref_mut() {
+            k.begin(c.n_layers, batch);
+        }
+        // Key mask over all keys (cached + new); `None` when nothing is padded.
+        let key_mask = match cache.as_deref_mut() {
+            Some(k) => k.extend_mask(attention_mask.clone(), batch, s, &device),
+            None => attention_mask.clone(),
+        };
+
+        let mut x = self.wte.forward(ids);
+        let needs_positions = self.wpe.is_some() || c.attn_config.rope;
+        let positions = match (&key_mask, needs_positions) {
+            (_, false) => None,
+            // Shared positions past..past + s.
+            (None, true) => Some(Positions::Range(past)),
+            (Some(full), true) => {
+                // Real tokens before each new token: cumsum over the full mask, minus itself.
+                let full = full.clone().int();
+                let new = full.clone().narrow(1, past, s);
+                Some(Positions::PerToken(full.cumsum(1).narrow(1, past, s) - new))
+            }
+        };
+        if let Some(wpe) = &self.wpe {
+            x = x + match positions.as_ref().expect("positions are built when wpe exists") {
+                Positions::Range(start) => wpe.weight.val().narrow(0, *start, s).unsqueeze_dim::<3>(0),
+                Positions::PerToken(p) => wpe.forward(p.clone()),
+            };
+        }
+        let frac = c.embedding_fraction;
+        if frac != 1.0 {
+            // GLM-130B's embedding gradient shrink: same forward, 1-frac of the gradient cut.
+            x = x.clone() * frac + x.detach() * (1.0 - frac);
+        }
+        x = Dropout { prob: c.emb_pdrop }.forward(x);
+
+        let a = &c.attn_config;
+        let rotary = a.rope.then(|| {
+            let hd = c.head_dim();
+            match positions.as_ref().expect("positions are built with rope") {
+                Positions::Range(start) => Rotary::range(*start, s, hd, a.rope_theta, a.rope_scaling_factor, &device),
+                Positions::PerToken(p) => Rotary::new(p.clone().float(), hd, a.rope_theta, a.rope_scaling_factor),
+            }
+        });
+        let slopes = a.alibi.then(|| gen_slopes(c.n_heads, a.alibi_bias_max));
+        let sequence_id = sequence_id.filter(|_| a.attn_uses_sequence_id);
+        if let Some(seq) = &sequence_id {
+            assert_eq!(seq.dims(), [batch, s], "sequence_id must have the ids' shape");
+        }
+        let bias = attention_bias::<B>(c.n_heads, slopes.as_deref(), s, past, key_mask, sequence_id, &device);
+        let ctx = LayerContext { bias, rotary };
+
+        for (i, block) in self.blocks.iter().enumerate() {
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+            let kv = cache.as_deref_mut().map(|k| k.layer(i));
+            x = block.forward(x, &ctx, kv);
+        }
+        if let Some(k) = cache {
+            k.advance(s);
+        }
+        self.norm_f.forward(x)
+    }
+}
+
+/// Position ids of the new tokens.
+enum Positions<B: Backend> {
+    /// `start..start + s` for every row.
+    Range(usize),
+    /// `[batch, s]`, counting only real tokens.
+    PerToken(Tensor<B, 2, Int>),
+}

@@ -1,0 +1,108 @@
+//! Hidden `tessera bench-step`: times forward and forward+backward of a tiny MPT on one CPU
+//! backend. `cargo xtask bench backends` builds tessera with each backend's feature and runs this.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use tessera::model::{MptConfig, MptInput, loss};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// flex (default build) or ndarray (needs the bench-ndarray or bench-blas feature).
+    #[arg(long, default_value = "flex")]
+    backend: String,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    n_layers: usize,
+    #[arg(long, default_value_t = 4)]
+    n_heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    vocab_size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.backend.as_str() {
+        "flex" => bench::<burn::backend::Autodiff<burn::backend::Flex>>(&args, "flex"),
+        #[cfg(feature = "bench-ndarray")]
+        "ndarray" => bench::<burn::backend::Autodiff<burn::backend::NdArray>>(&args, "ndarray"),
+        other => bail!("--backend {other}: not compiled in (flex always; ndarray with --features bench-ndarray)"),
+    }
+}
+
+fn bench<B: AutodiffBackend>(args: &Args, name: &str) -> anyhow::Result<()> {
+    let device = B::Device::default();
+    let json = serde_json::json!({
+        "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads,
+        "vocab_size": args.vocab_size, "max_seq_len": args.seq, "expansion_ratio": 4,
+    });
+    let config = MptConfig::from_json_str(&json.to_string(), "bench-step")?;
+    config.validate()?;
+    let model = config.init::<B>(&device, 0);
+
+    // Deterministic pseudo-random tokens (an LCG is enough for timing).
+    let n = args.batch * (args.seq + 1);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let ids: Vec<i64> = (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % args.vocab_size as u64) as i64
+        })
+        .collect();
+    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq + 1]), &device);
+    let inputs = all.clone().slice([0..args.batch, 0..args.seq]);
+    let targets = all.slice([0..args.batch, 1..args.seq + 1]);
+
+    let step = |timed: bool| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let logits = model.forward(MptInput { input_ids: inputs.clone(), attention_mask: None, sequence_id: None });
+        let ce = loss::token_cross_entropy(logits, targets.clone(), -100);
+        let grads = ce.mean().backward();
+        drop(grads);
+        B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+        Ok(if timed { t.elapsed().as_secs_f64() } else { 0.0 })
+    };
+    let inner = model.valid();
+    let inner_inputs = inputs.clone().inner();
+    let forward = || -> f64 {
+        let t = Instant::now();
+        let logits = inner.forward(MptInput { input_ids: inner_inputs.clone(), attention_mask: None, sequence_id: None });
+        let _ = logits.into_data();
+        t.elapsed().as_secs_f64()
+    };
+    step(false)?;
+    step(false)?;
+    let mut total = 0.0;
+    for _ in 0..args.steps {
+        total += step(true)?;
+    }
+    let step_s = total / args.steps as f64;
+    let fwd_s = (0..args.steps.min(5)).map(|_| forward()).sum::<f64>() / args.steps.min(5) as f64;
+    let tokens = (args.batch * args.seq) as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "backend": name, "model": "bench-tiny", "d_model": args.d_model, "n_layers": args.n_layers,
+                "n_heads": args.n_heads, "vocab_size": args.vocab_size, "batch": args.batch, "seq": args.seq,
+                "step_ms": step_s * 1e3, "forward_ms": fwd_s * 1e3, "tokens_per_s": tokens / step_s,
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            })
+        );
+    } else {
+        println!("{name}: {:.1} ms/step fwd+bwd, {:.0} tokens/s, forward {:.1} ms", step_s * 1e3, tokens / step_s, fwd_s * 1e3);
+    }
+    let _ = <B as Backend>::name(&device);
+    Ok(())
+}

@@ -1,0 +1,18 @@
+pub mod bench_step;
+pub mod generate;
+pub mod inspect;
+pub mod train;
+
+use tessera::device::DeviceSpec;
+
+/// How a device is named in reports: the backend behind it too.
+pub fn device_label(spec: DeviceSpec) -> String {
+    match spec {
+        DeviceSpec::Cpu => format!(
+            "CPU (burn flex), {} threads",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        ),
+        DeviceSpec::Wgpu(_) => format!("{spec} (burn wgpu)"),
+        DeviceSpec::Cuda(_) => format!("{spec} (burn cuda)"),
+    }
+}

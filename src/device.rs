@@ -1,0 +1,148 @@
+//! `--device cpu|wgpu[:N]|cuda[:N]`: the one place where tessera picks a burn backend.
+//!
+//! Library code is generic over `B: Backend`; the binary names concrete backends only here. A
+//! command is written once as a [`Job`] and [`DeviceSpec::run`] instantiates it for the backend
+//! the user asked for. Backends whose cargo feature is off give a clear error naming the feature.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// The CPU backend: burn's Flex (pure Rust, SIMD, multi-threaded), chosen by measurement (see
+/// BENCHMARKS.md, "CPU backends").
+pub type Cpu = burn::backend::Flex;
+
+/// Where to run, as given by `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    /// A wgpu adapter: `wgpu` is the default adapter, `wgpu:N` the N-th discrete GPU.
+    Wgpu(Option<usize>),
+    /// A CUDA device by index.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => {
+                let n = i
+                    .parse::<usize>()
+                    .map_err(|_| format!("--device {s:?}: {i:?} is not a device index"))?;
+                (k, Some(n))
+            }
+            None => (s, None),
+        };
+        match (kind, index) {
+            ("cpu", None) => Ok(Self::Cpu),
+            ("cpu", Some(_)) => Err(format!("--device {s:?}: the CPU takes no index")),
+            ("wgpu", i) => Ok(Self::Wgpu(i)),
+            ("cuda", i) => Ok(Self::Cuda(i.unwrap_or(0))),
+            _ => Err(format!("--device {s:?}: expected cpu, wgpu[:N] or cuda[:N]")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Wgpu(None) => write!(f, "wgpu"),
+            Self::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// A command that runs on any training-capable backend. Inference-only work uses
+/// `B::InnerBackend` (or `model.valid()`).
+pub trait Job {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Self::Output;
+}
+
+impl DeviceSpec {
+    /// Runs `job` on this device's backend.
+    pub fn run<J: Job<Output = anyhow::Result<T>>, T>(self, job: J) -> anyhow::Result<T> {
+        match self {
+            Self::Cpu => job.run::<burn::backend::Autodiff<Cpu>>(Default::default(), self),
+            Self::Wgpu(index) => run_wgpu(job, index, self),
+            Self::Cuda(index) => run_cuda(job, index, self),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu<J: Job<Output = anyhow::Result<T>>, T>(
+    job: J,
+    index: Option<usize>,
+    spec: DeviceSpec,
+) -> anyhow::Result<T> {
+    use burn::backend::wgpu::WgpuDevice;
+    let device = match index {
+        None => WgpuDevice::DefaultDevice,
+        Some(i) => WgpuDevice::DiscreteGpu(i),
+    };
+    job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, spec)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<J: Job<Output = anyhow::Result<T>>, T>(
+    _job: J,
+    _index: Option<usize>,
+    spec: DeviceSpec,
+) -> anyhow::Result<T> {
+    anyhow::bail!("--device {spec}: this tessera was built without the `wgpu` feature (cargo build --features wgpu)")
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<J: Job<Output = anyhow::Result<T>>, T>(
+    job: J,
+    index: usize,
+    spec: DeviceSpec,
+) -> anyhow::Result<T> {
+    let device = burn::backend::cuda::CudaDevice { index };
+    job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, spec)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<J: Job<Output = anyhow::Result<T>>, T>(
+    _job: J,
+    _index: usize,
+    spec: DeviceSpec,
+) -> anyhow::Result<T> {
+    anyhow::bail!("--device {spec}: this tessera was built without the `cuda` feature (cargo build --features cuda)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_device_form() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
+        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+    }
+
+    #[test]
+    fn rejects_unknown_devices_with_the_flag_named() {
+        for bad in ["gpu", "cuda:x", "cpu:1", "tpu:0", ""] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(err.starts_with("--device"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["cpu", "wgpu", "wgpu:2", "cuda:1"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+    }
+}

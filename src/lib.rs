@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+//!
+//! The `tessera` facade: the workspace crates under one name, plus the backend selection the
+//! binary uses. Fine-tuners can depend on this crate alone.
+
+pub use tessera_data as data;
+pub use tessera_eval as eval;
+pub use tessera_model as model;
+pub use tessera_train as train;
+
+pub mod device;

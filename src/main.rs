@@ -1,0 +1,69 @@
+//! The `tessera` command line. It only parses arguments and calls the crates; each subcommand
+//! lives in `src/cmd/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use tessera::device::DeviceSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Train, fine-tune and evaluate MPT-family LLMs on burn",
+    long_about = "Train, fine-tune and evaluate MPT-family LLMs on burn.\n\n\
+                  Start with `tessera quickstart`: it prepares data, trains a tiny MPT on the CPU, \
+                  evaluates it and prints a sample, with nothing to download."
+)]
+struct Cli {
+    /// Where tensors live: cpu, wgpu[:N] or cuda[:N] (wgpu and cuda need their cargo features).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: DeviceSpec,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from an HF MPT checkpoint folder.
+    Generate(cmd::generate::Args),
+    /// Print a checkpoint's config, parameter count and FLOPs per token.
+    Inspect(cmd::inspect::Args),
+    /// Pretrain or fine-tune from an llm-foundry-style YAML config.
+    Train(cmd::train::Args),
+    /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
+    #[command(hide = true)]
+    BenchStep(cmd::bench_step::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => cmd::generate::run(args, cli.device),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Train(args) => cmd::train::run(args, cli.device),
+        Command::BenchStep(args) => cmd::bench_step::run(args),
+    };
+    if let Err(err) = result {
+        // One line per cause, outermost first: "error: <what failed>: <why>".
+        eprintln!("error: {}", format_chain(&err));
+        std::process::exit(1);
+    }
+}
+
+/// `outer: inner: …`, skipping a cause whose text its parent already printed (many library
+/// errors show their source in their own message).
+fn format_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

@@ -1,0 +1,118 @@
+//! Asynchronous saves: the step loop hands over host bytes and goes on training while a
+//! background thread writes, fsyncs and renames.
+//!
+//! At most one save is in flight: a second `save` first waits for the first, which bounds the
+//! host memory held to one checkpoint. A failed background write is reported by the next `save`
+//! or by `finish`, so no failure is silent.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use super::{CheckpointError, CheckpointStore, Payload};
+
+/// A checkpoint store with a background writer thread.
+pub struct AsyncCheckpointer {
+    store: CheckpointStore,
+    in_flight: Option<(u64, JoinHandle<Result<PathBuf, CheckpointError>>)>,
+    /// Folders written so far, with their step, in order (for the run log).
+    done: mpsc::Sender<(u64, PathBuf)>,
+    done_rx: mpsc::Receiver<(u64, PathBuf)>,
+}
+
+impl AsyncCheckpointer {
+    pub fn new(store: CheckpointStore) -> Self {
+        let (done, done_rx) = mpsc::channel();
+        Self { store, in_flight: None, done, done_rx }
+    }
+
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    /// Starts writing `payload` in the background, after the previous save has finished.
+    pub fn save(&mut self, payload: Payload) -> Result<(), CheckpointError> {
+        let step = payload.step;
+        self.save_with(step, move || Ok(payload))
+    }
+
+    /// Like [`save`](Self::save), with the payload built on the writer thread: the caller copies
+    /// tensors to the host, and serialization happens off the training thread too.
+    pub fn save_with(
+        &mut self,
+        step: u64,
+        build: impl FnOnce() -> Result<Payload, String> + Send + 'static,
+    ) -> Result<(), CheckpointError> {
+        self.wait()?;
+        let store = self.store.clone();
+        let done = self.done.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("checkpoint-ba{step}"))
+            .spawn(move || {
+                let payload = build().map_err(CheckpointError::Writer)?;
+                let dir = store.write(&payload)?;
+                let _ = done.send((step, dir.clone()));
+                Ok(dir)
+            })
+            .map_err(|e| CheckpointError::Writer(e.to_string()))?;
+        self.in_flight = Some((step, handle));
+        Ok(())
+    }
+
+    /// Waits for the save in flight, if any, and returns its error.
+    pub fn wait(&mut self) -> Result<(), CheckpointError> {
+        if let Some((step, handle)) = self.in_flight.take() {
+            match handle.join() {
+                Ok(result) => {
+                    result?;
+                }
+                Err(_) => return Err(CheckpointError::Writer(format!("the thread writing ba{step} panicked"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints completed since the last call, oldest first.
+    pub fn completed(&self) -> Vec<(u64, PathBuf)> {
+        self.done_rx.try_iter().collect()
+    }
+
+    /// Waits for the last save. Call before exiting.
+    pub fn finish(mut self) -> Result<(), CheckpointError> {
+        self.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::STATE_FILE;
+
+    #[test]
+    fn saves_complete_in_order_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ck = AsyncCheckpointer::new(CheckpointStore::new(dir.path(), Some(2)));
+        for step in [1u64, 2, 3] {
+            ck.save(Payload { step, files: vec![(STATE_FILE.into(), vec![step as u8; 1 << 16])] }).unwrap();
+        }
+        ck.wait().unwrap();
+        let steps: Vec<u64> = ck.completed().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, vec![1, 2, 3]);
+        let store = ck.store().clone();
+        ck.finish().unwrap();
+        assert_eq!(store.newest_verified().unwrap().0.unwrap().step, 3);
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_background_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the checkpoint folder should be: every write fails.
+        let root = dir.path().join("ck");
+        std::fs::write(&root, b"not a folder").unwrap();
+        let mut ck = AsyncCheckpointer::new(CheckpointStore::new(&root, None));
+        ck.save(Payload { step: 1, files: vec![(STATE_FILE.into(), vec![1])] }).unwrap();
+        let err = ck.finish().unwrap_err();
+        assert!(err.to_string().contains("ck"), "{err}");
+    }
+}

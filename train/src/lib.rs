@@ -1,0 +1,14 @@
+//! tessera-train: the trainer. llm-foundry YAML configs, optimizers, schedules, the step loop,
+//! checkpoints, metrics, guards, the compute planner and pre-flight checks.
+pub mod checkpoint;
+pub mod run_dir;
+
+pub mod config;
+pub mod guard;
+pub mod metrics;
+pub mod optim;
+pub mod plan;
+pub mod schedule;
+pub mod batch;
+pub mod step;
+pub mod trainer;

@@ -1,0 +1,326 @@
+//! Everything the loop needs, built once from the config: the run folder, the model (fresh,
+//! pretrained or resumed), the optimizer, the schedule, the data and the writers.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use sha2::{Digest, Sha256};
+use tessera_data::stream::World;
+use tessera_model::{Mpt, MptConfig, hf};
+
+use crate::batch::Separator;
+use crate::checkpoint::{AsyncCheckpointer, CheckpointStore};
+use crate::config::{LoadedConfig, MicroBatchSize, ModelSource, Precision, TrainConfig};
+use crate::guard::{NanGuard, SpikeDetector};
+use crate::metrics::{Incident, IncidentKind};
+use crate::optim::{Optim, TrainOptimizer};
+use crate::run_dir::RunDir;
+use crate::schedule::LrSchedule;
+
+use super::checkpointing::{Restored, param_ids, restore};
+use super::data::TextData;
+use super::log::RunLog;
+use super::state::TrainState;
+use super::{TrainError, TrainOptions};
+
+/// A run, ready for its first (or next) step.
+pub struct Run<B: AutodiffBackend> {
+    pub config: TrainConfig,
+    pub model_config: MptConfig,
+    pub dir: RunDir,
+    pub run_name: String,
+    pub model: Mpt<B>,
+    pub optim: TrainOptimizer<Mpt<B>, B>,
+    pub optim_kind: Optim,
+    pub schedule: LrSchedule,
+    pub state: TrainState,
+    pub train: TextData,
+    pub evals: Vec<(String, TextData)>,
+    pub checkpoints: AsyncCheckpointer,
+    pub log: RunLog,
+    pub nan: NanGuard,
+    pub spike: Option<SpikeDetector>,
+    pub max_steps: u64,
+    pub microbatch: usize,
+    pub eval_every: Option<u64>,
+    pub save_every: Option<u64>,
+    pub eval_batches: Option<usize>,
+    pub resumed_from: Option<u64>,
+}
+
+impl<B: AutodiffBackend> Run<B> {
+    /// Builds the run, resuming from the newest valid checkpoint when `autoresume` is set.
+    pub fn start(loaded: &LoadedConfig, opts: &TrainOptions, device: &B::Device) -> Result<Self, TrainError> {
+        let cfg = loaded.config.clone();
+        let run_name = run_name(&cfg, opts);
+        let dir = RunDir::new(opts.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&run_name)));
+        let save_folder = match &cfg.save_folder {
+            Some(f) => PathBuf::from(f.replace("{run_name}", &run_name)),
+            None => dir.checkpoints(),
+        };
+        let keep = (cfg.save_num_checkpoints_to_keep >= 0).then_some(cfg.save_num_checkpoints_to_keep as usize);
+        let store = CheckpointStore::new(&save_folder, keep);
+
+        // The model, before any data: a bad config should fail fast.
+        let (model_config, fresh_model) = build_model::<B>(&cfg, device)?;
+        if cfg.max_seq_len > model_config.max_seq_len {
+            return Err(TrainError::Config {
+                key: "max_seq_len".into(),
+                message: format!("{} exceeds the model's max_seq_len ({})", cfg.max_seq_len, model_config.max_seq_len),
+            });
+        }
+        let world = World::new(0, 1, 1).map_err(|e| TrainError::Data { key: "world".into(), source: e })?;
+        let device_batch = cfg.global_train_batch_size / world.world_size as usize;
+        let microbatch = match cfg.device_train_microbatch_size {
+            MicroBatchSize::Fixed(m) => m.min(device_batch),
+            // tessera's `auto`: the whole device batch in one microbatch. (llm-foundry probes
+            // for out-of-memory errors; burn reports those as panics, so tessera does not.)
+            MicroBatchSize::Auto => device_batch,
+        };
+        let optim_kind = cfg.optimizer.build();
+        let hash = config_hash(&cfg)?;
+
+        let mut incidents = Vec::new();
+        let mut resumed: Option<Restored<B>> = None;
+        if cfg.autoresume {
+            let (newest, corrupt) = store.newest_verified()?;
+            for (path, why) in corrupt {
+                incidents.push(Incident::now(0, IncidentKind::CorruptCheckpoint, format!("{} skipped: {why}", path.display())));
+            }
+            if let Some(ck) = newest {
+                let r = restore::<B>(&ck.dir, &model_config, optim_kind, cfg.optimizer.init::<B, Mpt<B>>(), device)?;
+                if r.state.config_hash != hash {
+                    return Err(TrainError::Config {
+                        key: "autoresume".into(),
+                        message: format!(
+                            "{} was written with a different config (hash {} ≠ {}); resuming would not reproduce that run. \
+                             Use a new save_folder, or set autoresume: false",
+                            ck.dir.display(),
+                            &r.state.config_hash[..12.min(r.state.config_hash.len())],
+                            &hash[..12]
+                        ),
+                    });
+                }
+                resumed = Some(r);
+            }
+        } else if !cfg.save_overwrite && !store.list()?.is_empty() {
+            return Err(TrainError::Config {
+                key: "save_folder".into(),
+                message: format!(
+                    "{} already holds checkpoints; set autoresume: true to continue that run, or save_overwrite: true",
+                    save_folder.display()
+                ),
+            });
+        }
+
+        let separator = separator(&cfg, &model_config);
+        let (model, optim, state) = match resumed {
+            Some(r) => (r.model, r.optim, r.state),
+            None => {
+                let mut model = fresh_model;
+                if let Some(path) = &cfg.load_path {
+                    model = hf::load_weights(&model_config, path, device).map_err(|e| TrainError::Model(e.to_string()))?;
+                }
+                let optim = cfg.optimizer.init::<B, Mpt<B>>();
+                let data_state = None;
+                let state = TrainState {
+                    version: TrainState::VERSION,
+                    step: 0,
+                    samples: 0,
+                    tokens: 0,
+                    data: {
+                        let probe = TextData::open("train_loader", &cfg.train_loader, cfg.max_seq_len, device_batch, world, data_state, separator)?;
+                        probe.state()
+                    },
+                    seed: cfg.seed,
+                    config_hash: hash.clone(),
+                    param_ids: Vec::new(),
+                    nan_guard: NanGuard::new(cfg.guards.nan),
+                    spike: cfg.guards.spike.map(SpikeDetector::new),
+                    elapsed_s: 0.0,
+                };
+                (model, optim, state)
+            }
+        };
+        let resumed_from = (state.step > 0).then_some(state.step);
+
+        let train = TextData::open("train_loader", &cfg.train_loader, cfg.max_seq_len, device_batch, world, Some(state.data), separator)?;
+        let batches_per_epoch = train.epoch_size() / cfg.global_train_batch_size as u64;
+        if batches_per_epoch == 0 {
+            return Err(TrainError::Config {
+                key: "global_train_batch_size".into(),
+                message: format!(
+                    "{} exceeds the {} samples of one epoch of train_loader",
+                    cfg.global_train_batch_size,
+                    train.epoch_size()
+                ),
+            });
+        }
+        let ctx = cfg.time_context(Some(batches_per_epoch));
+        let max_steps = cfg.max_batches(Some(batches_per_epoch)).map_err(|e| TrainError::Config { key: "max_duration".into(), message: e.to_string() })?;
+        let schedule = cfg
+            .scheduler
+            .resolve(cfg.optimizer.lr(), &ctx)
+            .map_err(|e| TrainError::Config { key: format!("scheduler.{}", e.key()), message: e.message() })?;
+        let every = |key: &str, d: crate::config::Duration| -> Result<Option<u64>, TrainError> {
+            let n = d.whole_batches(&ctx).map_err(|e| TrainError::Config { key: key.into(), message: e.to_string() })?;
+            Ok((n > 0).then_some(n))
+        };
+        let eval_every = every("eval_interval", cfg.eval_interval)?;
+        let save_every = every("save_interval", cfg.save_interval)?;
+        let eval_batch = cfg.eval_batch_size();
+        let mut evals = Vec::new();
+        for (i, l) in cfg.eval_loader.iter().enumerate() {
+            let label = l.label.clone().unwrap_or_else(|| if cfg.eval_loader.len() == 1 { "eval".into() } else { format!("eval{i}") });
+            let key = format!("eval_loader[{i}]");
+            evals.push((label, TextData::open(&key, l, cfg.max_seq_len, eval_batch, world, None, separator)?));
+        }
+
+        let console_every = every("console_log_interval", cfg.console_log_interval)?.unwrap_or(1);
+        let flops_per_token = model_config.flops_per_sequence(cfg.max_seq_len, true) / cfg.max_seq_len as f64;
+        let title = format!("{run_name}: {}M-parameter MPT", model_config.num_params() / 1_000_000);
+        let mut log = RunLog::open(&dir, resumed_from, max_steps, console_every, cfg.progress_bar, flops_per_token, opts.peak_flops, title)?;
+        if let Some(w) = loaded.ignored_warning() {
+            log.say(&format!("warning: {w}"));
+        }
+        if cfg.precision != Precision::Fp32 {
+            log.say(&format!(
+                "warning: precision {:?}: tessera computes in fp32 on every backend for now (master weights and \
+                 optimizer state are fp32 either way)",
+                cfg.precision
+            ));
+        }
+        for i in incidents {
+            log.incident(i)?;
+        }
+        if let Some(step) = resumed_from {
+            log.incident(Incident::now(step, IncidentKind::Resume, format!("resumed from {}", save_folder.join(CheckpointStore::name(step)).display())))?;
+        }
+        std::fs::write(dir.config(), loaded.config.to_yaml().map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?)
+            .map_err(|source| TrainError::Io { path: dir.config(), source })?;
+
+        let nan = state.nan_guard.clone();
+        let spike = state.spike.clone();
+        let eval_batches = (cfg.eval_subset_num_batches > 0).then_some(cfg.eval_subset_num_batches as usize);
+        Ok(Self {
+            model_config,
+            dir,
+            run_name,
+            model,
+            optim,
+            optim_kind,
+            schedule,
+            state,
+            train,
+            evals,
+            checkpoints: AsyncCheckpointer::new(store),
+            log,
+            nan,
+            spike,
+            max_steps,
+            microbatch,
+            eval_every,
+            save_every,
+            eval_batches,
+            resumed_from,
+            config: cfg,
+        })
+    }
+
+    /// The state to write into a checkpoint now.
+    pub fn checkpoint_state(&self, elapsed_s: f64) -> TrainState {
+        TrainState {
+            data: self.train.state(),
+            param_ids: param_ids(&self.model),
+            nan_guard: self.nan.clone(),
+            spike: self.spike.clone(),
+            elapsed_s,
+            ..self.state.clone()
+        }
+    }
+}
+
+/// A new MPT from `model:` fields, or an HF folder (weights loaded unless `pretrained: false`).
+fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, device: &B::Device) -> Result<(MptConfig, Mpt<B>), TrainError> {
+    match &cfg.model {
+        ModelSource::Mpt(_) => {
+            let mpt = cfg.mpt_config().map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?;
+            let mpt = mpt.ok_or_else(|| TrainError::Config { key: "model".into(), message: "no MPT fields".into() })?;
+            let model = mpt.init::<B>(device, cfg.seed);
+            Ok((mpt, model))
+        }
+        ModelSource::Pretrained { path, load_weights, config_overrides } => {
+            let dir = Path::new(path);
+            let mut json: serde_json::Value = {
+                let p = dir.join("config.json");
+                let text = std::fs::read_to_string(&p).map_err(|source| TrainError::Io { path: p.clone(), source })?;
+                serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", p.display())))?
+            };
+            for (k, v) in config_overrides {
+                json[k] = v.clone();
+            }
+            let mpt = MptConfig::from_json_str(&json.to_string(), &dir.join("config.json").display().to_string())
+                .map_err(|e| TrainError::Config { key: "model.config_overrides".into(), message: e.to_string() })?;
+            mpt.validate().map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?;
+            let model = if *load_weights {
+                hf::load_weights(&mpt, dir, device).map_err(|e| TrainError::Model(e.to_string()))?
+            } else {
+                mpt.init::<B>(device, cfg.seed)
+            };
+            Ok((mpt, model))
+        }
+    }
+}
+
+/// How `sequence_id` is derived, when the model attends within documents only.
+fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
+    if !model.attn_config.attn_uses_sequence_id {
+        return None;
+    }
+    let ds = &cfg.train_loader.dataset;
+    match (ds.eos_token_id, ds.bos_token_id) {
+        (Some(e), _) => Some(Separator::Eos(e)),
+        (None, Some(b)) => Some(Separator::Bos(b)),
+        // llm-foundry requires one of them; tessera defaults to the gpt-neox / tessera EOS.
+        (None, None) => Some(Separator::Eos(0)),
+    }
+}
+
+/// `run_name`, else `$RUN_NAME` (as llm-foundry), else the config file's stem, else "tessera".
+fn run_name(cfg: &TrainConfig, opts: &TrainOptions) -> String {
+    cfg.run_name
+        .clone()
+        .or_else(|| std::env::var("RUN_NAME").ok())
+        .or_else(|| opts.config_path.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "tessera".into())
+}
+
+/// sha256 of the config with the keys that may change across a resume removed (how long to
+/// train, how often to log, eval or save, and where).
+fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
+    let mut v = serde_json::to_value(cfg).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?;
+    if let Some(m) = v.as_object_mut() {
+        for k in [
+            "max_duration",
+            "eval_interval",
+            "eval_first",
+            "eval_subset_num_batches",
+            "save_interval",
+            "save_num_checkpoints_to_keep",
+            "save_folder",
+            "save_overwrite",
+            "autoresume",
+            "run_name",
+            "log_to_console",
+            "console_log_interval",
+            "progress_bar",
+            "guards",
+            "eval_loader",
+            "device_eval_batch_size",
+        ] {
+            m.remove(k);
+        }
+    }
+    let bytes = serde_json::to_vec(&v).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,39 @@
+//! `state.json`: everything besides the tensors that a resumed run needs to continue exactly
+//! where the checkpointed one stood.
+
+use serde::{Deserialize, Serialize};
+use tessera_data::stream::StreamState;
+
+use crate::guard::{NanGuard, SpikeDetector};
+
+/// The training state saved in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Format version of this file.
+    pub version: u32,
+    /// Optimizer steps done (skipped steps included: they consumed their data).
+    pub step: u64,
+    /// Training samples consumed.
+    pub samples: u64,
+    /// Training tokens consumed (padding excluded).
+    pub tokens: u64,
+    /// Where the training data stream stands.
+    pub data: StreamState,
+    /// The run seed (init, dropout and data seeds derive from it).
+    pub seed: u64,
+    /// sha256 of the resolved config's training-relevant part; a resume with a different one
+    /// is refused unless forced, since it would not reproduce the run.
+    pub config_hash: String,
+    /// The parameter names the optimizer state was keyed by, with the ids it had then.
+    pub param_ids: Vec<(String, String)>,
+    /// The NaN guard's counters.
+    pub nan_guard: NanGuard,
+    /// The loss-spike detector's window, so that detection continues unchanged after a resume.
+    pub spike: Option<SpikeDetector>,
+    /// Wall-clock seconds spent training before this checkpoint, resumes included.
+    pub elapsed_s: f64,
+}
+
+impl TrainState {
+    pub const VERSION: u32 = 1;
+}

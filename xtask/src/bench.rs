@@ -1,0 +1,84 @@
+//! `cargo xtask bench <suite>`: each suite runs the release `tessera` binary, prints a markdown
+//! table and records it (machine, date, command) in its own section of BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::{markdown, util};
+
+#[derive(clap::Subcommand, Clone, Copy)]
+pub enum Suite {
+    /// CPU backends (flex, ndarray, ndarray+OpenBLAS): forward+backward of a tiny MPT.
+    Backends {
+        /// Timed steps per backend (after 2 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
+}
+
+pub fn run(suite: Suite) -> anyhow::Result<()> {
+    match suite {
+        Suite::Backends { steps } => backends(steps),
+    }
+}
+
+/// Builds tessera with `features` and copies the binary aside, so builds with other feature
+/// sets do not overwrite it.
+fn tessera_with(features: &[&str], tag: &str) -> anyhow::Result<PathBuf> {
+    let built = util::build_tessera(features)?;
+    let dir = util::target_dir().join("xtask-bench");
+    std::fs::create_dir_all(&dir)?;
+    let dest = dir.join(format!("tessera-{tag}"));
+    std::fs::copy(&built, &dest).with_context(|| format!("copying {}", built.display()))?;
+    Ok(dest)
+}
+
+fn json_of(cmd: &mut Command) -> anyhow::Result<Value> {
+    let out = util::output(cmd)?;
+    let line = out.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("parsing benchmark output: {out}"))
+}
+
+fn backends(steps: usize) -> anyhow::Result<()> {
+    let variants: [(&str, &[&str], &str); 3] = [
+        ("flex", &[], "flex"),
+        ("ndarray", &["bench-ndarray"], "ndarray"),
+        ("ndarray + OpenBLAS", &["bench-blas"], "ndarray"),
+    ];
+    let mut rows = Vec::new();
+    for (label, features, backend) in variants {
+        let bin = tessera_with(features, &label.replace([' ', '+'], ""))?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["bench-step", "--backend", backend, "--steps", &steps.to_string(), "--json"]);
+        let v = json_of(&mut cmd)?;
+        println!("{label}: {v}");
+        rows.push((label, v));
+    }
+    let first = &rows[0].1;
+    let mut body = format!(
+        "Forward+backward of a tiny MPT (`{}`: d_model {}, {} layers, {} heads, vocab {}), batch {} × seq {}, \
+         f32, {steps} timed steps after 2 warm-up steps.\n\n\
+         | backend | fwd+bwd ms/step | tokens/s | forward-only ms |\n|---|---|---|---|\n",
+        first["model"].as_str().unwrap_or("?"),
+        first["d_model"], first["n_layers"], first["n_heads"], first["vocab_size"],
+        first["batch"], first["seq"],
+    );
+    for (label, v) in &rows {
+        body.push_str(&format!(
+            "| {label} | {:.1} | {:.0} | {:.1} |\n",
+            v["step_ms"].as_f64().unwrap_or(f64::NAN),
+            v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            v["forward_ms"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
+    body.push_str(&format!(
+        "\nMachine: {}. Date: {}. Command: `cargo xtask bench backends --steps {steps}`.",
+        util::machine(),
+        util::today()
+    ));
+    println!("{body}");
+    markdown::replace_section(&util::root().join("BENCHMARKS.md"), "backends", "CPU backends", &body)
+}

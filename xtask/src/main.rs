@@ -1,0 +1,36 @@
+//! `cargo xtask`: benchmarks, launchers and CI helpers.
+//!
+//! xtask drives the `tessera` binary as a process (it never links the library crates), so every
+//! figure it records is what a user of the CLI gets.
+
+mod bench;
+mod cold_build;
+mod markdown;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tessera's benchmarks, launchers and CI helpers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a benchmark suite and record its table in BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        suite: bench::Suite,
+    },
+    /// Measure a cold CI run: a fresh clone and an empty target dir, timed end to end.
+    ColdBuild(cold_build::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench { suite } => bench::run(suite),
+        Command::ColdBuild(args) => cold_build::run(args),
+    }
+}
