@@ -25,12 +25,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Prepare data, train a tiny MPT on the CPU, evaluate it and sample from it: the whole
+    /// pipeline on a built-in corpus, with nothing to download.
+    Quickstart(cmd::quickstart::Args),
     /// Generate text from an HF MPT checkpoint folder.
     Generate(cmd::generate::Args),
     /// Print a checkpoint's config, parameter count and FLOPs per token.
     Inspect(cmd::inspect::Args),
+    /// Data: train a tokenizer, prepare MDS shards, merge slices, inspect and dump datasets.
+    Data {
+        #[command(subcommand)]
+        command: cmd::data::Command,
+    },
     /// Pretrain or fine-tune from an llm-foundry-style YAML config.
     Train(cmd::train::Args),
+    /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
+    Plan(cmd::plan::Args),
     /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
     #[command(hide = true)]
     BenchStep(cmd::bench_step::Args),
@@ -39,9 +49,12 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Quickstart(args) => cmd::quickstart::run(args, cli.device),
         Command::Generate(args) => cmd::generate::run(args, cli.device),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),
+        Command::Plan(args) => cmd::plan::run(args),
         Command::BenchStep(args) => cmd::bench_step::run(args),
     };
     if let Err(err) = result {

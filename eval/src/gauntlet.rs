@@ -29,7 +29,11 @@ pub enum GauntletError {
     #[error("{0}")]
     Yaml(#[from] crate::icl::IclError),
     #[error("{origin}: {context}: {message}")]
-    Invalid { origin: PathBuf, context: String, message: String },
+    Invalid {
+        origin: PathBuf,
+        context: String,
+        message: String,
+    },
 }
 
 /// How benchmarks are weighted inside a category.
@@ -102,30 +106,46 @@ impl GauntletConfig {
             context: context.to_string(),
             message,
         };
-        let map = v.as_object().ok_or_else(|| invalid("eval_gauntlet", "expected a mapping".into()))?;
+        let map = v
+            .as_object()
+            .ok_or_else(|| invalid("eval_gauntlet", "expected a mapping".into()))?;
         check_keys(
             map,
-            &["weighting", "subtract_random_baseline", "rescale_accuracy", "categories", "averages"],
+            &[
+                "weighting",
+                "subtract_random_baseline",
+                "rescale_accuracy",
+                "categories",
+                "averages",
+            ],
             "eval_gauntlet",
             origin,
         )?;
-        let cfg: Self = serde_json::from_value(v.clone()).map_err(|e| invalid("eval_gauntlet", e.to_string()))?;
+        let cfg: Self = serde_json::from_value(v.clone())
+            .map_err(|e| invalid("eval_gauntlet", e.to_string()))?;
         if cfg.rescale_accuracy && !cfg.subtract_random_baseline {
             return Err(invalid(
                 "eval_gauntlet",
-                "rescale_accuracy needs subtract_random_baseline (llm-foundry refuses it too)".into(),
+                "rescale_accuracy needs subtract_random_baseline (llm-foundry refuses it too)"
+                    .into(),
             ));
         }
         let mut names = std::collections::HashSet::new();
         for c in &cfg.categories {
             if !names.insert(c.name.as_str()) {
-                return Err(invalid("categories", format!("category `{}` appears twice", c.name)));
+                return Err(invalid(
+                    "categories",
+                    format!("category `{}` appears twice", c.name),
+                ));
             }
             for b in &c.benchmarks {
                 if !(0.0..1.0).contains(&b.random_baseline) && cfg.rescale_accuracy {
                     return Err(invalid(
                         &format!("categories.{}.{}", c.name, b.name),
-                        format!("random_baseline {} must be in [0, 1) to rescale", b.random_baseline),
+                        format!(
+                            "random_baseline {} must be in [0, 1) to rescale",
+                            b.random_baseline
+                        ),
                     ));
                 }
             }
@@ -144,11 +164,13 @@ impl GauntletConfig {
     /// Loads a gauntlet YAML file (with a top-level `eval_gauntlet` key, as llm-foundry's).
     pub fn from_file(path: &Path) -> Result<Self, GauntletError> {
         let tree = load_yaml_file(path)?;
-        let block = tree.get("eval_gauntlet").ok_or_else(|| GauntletError::Invalid {
-            origin: path.to_path_buf(),
-            context: "top level".into(),
-            message: "missing `eval_gauntlet`".into(),
-        })?;
+        let block = tree
+            .get("eval_gauntlet")
+            .ok_or_else(|| GauntletError::Invalid {
+                origin: path.to_path_buf(),
+                context: "top level".into(),
+                message: "missing `eval_gauntlet`".into(),
+            })?;
         Self::from_value(block, path)
     }
 
@@ -200,7 +222,10 @@ impl GauntletReport {
     /// llm-foundry's logged metrics: `icl/metrics/eval_gauntlet/{name}` for each kept category
     /// and each average.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
-        let cats = self.categories.iter().filter_map(|c| c.score.map(|s| (c.name.clone(), s)));
+        let cats = self
+            .categories
+            .iter()
+            .filter_map(|c| c.score.map(|s| (c.name.clone(), s)));
         cats.chain(self.averages.iter().cloned())
             .map(|(k, v)| (format!("icl/metrics/eval_gauntlet/{k}"), v))
             .collect()
@@ -219,14 +244,19 @@ pub fn compute(cfg: &GauntletConfig, results: &[BenchmarkResult]) -> Option<Gaun
         let key: Vec<&str> = r.label.split('/').take(2).collect();
         grouped.entry(key.join("/")).or_default().push(r.accuracy);
     }
-    let computed: BTreeMap<String, f64> =
-        grouped.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect();
+    let computed: BTreeMap<String, f64> = grouped
+        .into_iter()
+        .map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64))
+        .collect();
 
     let weight = |b: &Benchmark| -> f64 {
         let count = || {
             let prefix = b.key();
-            let n: usize =
-                results.iter().filter(|r| r.label.starts_with(&prefix)).map(|r| r.num_samples).sum();
+            let n: usize = results
+                .iter()
+                .filter(|r| r.label.starts_with(&prefix))
+                .map(|r| r.num_samples)
+                .sum();
             n.max(1) as f64
         };
         match cfg.weighting {
@@ -264,7 +294,12 @@ pub fn compute(cfg: &GauntletConfig, results: &[BenchmarkResult]) -> Option<Gaun
             dropped.push((c.name.clone(), missing.clone()));
             None
         };
-        categories.push(CategoryScore { name: c.name.clone(), score, missing, benchmarks: present });
+        categories.push(CategoryScore {
+            name: c.name.clone(),
+            score,
+            missing,
+            benchmarks: present,
+        });
     }
 
     let averages = cfg
@@ -276,11 +311,19 @@ pub fn compute(cfg: &GauntletConfig, results: &[BenchmarkResult]) -> Option<Gaun
                 .filter(|c| members.contains(&c.name))
                 .filter_map(|c| c.score)
                 .collect();
-            let avg = if scores.is_empty() { 0.0 } else { scores.iter().sum::<f64>() / scores.len() as f64 };
+            let avg = if scores.is_empty() {
+                0.0
+            } else {
+                scores.iter().sum::<f64>() / scores.len() as f64
+            };
             (name, avg)
         })
         .collect();
-    Some(GauntletReport { categories, averages, dropped })
+    Some(GauntletReport {
+        categories,
+        averages,
+        dropped,
+    })
 }
 
 #[cfg(test)]
@@ -294,7 +337,11 @@ mod tests {
     }
 
     fn res(label: &str, accuracy: f64, num_samples: usize) -> BenchmarkResult {
-        BenchmarkResult { label: label.into(), accuracy, num_samples }
+        BenchmarkResult {
+            label: label.into(),
+            accuracy,
+            num_samples,
+        }
     }
 
     const TWO_CATS: &str = "
@@ -315,8 +362,15 @@ averages:
     #[test]
     fn equal_weighting_subtracts_baseline_and_rescales() {
         let g = cfg(TWO_CATS);
-        let r = compute(&g, &[res("arc/3-shot", 0.625, 100), res("jeopardy/3-shot", 0.2, 50), res("lambada/0-shot", 0.4, 10)])
-            .unwrap();
+        let r = compute(
+            &g,
+            &[
+                res("arc/3-shot", 0.625, 100),
+                res("jeopardy/3-shot", 0.2, 50),
+                res("lambada/0-shot", 0.4, 10),
+            ],
+        )
+        .unwrap();
         // arc: (0.625 - 0.25) / 0.75 = 0.5; jeopardy 0.2; wk = 0.35; lu = 0.4; core = 0.375.
         let wk = r.categories[0].score.unwrap();
         assert!((wk - 0.35).abs() < 1e-12, "{wk}");
@@ -352,9 +406,19 @@ averages:
     #[test]
     fn category_with_a_missing_benchmark_is_dropped_and_reported() {
         let g = cfg(TWO_CATS);
-        let r = compute(&g, &[res("arc/3-shot", 0.625, 100), res("lambada/0-shot", 0.4, 10)]).unwrap();
+        let r = compute(
+            &g,
+            &[
+                res("arc/3-shot", 0.625, 100),
+                res("lambada/0-shot", 0.4, 10),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.categories[0].score, None);
-        assert_eq!(r.dropped, vec![("wk".to_string(), vec!["jeopardy/3-shot".to_string()])]);
+        assert_eq!(
+            r.dropped,
+            vec![("wk".to_string(), vec!["jeopardy/3-shot".to_string()])]
+        );
         // core averages only the kept category; only_wk has none left and is 0.
         assert!((r.averages[0].1 - 0.4).abs() < 1e-12);
         assert_eq!(r.averages[1].1, 0.0);
@@ -364,14 +428,23 @@ averages:
     #[test]
     fn wrong_shot_count_counts_as_missing() {
         let g = cfg(TWO_CATS);
-        let r = compute(&g, &[res("arc/0-shot", 1.0, 1), res("jeopardy/3-shot", 0.0, 1), res("lambada/0-shot", 0.0, 1)])
-            .unwrap();
+        let r = compute(
+            &g,
+            &[
+                res("arc/0-shot", 1.0, 1),
+                res("jeopardy/3-shot", 0.0, 1),
+                res("lambada/0-shot", 0.0, 1),
+            ],
+        )
+        .unwrap();
         assert_eq!(r.dropped[0].1, vec!["arc/3-shot".to_string()]);
     }
 
     #[test]
     fn no_averages_means_default_average_and_no_results_means_none() {
-        let g = cfg("categories:\n- name: a\n  benchmarks:\n  - {name: x, num_fewshot: 0, random_baseline: 0.5}\n");
+        let g = cfg(
+            "categories:\n- name: a\n  benchmarks:\n  - {name: x, num_fewshot: 0, random_baseline: 0.5}\n",
+        );
         let r = compute(&g, &[res("x/0-shot", 0.75, 4)]).unwrap();
         assert_eq!(r.averages, vec![("default_average".to_string(), 0.5)]);
         assert!(compute(&g, &[]).is_none());
@@ -380,9 +453,18 @@ averages:
     #[test]
     fn invalid_definitions_are_rejected_with_the_reason() {
         let p = Path::new("g.yaml");
-        let bad = |y: &str| GauntletConfig::from_value(&parse_yaml(y, p).unwrap(), p).unwrap_err().to_string();
+        let bad = |y: &str| {
+            GauntletConfig::from_value(&parse_yaml(y, p).unwrap(), p)
+                .unwrap_err()
+                .to_string()
+        };
         let base = "categories:\n- name: a\n  benchmarks: []\n";
-        assert!(bad(&format!("{base}rescale_accuracy: true\nsubtract_random_baseline: false\n")).contains("rescale"));
+        assert!(
+            bad(&format!(
+                "{base}rescale_accuracy: true\nsubtract_random_baseline: false\n"
+            ))
+            .contains("rescale")
+        );
         assert!(bad(&format!("{base}averages:\n  a: [a]\n")).contains("category's name"));
         assert!(bad(&format!("{base}weighting: MEDIAN\n")).contains("MEDIAN"));
         assert!(bad(&format!("{base}extra: 1\n")).contains("`extra`"));
@@ -392,10 +474,15 @@ averages:
     #[ignore = "needs shared fixtures"]
     fn llm_foundry_gauntlet_files_parse() {
         for f in ["eval_gauntlet.yaml", "eval_gauntlet_v0.3.yaml"] {
-            let g = GauntletConfig::from_file(&tessera_testkit::shared_fixture(format!("icl/yamls/{f}")))
-                .unwrap_or_else(|e| panic!("{f}: {e}"));
+            let g = GauntletConfig::from_file(&tessera_testkit::shared_fixture(format!(
+                "icl/yamls/{f}"
+            )))
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(g.categories.len() >= 5, "{f}");
-            assert!(g.named_averages().iter().any(|(n, _)| n == "core_average"), "{f}");
+            assert!(
+                g.named_averages().iter().any(|(n, _)| n == "core_average"),
+                "{f}"
+            );
         }
     }
 }

@@ -20,9 +20,15 @@ use crate::icl::TaskResult;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("serialising {what}: {source}")]
-    Json { what: String, source: serde_json::Error },
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
 }
 
 /// One evaluator's headline numbers (no per-example detail).
@@ -76,14 +82,20 @@ pub struct EvalReport {
 impl EvalReport {
     /// `{label: accuracy}` (llm-foundry's `metrics/{label}/{metric}` values).
     pub fn accuracies(&self) -> BTreeMap<String, f64> {
-        self.tasks.iter().map(|t| (t.label.clone(), t.accuracy)).collect()
+        self.tasks
+            .iter()
+            .map(|t| (t.label.clone(), t.accuracy))
+            .collect()
     }
 }
 
 /// The markdown report: a results table in llm-foundry's layout, then the gauntlet.
 pub fn render_markdown(report: &EvalReport) -> String {
     let mut md = String::new();
-    let step = report.step.map(|s| format!(" at step {s}")).unwrap_or_default();
+    let step = report
+        .step
+        .map(|s| format!(" at step {s}"))
+        .unwrap_or_default();
     let _ = writeln!(md, "# Evaluation: {}{step}\n", report.model_name);
     // benchmark -> gauntlet category, for the Category column.
     let mut taxonomy: BTreeMap<String, String> = BTreeMap::new();
@@ -96,7 +108,10 @@ pub fn render_markdown(report: &EvalReport) -> String {
         }
     }
     if !report.tasks.is_empty() {
-        let _ = writeln!(md, "| Category | Benchmark | Subtask | Accuracy | Number few shot | Model |");
+        let _ = writeln!(
+            md,
+            "| Category | Benchmark | Subtask | Accuracy | Number few shot | Model |"
+        );
         let _ = writeln!(md, "|:---|:---|:---|---:|:---|:---|");
         // Group categories of one benchmark/shot under an Average row, in first-seen order.
         let mut groups: Vec<((String, usize), Vec<&TaskSummary>)> = Vec::new();
@@ -110,7 +125,11 @@ pub fn render_markdown(report: &EvalReport) -> String {
         for ((bench, shots), members) in &groups {
             let cat = taxonomy.get(bench).map(String::as_str).unwrap_or("");
             let row = |md: &mut String, sub: &str, acc: f64| {
-                let _ = writeln!(md, "| {cat} | {bench} | {sub} | {acc:.4} | {shots}-shot | {} |", report.model_name);
+                let _ = writeln!(
+                    md,
+                    "| {cat} | {bench} | {sub} | {acc:.4} | {shots}-shot | {} |",
+                    report.model_name
+                );
             };
             if members.len() == 1 && members[0].category.is_none() {
                 row(&mut md, "", members[0].accuracy);
@@ -148,7 +167,11 @@ pub fn render_markdown(report: &EvalReport) -> String {
         md.push('\n');
     }
     if let Some(code) = &report.code {
-        let _ = writeln!(md, "## Code evaluation\n\n```json\n{}\n```\n", serde_json::to_string_pretty(code).unwrap_or_default());
+        let _ = writeln!(
+            md,
+            "## Code evaluation\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(code).unwrap_or_default()
+        );
     }
     if !report.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
@@ -165,11 +188,20 @@ pub fn render_markdown(report: &EvalReport) -> String {
 /// renamed over `path`, then the directory fsynced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     fn io(p: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-        move |source| ReportError::Io { path: p.to_path_buf(), source }
+        move |source| ReportError::Io {
+            path: p.to_path_buf(),
+            source,
+        }
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -194,9 +226,16 @@ pub struct WrittenReport {
 
 /// Writes `results.json`, `results.md` and (when `examples` is given) `examples.jsonl` — one
 /// line per example with its task label — into `dir`.
-pub fn write_report(dir: &Path, report: &EvalReport, examples: Option<&[TaskResult]>) -> Result<WrittenReport, ReportError> {
+pub fn write_report(
+    dir: &Path,
+    report: &EvalReport,
+    examples: Option<&[TaskResult]>,
+) -> Result<WrittenReport, ReportError> {
     let json_path = dir.join("results.json");
-    let json = serde_json::to_vec_pretty(report).map_err(|source| ReportError::Json { what: "report".into(), source })?;
+    let json = serde_json::to_vec_pretty(report).map_err(|source| ReportError::Json {
+        what: "report".into(),
+        source,
+    })?;
     write_atomic(&json_path, &json)?;
     let md_path = dir.join("results.md");
     write_atomic(&md_path, render_markdown(report).as_bytes())?;
@@ -205,11 +244,17 @@ pub fn write_report(dir: &Path, report: &EvalReport, examples: Option<&[TaskResu
             let mut buf = Vec::new();
             for r in results {
                 for e in &r.examples {
-                    let mut v = serde_json::to_value(e).map_err(|source| ReportError::Json { what: r.label.clone(), source })?;
+                    let mut v = serde_json::to_value(e).map_err(|source| ReportError::Json {
+                        what: r.label.clone(),
+                        source,
+                    })?;
                     if let serde_json::Value::Object(m) = &mut v {
                         m.insert("task".into(), r.label.clone().into());
                     }
-                    serde_json::to_writer(&mut buf, &v).map_err(|source| ReportError::Json { what: r.label.clone(), source })?;
+                    serde_json::to_writer(&mut buf, &v).map_err(|source| ReportError::Json {
+                        what: r.label.clone(),
+                        source,
+                    })?;
                     buf.push(b'\n');
                 }
             }
@@ -219,7 +264,11 @@ pub fn write_report(dir: &Path, report: &EvalReport, examples: Option<&[TaskResu
         }
         None => None,
     };
-    Ok(WrittenReport { json: json_path, markdown: md_path, examples: examples_path })
+    Ok(WrittenReport {
+        json: json_path,
+        markdown: md_path,
+        examples: examples_path,
+    })
 }
 
 #[cfg(test)]
@@ -258,7 +307,11 @@ mod tests {
         ];
         let results: Vec<BenchmarkResult> = tasks
             .iter()
-            .map(|t| BenchmarkResult { label: t.label.clone(), accuracy: t.accuracy, num_samples: t.n_examples })
+            .map(|t| BenchmarkResult {
+                label: t.label.clone(),
+                accuracy: t.accuracy,
+                num_samples: t.n_examples,
+            })
             .collect();
         EvalReport {
             model_name: "tiny".into(),
@@ -274,10 +327,19 @@ mod tests {
     #[test]
     fn markdown_groups_subtasks_under_an_average_row() {
         let md = render_markdown(&report());
-        assert!(md.contains("| cr | piqa |  | 0.6000 | 0-shot | tiny |"), "{md}");
-        assert!(md.contains("| wk | mmlu | Average | 0.4000 | 0-shot | tiny |"), "{md}");
+        assert!(
+            md.contains("| cr | piqa |  | 0.6000 | 0-shot | tiny |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| wk | mmlu | Average | 0.4000 | 0-shot | tiny |"),
+            "{md}"
+        );
         assert!(md.contains("| wk | mmlu | law | 0.3000 |"), "{md}");
-        assert!(md.contains("| rc | dropped |") && md.contains("rc: missing squad/3-shot"), "{md}");
+        assert!(
+            md.contains("| rc | dropped |") && md.contains("rc: missing squad/3-shot"),
+            "{md}"
+        );
         assert!(md.contains("at step 100") && md.contains("fsdp_config ignored"));
     }
 
@@ -288,7 +350,11 @@ mod tests {
         let w = write_report(&dir.path().join("eval"), &r, Some(&[])).unwrap();
         let back: EvalReport = serde_json::from_slice(&std::fs::read(&w.json).unwrap()).unwrap();
         assert_eq!(back, r);
-        assert!(std::fs::read_to_string(&w.markdown).unwrap().starts_with("# Evaluation: tiny"));
+        assert!(
+            std::fs::read_to_string(&w.markdown)
+                .unwrap()
+                .starts_with("# Evaluation: tiny")
+        );
         let names: Vec<String> = std::fs::read_dir(dir.path().join("eval"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -17,9 +17,16 @@ use tessera_model::{FinishReason, GenerationConfig, Mpt, generate};
 #[derive(Debug, thiserror::Error)]
 pub enum VibesError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {message}")]
-    Prompts { path: PathBuf, line: usize, message: String },
+    Prompts {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("no prompts to run")]
@@ -57,20 +64,33 @@ pub struct VibesConfig {
 
 impl Default for VibesConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.8, top_k: Some(50), top_p: Some(0.95), seed: 17, samples_per_prompt: 2 }
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.8,
+            top_k: Some(50),
+            top_p: Some(0.95),
+            seed: 17,
+            samples_per_prompt: 2,
+        }
     }
 }
 
 /// Reads prompts from a file: JSON Lines with a `prompt` field when the first non-blank line
 /// starts with `{`, otherwise one prompt per non-blank line.
 pub fn load_prompts(path: &Path) -> Result<Vec<String>, VibesError> {
-    let text = std::fs::read_to_string(path).map_err(|source| VibesError::Io { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| VibesError::Io {
+        path: path.into(),
+        source,
+    })?;
     parse_prompts(&text, path)
 }
 
 /// [`load_prompts`] on text already read (`origin` names it in errors).
 pub fn parse_prompts(text: &str, origin: &Path) -> Result<Vec<String>, VibesError> {
-    let jsonl = text.lines().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_start().starts_with('{'));
+    let jsonl = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_start().starts_with('{'));
     let mut prompts = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -80,8 +100,13 @@ pub fn parse_prompts(text: &str, origin: &Path) -> Result<Vec<String>, VibesErro
             prompts.push(line.trim_end().to_string());
             continue;
         }
-        let err = |message: String| VibesError::Prompts { path: origin.into(), line: i + 1, message };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
+        let err = |message: String| VibesError::Prompts {
+            path: origin.into(),
+            line: i + 1,
+            message,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
         match v.get("prompt") {
             Some(serde_json::Value::String(p)) => prompts.push(p.clone()),
             Some(other) => return Err(err(format!("`prompt` should be a string, found {other}"))),
@@ -131,8 +156,14 @@ pub fn sample<B: Backend>(
     let eos = tok.eos_id();
     let mut out = Vec::new();
     for (p, prompt) in prompts.iter().enumerate() {
-        let ids = tok.encode(prompt).map_err(|e| VibesError::Tokenizer(e.to_string()))?;
-        let ids = if ids.is_empty() { eos.into_iter().collect() } else { ids };
+        let ids = tok
+            .encode(prompt)
+            .map_err(|e| VibesError::Tokenizer(e.to_string()))?;
+        let ids = if ids.is_empty() {
+            eos.into_iter().collect()
+        } else {
+            ids
+        };
         for s in 0..cfg.samples_per_prompt {
             let gen_cfg = GenerationConfig {
                 max_new_tokens: cfg.max_new_tokens,
@@ -148,8 +179,13 @@ pub fn sample<B: Backend>(
                 .map_err(|e| VibesError::Generate(e.to_string()))?
                 .into_iter()
                 .next()
-                .unwrap_or(tessera_model::Generation { ids: Vec::new(), finish: FinishReason::MaxNewTokens });
-            let text = tok.decode(&g.ids, true).map_err(|e| VibesError::Tokenizer(e.to_string()))?;
+                .unwrap_or(tessera_model::Generation {
+                    ids: Vec::new(),
+                    finish: FinishReason::MaxNewTokens,
+                });
+            let text = tok
+                .decode(&g.ids, true)
+                .map_err(|e| VibesError::Tokenizer(e.to_string()))?;
             out.push(VibeSample {
                 prompt_index: p,
                 sample_index: s,
@@ -169,7 +205,12 @@ fn fence_for(text: &str) -> String {
 }
 
 /// The markdown report of `samples` (see [`sample`]); `model_name` heads it.
-pub fn render_markdown(model_name: &str, prompts: &[String], samples: &[VibeSample], cfg: &VibesConfig) -> String {
+pub fn render_markdown(
+    model_name: &str,
+    prompts: &[String],
+    samples: &[VibeSample],
+    cfg: &VibesConfig,
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Vibe check: {model_name}\n");
     let _ = writeln!(
@@ -183,15 +224,30 @@ pub fn render_markdown(model_name: &str, prompts: &[String], samples: &[VibeSamp
         cfg.samples_per_prompt
     );
     for (p, prompt) in prompts.iter().enumerate() {
-        let _ = writeln!(md, "## {}. {}\n", p + 1, prompt.lines().next().unwrap_or(""));
+        let _ = writeln!(
+            md,
+            "## {}. {}\n",
+            p + 1,
+            prompt.lines().next().unwrap_or("")
+        );
         if prompt.lines().count() > 1 {
             let f = fence_for(prompt);
             let _ = writeln!(md, "Prompt:\n\n{f}\n{prompt}\n{f}\n");
         }
         for s in samples.iter().filter(|s| s.prompt_index == p) {
             let f = fence_for(&s.text);
-            let end = if s.stopped { "stopped" } else { "hit max_new_tokens" };
-            let _ = writeln!(md, "**Sample {}** ({} tokens, {end})\n\n{f}text\n{}\n{f}\n", s.sample_index + 1, s.new_tokens, s.text);
+            let end = if s.stopped {
+                "stopped"
+            } else {
+                "hit max_new_tokens"
+            };
+            let _ = writeln!(
+                md,
+                "**Sample {}** ({} tokens, {end})\n\n{f}text\n{}\n{f}\n",
+                s.sample_index + 1,
+                s.new_tokens,
+                s.text
+            );
         }
     }
     md
@@ -221,17 +277,23 @@ pub fn run_from_dir<B: Backend>(
     out: &Path,
     device: &B::Device,
 ) -> Result<String, VibesError> {
-    let (_, model) =
-        tessera_model::hf::load::<B>(model_dir, device).map_err(|e| VibesError::Model(format!("{}: {e}", model_dir.display())))?;
-    let tok_path = tokenizer.map(Path::to_path_buf).unwrap_or_else(|| model_dir.join("tokenizer.json"));
+    let (_, model) = tessera_model::hf::load::<B>(model_dir, device)
+        .map_err(|e| VibesError::Model(format!("{}: {e}", model_dir.display())))?;
+    let tok_path = tokenizer
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| model_dir.join("tokenizer.json"));
     let tok = Tokenizer::from_file(&tok_path).map_err(|e| VibesError::Tokenizer(e.to_string()))?;
     let prompts = match prompts_file {
         Some(p) => load_prompts(p)?,
         None => builtin_prompts(),
     };
-    let name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let md = run(&model, &tok, &name, &prompts, cfg, device)?;
-    crate::report::write_atomic(out, md.as_bytes()).map_err(|e| VibesError::Write(e.to_string()))?;
+    crate::report::write_atomic(out, md.as_bytes())
+        .map_err(|e| VibesError::Write(e.to_string()))?;
     Ok(md)
 }
 
@@ -246,23 +308,44 @@ mod tests {
 
     #[test]
     fn builtin_prompts_include_the_required_two() {
-        assert!(BUILTIN_PROMPTS.contains(&"If you were an AI model, what would you name yourself?"));
-        assert!(BUILTIN_PROMPTS.iter().any(|p| p.to_lowercase().contains("banana bread")));
+        assert!(
+            BUILTIN_PROMPTS.contains(&"If you were an AI model, what would you name yourself?")
+        );
+        assert!(
+            BUILTIN_PROMPTS
+                .iter()
+                .any(|p| p.to_lowercase().contains("banana bread"))
+        );
     }
 
     #[test]
     fn plain_files_hold_one_prompt_per_line() {
         let p = parse_prompts("first prompt\n\n  second {x}\n", Path::new("p.txt")).unwrap();
-        assert_eq!(p, vec!["first prompt".to_string(), "  second {x}".to_string()]);
+        assert_eq!(
+            p,
+            vec!["first prompt".to_string(), "  second {x}".to_string()]
+        );
     }
 
     #[test]
     fn jsonl_files_need_a_prompt_string() {
-        let p = parse_prompts("{\"prompt\": \"a\\nb\"}\n{\"prompt\": \"c\", \"id\": 2}\n", Path::new("p.jsonl")).unwrap();
+        let p = parse_prompts(
+            "{\"prompt\": \"a\\nb\"}\n{\"prompt\": \"c\", \"id\": 2}\n",
+            Path::new("p.jsonl"),
+        )
+        .unwrap();
         assert_eq!(p, vec!["a\nb".to_string(), "c".to_string()]);
-        let e = parse_prompts("{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n", Path::new("p.jsonl")).unwrap_err().to_string();
+        let e = parse_prompts(
+            "{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n",
+            Path::new("p.jsonl"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("p.jsonl:2") && e.contains("prompt"), "{e}");
-        assert!(matches!(parse_prompts("\n \n", Path::new("e")), Err(VibesError::NoPrompts)));
+        assert!(matches!(
+            parse_prompts("\n \n", Path::new("e")),
+            Err(VibesError::NoPrompts)
+        ));
     }
 
     #[test]
@@ -297,23 +380,49 @@ mod tests {
     fn sampling_is_seeded_and_the_report_has_every_prompt() {
         let (tok, model) = tiny();
         let prompts = vec!["w1 w2 w3".to_string(), "w4".to_string()];
-        let cfg = VibesConfig { max_new_tokens: 6, samples_per_prompt: 2, ..Default::default() };
+        let cfg = VibesConfig {
+            max_new_tokens: 6,
+            samples_per_prompt: 2,
+            ..Default::default()
+        };
         let dev = Default::default();
         let a = sample(&model, &tok, &prompts, &cfg, &dev).unwrap();
         let b = sample(&model, &tok, &prompts, &cfg, &dev).unwrap();
         assert_eq!(a, b, "same seed, same answers");
         assert_eq!(a.len(), 4);
-        assert!(a.iter().all(|s| s.new_tokens <= 6 && (s.stopped || s.new_tokens == 6)));
-        let other = sample(&model, &tok, &prompts, &VibesConfig { seed: 99, ..cfg.clone() }, &dev).unwrap();
+        assert!(
+            a.iter()
+                .all(|s| s.new_tokens <= 6 && (s.stopped || s.new_tokens == 6))
+        );
+        let other = sample(
+            &model,
+            &tok,
+            &prompts,
+            &VibesConfig {
+                seed: 99,
+                ..cfg.clone()
+            },
+            &dev,
+        )
+        .unwrap();
         assert_ne!(a, other, "another seed samples differently");
         let md = run(&model, &tok, "tiny", &prompts, &cfg, &dev).unwrap();
-        assert!(md.contains("## 1. w1 w2 w3") && md.contains("## 2. w4") && md.contains("**Sample 2**"), "{md}");
+        assert!(
+            md.contains("## 1. w1 w2 w3") && md.contains("## 2. w4") && md.contains("**Sample 2**"),
+            "{md}"
+        );
     }
 
     #[test]
     fn report_fences_survive_backticks_in_answers() {
         let prompts = vec!["Q?".to_string()];
-        let samples = vec![VibeSample { prompt_index: 0, sample_index: 0, text: "a ```` b".into(), new_tokens: 3, stopped: true }];
+        let samples = vec![VibeSample {
+            prompt_index: 0,
+            sample_index: 0,
+            text: "a ```` b".into(),
+            new_tokens: 3,
+            stopped: true,
+        }];
         let md = render_markdown("m", &prompts, &samples, &VibesConfig::default());
         assert!(md.contains("`````text\na ```` b\n`````"), "{md}");
         assert!(md.contains("## 1. Q?") && md.contains("stopped"));

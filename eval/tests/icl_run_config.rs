@@ -37,17 +37,30 @@ fn eval_config_runs_and_writes_under_the_runs_eval_folder() {
     let cfg_path = setup(dir.path(), "");
     let cfg = EvalConfig::from_file(&cfg_path).unwrap();
     assert_eq!(cfg.max_seq_len, 64);
-    assert_eq!(cfg.models[0].load_path, dir.path().join("runs/demo/checkpoints/ba5"));
-    assert_eq!(cfg.default_output_dir(&cfg.models[0]), dir.path().join("runs/demo/eval"));
-    assert!(cfg.notes.iter().any(|n| n.contains("fsdp_config")), "{:?}", cfg.notes);
+    assert_eq!(
+        cfg.models[0].load_path,
+        dir.path().join("runs/demo/checkpoints/ba5")
+    );
+    assert_eq!(
+        cfg.default_output_dir(&cfg.models[0]),
+        dir.path().join("runs/demo/eval")
+    );
+    assert!(
+        cfg.notes.iter().any(|n| n.contains("fsdp_config")),
+        "{:?}",
+        cfg.notes
+    );
 
     let mut log = Vec::new();
-    let out = run_config::<Flex>(&cfg, None, &Default::default(), |m| log.push(m.to_string())).unwrap();
+    let out =
+        run_config::<Flex>(&cfg, None, &Default::default(), |m| log.push(m.to_string())).unwrap();
     let report = &out[0].report;
     assert_eq!(report.tasks.len(), 2);
     assert_eq!(report.tasks[0].n_examples, 6);
     let g = report.gauntlet.as_ref().unwrap();
-    assert!((g.categories[0].score.unwrap() - (report.tasks[1].accuracy - 0.5) / 0.5).abs() < 1e-12);
+    assert!(
+        (g.categories[0].score.unwrap() - (report.tasks[1].accuracy - 0.5) / 0.5).abs() < 1e-12
+    );
     let eval_dir = dir.path().join("runs/demo/eval");
     for f in ["results.json", "results.md", "examples.jsonl"] {
         assert!(eval_dir.join(f).is_file(), "{f} missing");
@@ -65,11 +78,17 @@ fn config_errors_name_the_key() {
     };
     let models = "models:\n- {model_name: m, load_path: x}\n";
     assert!(bad(&format!("{models}device_eval_batch_size: 2\n")).contains("max_seq_len"));
-    let e = bad(&format!("{models}max_seq_len: 8\ndevice_eval_batch_size: 2\neval_batch: 3\n"));
+    let e = bad(&format!(
+        "{models}max_seq_len: 8\ndevice_eval_batch_size: 2\neval_batch: 3\n"
+    ));
     assert!(e.contains("`eval_batch`"), "{e}");
-    let e = bad(&format!("{models}max_seq_len: 8\ndevice_eval_batch_size: 2\neval_loader: {{name: text}}\n"));
+    let e = bad(&format!(
+        "{models}max_seq_len: 8\ndevice_eval_batch_size: 2\neval_loader: {{name: text}}\n"
+    ));
     assert!(e.contains("eval_loader"), "{e}");
-    let e = bad("models:\n- {model_name: m, load_path: x, peft: 1}\nmax_seq_len: 8\ndevice_eval_batch_size: 2\n");
+    let e = bad(
+        "models:\n- {model_name: m, load_path: x, peft: 1}\nmax_seq_len: 8\ndevice_eval_batch_size: 2\n",
+    );
     assert!(e.contains("`peft`") && e.contains("models[0]"), "{e}");
 }
 
@@ -82,10 +101,54 @@ fn code_eval_refuses_to_run_code_without_the_opt_in() {
         "{\"task_id\": \"T/0\", \"prompt\": \"w1 w2\", \"canonical_solution\": \"\", \"test\": \"\", \"entry_point\": \"f\"}\n",
     )
     .unwrap();
-    let cfg_path = setup(dir.path(), "code_eval:\n  problems: problems.jsonl\n  n: 1\n  max_new_tokens: 4\n");
+    let cfg_path = setup(
+        dir.path(),
+        "code_eval:\n  problems: problems.jsonl\n  n: 1\n  max_new_tokens: 4\n",
+    );
     let cfg = EvalConfig::from_file(&cfg_path).unwrap();
-    let err = run_config::<Flex>(&cfg, Some(&dir.path().join("out")), &Default::default(), |_| {}).unwrap_err();
+    let err = run_config::<Flex>(
+        &cfg,
+        Some(&dir.path().join("out")),
+        &Default::default(),
+        |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(err, EvalError::Code(_)), "{err}");
     assert!(err.to_string().contains("--allow-code-execution"), "{err}");
-    assert!(!dir.path().join("out/results.json").exists(), "nothing is reported for a refused run");
+    assert!(
+        !dir.path().join("out/results.json").exists(),
+        "nothing is reported for a refused run"
+    );
+}
+
+#[test]
+fn code_eval_generates_runs_in_the_sandbox_and_reports_pass_at_k() {
+    let dir = tempfile::tempdir().unwrap();
+    // The prompt is a comment line, so whatever words the model appends stay inside it and the
+    // test passes: pass@1 must come out as 1.0 through generation, sandbox and report.
+    let problem = serde_json::json!({
+        "task_id": "T/0", "prompt": "# w1 w2 ", "canonical_solution": "",
+        "test": "def f():\n    return None\n\ndef check(candidate):\n    assert candidate() is None\n",
+        "entry_point": "f"
+    });
+    std::fs::write(dir.path().join("problems.jsonl"), format!("{problem}\n")).unwrap();
+    let cfg_path = setup(
+        dir.path(),
+        "code_eval:\n  problems: problems.jsonl\n  n: 2\n  k: [1, 2]\n  max_new_tokens: 4\n  allow_code_execution: true\n",
+    );
+    let cfg = EvalConfig::from_file(&cfg_path).unwrap();
+    let out = dir.path().join("out");
+    let outcome = run_config::<Flex>(&cfg, Some(&out), &Default::default(), |_| {}).unwrap();
+    let code = outcome[0].report.code.as_ref().expect("code eval ran");
+    assert_eq!(code["pass_at_k"]["pass@1"], 1.0, "{code}");
+    assert_eq!(code["programs"], 2);
+    let results =
+        std::fs::read_to_string(out.join("humaneval_samples.jsonl_results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 2);
+    assert!(results.contains("\"passed\": true"), "{results}");
+    assert!(
+        std::fs::read_to_string(out.join("results.md"))
+            .unwrap()
+            .contains("Code evaluation")
+    );
 }

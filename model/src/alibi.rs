@@ -32,7 +32,12 @@ pub fn gen_slopes(n_heads: usize, alibi_bias_max: f64) -> Vec<f64> {
 ///
 /// # Shapes
 /// - returns `[1, n_heads, s_q, past + s_q]`
-pub fn alibi_bias<B: Backend>(slopes: &[f64], s_q: usize, past: usize, device: &B::Device) -> Tensor<B, 4> {
+pub fn alibi_bias<B: Backend>(
+    slopes: &[f64],
+    s_q: usize,
+    past: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let h = slopes.len();
     let s_k = past + s_q;
     // Slopes are rounded to f32 once, as llm-foundry's float32 `gen_slopes`; the distances are
@@ -42,7 +47,10 @@ pub fn alibi_bias<B: Backend>(slopes: &[f64], s_q: usize, past: usize, device: &
     let rows = Tensor::<B, 1, Int>::arange(past as i64..s_k as i64, device).reshape([s_q, 1]);
     let cols = Tensor::<B, 1, Int>::arange(0..s_k as i64, device).reshape([1, s_k]);
     let dist = (cols.expand([s_q, s_k]) - rows.expand([s_q, s_k])).float();
-    slopes.reshape([h, 1, 1]).mul(dist.unsqueeze_dim::<3>(0)).unsqueeze_dim(0)
+    slopes
+        .reshape([h, 1, 1])
+        .mul(dist.unsqueeze_dim::<3>(0))
+        .unsqueeze_dim(0)
 }
 
 #[cfg(test)]

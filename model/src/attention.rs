@@ -57,7 +57,11 @@ pub fn attention<B: Backend>(
         };
     }
     let probs = softmax(scores, 3);
-    let probs = if opts.dropout > 0.0 { Dropout { prob: opts.dropout }.forward(probs) } else { probs };
+    let probs = if opts.dropout > 0.0 {
+        Dropout { prob: opts.dropout }.forward(probs)
+    } else {
+        probs
+    };
     probs.matmul(v)
 }
 
@@ -114,32 +118,47 @@ impl<B: Backend> Attention<B> {
     ///
     /// # Shapes
     /// - `x`: `[batch, s, d_model]` (already normalised) -> `[batch, s, d_model]`
-    pub fn forward(&self, x: Tensor<B, 3>, ctx: &LayerContext<B>, kv: Option<&mut Option<LayerKv<B>>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerContext<B>,
+        kv: Option<&mut Option<LayerKv<B>>>,
+    ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.kv_n_heads, self.head_dim);
         let mut qkv = self.wqkv.forward(x); // [b, s, (h + 2 kvh) hd]
         if let Some(c) = self.clip_qkv {
             qkv = qkv.clamp(-c, c);
         }
-        let (q, k, v) = if self.q_ln.is_some() && !self.qk_gn {
-            // qk_ln normalises the whole query / key vector, so split before reshaping.
-            let q = qkv.clone().narrow(2, 0, h * hd);
-            let k = qkv.clone().narrow(2, h * hd, kvh * hd);
-            let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
-            let q = self.q_ln.as_ref().map_or(q.clone(), |n| n.forward(q));
-            let k = self.k_ln.as_ref().map_or(k.clone(), |n| n.forward(k));
-            (q.reshape([b, s, h, hd]), k.reshape([b, s, kvh, hd]), v.reshape([b, s, kvh, hd]))
-        } else {
-            // [b, s, h + 2 kvh, hd]: a free reshape; the splits below are views.
-            let qkv = qkv.reshape([b, s, h + 2 * kvh, hd]);
-            let mut q = qkv.clone().narrow(2, 0, h);
-            let mut k = qkv.clone().narrow(2, h, kvh);
-            let v = qkv.narrow(2, h + kvh, kvh);
-            if let (Some(qn), Some(kn)) = (&self.q_ln, &self.k_ln) {
-                q = qn.forward(q);
-                k = kn.forward(k);
+        let (q, k, v) = match (&self.q_ln, &self.k_ln) {
+            (Some(qn), Some(kn)) if !self.qk_gn => {
+                // qk_ln normalises the whole query / key vector, so split before reshaping.
+                let q = qn.forward(qkv.clone().narrow(2, 0, h * hd));
+                let k = kn.forward(qkv.clone().narrow(2, h * hd, kvh * hd));
+                let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
+                (
+                    q.reshape([b, s, h, hd]),
+                    k.reshape([b, s, kvh, hd]),
+                    v.reshape([b, s, kvh, hd]),
+                )
             }
-            (q, k, v)
+            (qn, kn) => {
+                // [b, s, h + 2 kvh, hd]: a free reshape; the splits below are views.
+                let qkv = qkv.reshape([b, s, h + 2 * kvh, hd]);
+                let q = qkv.clone().narrow(2, 0, h);
+                let k = qkv.clone().narrow(2, h, kvh);
+                let v = qkv.narrow(2, h + kvh, kvh);
+                // qk_gn: one norm per head, over head_dim.
+                let q = match qn {
+                    Some(n) => n.forward(q),
+                    None => q,
+                };
+                let k = match kn {
+                    Some(n) => n.forward(k),
+                    None => k,
+                };
+                (q, k, v)
+            }
         };
         // [b, heads, s, hd]
         let mut q = q.swap_dims(1, 2);
@@ -154,19 +173,33 @@ impl<B: Backend> Attention<B> {
                 k = Tensor::cat(vec![past.k, k], 2);
                 v = Tensor::cat(vec![past.v, v], 2);
             }
-            *slot = Some(LayerKv { k: k.clone(), v: v.clone() });
+            *slot = Some(LayerKv {
+                k: k.clone(),
+                v: v.clone(),
+            });
         }
         if kvh != h {
             // GQA/MQA: query head j uses kv head j / (h / kvh), as llm-foundry's
             // repeat_kv_for_gqa. [b, kvh, s_k, hd] -> [b, h, s_k, hd]
             let rep = h / kvh;
             let s_k = k.dims()[2];
-            k = k.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s_k, hd]).reshape([b, h, s_k, hd]);
-            v = v.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s_k, hd]).reshape([b, h, s_k, hd]);
+            k = k
+                .unsqueeze_dim::<5>(2)
+                .expand([b, kvh, rep, s_k, hd])
+                .reshape([b, h, s_k, hd]);
+            v = v
+                .unsqueeze_dim::<5>(2)
+                .expand([b, kvh, rep, s_k, hd])
+                .reshape([b, h, s_k, hd]);
         }
-        let opts = AttnOptions { scale: self.softmax_scale, softcap: self.softcap, dropout: self.attn_pdrop };
+        let opts = AttnOptions {
+            scale: self.softmax_scale,
+            softcap: self.softcap,
+            dropout: self.attn_pdrop,
+        };
         let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
-        self.out_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
     }
 }
 
@@ -183,8 +216,15 @@ mod tests {
         let k = Tensor::<Flex, 4>::from_floats([[[[1.0, 0.0], [0.0, 1.0]]]], &dev);
         let v = Tensor::<Flex, 4>::from_floats([[[[1.0, 2.0], [3.0, 4.0]]]], &dev);
         let bias = Tensor::<Flex, 4>::from_floats([[[[0.0, 0.5]]]], &dev);
-        let opts = AttnOptions { scale: 2.0, softcap: None, dropout: 0.0 };
-        let out = attention(q, k, v, Some(bias), &opts).into_data().to_vec::<f32>().unwrap();
+        let opts = AttnOptions {
+            scale: 2.0,
+            softcap: None,
+            dropout: 0.0,
+        };
+        let out = attention(q, k, v, Some(bias), &opts)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         // scores = [2, 0.5]
         let (e0, e1) = (2f64.exp(), 0.5f64.exp());
         let (p0, p1) = (e0 / (e0 + e1), e1 / (e0 + e1));
@@ -197,11 +237,26 @@ mod tests {
         // burn's own attention op (the fused-kernel interface) with the same bias must agree.
         let dev = Default::default();
         let shape = [2, 3, 5, 4];
-        let q = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
-        let k = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
-        let v = Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
-        let bias = crate::mask::attention_bias::<Flex>(3, Some(&[0.5, 0.25, 0.125]), 5, 0, None, None, &dev);
-        let opts = AttnOptions { scale: 0.3, softcap: None, dropout: 0.0 };
+        let q =
+            Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let k =
+            Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let v =
+            Tensor::<Flex, 4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let bias = crate::mask::attention_bias::<Flex>(
+            3,
+            Some(&[0.5, 0.25, 0.125]),
+            5,
+            0,
+            None,
+            None,
+            &dev,
+        );
+        let opts = AttnOptions {
+            scale: 0.3,
+            softcap: None,
+            dropout: 0.0,
+        };
         let ours = attention(q.clone(), k.clone(), v.clone(), bias.clone(), &opts);
         let fused = burn::tensor::module::attention(
             q,
@@ -209,7 +264,11 @@ mod tests {
             v,
             None,
             bias,
-            burn::tensor::ops::AttentionModuleOptions { scale: Some(0.3), softcap: None, is_causal: false },
+            burn::tensor::ops::AttentionModuleOptions {
+                scale: Some(0.3),
+                softcap: None,
+                is_causal: false,
+            },
         );
         let diff = (ours - fused).abs().max().into_scalar();
         assert!(diff < 1e-5, "{diff}");

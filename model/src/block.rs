@@ -27,8 +27,15 @@ pub struct MptBlock<B: Backend> {
 impl<B: Backend> MptBlock<B> {
     /// # Shapes
     /// - `x`: `[batch, s, d_model]` -> `[batch, s, d_model]`
-    pub fn forward(&self, x: Tensor<B, 3>, ctx: &LayerContext<B>, kv: Option<&mut Option<LayerKv<B>>>) -> Tensor<B, 3> {
-        let drop = Dropout { prob: self.resid_pdrop };
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: &LayerContext<B>,
+        kv: Option<&mut Option<LayerKv<B>>>,
+    ) -> Tensor<B, 3> {
+        let drop = Dropout {
+            prob: self.resid_pdrop,
+        };
         let a = x.clone() + drop.forward(self.attn.forward(self.norm_1.forward(x), ctx, kv));
         let m = self.norm_2.forward(a.clone());
         a + drop.forward(self.ffn.forward(m))

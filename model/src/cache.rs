@@ -22,7 +22,12 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model with `n_layers` blocks (see also `Mpt::new_cache`).
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers], key_mask: None, len: 0, batch: None }
+        Self {
+            layers: vec![None; n_layers],
+            key_mask: None,
+            len: 0,
+            batch: None,
+        }
     }
 
     /// Tokens cached so far: the position of the next token.
@@ -43,7 +48,12 @@ impl<B: Backend> KvCache<B> {
 
     /// Checks that this forward fits the cache.
     pub(crate) fn begin(&mut self, n_layers: usize, batch: usize) {
-        assert_eq!(self.layers.len(), n_layers, "KV cache was made for {} layers, model has {n_layers}", self.layers.len());
+        assert_eq!(
+            self.layers.len(),
+            n_layers,
+            "KV cache was made for {} layers, model has {n_layers}",
+            self.layers.len()
+        );
         match self.batch {
             Some(b) => assert_eq!(b, batch, "KV cache holds batch size {b}, input has {batch}"),
             None => self.batch = Some(batch),

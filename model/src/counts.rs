@@ -14,7 +14,11 @@ impl MptConfig {
     /// that an untied `wte` is a pure lookup and is left out.
     pub fn num_flop_params(&self) -> u64 {
         let wte = (self.vocab_size * self.d_model) as u64;
-        if self.tie_word_embeddings { self.num_params() } else { self.num_params() - wte }
+        if self.tie_word_embeddings {
+            self.num_params()
+        } else {
+            self.num_params() - wte
+        }
     }
 
     /// FLOPs for one sequence of `seq_len` tokens: `2 N S + 4 L d S^2` for a forward (the
@@ -38,9 +42,18 @@ mod tests {
 
     #[test]
     fn released_checkpoints_have_their_published_sizes() {
-        assert_eq!(MptConfig::preset("mpt-7b").unwrap().num_params(), 6_649_286_656);
-        assert_eq!(MptConfig::preset("mpt-7b-8k").unwrap().num_params(), 6_649_286_656);
-        assert_eq!(MptConfig::preset("mpt-30b").unwrap().num_params(), 29_957_200_896);
+        assert_eq!(
+            MptConfig::preset("mpt-7b").unwrap().num_params(),
+            6_649_286_656
+        );
+        assert_eq!(
+            MptConfig::preset("mpt-7b-8k").unwrap().num_params(),
+            6_649_286_656
+        );
+        assert_eq!(
+            MptConfig::preset("mpt-30b").unwrap().num_params(),
+            29_957_200_896
+        );
     }
 
     /// llm-foundry's default MPT (learned positions, biases, LayerNorm with bias, tied):

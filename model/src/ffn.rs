@@ -65,16 +65,27 @@ mod tests {
             }
             sum * 2.0 / std::f64::consts::PI.sqrt()
         };
-        let cases: [(Activation, Box<dyn Fn(f64) -> f64>); 4] = [
-            (Activation::Gelu, Box::new(move |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))),
+        type Reference = Box<dyn Fn(f64) -> f64>;
+        let cases: [(Activation, Reference); 4] = [
+            (
+                Activation::Gelu,
+                Box::new(move |v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()))),
+            ),
             (Activation::Silu, Box::new(|v| v / (1.0 + (-v).exp()))),
             (Activation::Relu, Box::new(|v| v.max(0.0))),
-            (Activation::QuickGelu, Box::new(|v| v / (1.0 + (-1.702 * v).exp()))),
+            (
+                Activation::QuickGelu,
+                Box::new(|v| v / (1.0 + (-1.702 * v).exp())),
+            ),
         ];
         for (kind, f) in cases {
             let got = kind.apply(x.clone()).into_data().to_vec::<f32>().unwrap();
             for (g, &v) in got.iter().zip(&xs) {
-                assert!((*g as f64 - f(v)).abs() < 2e-6, "{kind:?}({v}) = {g}, want {}", f(v));
+                assert!(
+                    (*g as f64 - f(v)).abs() < 2e-6,
+                    "{kind:?}({v}) = {g}, want {}",
+                    f(v)
+                );
             }
         }
     }

@@ -136,11 +136,19 @@ pub fn generate<B: Backend>(
     // Left-padded ids and mask, [rows, width].
     let mut seqs: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| std::iter::repeat_n(cfg.pad_id, width - p.len()).chain(p.iter().copied()).collect())
+        .map(|p| {
+            std::iter::repeat_n(cfg.pad_id, width - p.len())
+                .chain(p.iter().copied())
+                .collect()
+        })
         .collect();
     let mut real: Vec<Vec<bool>> = prompts
         .iter()
-        .map(|p| std::iter::repeat_n(false, width - p.len()).chain(std::iter::repeat_n(true, p.len())).collect())
+        .map(|p| {
+            std::iter::repeat_n(false, width - p.len())
+                .chain(std::iter::repeat_n(true, p.len()))
+                .collect()
+        })
         .collect();
 
     let mut rngs: Vec<ChaCha20Rng> = (0..rows).map(|r| row_rng(cfg.seed, r)).collect();
@@ -154,13 +162,21 @@ pub fn generate<B: Backend>(
         let mask = padded.then(|| mask_tensor::<B>(&real, device));
         let logits = match cache.as_mut() {
             Some(c) => model.forward_cached(ids, mask, c),
-            None => model.forward(MptInput { input_ids: ids, attention_mask: mask, sequence_id: None }),
+            None => model.forward(MptInput {
+                input_ids: ids,
+                attention_mask: mask,
+                sequence_id: None,
+            }),
         };
         last_position(logits)
     };
     for step in 0..budget {
         let vocab = mc.vocab_size;
-        let host = last.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits");
+        let host = last
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 logits");
         let mut next = Vec::with_capacity(rows);
         for r in 0..rows {
             if finish[r].is_some() {
@@ -181,7 +197,10 @@ pub fn generate<B: Backend>(
         }
         last = match cache.as_mut() {
             Some(c) => {
-                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [rows]), device);
+                let ids = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [rows]),
+                    device,
+                );
                 last_position(model.forward_cached(ids.reshape([rows, 1]), None, c))
             }
             None => {
@@ -191,7 +210,11 @@ pub fn generate<B: Backend>(
                 }
                 let ids = ids_tensor::<B>(&seqs, device);
                 let mask = padded.then(|| mask_tensor::<B>(&real, device));
-                last_position(model.forward(MptInput { input_ids: ids, attention_mask: mask, sequence_id: None }))
+                last_position(model.forward(MptInput {
+                    input_ids: ids,
+                    attention_mask: mask,
+                    sequence_id: None,
+                }))
             }
         };
     }
@@ -199,34 +222,60 @@ pub fn generate<B: Backend>(
         .into_iter()
         .zip(finish)
         .map(|(ids, f)| {
-            let finish = f.unwrap_or(if ids.len() < cfg.max_new_tokens { FinishReason::MaxSeqLen } else { FinishReason::MaxNewTokens });
+            let finish = f.unwrap_or(if ids.len() < cfg.max_new_tokens {
+                FinishReason::MaxSeqLen
+            } else {
+                FinishReason::MaxNewTokens
+            });
             Generation { ids, finish }
         })
         .collect())
 }
 
-fn validate(prompts: &[Vec<u32>], cfg: &GenerationConfig, max_seq_len: usize, vocab_size: usize) -> Result<(), GenerateError> {
+fn validate(
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    max_seq_len: usize,
+    vocab_size: usize,
+) -> Result<(), GenerateError> {
     for (row, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(GenerateError::EmptyPrompt { row });
         }
         if p.len() > max_seq_len {
-            return Err(GenerateError::PromptTooLong { row, len: p.len(), max_seq_len });
+            return Err(GenerateError::PromptTooLong {
+                row,
+                len: p.len(),
+                max_seq_len,
+            });
         }
         if let Some(&id) = p.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(GenerateError::TokenOutOfVocab { row, id, vocab_size });
+            return Err(GenerateError::TokenOutOfVocab {
+                row,
+                id,
+                vocab_size,
+            });
         }
     }
     if cfg.top_k == Some(0) {
-        return Err(GenerateError::BadSetting { field: "top_k", message: "must be at least 1".into() });
+        return Err(GenerateError::BadSetting {
+            field: "top_k",
+            message: "must be at least 1".into(),
+        });
     }
     if let Some(p) = cfg.top_p
         && !(p > 0.0 && p <= 1.0)
     {
-        return Err(GenerateError::BadSetting { field: "top_p", message: format!("must be in (0, 1], found {p}") });
+        return Err(GenerateError::BadSetting {
+            field: "top_p",
+            message: format!("must be in (0, 1], found {p}"),
+        });
     }
     if !cfg.temperature.is_finite() {
-        return Err(GenerateError::BadSetting { field: "temperature", message: "must be finite".into() });
+        return Err(GenerateError::BadSetting {
+            field: "temperature",
+            message: "must be finite".into(),
+        });
     }
     if cfg.pad_id as usize >= vocab_size {
         return Err(GenerateError::BadSetting {
@@ -342,7 +391,11 @@ mod tests {
 
     #[test]
     fn temperature_sampling_follows_softmax_frequencies() {
-        let cfg = GenerationConfig { temperature: 1.0, seed: 3, ..Default::default() };
+        let cfg = GenerationConfig {
+            temperature: 1.0,
+            seed: 3,
+            ..Default::default()
+        };
         let logits = [0.0f32, (2f32).ln(), (5f32).ln()]; // probabilities 1/8, 2/8, 5/8
         let c = sampled(&cfg, &logits, 8000);
         for (i, want) in [1000.0, 2000.0, 5000.0].iter().enumerate() {
@@ -353,15 +406,27 @@ mod tests {
     #[test]
     fn top_k_and_top_p_restrict_the_support() {
         let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let k = GenerationConfig { temperature: 1.0, top_k: Some(2), ..Default::default() };
+        let k = GenerationConfig {
+            temperature: 1.0,
+            top_k: Some(2),
+            ..Default::default()
+        };
         let c = sampled(&k, &logits, 500);
         assert_eq!((c[0], c[1]), (0, 0));
         assert!(c[2] > 0 && c[3] > 0);
         // softmax([0,1,2,3]) = [.032, .087, .237, .644]: top_p 0.6 keeps only token 3.
-        let p = GenerationConfig { temperature: 1.0, top_p: Some(0.6), ..Default::default() };
+        let p = GenerationConfig {
+            temperature: 1.0,
+            top_p: Some(0.6),
+            ..Default::default()
+        };
         assert_eq!(sampled(&p, &logits, 200)[3], 200);
         // 0.85 keeps tokens 3 and 2.
-        let p = GenerationConfig { temperature: 1.0, top_p: Some(0.85), ..Default::default() };
+        let p = GenerationConfig {
+            temperature: 1.0,
+            top_p: Some(0.85),
+            ..Default::default()
+        };
         let c = sampled(&p, &logits, 500);
         assert_eq!((c[0], c[1]), (0, 0));
     }
@@ -369,9 +434,16 @@ mod tests {
     #[test]
     fn sampling_is_reproducible_per_seed() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
-        let cfg = GenerationConfig { temperature: 0.8, seed: 11, ..Default::default() };
+        let cfg = GenerationConfig {
+            temperature: 0.8,
+            seed: 11,
+            ..Default::default()
+        };
         assert_eq!(sampled(&cfg, &logits, 100), sampled(&cfg, &logits, 100));
-        let other = GenerationConfig { seed: 12, ..cfg.clone() };
+        let other = GenerationConfig {
+            seed: 12,
+            ..cfg.clone()
+        };
         assert_ne!(sampled(&cfg, &logits, 100), sampled(&other, &logits, 100));
     }
 
@@ -386,21 +458,56 @@ mod tests {
     fn eos_stop_callback_and_length_limits_end_rows() {
         let model = tiny();
         let dev = Default::default();
-        let free = generate(&model, &[vec![1, 2, 3]], &GenerationConfig { max_new_tokens: 5, ..Default::default() }, None, &dev)
-            .unwrap();
+        let free = generate(
+            &model,
+            &[vec![1, 2, 3]],
+            &GenerationConfig {
+                max_new_tokens: 5,
+                ..Default::default()
+            },
+            None,
+            &dev,
+        )
+        .unwrap();
         assert_eq!(free[0].ids.len(), 5);
         assert_eq!(free[0].finish, FinishReason::MaxNewTokens);
         let first = free[0].ids[0];
-        let eos = GenerationConfig { max_new_tokens: 5, eos_ids: vec![first], ..Default::default() };
+        let eos = GenerationConfig {
+            max_new_tokens: 5,
+            eos_ids: vec![first],
+            ..Default::default()
+        };
         let g = generate(&model, &[vec![1, 2, 3]], &eos, None, &dev).unwrap();
-        assert_eq!((g[0].ids.clone(), g[0].finish), (vec![first], FinishReason::Eos));
+        assert_eq!(
+            (g[0].ids.clone(), g[0].finish),
+            (vec![first], FinishReason::Eos)
+        );
         let stop = |_row: usize, ids: &[u32]| ids.len() == 2;
-        let g = generate(&model, &[vec![1, 2, 3]], &GenerationConfig { max_new_tokens: 5, ..Default::default() }, Some(&stop), &dev)
-            .unwrap();
+        let g = generate(
+            &model,
+            &[vec![1, 2, 3]],
+            &GenerationConfig {
+                max_new_tokens: 5,
+                ..Default::default()
+            },
+            Some(&stop),
+            &dev,
+        )
+        .unwrap();
         assert_eq!((g[0].ids.len(), g[0].finish), (2, FinishReason::Stop));
         // 14-token prompt, max_seq_len 16: two new tokens at most.
         let long: Vec<u32> = (0..14).collect();
-        let g = generate(&model, &[long], &GenerationConfig { max_new_tokens: 5, ..Default::default() }, None, &dev).unwrap();
+        let g = generate(
+            &model,
+            &[long],
+            &GenerationConfig {
+                max_new_tokens: 5,
+                ..Default::default()
+            },
+            None,
+            &dev,
+        )
+        .unwrap();
         assert_eq!((g[0].ids.len(), g[0].finish), (2, FinishReason::MaxSeqLen));
     }
 
@@ -409,11 +516,28 @@ mod tests {
         let model = tiny();
         let dev = Default::default();
         let cfg = GenerationConfig::default();
-        assert!(matches!(generate(&model, &[vec![]], &cfg, None, &dev), Err(GenerateError::EmptyPrompt { row: 0 })));
-        assert!(matches!(generate(&model, &[vec![1, 99]], &cfg, None, &dev), Err(GenerateError::TokenOutOfVocab { id: 99, .. })));
+        assert!(matches!(
+            generate(&model, &[vec![]], &cfg, None, &dev),
+            Err(GenerateError::EmptyPrompt { row: 0 })
+        ));
+        assert!(matches!(
+            generate(&model, &[vec![1, 99]], &cfg, None, &dev),
+            Err(GenerateError::TokenOutOfVocab { id: 99, .. })
+        ));
         let long: Vec<u32> = (0..17).map(|i| i % 10).collect();
-        assert!(matches!(generate(&model, &[long], &cfg, None, &dev), Err(GenerateError::PromptTooLong { .. })));
-        let bad = GenerationConfig { top_p: Some(1.5), ..Default::default() };
-        assert!(generate(&model, &[vec![1]], &bad, None, &dev).unwrap_err().to_string().contains("top_p"));
+        assert!(matches!(
+            generate(&model, &[long], &cfg, None, &dev),
+            Err(GenerateError::PromptTooLong { .. })
+        ));
+        let bad = GenerationConfig {
+            top_p: Some(1.5),
+            ..Default::default()
+        };
+        assert!(
+            generate(&model, &[vec![1]], &bad, None, &dev)
+                .unwrap_err()
+                .to_string()
+                .contains("top_p")
+        );
     }
 }

@@ -43,8 +43,16 @@ pub enum InitDist {
 impl MptConfig {
     /// A freshly initialised model, as llm-foundry would initialise it with this config, with
     /// weights determined by `seed` alone.
+    ///
+    /// # Panics
+    /// If the config is invalid (see [`MptConfig::validate`]; configs from JSON and presets
+    /// are always valid).
     pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Mpt<B> {
-        let mut source = |spec: &ParamSpec| TensorData::new(init_values(self, spec, seed), spec.shape.clone());
+        if let Err(e) = self.validate() {
+            panic!("MptConfig::init on an invalid config: {e}");
+        }
+        let mut source =
+            |spec: &ParamSpec| TensorData::new(init_values(self, spec, seed), spec.shape.clone());
         Mpt::build(self, device, &mut source)
     }
 }
@@ -74,7 +82,9 @@ fn scheme_dist(cfg: &MptConfig, fan_out: usize, fan_in: usize) -> InitDist {
             let bound = gain(i.nonlinearity, i.init_gain) * (3.0 / fan).sqrt();
             InitDist::Uniform(-bound, bound)
         }
-        InitName::XavierNormal => InitDist::Normal(i.init_gain * (2.0 / (fan_in + fan_out) as f64).sqrt()),
+        InitName::XavierNormal => {
+            InitDist::Normal(i.init_gain * (2.0 / (fan_in + fan_out) as f64).sqrt())
+        }
         InitName::XavierUniform => {
             let a = i.init_gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
             InitDist::Uniform(-a, a)
@@ -104,7 +114,10 @@ pub fn residual_divisor(cfg: &MptConfig) -> f64 {
 /// The distribution of a parameter, and the divisor applied after drawing.
 pub fn param_dist(cfg: &MptConfig, spec: &ParamSpec) -> (InitDist, f64) {
     match spec.role {
-        ParamRole::LinearWeight { fused_rows, residual } => {
+        ParamRole::LinearWeight {
+            fused_rows,
+            residual,
+        } => {
             let (rows, cols) = (spec.shape[0], spec.shape[1]);
             // Every fused slice has the same shape, so one distribution serves them all.
             let fan_out = fused_rows.unwrap_or(rows);
@@ -124,7 +137,9 @@ pub fn param_dist(cfg: &MptConfig, spec: &ParamSpec) -> (InitDist, f64) {
             let dist = match cfg.init_config.emb_init {
                 EmbInit::Std(s) => InitDist::Normal(s),
                 EmbInit::Uniform(lo, hi) => InitDist::Uniform(lo, hi),
-                EmbInit::Scheme if cfg.init_config.name == InitName::Default => InitDist::Normal(1.0),
+                EmbInit::Scheme if cfg.init_config.name == InitName::Default => {
+                    InitDist::Normal(1.0)
+                }
                 EmbInit::Scheme => scheme_dist(cfg, spec.shape[0], spec.shape[1]),
             };
             (dist, 1.0)
@@ -134,7 +149,9 @@ pub fn param_dist(cfg: &MptConfig, spec: &ParamSpec) -> (InitDist, f64) {
 
 /// FNV-1a, a fixed hash of the parameter name (std's hasher may change between releases).
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The initial values of one parameter (row-major, PyTorch layout).
@@ -149,21 +166,23 @@ pub fn init_values(cfg: &MptConfig, spec: &ParamSpec, seed: u64) -> Vec<f32> {
     key[8..16].copy_from_slice(&fnv1a(&spec.name).to_le_bytes());
     key[16..24].copy_from_slice(b"mpt-init");
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = ChaCha20Rng::from_seed(key);
-        rng.set_stream(i as u64);
-        for v in chunk.iter_mut() {
-            let x = match dist {
-                InitDist::Normal(std) => {
-                    let z: f64 = StandardNormal.sample(&mut rng);
-                    z * std
-                }
-                InitDist::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
-                InitDist::Constant(c) => c,
-            };
-            *v = (x / div) as f32;
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = ChaCha20Rng::from_seed(key);
+            rng.set_stream(i as u64);
+            for v in chunk.iter_mut() {
+                let x = match dist {
+                    InitDist::Normal(std) => {
+                        let z: f64 = StandardNormal.sample(&mut rng);
+                        z * std
+                    }
+                    InitDist::Uniform(lo, hi) => lo + (hi - lo) * rng.random::<f64>(),
+                    InitDist::Constant(c) => c,
+                };
+                *v = (x / div) as f32;
+            }
+        });
     out
 }
 
@@ -180,7 +199,10 @@ mod tests {
     }
 
     fn spec(cfg: &MptConfig, name: &str) -> ParamSpec {
-        param_specs(cfg).into_iter().find(|s| s.name == name).unwrap()
+        param_specs(cfg)
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
     }
 
     fn cfg() -> MptConfig {
@@ -199,15 +221,29 @@ mod tests {
         let wqkv = init_values(&c, &spec(&c, "transformer.blocks.0.attn.Wqkv.weight"), 7);
         let (m, s) = stats(&wqkv);
         let want = (2.0f64 / 128.0).sqrt();
-        assert!(m.abs() < 0.003 && (s / want - 1.0).abs() < 0.02, "mean {m} std {s} want {want}");
+        assert!(
+            m.abs() < 0.003 && (s / want - 1.0).abs() < 0.02,
+            "mean {m} std {s} want {want}"
+        );
         // out_proj is residual: divided by sqrt(2 n_layers) = 4.
-        let out = init_values(&c, &spec(&c, "transformer.blocks.3.attn.out_proj.weight"), 7);
+        let out = init_values(
+            &c,
+            &spec(&c, "transformer.blocks.3.attn.out_proj.weight"),
+            7,
+        );
         let (_, s) = stats(&out);
         assert!((s / (want / 4.0) - 1.0).abs() < 0.03, "std {s}");
         // down_proj: fan_in = hidden 512, residual.
-        let down = init_values(&c, &spec(&c, "transformer.blocks.0.ffn.down_proj.weight"), 7);
+        let down = init_values(
+            &c,
+            &spec(&c, "transformer.blocks.0.ffn.down_proj.weight"),
+            7,
+        );
         let (_, s) = stats(&down);
-        assert!((s / ((2.0f64 / 512.0).sqrt() / 4.0) - 1.0).abs() < 0.03, "std {s}");
+        assert!(
+            (s / ((2.0f64 / 512.0).sqrt() / 4.0) - 1.0).abs() < 0.03,
+            "std {s}"
+        );
     }
 
     #[test]
@@ -244,9 +280,21 @@ mod tests {
         let mut c = cfg();
         c.no_bias = false;
         c.attention_bias = true;
-        assert!(init_values(&c, &spec(&c, "transformer.norm_f.weight"), 1).iter().all(|&x| x == 1.0));
-        assert!(init_values(&c, &spec(&c, "transformer.norm_f.bias"), 1).iter().all(|&x| x == 0.0));
-        assert!(init_values(&c, &spec(&c, "transformer.blocks.0.attn.Wqkv.bias"), 1).iter().all(|&x| x == 0.0));
+        assert!(
+            init_values(&c, &spec(&c, "transformer.norm_f.weight"), 1)
+                .iter()
+                .all(|&x| x == 1.0)
+        );
+        assert!(
+            init_values(&c, &spec(&c, "transformer.norm_f.bias"), 1)
+                .iter()
+                .all(|&x| x == 0.0)
+        );
+        assert!(
+            init_values(&c, &spec(&c, "transformer.blocks.0.attn.Wqkv.bias"), 1)
+                .iter()
+                .all(|&x| x == 0.0)
+        );
     }
 
     #[test]

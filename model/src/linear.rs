@@ -28,7 +28,9 @@ impl<B: Backend> Linear<B> {
         let rows: usize = dims[..D - 1].iter().product();
         // One 2-D GEMM over all rows (forward and both backward products), rather than a
         // batched matmul whose weight gradient must then be summed over the batch.
-        let y = x.reshape([rows, d_in]).matmul(self.weight.val().transpose());
+        let y = x
+            .reshape([rows, d_in])
+            .matmul(self.weight.val().transpose());
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
@@ -66,8 +68,14 @@ mod tests {
         let dev = Default::default();
         // W = [[1, 2], [3, 4], [5, 6]] (d_out 3, d_in 2), b = [0.5, 0, -1]
         let lin = Linear::<Flex> {
-            weight: Param::from_tensor(Tensor::from_floats([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], &dev)),
-            bias: Some(Param::from_tensor(Tensor::from_floats([0.5, 0.0, -1.0], &dev))),
+            weight: Param::from_tensor(Tensor::from_floats(
+                [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+                &dev,
+            )),
+            bias: Some(Param::from_tensor(Tensor::from_floats(
+                [0.5, 0.0, -1.0],
+                &dev,
+            ))),
         };
         let x = Tensor::<Flex, 3>::from_floats([[[1.0, 1.0], [2.0, -1.0]]], &dev);
         let y = lin.forward(x).into_data().to_vec::<f32>().unwrap();

@@ -11,7 +11,11 @@ pub const IGNORE_INDEX: i64 = -100;
 ///
 /// # Shapes
 /// - `logits`: `[batch, seq, vocab]`, `targets`: `[batch, seq]` -> `[batch, seq]`
-pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, ignore_index: i64) -> Tensor<B, 2> {
+pub fn token_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    ignore_index: i64,
+) -> Tensor<B, 2> {
     let [b, s, _] = logits.dims();
     let ignored = targets.clone().equal_elem(ignore_index);
     let safe = targets.mask_fill(ignored.clone(), 0);
@@ -25,8 +29,18 @@ pub fn token_cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 
 ///
 /// # Shapes
 /// - returns `[1]`
-pub fn mean_cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, ignore_index: i64) -> Tensor<B, 1> {
-    let count = targets.clone().not_equal_elem(ignore_index).int().sum().float().clamp_min(1.0);
+pub fn mean_cross_entropy<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: Tensor<B, 2, Int>,
+    ignore_index: i64,
+) -> Tensor<B, 1> {
+    let count = targets
+        .clone()
+        .not_equal_elem(ignore_index)
+        .int()
+        .sum()
+        .float()
+        .clamp_min(1.0);
     token_cross_entropy(logits, targets, ignore_index).sum() / count
 }
 
@@ -36,7 +50,10 @@ pub fn mean_cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2
 ///
 /// # Shapes
 /// - `input_ids`, `attention_mask`: `[batch, seq]` -> `[batch, seq]`
-pub fn next_token_targets<B: Backend>(input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Bool>>) -> Tensor<B, 2, Int> {
+pub fn next_token_targets<B: Backend>(
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Option<Tensor<B, 2, Bool>>,
+) -> Tensor<B, 2, Int> {
     let [b, s] = input_ids.dims();
     let device = input_ids.device();
     let ignore = Tensor::<B, 2, Int>::full([b, 1], IGNORE_INDEX, &device);
@@ -57,7 +74,10 @@ mod tests {
         let dev = Default::default();
         let logits = Tensor::<Flex, 3>::from_floats([[[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]]], &dev);
         let targets = Tensor::<Flex, 2, Int>::from_ints([[1, -100]], &dev);
-        let l = token_cross_entropy(logits.clone(), targets.clone(), IGNORE_INDEX).into_data().to_vec::<f32>().unwrap();
+        let l = token_cross_entropy(logits.clone(), targets.clone(), IGNORE_INDEX)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let lse = (1f64.exp() + 2f64.exp() + 0.5f64.exp()).ln();
         assert!((l[0] as f64 - (lse - 2.0)).abs() < 1e-6);
         assert_eq!(l[1], 0.0);
@@ -70,7 +90,11 @@ mod tests {
         let dev = Default::default();
         let ids = Tensor::<Flex, 2, Int>::from_ints([[5, 6, 7, 0], [1, 2, 3, 4]], &dev);
         let mask = Tensor::<Flex, 2, Bool>::from_data([[true, true, true, false], [true; 4]], &dev);
-        let t = next_token_targets(ids, Some(mask)).into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let t = next_token_targets(ids, Some(mask))
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
         assert_eq!(t, vec![6, 7, -100, -100, 2, 3, 4, -100]);
     }
 }

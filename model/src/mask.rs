@@ -13,7 +13,10 @@ use crate::alibi::alibi_bias;
 
 /// The value written into masked positions for a tensor of `dtype`.
 pub(crate) fn mask_value(dtype: burn::tensor::DType) -> f64 {
-    dtype.finfo().map(|f| 0.5 * f.min).unwrap_or(0.5 * f32::MIN as f64)
+    dtype
+        .finfo()
+        .map(|f| 0.5 * f.min)
+        .unwrap_or(0.5 * f32::MIN as f64)
 }
 
 /// Builds the bias for `s_q` new queries of `n_heads` heads attending to `past + s_q` keys.
@@ -56,7 +59,8 @@ pub(crate) fn attention_bias<B: Backend>(
     };
     if s_q > 1 {
         // Query i (absolute position past + i) sees keys 0..=past + i.
-        let rows = Tensor::<B, 1, Int>::arange(past as i64..s_k as i64, device).reshape([1, 1, s_q, 1]);
+        let rows =
+            Tensor::<B, 1, Int>::arange(past as i64..s_k as i64, device).reshape([1, 1, s_q, 1]);
         let cols = Tensor::<B, 1, Int>::arange(0..s_k as i64, device).reshape([1, 1, 1, s_k]);
         add(cols.expand(shape).greater(rows.expand(shape)));
     }
@@ -64,7 +68,10 @@ pub(crate) fn attention_bias<B: Backend>(
         add(m.bool_not().reshape([batch, 1, 1, s_k]).expand(shape));
     }
     if let Some(seq) = sequence_id {
-        assert_eq!(past, 0, "sequence_id masking is only defined without a KV cache");
+        assert_eq!(
+            past, 0,
+            "sequence_id masking is only defined without a KV cache"
+        );
         let q = seq.clone().reshape([batch, 1, s_q, 1]).expand(shape);
         let k = seq.reshape([batch, 1, 1, s_k]).expand(shape);
         add(q.not_equal(k));
@@ -103,7 +110,12 @@ mod tests {
         assert_eq!(b.dims(), [1, 1, 2, 5]);
         let v = b.into_data().to_vec::<f32>().unwrap();
         let m: Vec<bool> = v.into_iter().map(is_masked).collect();
-        assert_eq!(m, vec![false, false, false, false, true, false, false, false, false, false]);
+        assert_eq!(
+            m,
+            vec![
+                false, false, false, false, true, false, false, false, false, false
+            ]
+        );
     }
 
     #[test]
@@ -112,7 +124,13 @@ mod tests {
         let key_mask = Tensor::<Flex, 2, Bool>::from_data([[false, true, true]], &dev);
         let seq = Tensor::<Flex, 2, Int>::from_data([[0, 0, 1]], &dev);
         let b = attention_bias::<Flex>(1, None, 3, 0, Some(key_mask), Some(seq), &dev).unwrap();
-        let m: Vec<bool> = b.into_data().to_vec::<f32>().unwrap().into_iter().map(is_masked).collect();
+        let m: Vec<bool> = b
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(is_masked)
+            .collect();
         #[rustfmt::skip]
         let want = vec![
             true, true, true,   // query 0 sees only key 0, which is padding
@@ -126,7 +144,10 @@ mod tests {
     fn alibi_alone_is_returned_unmasked_for_one_query() {
         let dev = Default::default();
         let b = attention_bias::<Flex>(1, Some(&[0.5]), 1, 2, None, None, &dev).unwrap();
-        assert_eq!(b.into_data().to_vec::<f32>().unwrap(), vec![-1.0, -0.5, 0.0]);
+        assert_eq!(
+            b.into_data().to_vec::<f32>().unwrap(),
+            vec![-1.0, -0.5, 0.0]
+        );
         assert!(attention_bias::<Flex>(1, None, 1, 2, None, None, &dev).is_none());
     }
 }

@@ -36,7 +36,11 @@ pub struct MptInput<B: Backend> {
 impl<B: Backend> MptInput<B> {
     /// Ids only: no padding, one document per row.
     pub fn new(input_ids: Tensor<B, 2, Int>) -> Self {
-        Self { input_ids, attention_mask: None, sequence_id: None }
+        Self {
+            input_ids,
+            attention_mask: None,
+            sequence_id: None,
+        }
     }
 }
 
@@ -59,7 +63,11 @@ pub struct Mpt<B: Backend> {
 impl<B: Backend> Mpt<B> {
     /// Builds the model, taking every tensor from `source` (which must return each spec's
     /// shape). Used by `init` and `hf::load`.
-    pub(crate) fn build(config: &MptConfig, device: &B::Device, source: &mut dyn FnMut(&ParamSpec) -> TensorData) -> Self {
+    pub(crate) fn build(
+        config: &MptConfig,
+        device: &B::Device,
+        source: &mut dyn FnMut(&ParamSpec) -> TensorData,
+    ) -> Self {
         let mut b = Builder::<B>::new(config, device, source);
         let c = config;
         let a = &c.attn_config;
@@ -100,7 +108,14 @@ impl<B: Backend> Mpt<B> {
         let wpe = c.learned_pos_emb.then(|| b.embedding("transformer.wpe"));
         let norm_f = b.norm("transformer.norm_f", c);
         let lm_head = (!c.tie_word_embeddings).then(|| b.linear("lm_head"));
-        Self { wte, wpe, blocks, norm_f, lm_head, config: config.clone() }
+        Self {
+            wte,
+            wpe,
+            blocks,
+            norm_f,
+            lm_head,
+            config: config.clone(),
+        }
     }
 
     /// The configuration this model was built from.
@@ -130,7 +145,13 @@ impl<B: Backend> Mpt<B> {
     /// # Shapes
     /// - returns `[batch, seq, d_model]`
     pub fn forward_features(&self, input: MptInput<B>) -> Tensor<B, 3> {
-        self.run(input.input_ids, input.attention_mask, input.sequence_id, None, None)
+        self.run(
+            input.input_ids,
+            input.attention_mask,
+            input.sequence_id,
+            None,
+            None,
+        )
     }
 
     /// Transformers' `output_hidden_states`: the embeddings, the output of each block but the
@@ -140,7 +161,13 @@ impl<B: Backend> Mpt<B> {
     /// - each `[batch, seq, d_model]`
     pub fn forward_hidden_states(&self, input: MptInput<B>) -> Vec<Tensor<B, 3>> {
         let mut hidden = Vec::with_capacity(self.config.n_layers + 1);
-        let last = self.run(input.input_ids, input.attention_mask, input.sequence_id, None, Some(&mut hidden));
+        let last = self.run(
+            input.input_ids,
+            input.attention_mask,
+            input.sequence_id,
+            None,
+            Some(&mut hidden),
+        );
         hidden.push(last);
         hidden
     }
@@ -177,7 +204,9 @@ impl<B: Backend> Mpt<B> {
                 let [b, s, d] = x.dims();
                 let w = self.wte.weight.val(); // [vocab, d]
                 let v = w.dims()[0];
-                x.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, v])
+                x.reshape([b * s, d])
+                    .matmul(w.transpose())
+                    .reshape([b, s, v])
             }
         };
         let scale = self.config.logit_scale_value();
@@ -208,7 +237,11 @@ impl<B: Backend> Mpt<B> {
             c.max_seq_len
         );
         if let Some(m) = &attention_mask {
-            assert_eq!(m.dims(), [batch, s], "attention_mask must have the ids' shape");
+            assert_eq!(
+                m.dims(),
+                [batch, s],
+                "attention_mask must have the ids' shape"
+            );
         }
         if let Some(k) = cache.as_deref_mut() {
             k.begin(c.n_layers, batch);
@@ -233,8 +266,13 @@ impl<B: Backend> Mpt<B> {
             }
         };
         if let Some(wpe) = &self.wpe {
-            x = x + match positions.as_ref().expect("positions are built when wpe exists") {
-                Positions::Range(start) => wpe.weight.val().narrow(0, *start, s).unsqueeze_dim::<3>(0),
+            x = x + match positions
+                .as_ref()
+                .expect("positions are built when wpe exists")
+            {
+                Positions::Range(start) => {
+                    wpe.weight.val().narrow(0, *start, s).unsqueeze_dim::<3>(0)
+                }
                 Positions::PerToken(p) => wpe.forward(p.clone()),
             };
         }
@@ -249,16 +287,32 @@ impl<B: Backend> Mpt<B> {
         let rotary = a.rope.then(|| {
             let hd = c.head_dim();
             match positions.as_ref().expect("positions are built with rope") {
-                Positions::Range(start) => Rotary::range(*start, s, hd, a.rope_theta, a.rope_scaling_factor, &device),
-                Positions::PerToken(p) => Rotary::new(p.clone().float(), hd, a.rope_theta, a.rope_scaling_factor),
+                Positions::Range(start) => {
+                    Rotary::range(*start, s, hd, a.rope_theta, a.rope_scaling_factor, &device)
+                }
+                Positions::PerToken(p) => {
+                    Rotary::new(p.clone().float(), hd, a.rope_theta, a.rope_scaling_factor)
+                }
             }
         });
         let slopes = a.alibi.then(|| gen_slopes(c.n_heads, a.alibi_bias_max));
         let sequence_id = sequence_id.filter(|_| a.attn_uses_sequence_id);
         if let Some(seq) = &sequence_id {
-            assert_eq!(seq.dims(), [batch, s], "sequence_id must have the ids' shape");
+            assert_eq!(
+                seq.dims(),
+                [batch, s],
+                "sequence_id must have the ids' shape"
+            );
         }
-        let bias = attention_bias::<B>(c.n_heads, slopes.as_deref(), s, past, key_mask, sequence_id, &device);
+        let bias = attention_bias::<B>(
+            c.n_heads,
+            slopes.as_deref(),
+            s,
+            past,
+            key_mask,
+            sequence_id,
+            &device,
+        );
         let ctx = LayerContext { bias, rotary };
 
         for (i, block) in self.blocks.iter().enumerate() {

@@ -54,7 +54,8 @@ mod tests {
         let dev = Default::default();
         Norm {
             weight: Param::from_tensor(Tensor::from_floats([1.0, 2.0, 0.5, 1.0], &dev)),
-            bias: bias.then(|| Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, -1.0], &dev))),
+            bias: bias
+                .then(|| Param::from_tensor(Tensor::from_floats([0.0, 1.0, 0.0, -1.0], &dev))),
             eps: 1e-5,
             rms,
         }
@@ -63,20 +64,32 @@ mod tests {
     #[test]
     fn layer_norm_matches_closed_form() {
         let x = Tensor::<Flex, 2>::from_floats([[1.0, 2.0, 3.0, 6.0]], &Default::default());
-        let got = norm(false, true).forward(x).into_data().to_vec::<f32>().unwrap();
+        let got = norm(false, true)
+            .forward(x)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let (mean, var) = (3.0f64, (4.0 + 1.0 + 0.0 + 9.0) / 4.0);
         let w = [1.0, 2.0, 0.5, 1.0];
         let b = [0.0, 1.0, 0.0, -1.0];
         for (i, v) in [1.0, 2.0, 3.0, 6.0].iter().enumerate() {
             let want = (v - mean) / (var + 1e-5f64).sqrt() * w[i] + b[i];
-            assert!((got[i] as f64 - want).abs() < 1e-5, "{i}: {} vs {want}", got[i]);
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-5,
+                "{i}: {} vs {want}",
+                got[i]
+            );
         }
     }
 
     #[test]
     fn rms_norm_matches_closed_form() {
         let x = Tensor::<Flex, 2>::from_floats([[1.0, -2.0, 3.0, 0.0]], &Default::default());
-        let got = norm(true, false).forward(x).into_data().to_vec::<f32>().unwrap();
+        let got = norm(true, false)
+            .forward(x)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let ms = (1.0 + 4.0 + 9.0) / 4.0f64;
         let w = [1.0, 2.0, 0.5, 1.0];
         for (i, v) in [1.0, -2.0, 3.0, 0.0].iter().enumerate() {

@@ -36,8 +36,13 @@ impl<B: Backend> Rotary<B> {
         let device = positions.device();
         let [b, s] = positions.dims();
         let half = head_dim / 2;
-        let freq = Tensor::<B, 1>::from_data(TensorData::new(inv_freq(head_dim, theta), [half]), &device);
-        let positions = if scaling != 1.0 { positions / scaling } else { positions };
+        let freq =
+            Tensor::<B, 1>::from_data(TensorData::new(inv_freq(head_dim, theta), [half]), &device);
+        let positions = if scaling != 1.0 {
+            positions / scaling
+        } else {
+            positions
+        };
         // [b, s, 1] * [1, 1, d/2] -> [b, s, d/2]
         let angles = positions.reshape([b, s, 1]) * freq.reshape([1, 1, half]);
         let cos = angles.clone().cos();
@@ -48,7 +53,14 @@ impl<B: Backend> Rotary<B> {
     }
 
     /// Tables for positions `start..start + len`, shared by every row.
-    pub fn range(start: usize, len: usize, head_dim: usize, theta: f64, scaling: f64, device: &B::Device) -> Self {
+    pub fn range(
+        start: usize,
+        len: usize,
+        head_dim: usize,
+        theta: f64,
+        scaling: f64,
+        device: &B::Device,
+    ) -> Self {
         let pos = Tensor::<B, 1, Int>::arange(start as i64..(start + len) as i64, device).float();
         Self::new(pos.reshape([1, len]), head_dim, theta, scaling)
     }
@@ -60,7 +72,13 @@ impl<B: Backend> Rotary<B> {
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let d = x.dims()[3];
         let half = d / 2;
-        let swapped = Tensor::cat(vec![x.clone().narrow(3, half, half), x.clone().narrow(3, 0, half)], 3);
+        let swapped = Tensor::cat(
+            vec![
+                x.clone().narrow(3, half, half),
+                x.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
         x * self.cos.clone() + swapped * self.sin.clone()
     }
 }
@@ -73,7 +91,8 @@ mod tests {
     #[test]
     fn rotation_matches_closed_form_and_keeps_norm() {
         let dev = Default::default();
-        let x = Tensor::<Flex, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]]], &dev);
+        let x =
+            Tensor::<Flex, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]]], &dev);
         let rot = Rotary::<Flex>::range(0, 2, 4, 10000.0, 1.0, &dev);
         let y = rot.apply(x).into_data().to_vec::<f32>().unwrap();
         // Position 0: identity.
@@ -81,9 +100,19 @@ mod tests {
         // Position 1: pairs (x0, x2) rotated by 1 rad, (x1, x3) by 1/100 rad.
         let (c0, s0) = (1f64.cos(), 1f64.sin());
         let (c1, s1) = (0.01f64.cos(), 0.01f64.sin());
-        let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1];
+        let want = [
+            1.0 * c0 - 3.0 * s0,
+            2.0 * c1 - 4.0 * s1,
+            3.0 * c0 + 1.0 * s0,
+            4.0 * c1 + 2.0 * s1,
+        ];
         for i in 0..4 {
-            assert!((y[4 + i] as f64 - want[i]).abs() < 1e-5, "{i}: {} vs {}", y[4 + i], want[i]);
+            assert!(
+                (y[4 + i] as f64 - want[i]).abs() < 1e-5,
+                "{i}: {} vs {}",
+                y[4 + i],
+                want[i]
+            );
         }
     }
 

@@ -63,9 +63,15 @@ pub fn param_specs(cfg: &MptConfig) -> Vec<ParamSpec> {
     let d = cfg.d_model;
     let hd = cfg.head_dim();
     let has_norm_bias = !cfg.no_bias && !cfg.norm_type.is_rms();
-    let mut push = |name: String, shape: Vec<usize>, role: ParamRole| out.push(ParamSpec { name, shape, role });
+    let mut push = |name: String, shape: Vec<usize>, role: ParamRole| {
+        out.push(ParamSpec { name, shape, role })
+    };
     let norm = |push: &mut dyn FnMut(String, Vec<usize>, ParamRole), prefix: &str, width: usize| {
-        push(format!("{prefix}.weight"), vec![width], ParamRole::NormWeight);
+        push(
+            format!("{prefix}.weight"),
+            vec![width],
+            ParamRole::NormWeight,
+        );
         if has_norm_bias {
             push(format!("{prefix}.bias"), vec![width], ParamRole::NormBias);
         }
@@ -77,34 +83,97 @@ pub fn param_specs(cfg: &MptConfig) -> Vec<ParamSpec> {
                   bias: bool,
                   fused_rows: Option<usize>,
                   residual: bool| {
-        push(format!("{prefix}.weight"), vec![out_f, in_f], ParamRole::LinearWeight { fused_rows, residual });
+        push(
+            format!("{prefix}.weight"),
+            vec![out_f, in_f],
+            ParamRole::LinearWeight {
+                fused_rows,
+                residual,
+            },
+        );
         if bias {
-            push(format!("{prefix}.bias"), vec![out_f], ParamRole::LinearBias { fan_in: in_f });
+            push(
+                format!("{prefix}.bias"),
+                vec![out_f],
+                ParamRole::LinearBias { fan_in: in_f },
+            );
         }
     };
 
-    push("transformer.wte.weight".into(), vec![cfg.vocab_size, d], ParamRole::Embedding);
+    push(
+        "transformer.wte.weight".into(),
+        vec![cfg.vocab_size, d],
+        ParamRole::Embedding,
+    );
     if cfg.learned_pos_emb {
-        push("transformer.wpe.weight".into(), vec![cfg.max_seq_len, d], ParamRole::Embedding);
+        push(
+            "transformer.wpe.weight".into(),
+            vec![cfg.max_seq_len, d],
+            ParamRole::Embedding,
+        );
     }
     let a = &cfg.attn_config;
     for i in 0..cfg.n_layers {
         let p = format!("transformer.blocks.{i}");
         norm(&mut push, &format!("{p}.norm_1"), d);
-        linear(&mut push, &format!("{p}.attn.Wqkv"), cfg.qkv_dim(), d, cfg.attention_bias, Some(hd), false);
+        linear(
+            &mut push,
+            &format!("{p}.attn.Wqkv"),
+            cfg.qkv_dim(),
+            d,
+            cfg.attention_bias,
+            Some(hd),
+            false,
+        );
         if a.qk_ln || a.qk_gn {
-            let (q, k) = if a.qk_gn { (hd, hd) } else { (d, a.kv_n_heads * hd) };
+            let (q, k) = if a.qk_gn {
+                (hd, hd)
+            } else {
+                (d, a.kv_n_heads * hd)
+            };
             norm(&mut push, &format!("{p}.attn.q_ln"), q);
             norm(&mut push, &format!("{p}.attn.k_ln"), k);
         }
-        linear(&mut push, &format!("{p}.attn.out_proj"), d, d, !cfg.no_bias, None, true);
+        linear(
+            &mut push,
+            &format!("{p}.attn.out_proj"),
+            d,
+            d,
+            !cfg.no_bias,
+            None,
+            true,
+        );
         norm(&mut push, &format!("{p}.norm_2"), d);
         let h = cfg.ffn_config.hidden_size;
-        linear(&mut push, &format!("{p}.ffn.up_proj"), h, d, !cfg.no_bias, None, false);
+        linear(
+            &mut push,
+            &format!("{p}.ffn.up_proj"),
+            h,
+            d,
+            !cfg.no_bias,
+            None,
+            false,
+        );
         if cfg.ffn_config.ffn_type == FfnType::MptGlu {
-            linear(&mut push, &format!("{p}.ffn.gate_proj"), h, d, !cfg.no_bias, None, false);
+            linear(
+                &mut push,
+                &format!("{p}.ffn.gate_proj"),
+                h,
+                d,
+                !cfg.no_bias,
+                None,
+                false,
+            );
         }
-        linear(&mut push, &format!("{p}.ffn.down_proj"), d, h, !cfg.no_bias, None, true);
+        linear(
+            &mut push,
+            &format!("{p}.ffn.down_proj"),
+            d,
+            h,
+            !cfg.no_bias,
+            None,
+            true,
+        );
     }
     norm(&mut push, "transformer.norm_f", d);
     if !cfg.tie_word_embeddings {
@@ -119,7 +188,10 @@ pub fn hf_name(path: &str) -> String {
     if path.starts_with("lm_head.") {
         return path.to_string();
     }
-    let renamed: Vec<&str> = path.split('.').map(|p| if p == "wqkv" { "Wqkv" } else { p }).collect();
+    let renamed: Vec<&str> = path
+        .split('.')
+        .map(|p| if p == "wqkv" { "Wqkv" } else { p })
+        .collect();
     format!("transformer.{}", renamed.join("."))
 }
 
@@ -133,9 +205,20 @@ pub(crate) struct Builder<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Builder<'a, B> {
-    pub(crate) fn new(cfg: &MptConfig, device: &B::Device, source: &'a mut dyn FnMut(&ParamSpec) -> TensorData) -> Self {
-        let specs = param_specs(cfg).into_iter().map(|s| (s.name.clone(), s)).collect();
-        Self { specs, source, device: device.clone() }
+    pub(crate) fn new(
+        cfg: &MptConfig,
+        device: &B::Device,
+        source: &'a mut dyn FnMut(&ParamSpec) -> TensorData,
+    ) -> Self {
+        let specs = param_specs(cfg)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        Self {
+            specs,
+            source,
+            device: device.clone(),
+        }
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
@@ -143,9 +226,16 @@ impl<'a, B: Backend> Builder<'a, B> {
     }
 
     fn data(&mut self, name: &str) -> TensorData {
-        let spec = self.specs.get(name).unwrap_or_else(|| panic!("{name} is not in the parameter table"));
+        let spec = self
+            .specs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the parameter table"));
         let data = (self.source)(spec);
-        assert_eq!(data.shape.as_slice(), spec.shape.as_slice(), "source returned the wrong shape for {name}");
+        assert_eq!(
+            data.shape.as_slice(),
+            spec.shape.as_slice(),
+            "source returned the wrong shape for {name}"
+        );
         data
     }
 
@@ -164,11 +254,16 @@ impl<'a, B: Backend> Builder<'a, B> {
     }
 
     pub(crate) fn linear(&mut self, prefix: &str) -> Linear<B> {
-        Linear { weight: self.param2(&format!("{prefix}.weight")), bias: self.opt1(&format!("{prefix}.bias")) }
+        Linear {
+            weight: self.param2(&format!("{prefix}.weight")),
+            bias: self.opt1(&format!("{prefix}.bias")),
+        }
     }
 
     pub(crate) fn embedding(&mut self, prefix: &str) -> Embedding<B> {
-        Embedding { weight: self.param2(&format!("{prefix}.weight")) }
+        Embedding {
+            weight: self.param2(&format!("{prefix}.weight")),
+        }
     }
 
     pub(crate) fn norm(&mut self, prefix: &str, cfg: &MptConfig) -> Norm<B> {
@@ -188,7 +283,10 @@ mod tests {
     #[test]
     fn hf_name_maps_module_paths_to_checkpoint_names() {
         assert_eq!(hf_name("wte.weight"), "transformer.wte.weight");
-        assert_eq!(hf_name("blocks.3.attn.wqkv.bias"), "transformer.blocks.3.attn.Wqkv.bias");
+        assert_eq!(
+            hf_name("blocks.3.attn.wqkv.bias"),
+            "transformer.blocks.3.attn.Wqkv.bias"
+        );
         assert_eq!(hf_name("lm_head.weight"), "lm_head.weight");
     }
 

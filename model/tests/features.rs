@@ -20,7 +20,10 @@ fn small() -> MptConfig {
 }
 
 fn batch<Bk: Backend>() -> Tensor<Bk, 2, Int> {
-    Tensor::from_ints([[3, 9, 27, 1, 4, 15, 9, 2], [5, 6, 7, 8, 9, 10, 11, 12]], &Default::default())
+    Tensor::from_ints(
+        [[3, 9, 27, 1, 4, 15, 9, 2], [5, 6, 7, 8, 9, 10, 11, 12]],
+        &Default::default(),
+    )
 }
 
 #[test]
@@ -32,7 +35,10 @@ fn dropout_acts_only_on_autodiff_backends() {
     let model = c.init::<AD>(&Default::default(), 1);
     let a = to_vec(model.forward(MptInput::new(batch())));
     let b = to_vec(model.forward(MptInput::new(batch())));
-    assert!(max_abs_diff(&a, &b) > 1e-3, "training forwards should differ");
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "training forwards should differ"
+    );
     let inner = model.valid();
     let x = to_vec(inner.forward(MptInput::new(batch())));
     let y = to_vec(inner.forward(MptInput::new(batch())));
@@ -63,7 +69,11 @@ fn embedding_fraction_scales_only_the_embedding_gradient() {
     let wte2 = &g2["transformer.wte.weight"];
     let norm1: f32 = wte1.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(norm1 > 0.0);
-    assert!(wte1.iter().zip(wte2).all(|(a, b)| (a * 0.25 - b).abs() <= 1e-6 * (1.0 + a.abs())));
+    assert!(
+        wte1.iter()
+            .zip(wte2)
+            .all(|(a, b)| (a * 0.25 - b).abs() <= 1e-6 * (1.0 + a.abs()))
+    );
     assert_eq!(g1["lm_head.weight"], g2["lm_head.weight"]);
 }
 
@@ -74,7 +84,16 @@ fn init_is_identical_on_every_backend_and_seed_dependent() {
     let b = hf::named_parameters(&c.init::<AD>(&Default::default(), 9).valid());
     let c2 = hf::named_parameters(&c.init::<B>(&Default::default(), 10));
     let bits = |m: &std::collections::BTreeMap<String, TensorData>| -> Vec<Vec<u32>> {
-        m.values().map(|d| d.clone().into_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()).collect()
+        m.values()
+            .map(|d| {
+                d.clone()
+                    .into_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect()
     };
     assert_eq!(bits(&a), bits(&b));
     assert_ne!(bits(&a), bits(&c2));
@@ -93,7 +112,11 @@ fn positional_variants() -> Vec<(&'static str, MptConfig)> {
     wpe.attn_config.attn_type = AttnType::MultiQuery;
     wpe.attn_config.kv_n_heads = 1;
     wpe.attn_config.qk_ln = true;
-    vec![("rope+gqa+glu", rope), ("wpe+mqa+qk_ln", wpe), ("alibi", small())]
+    vec![
+        ("rope+gqa+glu", rope),
+        ("wpe+mqa+qk_ln", wpe),
+        ("alibi", small()),
+    ]
 }
 
 #[test]
@@ -107,7 +130,11 @@ fn cached_decoding_matches_full_forward_for_every_position_scheme() {
         let prefill = to_vec(model.forward_cached(ids.clone().narrow(1, 0, 3), None, &mut cache));
         let mut steps = vec![prefill];
         for t in 3..8 {
-            steps.push(to_vec(model.forward_cached(ids.clone().narrow(1, t, 1), None, &mut cache)));
+            steps.push(to_vec(model.forward_cached(
+                ids.clone().narrow(1, t, 1),
+                None,
+                &mut cache,
+            )));
         }
         // Reassemble [2, 8, v] from per-step [2, s, v] chunks.
         let v = c.vocab_size;
@@ -117,7 +144,11 @@ fn cached_decoding_matches_full_forward_for_every_position_scheme() {
                 got.extend_from_slice(&chunk[r * s * v..(r + 1) * s * v]);
             }
         }
-        assert!(max_abs_diff(&got, &full) <= 2e-5, "{label}: {}", max_abs_diff(&got, &full));
+        assert!(
+            max_abs_diff(&got, &full) <= 2e-5,
+            "{label}: {}",
+            max_abs_diff(&got, &full)
+        );
     }
 }
 
@@ -127,22 +158,43 @@ fn left_padding_changes_no_real_row_for_every_position_scheme() {
         let model = c.init::<B>(&Default::default(), 5);
         let prompts = vec![vec![3u32, 9, 27], vec![5, 6, 7, 8, 9, 10, 11]];
         for use_cache in [true, false] {
-            let cfg = GenerationConfig { max_new_tokens: 6, use_cache, ..Default::default() };
+            let cfg = GenerationConfig {
+                max_new_tokens: 6,
+                use_cache,
+                ..Default::default()
+            };
             let together = generate(&model, &prompts, &cfg, None, &Default::default()).unwrap();
             for (r, p) in prompts.iter().enumerate() {
-                let alone = generate(&model, std::slice::from_ref(p), &cfg, None, &Default::default()).unwrap();
+                let alone = generate(
+                    &model,
+                    std::slice::from_ref(p),
+                    &cfg,
+                    None,
+                    &Default::default(),
+                )
+                .unwrap();
                 assert_eq!(together[r], alone[0], "{label} row {r} cache {use_cache}");
             }
         }
         // And the padded row's logits equal its unpadded logits.
         let padded = MptInput {
             input_ids: Tensor::from_ints([[0, 0, 0, 0, 3, 9, 27]], &Default::default()),
-            attention_mask: Some(Tensor::from_data([[false, false, false, false, true, true, true]], &Default::default())),
+            attention_mask: Some(Tensor::from_data(
+                [[false, false, false, false, true, true, true]],
+                &Default::default(),
+            )),
             sequence_id: None,
         };
         let a = to_vec(model.forward(padded));
-        let b = to_vec(model.forward(MptInput::new(Tensor::from_ints([[3, 9, 27]], &Default::default()))));
+        let b = to_vec(model.forward(MptInput::new(Tensor::from_ints(
+            [[3, 9, 27]],
+            &Default::default(),
+        ))));
         let v = c.vocab_size;
-        assert!(max_abs_diff(&a[4 * v..], &b) <= 1e-5, "{label}: {}", max_abs_diff(&a[4 * v..], &b));
+        assert!(
+            max_abs_diff(&a[4 * v..], &b) <= 1e-5,
+            "{label}: {}",
+            max_abs_diff(&a[4 * v..], &b)
+        );
     }
 }

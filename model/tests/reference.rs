@@ -5,12 +5,17 @@
 //! `Vec<f64>` loops and only the config's plain fields and the checkpoint tensors; it calls none
 //! of the crate's modules.
 
+// Index loops mirror the formulas; iterator chains would obscure the reference.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
 use common::*;
-use tessera_model::config::{Activation, AttnType, FfnType, LogitScale, MptConfig, NormType, RopeImpl};
+use tessera_model::config::{
+    Activation, AttnType, FfnType, LogitScale, MptConfig, NormType, RopeImpl,
+};
 use tessera_model::{MptInput, hf};
 
 type Weights = HashMap<String, (Vec<f64>, Vec<usize>)>;
@@ -41,7 +46,11 @@ fn random_weights(cfg: &MptConfig, seed: u64) -> BTreeMap<String, (Vec<f32>, Vec
             if name.ends_with("wte.weight") || name.ends_with("wpe.weight") {
                 rng.next()
             } else if name.contains("_ln.") || name.contains("norm_") {
-                if name.ends_with(".weight") { 1.0 + 0.3 * rng.next() } else { 0.2 * rng.next() }
+                if name.ends_with(".weight") {
+                    1.0 + 0.3 * rng.next()
+                } else {
+                    0.2 * rng.next()
+                }
             } else if name.ends_with(".bias") {
                 0.2 * rng.next()
             } else {
@@ -72,15 +81,24 @@ fn norm(cfg: &MptConfig, w: &Weights, prefix: &str, x: &[f64]) -> Vec<f64> {
     let n = x.len() as f64;
     let weight = &w[&format!("{prefix}.weight")].0;
     let bias = w.get(&format!("{prefix}.bias")).map(|b| &b.0);
-    let rms = matches!(cfg.norm_type, NormType::RmsNorm | NormType::LowPrecisionRmsNorm);
+    let rms = matches!(
+        cfg.norm_type,
+        NormType::RmsNorm | NormType::LowPrecisionRmsNorm
+    );
     let (center, denom) = if rms {
-        (0.0, (x.iter().map(|v| v * v).sum::<f64>() / n + cfg.norm_eps).sqrt())
+        (
+            0.0,
+            (x.iter().map(|v| v * v).sum::<f64>() / n + cfg.norm_eps).sqrt(),
+        )
     } else {
         let mean = x.iter().sum::<f64>() / n;
         let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
         (mean, (var + cfg.norm_eps).sqrt())
     };
-    x.iter().enumerate().map(|(i, v)| (v - center) / denom * weight[i] + bias.map_or(0.0, |b| b[i])).collect()
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| (v - center) / denom * weight[i] + bias.map_or(0.0, |b| b[i]))
+        .collect()
 }
 
 fn erf(x: f64) -> f64 {
@@ -117,7 +135,10 @@ fn erf(x: f64) -> f64 {
 fn act(a: Activation, x: f64) -> f64 {
     match a {
         Activation::Gelu => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
-        Activation::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh()),
+        Activation::GeluTanh => {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::Relu => x.max(0.0),
         Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
@@ -130,7 +151,9 @@ fn slopes(n_heads: usize, max: f64) -> Vec<f64> {
     while n < n_heads {
         n *= 2;
     }
-    let s: Vec<f64> = (1..=n).map(|i| 0.5f64.powf(i as f64 * max / n as f64)).collect();
+    let s: Vec<f64> = (1..=n)
+        .map(|i| 0.5f64.powf(i as f64 * max / n as f64))
+        .collect();
     if n == n_heads {
         return s;
     }
@@ -152,7 +175,13 @@ fn rope(x: &mut [f64], pos: f64, theta: f64, scaling: f64) {
 }
 
 /// Logits `[t][vocab]` of one row. `real[t]` = not padding; `seq` = document ids.
-fn reference_row(cfg: &MptConfig, w: &Weights, ids: &[usize], real: &[bool], seq: Option<&[i64]>) -> Vec<Vec<f64>> {
+fn reference_row(
+    cfg: &MptConfig,
+    w: &Weights,
+    ids: &[usize],
+    real: &[bool],
+    seq: Option<&[i64]>,
+) -> Vec<Vec<f64>> {
     let t_len = ids.len();
     let d = cfg.d_model;
     let h = cfg.n_heads;
@@ -161,8 +190,12 @@ fn reference_row(cfg: &MptConfig, w: &Weights, ids: &[usize], real: &[bool], seq
     let kv = a.kv_n_heads;
     let wte = &w["transformer.wte.weight"].0;
     // Position of a token = number of real tokens before it.
-    let pos: Vec<usize> = (0..t_len).map(|t| real[..t].iter().filter(|&&r| r).count()).collect();
-    let mut x: Vec<Vec<f64>> = (0..t_len).map(|t| wte[ids[t] * d..(ids[t] + 1) * d].to_vec()).collect();
+    let pos: Vec<usize> = (0..t_len)
+        .map(|t| real[..t].iter().filter(|&&r| r).count())
+        .collect();
+    let mut x: Vec<Vec<f64>> = (0..t_len)
+        .map(|t| wte[ids[t] * d..(ids[t] + 1) * d].to_vec())
+        .collect();
     if let Some(wpe) = w.get("transformer.wpe.weight") {
         for t in 0..t_len {
             for i in 0..d {
@@ -192,12 +225,20 @@ fn reference_row(cfg: &MptConfig, w: &Weights, ids: &[usize], real: &[bool], seq
                 k = norm(cfg, w, &format!("{p}.attn.k_ln"), &k);
             }
             if a.qk_gn {
-                q = q.chunks(hd).flat_map(|c| norm(cfg, w, &format!("{p}.attn.q_ln"), c)).collect();
-                k = k.chunks(hd).flat_map(|c| norm(cfg, w, &format!("{p}.attn.k_ln"), c)).collect();
+                q = q
+                    .chunks(hd)
+                    .flat_map(|c| norm(cfg, w, &format!("{p}.attn.q_ln"), c))
+                    .collect();
+                k = k
+                    .chunks(hd)
+                    .flat_map(|c| norm(cfg, w, &format!("{p}.attn.k_ln"), c))
+                    .collect();
             }
             if a.rope {
-                q.chunks_mut(hd).for_each(|c| rope(c, pos[t] as f64, a.rope_theta, a.rope_scaling_factor));
-                k.chunks_mut(hd).for_each(|c| rope(c, pos[t] as f64, a.rope_theta, a.rope_scaling_factor));
+                q.chunks_mut(hd)
+                    .for_each(|c| rope(c, pos[t] as f64, a.rope_theta, a.rope_scaling_factor));
+                k.chunks_mut(hd)
+                    .for_each(|c| rope(c, pos[t] as f64, a.rope_theta, a.rope_scaling_factor));
             }
             q_all.push(q);
             k_all.push(k);
@@ -216,7 +257,9 @@ fn reference_row(cfg: &MptConfig, w: &Weights, ids: &[usize], real: &[bool], seq
                 let scores: Vec<f64> = allowed
                     .iter()
                     .map(|&s| {
-                        let qk: f64 = (0..hd).map(|i| q_all[t][head * hd + i] * k_all[s][kvh * hd + i]).sum();
+                        let qk: f64 = (0..hd)
+                            .map(|i| q_all[t][head * hd + i] * k_all[s][kvh * hd + i])
+                            .sum();
                         let mut sc = qk * scale;
                         if let Some(c) = a.attn_logit_softcapping {
                             sc = c * (sc / c).tanh();
@@ -236,26 +279,50 @@ fn reference_row(cfg: &MptConfig, w: &Weights, ids: &[usize], real: &[bool], seq
                     }
                 }
             }
-            let out = matvec(get("attn.out_proj.weight").unwrap(), get("attn.out_proj.bias"), &o);
+            let out = matvec(
+                get("attn.out_proj.weight").unwrap(),
+                get("attn.out_proj.bias"),
+                &o,
+            );
             for i in 0..d {
                 x[t][i] += out[i];
             }
             let m = norm(cfg, w, &format!("{p}.norm_2"), &x[t]);
-            let up = matvec(get("ffn.up_proj.weight").unwrap(), get("ffn.up_proj.bias"), &m);
+            let up = matvec(
+                get("ffn.up_proj.weight").unwrap(),
+                get("ffn.up_proj.bias"),
+                &m,
+            );
             let hidden: Vec<f64> = match cfg.ffn_config.ffn_type {
-                FfnType::MptMlp => up.iter().map(|&u| act(cfg.ffn_config.activation, u)).collect(),
+                FfnType::MptMlp => up
+                    .iter()
+                    .map(|&u| act(cfg.ffn_config.activation, u))
+                    .collect(),
                 FfnType::MptGlu => {
-                    let gate = matvec(get("ffn.gate_proj.weight").unwrap(), get("ffn.gate_proj.bias"), &m);
-                    gate.iter().zip(&up).map(|(&g, &u)| act(cfg.ffn_config.activation, g) * u).collect()
+                    let gate = matvec(
+                        get("ffn.gate_proj.weight").unwrap(),
+                        get("ffn.gate_proj.bias"),
+                        &m,
+                    );
+                    gate.iter()
+                        .zip(&up)
+                        .map(|(&g, &u)| act(cfg.ffn_config.activation, g) * u)
+                        .collect()
                 }
             };
-            let down = matvec(get("ffn.down_proj.weight").unwrap(), get("ffn.down_proj.bias"), &hidden);
+            let down = matvec(
+                get("ffn.down_proj.weight").unwrap(),
+                get("ffn.down_proj.bias"),
+                &hidden,
+            );
             for i in 0..d {
                 x[t][i] += down[i];
             }
         }
     }
-    let unembed = w.get("lm_head.weight").unwrap_or(&w["transformer.wte.weight"]);
+    let unembed = w
+        .get("lm_head.weight")
+        .unwrap_or(&w["transformer.wte.weight"]);
     let logit_scale = match cfg.logit_scale {
         None => 1.0,
         Some(LogitScale::Value(v)) => v,
@@ -299,28 +366,62 @@ fn check(label: &str, cfg: MptConfig, seq_ids: bool) {
     cfg.validate().unwrap_or_else(|e| panic!("{label}: {e}"));
     let weights = random_weights(&cfg, 17);
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("config.json"), serde_json::to_string(&cfg.to_hf_json()).unwrap()).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        serde_json::to_string(&cfg.to_hf_json()).unwrap(),
+    )
+    .unwrap();
     let owned: Vec<(String, Vec<u8>, Vec<usize>)> = weights
         .iter()
-        .map(|(k, (v, s))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), s.clone()))
+        .map(|(k, (v, s))| {
+            (
+                k.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                s.clone(),
+            )
+        })
         .collect();
     let views: Vec<_> = owned
         .iter()
-        .map(|(k, b, s)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
-    std::fs::write(tmp.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     let (loaded_cfg, model) = hf::load::<B>(tmp.path(), &Default::default()).unwrap();
     assert_eq!(loaded_cfg, cfg, "{label}");
-    let w: Weights = weights.into_iter().map(|(k, (v, s))| (k, (v.into_iter().map(f64::from).collect(), s))).collect();
+    let w: Weights = weights
+        .into_iter()
+        .map(|(k, (v, s))| (k, (v.into_iter().map(f64::from).collect(), s)))
+        .collect();
 
     // Row 0: 3 left pads then 9 tokens; row 1: 12 tokens (two documents when seq_ids).
     let t_len = 12;
     let rows: Vec<Vec<usize>> = vec![
-        (0..t_len).map(|i| if i < 3 { 0 } else { (i * 7 + 3) % cfg.vocab_size }).collect(),
+        (0..t_len)
+            .map(|i| {
+                if i < 3 {
+                    0
+                } else {
+                    (i * 7 + 3) % cfg.vocab_size
+                }
+            })
+            .collect(),
         (0..t_len).map(|i| (i * 13 + 5) % cfg.vocab_size).collect(),
     ];
     let real: Vec<Vec<bool>> = vec![(0..t_len).map(|i| i >= 3).collect(), vec![true; t_len]];
-    let seq: Vec<Vec<i64>> = vec![vec![0; t_len], (0..t_len).map(|i| if i < 5 { 0 } else { 1 }).collect()];
+    let seq: Vec<Vec<i64>> = vec![
+        vec![0; t_len],
+        (0..t_len).map(|i| if i < 5 { 0 } else { 1 }).collect(),
+    ];
 
     let flat_ids: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
     let flat_mask: Vec<i64> = real.iter().flatten().map(|&r| r as i64).collect();
@@ -335,7 +436,13 @@ fn check(label: &str, cfg: MptConfig, seq_ids: bool) {
     let mut worst = 0f64;
     let mut scale = 0f64;
     for r in 0..2 {
-        let want = reference_row(&cfg, &w, &rows[r], &real[r], seq_ids.then_some(seq[r].as_slice()));
+        let want = reference_row(
+            &cfg,
+            &w,
+            &rows[r],
+            &real[r],
+            seq_ids.then_some(seq[r].as_slice()),
+        );
         for t in 0..t_len {
             if !real[r][t] {
                 continue;
@@ -348,7 +455,10 @@ fn check(label: &str, cfg: MptConfig, seq_ids: bool) {
         }
     }
     assert!(scale > 0.5, "{label}: degenerate logits (max {scale})");
-    assert!(worst <= 2e-5 * scale.max(1.0), "{label}: max |f32 - f64| = {worst:e} (logits up to {scale:.2})");
+    assert!(
+        worst <= 2e-5 * scale.max(1.0),
+        "{label}: max |f32 - f64| = {worst:e} (logits up to {scale:.2})"
+    );
 }
 
 #[test]

@@ -1,6 +1,9 @@
 pub mod bench_step;
+pub mod data;
 pub mod generate;
 pub mod inspect;
+pub mod plan;
+pub mod quickstart;
 pub mod train;
 
 use tessera::device::DeviceSpec;

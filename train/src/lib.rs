@@ -4,10 +4,12 @@ pub mod checkpoint;
 pub mod run_dir;
 
 pub mod config;
+pub mod finetune;
 pub mod guard;
 pub mod metrics;
 pub mod optim;
 pub mod plan;
+pub mod preflight;
 pub mod schedule;
 pub mod batch;
 pub mod step;

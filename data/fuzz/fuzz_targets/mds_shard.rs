@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
         &[("tokens", "ndarray:int32")],
     ];
     for layout in layouts {
-        let columns = Arc::new(Columns::new(layout.iter().copied(), Path::new("fuzz/index.json")).unwrap());
+        let columns =
+            Arc::new(Columns::new(layout.iter().copied(), Path::new("fuzz/index.json")).unwrap());
         let path = Path::new("fuzz/shard.00000.mds");
         match Shard::parse(ShardData::Owned(data.to_vec()), columns, None, path) {
             Err(e) => assert!(e.to_string().contains("fuzz/shard.00000.mds"), "{e}"),

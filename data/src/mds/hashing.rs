@@ -10,7 +10,7 @@ use std::fmt;
 use super::error::{MdsError, Result};
 
 /// A hash algorithm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlgo {
     Blake2b,
     Blake2s,

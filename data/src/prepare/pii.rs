@@ -169,16 +169,20 @@ fn replace_valid<'a>(
 /// True when the match is not glued to more digits or letters (e.g. inside a hash or a longer
 /// number).
 fn digit_bounded(t: &str, s: usize, e: usize) -> bool {
-    !t[..s].ends_with(|c: char| c.is_alphanumeric() || c == '.' || c == '-' || c == '+')
-        && !t[e..].starts_with(|c: char| c.is_alphanumeric())
-        && !(t[e..].starts_with('.') && t[e + 1..].starts_with(|c: char| c.is_ascii_digit()))
+    let glued_before =
+        t[..s].ends_with(|c: char| c.is_alphanumeric() || c == '.' || c == '-' || c == '+');
+    !(glued_before || glued_after(t, e))
+}
+
+/// True when more letters or digits (or a dot and a digit) follow position `e`.
+fn glued_after(t: &str, e: usize) -> bool {
+    t[e..].starts_with(|c: char| c.is_alphanumeric())
+        || (t[e..].starts_with('.') && t[e + 1..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// IPv4 boundaries: not part of a longer dotted number (`1.2.3.4.5`, version strings).
 fn is_ipv4_bounded(t: &str, s: usize, e: usize) -> bool {
-    !t[..s].ends_with(|c: char| c.is_alphanumeric() || c == '.')
-        && !t[e..].starts_with(|c: char| c.is_alphanumeric())
-        && !(t[e..].starts_with('.') && t[e + 1..].starts_with(|c: char| c.is_ascii_digit()))
+    !(t[..s].ends_with(|c: char| c.is_alphanumeric() || c == '.') || glued_after(t, e))
 }
 
 /// A real IPv6 address with at least three non-empty groups (so `::`, `::1` and Python slices
@@ -205,7 +209,7 @@ fn is_card(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A phone number: 10–15 digits, with separators (space, dot, dash, parentheses) that are used

@@ -13,6 +13,7 @@ use super::pii::{PiiCounts, PiiScrubber};
 use super::quality;
 use super::record::extract_text;
 use crate::tokenizer::Tokenizer;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// Compiled settings shared by the workers.
 pub struct Stages<'a> {
@@ -93,10 +94,7 @@ impl Stages<'_> {
                     }
                 },
                 Err(_) if clean.utf8 == Utf8Mode::Drop => {
-                    return Ok(Analyzed::Dropped {
-                        reason: "invalid_utf8",
-                        edits,
-                    });
+                    return Ok(self.invalid_utf8(bytes, edits));
                 }
                 Err(_) => {
                     edits.utf8_repaired = true;
@@ -120,12 +118,7 @@ impl Stages<'_> {
                     edits.utf8_repaired = true;
                     Cow::Owned(s)
                 }
-                Utf8Outcome::Invalid => {
-                    return Ok(Analyzed::Dropped {
-                        reason: "invalid_utf8",
-                        edits,
-                    });
-                }
+                Utf8Outcome::Invalid => return Ok(self.invalid_utf8(bytes, edits)),
             }
         };
         let mut text = text;
@@ -183,6 +176,20 @@ impl Stages<'_> {
             ids,
             edits,
         }))
+    }
+
+    /// A document dropped for invalid UTF-8. It has no text to route on, so its slice comes
+    /// from its raw bytes: each slice counts only its own share of these drops.
+    fn invalid_utf8<'b>(&self, bytes: &[u8], edits: Edits) -> Analyzed<'b> {
+        match self.cfg.slice {
+            Some(slice) if slice_of(xxh3_128(bytes), self.cfg.seed, slice.count) != slice.index => {
+                Analyzed::OtherSlice
+            }
+            _ => Analyzed::Dropped {
+                reason: "invalid_utf8",
+                edits,
+            },
+        }
     }
 
     /// The token ids of `text` (no special tokens added).

@@ -35,11 +35,13 @@ const CACHE_LIMIT: usize = 1 << 19;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Pre-token bytes → ids.
+type WordCache = HashMap<Box<[u8]>, Box<[u32]>, Xxh3DefaultBuilder>;
+
 thread_local! {
     /// (encoder id, pre-token bytes → ids). One cache per thread, reset when another encoder
     /// uses the thread.
-    static CACHE: RefCell<(u64, HashMap<Box<[u8]>, Box<[u32]>, Xxh3DefaultBuilder>)> =
-        RefCell::new((0, HashMap::default()));
+    static CACHE: RefCell<(u64, WordCache)> = RefCell::new((0, HashMap::default()));
 }
 
 /// A multiplicative hasher for the `u64` merge-pair keys.
@@ -294,12 +296,7 @@ impl FastBpe {
         }
     }
 
-    fn pre_tokenize(
-        &self,
-        piece: &str,
-        out: &mut Vec<u32>,
-        cache: &mut HashMap<Box<[u8]>, Box<[u32]>, Xxh3DefaultBuilder>,
-    ) {
+    fn pre_tokenize(&self, piece: &str, out: &mut Vec<u32>, cache: &mut WordCache) {
         if piece.is_empty() {
             return;
         }
@@ -375,12 +372,7 @@ impl FastBpe {
         }
     }
 
-    fn bpe_cached(
-        &self,
-        word: &[u8],
-        out: &mut Vec<u32>,
-        cache: &mut HashMap<Box<[u8]>, Box<[u32]>, Xxh3DefaultBuilder>,
-    ) {
+    fn bpe_cached(&self, word: &[u8], out: &mut Vec<u32>, cache: &mut WordCache) {
         if word.len() == 1 {
             out.push(self.byte_ids[word[0] as usize]);
             return;

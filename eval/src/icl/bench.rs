@@ -48,7 +48,9 @@ impl IclBench {
 
     /// A markdown table for BENCHMARKS.md.
     pub fn to_markdown(&self) -> String {
-        let mut md = String::from("| task | examples | sequences | seconds | examples/s | accuracy |\n|:---|---:|---:|---:|---:|---:|\n");
+        let mut md = String::from(
+            "| task | examples | sequences | seconds | examples/s | accuracy |\n|:---|---:|---:|---:|---:|---:|\n",
+        );
         for t in &self.tasks {
             let _ = writeln!(
                 md,
@@ -102,12 +104,19 @@ pub fn measure<B: Backend>(
             accuracy: r.accuracy,
         });
     }
-    Ok(IclBench { tasks: timings, prepare_seconds: 0.0 })
+    Ok(IclBench {
+        tasks: timings,
+        prepare_seconds: 0.0,
+    })
 }
 
 /// The benchmark tasks from the shared fixtures folder (`fixtures` holds `icl/` and
 /// `tokenizer/`), with `tasks_v0.3.yaml`'s definitions pointed at the local files.
-pub fn fixture_tasks(fixtures: &Path, tok: &Tokenizer, batch_size: usize) -> Result<Vec<PreparedTask>, IclError> {
+pub fn fixture_tasks(
+    fixtures: &Path,
+    tok: &Tokenizer,
+    batch_size: usize,
+) -> Result<Vec<PreparedTask>, IclError> {
     let icl = fixtures.join("icl");
     let defs = load_task_file(&icl.join("yamls").join("tasks_v0.3.yaml"))?;
     let wanted = [
@@ -116,14 +125,21 @@ pub fn fixture_tasks(fixtures: &Path, tok: &Tokenizer, batch_size: usize) -> Res
         ("winograd", "winograd_wsc.jsonl"),
         ("triviaqa_sm_sub", "triviaqa_sm_sub.jsonl"),
     ];
-    let defaults = TaskDefaults { max_seq_len: 512, batch_size };
+    let defaults = TaskDefaults {
+        max_seq_len: 512,
+        batch_size,
+    };
     let mut tasks = Vec::new();
     for (label, file) in wanted {
-        let mut cfg = defs.iter().find(|d| d.label == label).cloned().ok_or_else(|| IclError::Config {
-            origin: icl.join("yamls").join("tasks_v0.3.yaml"),
-            context: label.into(),
-            message: "task missing from the file".into(),
-        })?;
+        let mut cfg = defs
+            .iter()
+            .find(|d| d.label == label)
+            .cloned()
+            .ok_or_else(|| IclError::Config {
+                origin: icl.join("yamls").join("tasks_v0.3.yaml"),
+                context: label.into(),
+                message: "task missing from the file".into(),
+            })?;
         cfg.dataset_uri = icl.join(file).to_string_lossy().into_owned();
         tasks.extend(prepare_task(&cfg, tok, &defaults, &[])?);
     }
@@ -131,12 +147,26 @@ pub fn fixture_tasks(fixtures: &Path, tok: &Tokenizer, batch_size: usize) -> Res
 }
 
 /// Loads the fixture model and tokenizer and measures ICL throughput on them.
-pub fn bench_fixture<B: Backend>(fixtures: &Path, batch_size: usize, device: &B::Device) -> Result<IclBench, IclError> {
-    let (_, model) = tessera_model::hf::load::<B>(fixtures.join("icl_model"), device)
-        .map_err(|e| IclError::Model(format!("loading {}: {e}", fixtures.join("icl_model").display())))?;
-    let tok_path = fixtures.join("tokenizer").join("gpt-neox-20b").join("tokenizer.json");
-    let tok = Tokenizer::from_file(&tok_path)
-        .map_err(|e| IclError::Tokenizer { what: tok_path.display().to_string(), message: e.to_string() })?;
+pub fn bench_fixture<B: Backend>(
+    fixtures: &Path,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<IclBench, IclError> {
+    let (_, model) =
+        tessera_model::hf::load::<B>(fixtures.join("icl_model"), device).map_err(|e| {
+            IclError::Model(format!(
+                "loading {}: {e}",
+                fixtures.join("icl_model").display()
+            ))
+        })?;
+    let tok_path = fixtures
+        .join("tokenizer")
+        .join("gpt-neox-20b")
+        .join("tokenizer.json");
+    let tok = Tokenizer::from_file(&tok_path).map_err(|e| IclError::Tokenizer {
+        what: tok_path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let start = Instant::now();
     let tasks = fixture_tasks(fixtures, &tok, batch_size)?;
     let prepare_seconds = start.elapsed().as_secs_f64();

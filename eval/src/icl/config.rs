@@ -91,8 +91,16 @@ pub const KNOWN_TASK_KEYS: &[&str] = &[
 ];
 
 /// Keys of `generation_kwargs` that tessera honours.
-pub const KNOWN_GENERATION_KWARGS: &[&str] =
-    &["max_new_tokens", "use_cache", "pad_token_id", "eos_token_id", "do_sample", "temperature", "top_k", "top_p"];
+pub const KNOWN_GENERATION_KWARGS: &[&str] = &[
+    "max_new_tokens",
+    "use_cache",
+    "pad_token_id",
+    "eos_token_id",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+];
 
 /// The wire form of one entry (llm-foundry names and defaults).
 #[derive(Debug, Deserialize)]
@@ -235,7 +243,9 @@ impl IclTaskConfig {
             context: context.to_string(),
             message,
         };
-        let map = v.as_object().ok_or_else(|| err(format!("expected a mapping, found {v}")))?;
+        let map = v
+            .as_object()
+            .ok_or_else(|| err(format!("expected a mapping, found {v}")))?;
         let context = match map.get("label").and_then(Value::as_str) {
             Some(label) => format!("{context} (label `{label}`)"),
             None => context.to_string(),
@@ -253,7 +263,10 @@ impl IclTaskConfig {
                     .into(),
             ));
         }
-        if w.dataset_uri.starts_with("hf://") || w.hf_loading_vars.is_some() || w.hf_parsing_map.is_some() {
+        if w.dataset_uri.starts_with("hf://")
+            || w.hf_loading_vars.is_some()
+            || w.hf_parsing_map.is_some()
+        {
             return Err(err(format!(
                 "Hugging Face hub datasets (`hf://`, hf_loading_vars, hf_parsing_map) are not \
                  supported; convert `{}` to a local JSONL file",
@@ -276,21 +289,27 @@ impl IclTaskConfig {
         }
         let num_fewshot = w.num_fewshot.into_vec();
         if num_fewshot.is_empty() {
-            return Err(err("num_fewshot is empty; give at least one shot count, e.g. [0]".into()));
+            return Err(err(
+                "num_fewshot is empty; give at least one shot count, e.g. [0]".into(),
+            ));
         }
         if w.batch_size == Some(0) || w.max_seq_len == Some(0) {
             return Err(err("batch_size and max_seq_len must be positive".into()));
         }
         let mut max_new_tokens = None;
         if let Some(kw) = &w.generation_kwargs {
-            check_keys(kw, KNOWN_GENERATION_KWARGS, &format!("{context}.generation_kwargs"), origin)?;
+            check_keys(
+                kw,
+                KNOWN_GENERATION_KWARGS,
+                &format!("{context}.generation_kwargs"),
+                origin,
+            )?;
             if let Some(m) = kw.get("max_new_tokens") {
-                max_new_tokens = Some(
-                    m.as_u64()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| err(format!("generation_kwargs.max_new_tokens: expected a positive integer, found {m}")))?
-                        as usize,
-                );
+                max_new_tokens = Some(m.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                    err(format!(
+                        "generation_kwargs.max_new_tokens: expected a positive integer, found {m}"
+                    ))
+                })? as usize);
             }
             if kw.get("do_sample").and_then(Value::as_bool) == Some(true) {
                 return Err(err(
@@ -326,7 +345,12 @@ impl IclTaskConfig {
     }
 
     /// A task of `icl_task_type` over `dataset_uri` with llm-foundry's defaults.
-    pub fn new(label: &str, dataset_uri: &str, icl_task_type: IclTaskType, num_fewshot: Vec<usize>) -> Self {
+    pub fn new(
+        label: &str,
+        dataset_uri: &str,
+        icl_task_type: IclTaskType,
+        num_fewshot: Vec<usize>,
+    ) -> Self {
         let v = serde_json::json!({
             "label": label, "dataset_uri": dataset_uri,
             "icl_task_type": icl_task_type.as_str(), "num_fewshot": num_fewshot,
@@ -394,15 +418,23 @@ pub fn resolve_dataset_path(uri: &str, search_dirs: &[PathBuf]) -> Result<PathBu
         return if p.is_file() {
             Ok(p.to_path_buf())
         } else {
-            Err(IclError::DatasetMissing { uri: uri.into(), tried: vec![p.to_path_buf()], hint: String::new() })
+            Err(IclError::DatasetMissing {
+                uri: uri.into(),
+                tried: vec![p.to_path_buf()],
+                hint: String::new(),
+            })
         };
     }
     let tried: Vec<PathBuf> = search_dirs.iter().map(|d| d.join(p)).collect();
-    tried.iter().find(|c| c.is_file()).cloned().ok_or_else(|| IclError::DatasetMissing {
-        uri: uri.into(),
-        tried,
-        hint: String::new(),
-    })
+    tried
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .ok_or_else(|| IclError::DatasetMissing {
+            uri: uri.into(),
+            tried,
+            hint: String::new(),
+        })
 }
 
 #[cfg(test)]
@@ -442,7 +474,10 @@ mod tests {
         let e = tasks("icl_tasks:\n- label: piqa\n  dataset_uri: p.jsonl\n  num_fewshot: [0]\n  icl_task_type: multiple_choice\n  continuation_delimeter: x\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("continuation_delimeter") && e.contains("piqa"), "{e}");
+        assert!(
+            e.contains("continuation_delimeter") && e.contains("piqa"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -470,8 +505,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "{}\n").unwrap();
         let dirs = vec![PathBuf::from("/nonexistent"), dir.path().to_path_buf()];
-        assert_eq!(resolve_dataset_path("a.jsonl", &dirs).unwrap(), dir.path().join("a.jsonl"));
-        let e = resolve_dataset_path("b.jsonl", &dirs).unwrap_err().to_string();
+        assert_eq!(
+            resolve_dataset_path("a.jsonl", &dirs).unwrap(),
+            dir.path().join("a.jsonl")
+        );
+        let e = resolve_dataset_path("b.jsonl", &dirs)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/b.jsonl"), "{e}");
         assert!(resolve_dataset_path("s3://x/y", &dirs).is_err());
     }

@@ -24,9 +24,20 @@ use super::pytext::py_strip;
 /// One test example.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IclExample {
-    LanguageModeling { context: String, continuation: String },
-    MultipleChoice { query: String, choices: Vec<String>, gold: usize },
-    Schema { context_options: Vec<String>, continuation: String, gold: usize },
+    LanguageModeling {
+        context: String,
+        continuation: String,
+    },
+    MultipleChoice {
+        query: String,
+        choices: Vec<String>,
+        gold: usize,
+    },
+    Schema {
+        context_options: Vec<String>,
+        continuation: String,
+        gold: usize,
+    },
     Generation {
         context: String,
         answer: String,
@@ -42,8 +53,11 @@ impl IclExample {
     /// and deduplicated (llm-foundry uses `set([answer] + aliases)`).
     pub fn labels(&self) -> Vec<String> {
         match self {
-            Self::Generation { answer, aliases, .. } => {
-                let mut all: Vec<String> = std::iter::once(answer).chain(aliases).cloned().collect();
+            Self::Generation {
+                answer, aliases, ..
+            } => {
+                let mut all: Vec<String> =
+                    std::iter::once(answer).chain(aliases).cloned().collect();
                 all.sort();
                 all.dedup();
                 all
@@ -94,14 +108,20 @@ impl<'a> Keys<'a> {
 
 /// Reads `path` for `task`: one dataset, or one per category (sorted) with `has_categories`.
 pub fn load_datasets(path: &Path, task: &IclTaskConfig) -> Result<Vec<IclDataset>, IclError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| IclError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| IclError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut rows = Vec::new();
     for (line, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
-        let err = |message: String| IclError::Dataset { path: path.to_path_buf(), line: line + 1, message };
+        let err = |message: String| IclError::Dataset {
+            path: path.to_path_buf(),
+            line: line + 1,
+            message,
+        };
         let v: Value = serde_json::from_str(raw).map_err(|e| err(format!("not JSON: {e}")))?;
         let Value::Object(mut obj) = v else {
             return Err(err("expected a JSON object".into()));
@@ -119,12 +139,18 @@ pub fn load_datasets(path: &Path, task: &IclTaskConfig) -> Result<Vec<IclDataset
         rows.push((line, obj));
     }
     if rows.is_empty() {
-        return Err(IclError::Dataset { path: path.to_path_buf(), line: 0, message: "the file holds no examples".into() });
+        return Err(IclError::Dataset {
+            path: path.to_path_buf(),
+            line: 0,
+            message: "the file holds no examples".into(),
+        });
     }
     let has_cot = task.icl_task_type == IclTaskType::GenerationTaskWithAnswers
         && rows.iter().any(|(_, o)| o.contains_key("chain_of_thought"));
 
-    let mut groups: BTreeMap<Option<String>, Vec<(usize, Map<String, Value>)>> = BTreeMap::new();
+    // category (None without has_categories) -> (0-based line, row)
+    type Rows = Vec<(usize, Map<String, Value>)>;
+    let mut groups: BTreeMap<Option<String>, Rows> = BTreeMap::new();
     for (line, obj) in rows {
         let category = if task.has_categories {
             match obj.get("category") {
@@ -153,11 +179,21 @@ pub fn load_datasets(path: &Path, task: &IclTaskConfig) -> Result<Vec<IclDataset
             let mut examples = Vec::with_capacity(rows.len());
             let mut lines = Vec::with_capacity(rows.len());
             for (line, obj) in rows {
-                let parse = ExampleParser { path, line: line + 1, obj: &obj };
+                let parse = ExampleParser {
+                    path,
+                    line: line + 1,
+                    obj: &obj,
+                };
                 examples.push(parse.example(task.icl_task_type, &keys, has_cot)?);
                 lines.push(line);
             }
-            Ok(IclDataset { path: path.to_path_buf(), category, examples, lines, has_cot })
+            Ok(IclDataset {
+                path: path.to_path_buf(),
+                category,
+                examples,
+                lines,
+                has_cot,
+            })
         })
         .collect()
 }
@@ -170,7 +206,11 @@ struct ExampleParser<'a> {
 
 impl ExampleParser<'_> {
     fn err(&self, message: String) -> IclError {
-        IclError::Dataset { path: self.path.to_path_buf(), line: self.line, message }
+        IclError::Dataset {
+            path: self.path.to_path_buf(),
+            line: self.line,
+            message,
+        }
     }
 
     fn string(&self, key: &str) -> Result<String, IclError> {
@@ -195,25 +235,39 @@ impl ExampleParser<'_> {
                 })
                 .collect(),
             None | Some(Value::Null) if !required => Ok(Vec::new()),
-            Some(other) => Err(self.err(format!("`{key}` should be a list of strings, found {other}"))),
+            Some(other) => Err(self.err(format!(
+                "`{key}` should be a list of strings, found {other}"
+            ))),
             None => Err(self.err(format!("missing `{key}`"))),
         }
     }
 
     fn gold(&self, n_choices: usize, what: &str) -> Result<usize, IclError> {
-        let g = self.obj.get("gold").ok_or_else(|| self.err("missing `gold`".into()))?;
-        let gold = g.as_u64().ok_or_else(|| self.err(format!("`gold` should be an index, found {g}")))?
+        let g = self
+            .obj
+            .get("gold")
+            .ok_or_else(|| self.err("missing `gold`".into()))?;
+        let gold = g
+            .as_u64()
+            .ok_or_else(|| self.err(format!("`gold` should be an index, found {g}")))?
             as usize;
         if n_choices == 0 {
             return Err(self.err(format!("`{what}` is empty")));
         }
         if gold >= n_choices {
-            return Err(self.err(format!("`gold` is {gold} but there are only {n_choices} {what}")));
+            return Err(self.err(format!(
+                "`gold` is {gold} but there are only {n_choices} {what}"
+            )));
         }
         Ok(gold)
     }
 
-    fn example(&self, ty: IclTaskType, keys: &Keys<'_>, has_cot: bool) -> Result<IclExample, IclError> {
+    fn example(
+        &self,
+        ty: IclTaskType,
+        keys: &Keys<'_>,
+        has_cot: bool,
+    ) -> Result<IclExample, IclError> {
         Ok(match ty {
             IclTaskType::LanguageModeling => IclExample::LanguageModeling {
                 context: self.string(keys.context)?,
@@ -222,12 +276,20 @@ impl ExampleParser<'_> {
             IclTaskType::MultipleChoice => {
                 let choices = self.strings(keys.choices, true)?;
                 let gold = self.gold(choices.len(), keys.choices)?;
-                IclExample::MultipleChoice { query: self.string(keys.context)?, choices, gold }
+                IclExample::MultipleChoice {
+                    query: self.string(keys.context)?,
+                    choices,
+                    gold,
+                }
             }
             IclTaskType::Schema => {
                 let context_options = self.strings(keys.choices, true)?;
                 let gold = self.gold(context_options.len(), keys.choices)?;
-                IclExample::Schema { context_options, continuation: self.string("continuation")?, gold }
+                IclExample::Schema {
+                    context_options,
+                    continuation: self.string("continuation")?,
+                    gold,
+                }
             }
             IclTaskType::GenerationTaskWithAnswers => IclExample::Generation {
                 context: self.string(keys.context)?,
@@ -244,7 +306,8 @@ impl ExampleParser<'_> {
             },
             IclTaskType::CodeEvaluation => {
                 return Err(self.err(
-                    "code_evaluation tasks are run by the code-eval module, not as ICL examples".into(),
+                    "code_evaluation tasks are run by the code-eval module, not as ICL examples"
+                        .into(),
                 ));
             }
         })
@@ -269,7 +332,11 @@ mod tests {
         let ds = load_datasets(&p, &t).unwrap();
         assert_eq!(
             ds[0].examples[0],
-            IclExample::MultipleChoice { query: "Q?".into(), choices: vec![" a ".into(), "b".into()], gold: 1 }
+            IclExample::MultipleChoice {
+                query: "Q?".into(),
+                choices: vec![" a ".into(), "b".into()],
+                gold: 1
+            }
         );
     }
 
@@ -291,13 +358,22 @@ mod tests {
 
     #[test]
     fn bad_rows_name_file_line_and_field() {
-        let (_d, p) = write(&[r#"{"context_options": ["x", "y"], "continuation": "z", "gold": 2}"#]);
+        let (_d, p) =
+            write(&[r#"{"context_options": ["x", "y"], "continuation": "z", "gold": 2}"#]);
         let t = IclTaskConfig::new("s", "t.jsonl", IclTaskType::Schema, vec![0]);
         let e = load_datasets(&p, &t).unwrap_err().to_string();
-        assert!(e.contains("t.jsonl") && e.contains(":1") && e.contains("gold"), "{e}");
+        assert!(
+            e.contains("t.jsonl") && e.contains(":1") && e.contains("gold"),
+            "{e}"
+        );
 
         let (_d, p) = write(&["{\"context\": \"x\"}"]);
-        let t = IclTaskConfig::new("g", "t.jsonl", IclTaskType::GenerationTaskWithAnswers, vec![0]);
+        let t = IclTaskConfig::new(
+            "g",
+            "t.jsonl",
+            IclTaskType::GenerationTaskWithAnswers,
+            vec![0],
+        );
         let e = load_datasets(&p, &t).unwrap_err().to_string();
         assert!(e.contains("missing `answer`"), "{e}");
     }
@@ -307,9 +383,17 @@ mod tests {
         let (_d, p) = write(&[
             r#"{"context": "Q", "answer": "Onion", "aliases": ["Onions", "Onion"], "chain_of_thought": "think"}"#,
         ]);
-        let t = IclTaskConfig::new("g", "t.jsonl", IclTaskType::GenerationTaskWithAnswers, vec![0]);
+        let t = IclTaskConfig::new(
+            "g",
+            "t.jsonl",
+            IclTaskType::GenerationTaskWithAnswers,
+            vec![0],
+        );
         let ds = load_datasets(&p, &t).unwrap();
         assert!(ds[0].has_cot);
-        assert_eq!(ds[0].examples[0].labels(), vec!["Onion".to_string(), "Onions".to_string()]);
+        assert_eq!(
+            ds[0].examples[0].labels(),
+            vec!["Onion".to_string(), "Onions".to_string()]
+        );
     }
 }

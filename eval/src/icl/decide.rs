@@ -26,7 +26,11 @@ pub fn select_lowest_perplexity(mean_ces: &[f64]) -> usize {
 pub fn ce_margin(mean_ces: &[f64]) -> f64 {
     let mut sorted = mean_ces.to_vec();
     sorted.sort_by(f64::total_cmp);
-    if sorted.len() > 1 { sorted[1] - sorted[0] } else { f64::INFINITY }
+    if sorted.len() > 1 {
+        sorted[1] - sorted[0]
+    } else {
+        f64::INFINITY
+    }
 }
 
 #[cfg(test)]

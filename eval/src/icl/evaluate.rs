@@ -36,7 +36,10 @@ impl EvalOptions {
     /// token), id 0 when the tokenizer names none.
     pub fn for_tokenizer(tok: &Tokenizer) -> Self {
         let eos = tok.eos_id().unwrap_or(0);
-        Self { pad_id: eos, eos_id: eos }
+        Self {
+            pad_id: eos,
+            eos_id: eos,
+        }
     }
 }
 
@@ -91,8 +94,14 @@ pub fn evaluate_task<B: Backend>(
             let mut scores = score_sequences(model, &flat, &score_opts, device)?.into_iter();
             let mut out = Vec::with_capacity(task.encoded.len());
             for e in &task.encoded {
-                let EncodedExample::Choices { sequences, gold } = e else { return Err(mismatch(task)) };
-                let ces: Vec<f64> = scores.by_ref().take(sequences.len()).map(|s| s.mean_ce()).collect();
+                let EncodedExample::Choices { sequences, gold } = e else {
+                    return Err(mismatch(task));
+                };
+                let ces: Vec<f64> = scores
+                    .by_ref()
+                    .take(sequences.len())
+                    .map(|s| s.mean_ce())
+                    .collect();
                 let selected = select_lowest_perplexity(&ces);
                 let ce_margin = ce_margin(&ces);
                 out.push((
@@ -135,7 +144,10 @@ pub fn evaluate_task<B: Backend>(
 }
 
 fn mismatch(task: &PreparedTask) -> IclError {
-    IclError::Prompt { what: task.label.clone(), message: "encoded examples do not match the task type".into() }
+    IclError::Prompt {
+        what: task.label.clone(),
+        message: "encoded examples do not match the task type".into(),
+    }
 }
 
 /// Greedy generation for every example of a generation task, then answer scoring.
@@ -150,7 +162,11 @@ fn generate_answers<B: Backend>(
     let mut prompts: Vec<(&Vec<u32>, usize, &Vec<String>)> = Vec::with_capacity(task.encoded.len());
     for e in &task.encoded {
         match e {
-            EncodedExample::Generation { prompt, truncated, labels } => prompts.push((prompt, *truncated, labels)),
+            EncodedExample::Generation {
+                prompt,
+                truncated,
+                labels,
+            } => prompts.push((prompt, *truncated, labels)),
             _ => return Err(mismatch(task)),
         }
     }
@@ -165,7 +181,10 @@ fn generate_answers<B: Backend>(
         pad_id: opts.pad_id,
     };
     let max_seq_len = model.config().max_seq_len;
-    if let Some((p, _, _)) = prompts.iter().find(|(p, _, _)| p.len() + settings.max_new_tokens > max_seq_len) {
+    if let Some((p, _, _)) = prompts
+        .iter()
+        .find(|(p, _, _)| p.len() + settings.max_new_tokens > max_seq_len)
+    {
         return Err(IclError::Model(format!(
             "{}: a prompt of {} tokens plus {} new tokens exceeds the model's max_seq_len \
              {max_seq_len}; lower the task's max_seq_len",
@@ -182,13 +201,24 @@ fn generate_answers<B: Backend>(
     for chunk in order.chunks(task.batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].0.clone()).collect();
         let stop_fn = |_row: usize, new_ids: &[u32]| -> bool {
-            !stops.is_empty() && tok.decode(new_ids, true).is_ok_and(|t| contains_stop(&t, stops))
+            !stops.is_empty()
+                && tok
+                    .decode(new_ids, true)
+                    .is_ok_and(|t| contains_stop(&t, stops))
         };
-        let stop: Option<&dyn Fn(usize, &[u32]) -> bool> = if stops.is_empty() { None } else { Some(&stop_fn) };
+        let stop: Option<tessera_model::generate::StopFn<'_>> = if stops.is_empty() {
+            None
+        } else {
+            Some(&stop_fn)
+        };
         let gens = generate(model, &batch, &cfg, stop, device)
             .map_err(|e| IclError::Model(format!("{}: {e}", task.label)))?;
         if gens.len() != chunk.len() {
-            return Err(IclError::Model(format!("generate returned {} rows for {}", gens.len(), chunk.len())));
+            return Err(IclError::Model(format!(
+                "generate returned {} rows for {}",
+                gens.len(),
+                chunk.len()
+            )));
         }
         for (&i, g) in chunk.iter().zip(gens) {
             generated[i] = Some(g.ids);
@@ -206,9 +236,10 @@ fn generate_answers<B: Backend>(
                 }
                 None => false,
             };
-            let output = tok
-                .decode(&ids, true)
-                .map_err(|e| IclError::Tokenizer { what: format!("generated ids {ids:?}"), message: e.to_string() })?;
+            let output = tok.decode(&ids, true).map_err(|e| IclError::Tokenizer {
+                what: format!("generated ids {ids:?}"),
+                message: e.to_string(),
+            })?;
             let verdict = settings.scoring.score(&output, labels);
             Ok((
                 verdict.correct,

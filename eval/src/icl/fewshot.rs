@@ -79,7 +79,10 @@ mod tests {
             want.sort_unstable();
             assert_eq!(got, want);
         }
-        assert_eq!(fewshot_indices_for_dataset(1, 3, 1), vec![Vec::<usize>::new()]);
+        assert_eq!(
+            fewshot_indices_for_dataset(1, 3, 1),
+            vec![Vec::<usize>::new()]
+        );
     }
 
     #[test]

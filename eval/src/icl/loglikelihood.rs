@@ -38,10 +38,17 @@ pub fn encode_request(
     req: &LoglikelihoodRequest,
     max_len: usize,
 ) -> Result<ScoredSequence, IclError> {
-    let enc = |s: &str| tok.encode(s).map_err(|e| IclError::Tokenizer { what: format!("{s:?}"), message: e.to_string() });
+    let enc = |s: &str| {
+        tok.encode(s).map_err(|e| IclError::Tokenizer {
+            what: format!("{s:?}"),
+            message: e.to_string(),
+        })
+    };
     let trimmed = req.context.trim_end_matches(py_isspace);
-    let (context, continuation) =
-        (trimmed.to_string(), format!("{}{}", &req.context[trimmed.len()..], req.continuation));
+    let (context, continuation) = (
+        trimmed.to_string(),
+        format!("{}{}", &req.context[trimmed.len()..], req.continuation),
+    );
     let (ctx, cont) = if context.is_empty() {
         let eos = tok.eos_id().ok_or_else(|| IclError::Prompt {
             what: "loglikelihood".into(),
@@ -71,7 +78,11 @@ pub fn encode_request(
     let mut tokens = ctx[truncated..].to_vec();
     let context_len = tokens.len();
     tokens.extend(cont);
-    Ok(ScoredSequence { tokens, context_len, truncated })
+    Ok(ScoredSequence {
+        tokens,
+        context_len,
+        truncated,
+    })
 }
 
 /// Scores every request, batched (`batch_size` sequences per forward pass); the model's
@@ -84,13 +95,23 @@ pub fn loglikelihood<B: Backend>(
     device: &B::Device,
 ) -> Result<Vec<Loglikelihood>, IclError> {
     let max_len = model.config().max_seq_len;
-    let seqs = requests.iter().map(|r| encode_request(tok, r, max_len)).collect::<Result<Vec<_>, _>>()?;
+    let seqs = requests
+        .iter()
+        .map(|r| encode_request(tok, r, max_len))
+        .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&ScoredSequence> = seqs.iter().collect();
-    let opts = ScoreOptions { batch_size, pad_id: tok.eos_id().unwrap_or(0), ..Default::default() };
+    let opts = ScoreOptions {
+        batch_size,
+        pad_id: tok.eos_id().unwrap_or(0),
+        ..Default::default()
+    };
     let scores = score_sequences(model, &refs, &opts, device)?;
     Ok(seqs
         .iter()
         .zip(scores)
-        .map(|(s, sc)| Loglikelihood { logprob: sc.sum_logprob(), is_greedy: sc.is_greedy(s.continuation()) })
+        .map(|(s, sc)| Loglikelihood {
+            logprob: sc.sum_logprob(),
+            is_greedy: sc.is_greedy(s.continuation()),
+        })
         .collect())
 }

@@ -33,7 +33,9 @@ pub use dataset::{IclDataset, IclExample, load_datasets};
 pub use evaluate::{EvalOptions, evaluate_task, evaluate_tasks};
 pub use loglikelihood::{Loglikelihood, LoglikelihoodRequest, loglikelihood};
 pub use normalize::{AnswerScoring, normalize_answer};
-pub use prompt::{EncodedExample, PromptContext, PromptEncoder, PromptFormat, PromptText, ScoredSequence};
+pub use prompt::{
+    EncodedExample, PromptContext, PromptEncoder, PromptFormat, PromptText, ScoredSequence,
+};
 pub use results::{ExampleDetail, ExampleResult, TaskResult};
 pub use task::{GenerationSettings, PreparedTask, TaskDefaults, prepare_task, prepare_tasks};
 
@@ -41,15 +43,30 @@ pub use task::{GenerationSettings, PreparedTask, TaskDefaults, prepare_task, pre
 #[derive(Debug, thiserror::Error)]
 pub enum IclError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
     #[error("{origin}: {context}: {message}")]
-    Config { origin: PathBuf, context: String, message: String },
+    Config {
+        origin: PathBuf,
+        context: String,
+        message: String,
+    },
     #[error("dataset `{uri}` not found{}{}", fmt_tried(.tried), fmt_hint(.hint))]
-    DatasetMissing { uri: String, tried: Vec<PathBuf>, hint: String },
+    DatasetMissing {
+        uri: String,
+        tried: Vec<PathBuf>,
+        hint: String,
+    },
     #[error("{path}:{line}: {message}")]
-    Dataset { path: PathBuf, line: usize, message: String },
+    Dataset {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("tokenizer failed on {what}: {message}")]
     Tokenizer { what: String, message: String },
     #[error("{what}: {message}")]
@@ -68,5 +85,9 @@ fn fmt_tried(tried: &[PathBuf]) -> String {
 }
 
 fn fmt_hint(hint: &str) -> String {
-    if hint.is_empty() { String::new() } else { format!(": {hint}") }
+    if hint.is_empty() {
+        String::new()
+    } else {
+        format!(": {hint}")
+    }
 }

@@ -19,8 +19,10 @@ fn is_word_char(c: char) -> bool {
 /// words `a`, `an`, `the`, collapse whitespace, strip.
 pub fn normalize_answer(answer: &str) -> String {
     let lowered = answer.replace('_', " ").to_lowercase();
-    let depunct: String =
-        lowered.chars().map(|c| if PUNCTUATION.contains(c) { ' ' } else { c }).collect();
+    let depunct: String = lowered
+        .chars()
+        .map(|c| if PUNCTUATION.contains(c) { ' ' } else { c })
+        .collect();
     // `re.sub(r'\b(a|an|the)\b', ' ', text)`: a match needs word boundaries on both sides, so
     // it is exactly a maximal run of word characters equal to one of the three articles.
     let mut without_articles = String::with_capacity(depunct.len());
@@ -42,7 +44,9 @@ pub fn normalize_answer(answer: &str) -> String {
         }
     }
     flush(&mut run, &mut without_articles);
-    py_split_whitespace(&without_articles).collect::<Vec<_>>().join(" ")
+    py_split_whitespace(&without_articles)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How a generated answer is compared with its labels (a task's settings).
@@ -87,26 +91,40 @@ impl AnswerScoring {
         if self.cot_delimiter.is_empty() {
             answer
         } else {
-            answer.rsplit(self.cot_delimiter.as_str()).next().unwrap_or(answer)
+            answer
+                .rsplit(self.cot_delimiter.as_str())
+                .next()
+                .unwrap_or(answer)
         }
     }
 
     fn clean(&self, s: &str) -> String {
-        if self.do_normalization { normalize_answer(s) } else { py_strip(s).to_string() }
+        if self.do_normalization {
+            normalize_answer(s)
+        } else {
+            py_strip(s).to_string()
+        }
     }
 
     /// Scores `output` against `labels` (the answer and its aliases).
     pub fn score(&self, output: &str, labels: &[String]) -> AnswerVerdict {
         let cleaned_output = self.clean(self.extract(output));
-        let correct = labels.iter().any(|l| cleaned_output.starts_with(&self.clean(l)));
-        AnswerVerdict { cleaned_output, correct }
+        let correct = labels
+            .iter()
+            .any(|l| cleaned_output.starts_with(&self.clean(l)));
+        AnswerVerdict {
+            cleaned_output,
+            correct,
+        }
     }
 }
 
 /// Whether any stop sequence occurs in `text` (used to end a row's generation early; the
 /// verdict is unchanged because [`AnswerScoring::extract`] cuts at the first occurrence).
 pub fn contains_stop(text: &str, stop_sequences: &[String]) -> bool {
-    stop_sequences.iter().any(|s| !s.is_empty() && text.contains(s.as_str()))
+    stop_sequences
+        .iter()
+        .any(|s| !s.is_empty() && text.contains(s.as_str()))
 }
 
 #[cfg(test)]
@@ -119,10 +137,19 @@ mod tests {
 
     #[test]
     fn normalisation_drops_articles_punctuation_and_case() {
-        assert_eq!(normalize_answer("  The Beatles'  (band)_X "), "beatles band x");
-        assert_eq!(normalize_answer("An apple, a day; THE end"), "apple day end");
+        assert_eq!(
+            normalize_answer("  The Beatles'  (band)_X "),
+            "beatles band x"
+        );
+        assert_eq!(
+            normalize_answer("An apple, a day; THE end"),
+            "apple day end"
+        );
         // Articles only as whole words: "another", "theme", "a1" stay.
-        assert_eq!(normalize_answer("another theme a1 a_b"), "another theme a1 b");
+        assert_eq!(
+            normalize_answer("another theme a1 a_b"),
+            "another theme a1 b"
+        );
         assert_eq!(normalize_answer("‘Quoted’ ´tick` x"), "quoted tick x");
     }
 
@@ -130,15 +157,23 @@ mod tests {
     fn normalisation_matches_reference_cleaned_outputs() {
         // Rows of icl/reference_results.json (cleaned_output as llm-foundry computed it).
         assert_eq!(
-            normalize_answer(" insulinOtherwiseOtherwiseOtherwise there there there there there tent"),
+            normalize_answer(
+                " insulinOtherwiseOtherwiseOtherwise there there there there there tent"
+            ),
             "insulinotherwiseotherwiseotherwise there there there there there tent"
         );
     }
 
     #[test]
     fn output_must_start_with_a_label() {
-        let s = AnswerScoring { do_normalization: true, ..Default::default() };
-        assert!(s.score(" the Onion skins are", &labels(&["Onion", "Bulb onion"])).correct);
+        let s = AnswerScoring {
+            do_normalization: true,
+            ..Default::default()
+        };
+        assert!(
+            s.score(" the Onion skins are", &labels(&["Onion", "Bulb onion"]))
+                .correct
+        );
         assert!(!s.score(" a red onion", &labels(&["Onion"])).correct);
     }
 

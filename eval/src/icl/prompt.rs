@@ -75,7 +75,11 @@ fn in_context_answer(ex: &IclExample, fmt: &PromptFormat) -> String {
         IclExample::LanguageModeling { continuation, .. } => continuation.clone(),
         IclExample::MultipleChoice { choices, gold, .. } => choices[*gold].clone(),
         IclExample::Schema { continuation, .. } => continuation.clone(),
-        IclExample::Generation { answer, chain_of_thought: Some(cot), .. } => {
+        IclExample::Generation {
+            answer,
+            chain_of_thought: Some(cot),
+            ..
+        } => {
             format!("{cot}{}{answer}", fmt.cot_delimiter)
         }
         IclExample::Generation { answer, .. } => answer.clone(),
@@ -84,15 +88,25 @@ fn in_context_answer(ex: &IclExample, fmt: &PromptFormat) -> String {
 
 fn context_text(ex: &IclExample) -> &str {
     match ex {
-        IclExample::LanguageModeling { context, .. } | IclExample::Generation { context, .. } => context,
+        IclExample::LanguageModeling { context, .. } | IclExample::Generation { context, .. } => {
+            context
+        }
         IclExample::MultipleChoice { query, .. } => query,
-        IclExample::Schema { context_options, gold, .. } => &context_options[*gold],
+        IclExample::Schema {
+            context_options,
+            gold,
+            ..
+        } => &context_options[*gold],
     }
 }
 
 /// One few-shot block (`construct_context(..., add_answer=True)`).
 fn fewshot_block(ex: &IclExample, preceding: &str, fmt: &PromptFormat) -> String {
-    let delim = if preceding.is_empty() { "" } else { fmt.example_delimiter.as_str() };
+    let delim = if preceding.is_empty() {
+        ""
+    } else {
+        fmt.example_delimiter.as_str()
+    };
     let answer = in_context_answer(ex, fmt);
     match ex {
         IclExample::Schema { .. } => format!(
@@ -101,16 +115,26 @@ fn fewshot_block(ex: &IclExample, preceding: &str, fmt: &PromptFormat) -> String
             context_text(ex),
             fmt.continuation_delimiter
         ),
-        _ => format!("{delim}{}{}{}{answer}", fmt.prelimiter, context_text(ex), fmt.continuation_delimiter),
+        _ => format!(
+            "{delim}{}{}{}{answer}",
+            fmt.prelimiter,
+            context_text(ex),
+            fmt.continuation_delimiter
+        ),
     }
 }
 
 /// The test context(s) of `ex` after `preamble`.
 fn test_context(ex: &IclExample, preamble: &str, fmt: &PromptFormat) -> PromptContext {
     match ex {
-        IclExample::Schema { context_options, .. } => {
+        IclExample::Schema {
+            context_options, ..
+        } => {
             let opts = if preamble.is_empty() {
-                context_options.iter().map(|c| format!("{}{c}", fmt.prelimiter)).collect()
+                context_options
+                    .iter()
+                    .map(|c| format!("{}{c}", fmt.prelimiter))
+                    .collect()
             } else {
                 let cd = if fmt.strip {
                     py_rstrip(&fmt.continuation_delimiter)
@@ -125,7 +149,11 @@ fn test_context(ex: &IclExample, preamble: &str, fmt: &PromptFormat) -> PromptCo
             PromptContext::PerOption(opts)
         }
         _ => {
-            let delim = if preamble.is_empty() { "" } else { fmt.example_delimiter.as_str() };
+            let delim = if preamble.is_empty() {
+                ""
+            } else {
+                fmt.example_delimiter.as_str()
+            };
             PromptContext::Single(format!(
                 "{delim}{}{}{}",
                 fmt.prelimiter,
@@ -138,7 +166,12 @@ fn test_context(ex: &IclExample, preamble: &str, fmt: &PromptFormat) -> PromptCo
 
 /// Prompt strings for every example of `ds`, few-shot examples drawn with `seed` as
 /// llm-foundry draws them (one generator per dataset, consumed in example order).
-pub fn build_prompt_texts(ds: &IclDataset, fmt: &PromptFormat, num_fewshot: usize, seed: i64) -> Vec<PromptText> {
+pub fn build_prompt_texts(
+    ds: &IclDataset,
+    fmt: &PromptFormat,
+    num_fewshot: usize,
+    seed: i64,
+) -> Vec<PromptText> {
     let fewshot = fewshot_indices_for_dataset(ds.examples.len(), num_fewshot, seed);
     ds.examples
         .iter()
@@ -150,7 +183,11 @@ pub fn build_prompt_texts(ds: &IclDataset, fmt: &PromptFormat, num_fewshot: usiz
                 preamble.push_str(&block);
             }
             let context = test_context(ex, &preamble, fmt);
-            PromptText { preamble, context, fewshot_idxs: idxs }
+            PromptText {
+                preamble,
+                context,
+                fewshot_idxs: idxs,
+            }
         })
         .collect()
 }
@@ -178,7 +215,10 @@ impl ScoredSequence {
 pub enum EncodedExample {
     LanguageModeling(ScoredSequence),
     /// Multiple choice and schema: one sequence per choice.
-    Choices { sequences: Vec<ScoredSequence>, gold: usize },
+    Choices {
+        sequences: Vec<ScoredSequence>,
+        gold: usize,
+    },
     Generation {
         /// Prompt tokens after left truncation to `max_seq_len - max_new_tokens`.
         prompt: Vec<u32>,
@@ -196,14 +236,21 @@ pub struct PromptEncoder<'a> {
 }
 
 fn tok_err(what: &str) -> impl Fn(tessera_data::tokenizer::TokenizerError) -> IclError + '_ {
-    move |e| IclError::Tokenizer { what: what.to_string(), message: e.to_string() }
+    move |e| IclError::Tokenizer {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
 }
 
 impl<'a> PromptEncoder<'a> {
     /// Probes the tokenizer for the prefix-space rule (`tokenizer_needs_prefix_space`).
     pub fn new(tok: &'a Tokenizer) -> Result<Self, IclError> {
         let prefix_space = tok.encode(" a").map_err(tok_err("\" a\""))?.len() == 1;
-        Ok(Self { tok, prefix_space, eos: tok.eos_id() })
+        Ok(Self {
+            tok,
+            prefix_space,
+            eos: tok.eos_id(),
+        })
     }
 
     /// Encodes `text` without special tokens.
@@ -232,11 +279,18 @@ impl<'a> PromptEncoder<'a> {
 
     /// Longest tokenized answer (any label, with its chain of thought when the file has one),
     /// plus 10 tokens of slack when a `cot_delimiter` is set (`_get_max_answer_length`).
-    pub fn max_answer_length(&self, ds: &IclDataset, fmt: &PromptFormat) -> Result<usize, IclError> {
+    pub fn max_answer_length(
+        &self,
+        ds: &IclDataset,
+        fmt: &PromptFormat,
+    ) -> Result<usize, IclError> {
         let mut longest = 0;
         for ex in &ds.examples {
             let cot = match ex {
-                IclExample::Generation { chain_of_thought: Some(c), .. } => Some(c.as_str()),
+                IclExample::Generation {
+                    chain_of_thought: Some(c),
+                    ..
+                } => Some(c.as_str()),
                 _ => None,
             };
             for label in ex.labels() {
@@ -270,7 +324,10 @@ impl<'a> PromptEncoder<'a> {
         let scored = |ctx: Vec<u32>, cont: Vec<u32>| trim(ctx, cont, padding_size, what);
         Ok(match (ex, &prompt.context) {
             (IclExample::LanguageModeling { continuation, .. }, PromptContext::Single(c)) => {
-                EncodedExample::LanguageModeling(scored(join(c)?, self.continuation(continuation)?)?)
+                EncodedExample::LanguageModeling(scored(
+                    join(c)?,
+                    self.continuation(continuation)?,
+                )?)
             }
             (IclExample::MultipleChoice { choices, gold, .. }, PromptContext::Single(c)) => {
                 let ctx = join(c)?;
@@ -278,9 +335,17 @@ impl<'a> PromptEncoder<'a> {
                     .iter()
                     .map(|ch| scored(ctx.clone(), self.continuation(ch)?))
                     .collect::<Result<_, _>>()?;
-                EncodedExample::Choices { sequences, gold: *gold }
+                EncodedExample::Choices {
+                    sequences,
+                    gold: *gold,
+                }
             }
-            (IclExample::Schema { continuation, gold, .. }, PromptContext::PerOption(opts)) => {
+            (
+                IclExample::Schema {
+                    continuation, gold, ..
+                },
+                PromptContext::PerOption(opts),
+            ) => {
                 let cont = self.continuation(continuation)?;
                 // Schema contexts are not right-stripped (llm-foundry encodes them as built).
                 let sequences = opts
@@ -291,7 +356,10 @@ impl<'a> PromptEncoder<'a> {
                         scored(ids, cont.clone())
                     })
                     .collect::<Result<_, _>>()?;
-                EncodedExample::Choices { sequences, gold: *gold }
+                EncodedExample::Choices {
+                    sequences,
+                    gold: *gold,
+                }
             }
             (IclExample::Generation { .. }, PromptContext::Single(c)) => {
                 let ctx = join(c)?;
@@ -303,7 +371,11 @@ impl<'a> PromptEncoder<'a> {
                     });
                 }
                 let truncated = ctx.len() - keep;
-                EncodedExample::Generation { prompt: ctx[truncated..].to_vec(), truncated, labels: ex.labels() }
+                EncodedExample::Generation {
+                    prompt: ctx[truncated..].to_vec(),
+                    truncated,
+                    labels: ex.labels(),
+                }
             }
             _ => {
                 return Err(IclError::Prompt {
@@ -318,9 +390,17 @@ impl<'a> PromptEncoder<'a> {
 /// `trim_context`: keeps the last `padding_size - len(cont)` context tokens when the pair is
 /// too long. A continuation that leaves no context token is an error (llm-foundry would fail
 /// later, or index position -1).
-fn trim(ctx: Vec<u32>, cont: Vec<u32>, padding_size: usize, what: &str) -> Result<ScoredSequence, IclError> {
+fn trim(
+    ctx: Vec<u32>,
+    cont: Vec<u32>,
+    padding_size: usize,
+    what: &str,
+) -> Result<ScoredSequence, IclError> {
     if cont.is_empty() {
-        return Err(IclError::Prompt { what: what.into(), message: "the continuation encodes to no tokens".into() });
+        return Err(IclError::Prompt {
+            what: what.into(),
+            message: "the continuation encodes to no tokens".into(),
+        });
     }
     let room = padding_size.saturating_sub(cont.len());
     if room == 0 || ctx.is_empty() {
@@ -336,7 +416,11 @@ fn trim(ctx: Vec<u32>, cont: Vec<u32>, padding_size: usize, what: &str) -> Resul
     let mut tokens = ctx[truncated..].to_vec();
     let context_len = tokens.len();
     tokens.extend(cont);
-    Ok(ScoredSequence { tokens, context_len, truncated })
+    Ok(ScoredSequence {
+        tokens,
+        context_len,
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -346,17 +430,30 @@ mod tests {
 
     fn ds(examples: Vec<IclExample>) -> IclDataset {
         let n = examples.len();
-        IclDataset { path: PathBuf::from("t"), category: None, examples, lines: (0..n).collect(), has_cot: false }
+        IclDataset {
+            path: PathBuf::from("t"),
+            category: None,
+            examples,
+            lines: (0..n).collect(),
+            has_cot: false,
+        }
     }
 
     fn lm(c: &str, k: &str) -> IclExample {
-        IclExample::LanguageModeling { context: c.into(), continuation: k.into() }
+        IclExample::LanguageModeling {
+            context: c.into(),
+            continuation: k.into(),
+        }
     }
 
     #[test]
     fn lm_blocks_use_delimiters_and_no_answer_space() {
         let d = ds(vec![lm("a", "1"), lm("b", "2")]);
-        let fmt = PromptFormat { continuation_delimiter: " = ".into(), prompt_string: "P:".into(), ..Default::default() };
+        let fmt = PromptFormat {
+            continuation_delimiter: " = ".into(),
+            prompt_string: "P:".into(),
+            ..Default::default()
+        };
         let p = build_prompt_texts(&d, &fmt, 1, 1234);
         assert_eq!(p[0].fewshot_idxs, vec![1]);
         assert_eq!(p[0].preamble, "P:\nb = 2");
@@ -379,12 +476,22 @@ mod tests {
             gold: g,
         };
         let d = ds(vec![sch(0), sch(1)]);
-        let fmt = PromptFormat { prelimiter: "> ".into(), continuation_delimiter: " | ".into(), ..Default::default() };
+        let fmt = PromptFormat {
+            prelimiter: "> ".into(),
+            continuation_delimiter: " | ".into(),
+            ..Default::default()
+        };
         let p = build_prompt_texts(&d, &fmt, 1, 1234);
         assert_eq!(p[0].preamble, "> X2 | end");
-        assert_eq!(p[0].context, PromptContext::PerOption(vec!["> \nX1 |".into(), "> \nX2 |".into()]));
+        assert_eq!(
+            p[0].context,
+            PromptContext::PerOption(vec!["> \nX1 |".into(), "> \nX2 |".into()])
+        );
         let zero = build_prompt_texts(&d, &fmt, 0, 1234);
-        assert_eq!(zero[0].context, PromptContext::PerOption(vec!["> X1".into(), "> X2".into()]));
+        assert_eq!(
+            zero[0].context,
+            PromptContext::PerOption(vec!["> X1".into(), "> X2".into()])
+        );
     }
 
     #[test]
@@ -396,7 +503,10 @@ mod tests {
             chain_of_thought: Some(format!("because {a}")),
         };
         let d = ds(vec![g("q1", "1"), g("q2", "2")]);
-        let fmt = PromptFormat { cot_delimiter: " so ".into(), ..Default::default() };
+        let fmt = PromptFormat {
+            cot_delimiter: " so ".into(),
+            ..Default::default()
+        };
         let p = build_prompt_texts(&d, &fmt, 1, 1234);
         assert_eq!(p[0].preamble, "q2 because 2 so 2");
     }

@@ -25,7 +25,9 @@ pub struct PyRandom {
 
 impl std::fmt::Debug for PyRandom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PyRandom").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("PyRandom")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,7 +41,10 @@ impl PyRandom {
         } else {
             vec![n as u32, (n >> 32) as u32]
         };
-        let mut rng = Self { mt: Box::new([0; N]), index: N };
+        let mut rng = Self {
+            mt: Box::new([0; N]),
+            index: N,
+        };
         rng.init_by_array(&key);
         rng
     }
@@ -48,7 +53,9 @@ impl PyRandom {
         self.mt[0] = s;
         for i in 1..N {
             let prev = self.mt[i - 1];
-            self.mt[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+            self.mt[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
         }
         self.index = N;
     }
@@ -241,7 +248,10 @@ mod tests {
         // random.Random(5).sample(range(40), 8): setsize = 21 + 4**ceil(log(24, 4)) = 85 > 40,
         // so the pool path runs.
         let mut r = PyRandom::new(5);
-        assert_eq!(r.sample_range(40, 8), Some(vec![39, 16, 22, 33, 1, 29, 15, 3]));
+        assert_eq!(
+            r.sample_range(40, 8),
+            Some(vec![39, 16, 22, 33, 1, 29, 15, 3])
+        );
     }
 
     #[test]

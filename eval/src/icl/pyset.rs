@@ -49,7 +49,11 @@ impl Default for PySmallIntSet {
 impl PySmallIntSet {
     /// An empty set (8 slots, as `set()`).
     pub fn new() -> Self {
-        Self { table: vec![Slot::Unused; MIN_SIZE], fill: 0, used: 0 }
+        Self {
+            table: vec![Slot::Unused; MIN_SIZE],
+            fill: 0,
+            used: 0,
+        }
     }
 
     /// `set(items)`: the items are added one by one in the given order.
@@ -88,7 +92,11 @@ impl PySmallIntSet {
         let mut perturb = hash;
         let mut freeslot: Option<usize> = None;
         loop {
-            let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
+            let probes = if i + LINEAR_PROBES <= mask {
+                LINEAR_PROBES
+            } else {
+                0
+            };
             for j in i..=i + probes {
                 match self.table[j] {
                     Slot::Unused => {
@@ -102,8 +110,11 @@ impl PySmallIntSet {
                         self.fill += 1;
                         self.used += 1;
                         if self.fill * 5 >= mask * 3 {
-                            let min_used =
-                                if self.used > 50_000 { self.used * 2 } else { self.used * 4 };
+                            let min_used = if self.used > 50_000 {
+                                self.used * 2
+                            } else {
+                                self.used * 4
+                            };
                             self.resize(min_used);
                         }
                         return;
@@ -116,7 +127,11 @@ impl PySmallIntSet {
                 }
             }
             perturb >>= PERTURB_SHIFT;
-            i = (i.wrapping_mul(5).wrapping_add(1).wrapping_add(perturb as usize)) & mask;
+            i = (i
+                .wrapping_mul(5)
+                .wrapping_add(1)
+                .wrapping_add(perturb as usize))
+                & mask;
         }
     }
 
@@ -153,7 +168,11 @@ impl PySmallIntSet {
         let mut i = (hash as usize) & mask;
         let mut perturb = hash;
         loop {
-            let probes = if i + LINEAR_PROBES <= mask { LINEAR_PROBES } else { 0 };
+            let probes = if i + LINEAR_PROBES <= mask {
+                LINEAR_PROBES
+            } else {
+                0
+            };
             if let Some(j) = (i..=i + probes).find(|&j| self.table[j] == Slot::Unused) {
                 self.table[j] = Slot::Key(hash);
                 self.fill += 1;
@@ -161,7 +180,11 @@ impl PySmallIntSet {
                 return;
             }
             perturb >>= PERTURB_SHIFT;
-            i = (i.wrapping_mul(5).wrapping_add(1).wrapping_add(perturb as usize)) & mask;
+            i = (i
+                .wrapping_mul(5)
+                .wrapping_add(1)
+                .wrapping_add(perturb as usize))
+                & mask;
         }
     }
 
@@ -186,7 +209,10 @@ mod tests {
 
     #[test]
     fn small_sets_iterate_by_slot_not_insertion_order() {
-        assert_eq!(PySmallIntSet::from_items([199, 112, 29]).iter_order(), vec![112, 29, 199]);
+        assert_eq!(
+            PySmallIntSet::from_items([199, 112, 29]).iter_order(),
+            vec![112, 29, 199]
+        );
     }
 
     #[test]
@@ -216,7 +242,8 @@ mod tests {
 
     // list(set((i * 37 + 11) % 1000 for i in range(40)))
     const EXPECTED_40: [usize; 40] = [
-        640, 899, 10, 11, 269, 270, 529, 788, 158, 159, 417, 418, 677, 936, 47, 48, 306, 307, 566, 825,
-        195, 196, 454, 455, 714, 973, 84, 85, 343, 344, 603, 862, 232, 233, 492, 751, 121, 122, 380, 381,
+        640, 899, 10, 11, 269, 270, 529, 788, 158, 159, 417, 418, 677, 936, 47, 48, 306, 307, 566,
+        825, 195, 196, 454, 455, 714, 973, 84, 85, 343, 344, 603, 862, 232, 233, 492, 751, 121,
+        122, 380, 381,
     ];
 }

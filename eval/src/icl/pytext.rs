@@ -32,7 +32,11 @@ mod tests {
     #[test]
     fn strip_removes_python_only_separators_too() {
         assert_eq!(py_strip("\u{1f} a b\u{3000}\n"), "a b");
-        assert_eq!("\u{1f} a".trim(), "\u{1f} a", "Rust's trim differs, which is why this exists");
+        assert_eq!(
+            "\u{1f} a".trim(),
+            "\u{1f} a",
+            "Rust's trim differs, which is why this exists"
+        );
     }
 
     #[test]

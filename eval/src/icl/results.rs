@@ -98,14 +98,23 @@ impl TaskResult {
         let n_truncated = examples
             .iter()
             .filter(|e| match &e.detail {
-                ExampleDetail::LanguageModeling { truncated_tokens, .. }
-                | ExampleDetail::Generation { truncated_tokens, .. } => *truncated_tokens > 0,
-                ExampleDetail::Choices { choice_truncated_tokens, .. } => {
-                    choice_truncated_tokens.iter().any(|&t| t > 0)
+                ExampleDetail::LanguageModeling {
+                    truncated_tokens, ..
                 }
+                | ExampleDetail::Generation {
+                    truncated_tokens, ..
+                } => *truncated_tokens > 0,
+                ExampleDetail::Choices {
+                    choice_truncated_tokens,
+                    ..
+                } => choice_truncated_tokens.iter().any(|&t| t > 0),
             })
             .count();
-        let accuracy = if n_examples == 0 { 0.0 } else { n_correct as f64 / n_examples as f64 };
+        let accuracy = if n_examples == 0 {
+            0.0
+        } else {
+            n_correct as f64 / n_examples as f64
+        };
         Self {
             label,
             benchmark,

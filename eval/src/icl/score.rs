@@ -1,6 +1,10 @@
 //! Batched scoring of continuations: one forward pass per batch, then, for every continuation
 //! token, its log-probability, cross-entropy and the argmax of the logits predicting it.
 //!
+//! Attention masks come from sequence lengths. llm-foundry instead masks every position whose
+//! id equals the pad id (its pad is EOS for gpt-neox), which also hides an EOS token that
+//! appears as text inside a prompt; results differ only for such prompts.
+//!
 //! Sequences are right-padded to the longest in their batch rather than to `max_seq_len` as
 //! llm-foundry does. Under a causal mask a position never attends to later ones, and ALiBi is
 //! relative, so trailing padding cannot change any real position's logits; padding less only
@@ -35,7 +39,11 @@ pub struct ScoreOptions {
 
 impl Default for ScoreOptions {
     fn default() -> Self {
-        Self { batch_size: 4, pad_id: 0, argmax: true }
+        Self {
+            batch_size: 4,
+            pad_id: 0,
+            argmax: true,
+        }
     }
 }
 
@@ -111,7 +119,12 @@ fn score_batch<B: Backend>(
 ) -> Result<Vec<ContinuationScore>, IclError> {
     let pad_id = opts.pad_id;
     let b = batch.len();
-    let s = batch.iter().map(|q| q.tokens.len() - 1).max().unwrap_or(0).max(1);
+    let s = batch
+        .iter()
+        .map(|q| q.tokens.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut ids = vec![i64::from(pad_id); b * s];
     let mut wanted = Vec::new(); // flat [b*s] positions whose logits predict a continuation token
     for (r, q) in batch.iter().enumerate() {
@@ -135,12 +148,22 @@ fn score_batch<B: Backend>(
     let n = wanted.len();
     let index = Tensor::<B, 1, Int>::from_data(TensorData::new(wanted, [n]), device);
     // [n, d] -> [n, v]: unembed only the rows that predict continuation tokens.
-    let logits = model.logits(hidden.reshape([b * s, d]).select(0, index).reshape([1, n, d]));
+    let logits = model.logits(
+        hidden
+            .reshape([b * s, d])
+            .select(0, index)
+            .reshape([1, n, d]),
+    );
     let [_, _, v] = logits.dims();
     let logits = logits.reshape([n, v]);
-    let targets: Vec<i64> = batch.iter().flat_map(|q| q.continuation().iter().map(|&t| i64::from(t))).collect();
+    let targets: Vec<i64> = batch
+        .iter()
+        .flat_map(|q| q.continuation().iter().map(|&t| i64::from(t)))
+        .collect();
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
-        return Err(IclError::Model(format!("token {t} is outside the model's vocabulary of {v}")));
+        return Err(IclError::Model(format!(
+            "token {t} is outside the model's vocabulary of {v}"
+        )));
     }
     let stats = row_stats(logits, targets, opts.argmax, device)?;
 
@@ -151,8 +174,15 @@ fn score_batch<B: Backend>(
         let range = row..row + k;
         row += k;
         results.push(ContinuationScore {
-            logprobs: stats.logprob[range.clone()].iter().map(|&x| f64::from(x)).collect(),
-            argmax: stats.argmax.get(range.clone()).map(<[u32]>::to_vec).unwrap_or_default(),
+            logprobs: stats.logprob[range.clone()]
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect(),
+            argmax: stats
+                .argmax
+                .get(range.clone())
+                .map(<[u32]>::to_vec)
+                .unwrap_or_default(),
             min_top2_gap: match stats.top2_gap.get(range) {
                 Some(gaps) => gaps.iter().fold(f64::INFINITY, |m, &g| m.min(f64::from(g))),
                 None => f64::NAN,
@@ -183,20 +213,37 @@ fn row_stats<B: Backend>(
 ) -> Result<RowStats, IclError> {
     let [n, v] = logits.dims();
     let floats = |t: Tensor<B, 2>| -> Result<Vec<f32>, IclError> {
-        t.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| IclError::Model(format!("reading scores: {e:?}")))
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| IclError::Model(format!("reading scores: {e:?}")))
     };
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
     if !with_argmax {
         let max = logits.clone().max_dim(1); // [n, 1]
-        let lse = (logits.clone() - max.clone().expand([n, v])).exp().sum_dim(1).log() + max; // [n, 1]
+        let lse = (logits.clone() - max.clone().expand([n, v]))
+            .exp()
+            .sum_dim(1)
+            .log()
+            + max; // [n, 1]
         let logprob = logits.gather(1, targets) - lse; // [n, 1]
-        return Ok(RowStats { logprob: floats(logprob)?, argmax: Vec::new(), top2_gap: Vec::new() });
+        return Ok(RowStats {
+            logprob: floats(logprob)?,
+            argmax: Vec::new(),
+            top2_gap: Vec::new(),
+        });
     }
     let (max, argmax) = logits.clone().max_dim_with_indices(1); // [n, 1] each
-    let lse = (logits.clone() - max.clone().expand([n, v])).exp().sum_dim(1).log() + max.clone(); // [n, 1]
+    let lse = (logits.clone() - max.clone().expand([n, v]))
+        .exp()
+        .sum_dim(1)
+        .log()
+        + max.clone(); // [n, 1]
     let logprob = logits.clone().gather(1, targets) - lse; // [n, 1]
     // Second largest: the maximum once the argmax position is masked out.
-    let positions = Tensor::<B, 1, Int>::arange(0..v as i64, device).reshape([1, v]).expand([n, v]);
+    let positions = Tensor::<B, 1, Int>::arange(0..v as i64, device)
+        .reshape([1, v])
+        .expand([n, v]);
     let is_argmax = positions.equal(argmax.clone().expand([n, v])); // [n, v]
     let second = logits.mask_fill(is_argmax, f32::NEG_INFINITY).max_dim(1); // [n, 1]
     let gap = max - second;
@@ -208,7 +255,11 @@ fn row_stats<B: Backend>(
         .into_iter()
         .map(|i| i as u32)
         .collect();
-    Ok(RowStats { logprob: floats(logprob)?, argmax, top2_gap: floats(gap)? })
+    Ok(RowStats {
+        logprob: floats(logprob)?,
+        argmax,
+        top2_gap: floats(gap)?,
+    })
 }
 
 #[cfg(test)]
@@ -219,7 +270,8 @@ mod tests {
     #[test]
     fn row_stats_is_a_log_softmax_with_first_index_argmax() {
         let dev = Default::default();
-        let logits = Tensor::<Flex, 2>::from_floats([[1.0, 3.0, 3.0, -2.0], [0.5, -1.0, 0.25, 0.0]], &dev);
+        let logits =
+            Tensor::<Flex, 2>::from_floats([[1.0, 3.0, 3.0, -2.0], [0.5, -1.0, 0.25, 0.0]], &dev);
         let r = row_stats(logits.clone(), vec![1, 3], true, &dev).unwrap();
         let z0: f64 = [1.0f64, 3.0, 3.0, -2.0].iter().map(|x| x.exp()).sum();
         let z1: f64 = [0.5f64, -1.0, 0.25, 0.0].iter().map(|x| x.exp()).sum();
@@ -234,7 +286,11 @@ mod tests {
 
     #[test]
     fn mean_ce_and_greedy_follow_the_logprobs() {
-        let s = ContinuationScore { logprobs: vec![-1.0, -3.0], argmax: vec![5, 6], min_top2_gap: 0.5 };
+        let s = ContinuationScore {
+            logprobs: vec![-1.0, -3.0],
+            argmax: vec![5, 6],
+            min_top2_gap: 0.5,
+        };
         assert_eq!(s.mean_ce(), 2.0);
         assert_eq!(s.sum_logprob(), -4.0);
         assert!(s.is_greedy(&[5, 6]));

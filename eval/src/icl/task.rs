@@ -102,7 +102,8 @@ pub fn prepare_task(
     if cfg.icl_task_type == IclTaskType::CodeEvaluation {
         return Err(IclError::Prompt {
             what: cfg.label.clone(),
-            message: "code_evaluation tasks run through the code-eval module (tessera eval code)".into(),
+            message: "code_evaluation tasks run through the code-eval module (tessera eval code)"
+                .into(),
         });
     }
     let path = resolve_dataset_path(&cfg.dataset_uri, search_dirs)?;
@@ -125,21 +126,25 @@ pub fn prepare_task(
             if let Some(c) = &ds.category {
                 label = format!("{label}/{c}");
             }
-            let (padding_size, generation) = if cfg.icl_task_type == IclTaskType::GenerationTaskWithAnswers {
-                let max_answer_length = encoder.max_answer_length(ds, &format)?;
-                let settings = GenerationSettings {
-                    max_new_tokens: cfg.max_new_tokens.unwrap_or(max_answer_length.max(1)),
-                    max_answer_length,
-                    scoring: AnswerScoring {
-                        stop_sequences: cfg.early_stopping_criteria.clone(),
-                        cot_delimiter: cfg.cot_delimiter.clone(),
-                        do_normalization: cfg.do_normalization,
-                    },
+            let (padding_size, generation) =
+                if cfg.icl_task_type == IclTaskType::GenerationTaskWithAnswers {
+                    let max_answer_length = encoder.max_answer_length(ds, &format)?;
+                    let settings = GenerationSettings {
+                        max_new_tokens: cfg.max_new_tokens.unwrap_or(max_answer_length.max(1)),
+                        max_answer_length,
+                        scoring: AnswerScoring {
+                            stop_sequences: cfg.early_stopping_criteria.clone(),
+                            cot_delimiter: cfg.cot_delimiter.clone(),
+                            do_normalization: cfg.do_normalization,
+                        },
+                    };
+                    (
+                        max_seq_len.saturating_sub(max_answer_length),
+                        Some(settings),
+                    )
+                } else {
+                    (max_seq_len, None)
                 };
-                (max_seq_len.saturating_sub(max_answer_length), Some(settings))
-            } else {
-                (max_seq_len, None)
-            };
             let prompts = build_prompt_texts(ds, &format, num_fewshot, cfg.fewshot_random_seed);
             let encoded = ds
                 .examples
@@ -147,7 +152,11 @@ pub fn prepare_task(
                 .zip(&prompts)
                 .enumerate()
                 .map(|(i, (ex, p))| {
-                    let what = format!("{label} example {i} ({}:{})", ds.path.display(), ds.lines[i] + 1);
+                    let what = format!(
+                        "{label} example {i} ({}:{})",
+                        ds.path.display(),
+                        ds.lines[i] + 1
+                    );
                     encoder.encode_example(ex, p, &format, padding_size, &what)
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -21,8 +21,10 @@ pub fn parse_yaml(text: &str, origin: &Path) -> Result<Value, IclError> {
 
 /// Reads and parses a YAML file, then resolves its interpolations.
 pub fn load_yaml_file(path: &Path) -> Result<Value, IclError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| IclError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| IclError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let tree = parse_yaml(&text, path)?;
     interpolate(&tree, path)
 }
@@ -41,7 +43,10 @@ fn resolve(v: &Value, root: &Value, origin: &Path, depth: usize) -> Result<Value
     Ok(match v {
         Value::String(s) if s.contains("${") => resolve_string(s, root, origin, depth)?,
         Value::Array(items) => Value::Array(
-            items.iter().map(|x| resolve(x, root, origin, depth)).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .map(|x| resolve(x, root, origin, depth))
+                .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
@@ -61,13 +66,21 @@ fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {
 }
 
 fn resolve_string(s: &str, root: &Value, origin: &Path, depth: usize) -> Result<Value, IclError> {
-    let err = |message: String| IclError::Yaml { path: origin.to_path_buf(), message };
+    let err = |message: String| IclError::Yaml {
+        path: origin.to_path_buf(),
+        message,
+    };
     if depth >= MAX_DEPTH {
-        return Err(err(format!("interpolation `{s}` nests deeper than {MAX_DEPTH} (a cycle?)")));
+        return Err(err(format!(
+            "interpolation `{s}` nests deeper than {MAX_DEPTH} (a cycle?)"
+        )));
     }
     let target = |name: &str| -> Result<Value, IclError> {
-        let found = lookup(root, name.trim())
-            .ok_or_else(|| err(format!("interpolation `${{{name}}}` names no key of the file")))?;
+        let found = lookup(root, name.trim()).ok_or_else(|| {
+            err(format!(
+                "interpolation `${{{name}}}` names no key of the file"
+            ))
+        })?;
         resolve(found, root, origin, depth + 1)
     };
     if let Some(inner) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}'))
@@ -81,7 +94,9 @@ fn resolve_string(s: &str, root: &Value, origin: &Path, depth: usize) -> Result<
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| err(format!("unclosed `${{` in `{s}`")))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| err(format!("unclosed `${{` in `{s}`")))?;
         match target(&after[..end])? {
             Value::String(t) => out.push_str(&t),
             Value::Null => out.push_str("None"),
@@ -128,8 +143,9 @@ mod tests {
 
     #[test]
     fn whole_string_interpolation_keeps_the_type() {
-        let v = yaml("variables:\n  n: 64\nmax_seq_len: ${variables.n}\nname: run-${variables.n}\n")
-            .unwrap();
+        let v =
+            yaml("variables:\n  n: 64\nmax_seq_len: ${variables.n}\nname: run-${variables.n}\n")
+                .unwrap();
         assert_eq!(v["max_seq_len"], Value::from(64));
         assert_eq!(v["name"], Value::from("run-64"));
     }
@@ -149,9 +165,17 @@ mod tests {
     #[test]
     fn unknown_keys_are_named_with_context() {
         let v = yaml("label: x\nbogus: 1\n").unwrap();
-        let e = check_keys(v.as_object().unwrap(), &["label"], "icl_tasks[0]", Path::new("t.yaml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`bogus`") && e.contains("icl_tasks[0]") && e.contains("t.yaml"), "{e}");
+        let e = check_keys(
+            v.as_object().unwrap(),
+            &["label"],
+            "icl_tasks[0]",
+            Path::new("t.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`bogus`") && e.contains("icl_tasks[0]") && e.contains("t.yaml"),
+            "{e}"
+        );
     }
 }

@@ -24,18 +24,28 @@ pub fn reference_prompts() -> HashMap<(String, usize), Value> {
     text.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).expect("prompt line is JSON");
-            ((v["task"].as_str().unwrap().to_string(), v["index"].as_u64().unwrap() as usize), v)
+            (
+                (
+                    v["task"].as_str().unwrap().to_string(),
+                    v["index"].as_u64().unwrap() as usize,
+                ),
+                v,
+            )
         })
         .collect()
 }
 
 pub fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(tessera_testkit::shared_fixture("tokenizer/gpt-neox-20b/tokenizer.json"))
-        .expect("gpt-neox tokenizer loads")
+    Tokenizer::from_file(tessera_testkit::shared_fixture(
+        "tokenizer/gpt-neox-20b/tokenizer.json",
+    ))
+    .expect("gpt-neox tokenizer loads")
 }
 
 fn str_of(v: &Value) -> String {
-    v.as_str().unwrap_or_else(|| panic!("expected a string, found {v}")).to_string()
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, found {v}"))
+        .to_string()
 }
 
 /// The task config a reference task ran with (its `effective_settings`).
@@ -71,8 +81,12 @@ pub fn task_config(t: &Value) -> IclTaskConfig {
 /// Prepares a reference task; exactly one evaluator (no categories in these files).
 pub fn prepare(t: &Value, tok: &Tokenizer) -> PreparedTask {
     let cfg = task_config(t);
-    let defaults = TaskDefaults { max_seq_len: 2048, batch_size: 4 };
-    let mut tasks = prepare_task(&cfg, tok, &defaults, &[]).unwrap_or_else(|e| panic!("{}: {e}", t["label"]));
+    let defaults = TaskDefaults {
+        max_seq_len: 2048,
+        batch_size: 4,
+    };
+    let mut tasks =
+        prepare_task(&cfg, tok, &defaults, &[]).unwrap_or_else(|e| panic!("{}: {e}", t["label"]));
     assert_eq!(tasks.len(), 1);
     let task = tasks.remove(0);
     assert_eq!(task.label, str_of(&t["label"]));
@@ -80,7 +94,11 @@ pub fn prepare(t: &Value, tok: &Tokenizer) -> PreparedTask {
 }
 
 pub fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array().unwrap_or_else(|| panic!("expected a list, found {v}")).iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected a list, found {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect()
 }
 
 pub fn u32s(v: &Value) -> Vec<u32> {
@@ -88,7 +106,11 @@ pub fn u32s(v: &Value) -> Vec<u32> {
 }
 
 pub fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 pub fn strings(v: &Value) -> Vec<String> {
@@ -102,16 +124,29 @@ pub struct Mismatches {
 }
 
 impl Mismatches {
-    pub fn check<T: PartialEq + std::fmt::Debug>(&mut self, what: impl FnOnce() -> String, got: T, want: T) {
+    pub fn check<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: impl FnOnce() -> String,
+        got: T,
+        want: T,
+    ) {
         if got != want {
-            self.list.push(format!("{}: got {got:?}, want {want:?}", what()));
+            self.list
+                .push(format!("{}: got {got:?}, want {want:?}", what()));
         }
     }
 
     pub fn assert_none(&self) {
         if !self.list.is_empty() {
             let head: Vec<&String> = self.list.iter().take(20).collect();
-            panic!("{} mismatches, first ones:\n{}", self.list.len(), head.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+            panic!(
+                "{} mismatches, first ones:\n{}",
+                self.list.len(),
+                head.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
 }

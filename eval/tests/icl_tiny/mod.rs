@@ -35,4 +35,3 @@ pub fn model() -> Mpt<Flex> {
     cfg.validate().unwrap();
     cfg.init::<Flex>(&Default::default(), 7)
 }
-

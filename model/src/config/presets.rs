@@ -130,7 +130,9 @@ pub(super) fn by_name(name: &str) -> Result<MptConfig, ConfigError> {
         other => {
             let short = other.strip_prefix("pretrain/").unwrap_or(other);
             match shape(short) {
-                Some((d, h, l)) if other.starts_with("pretrain/") || !matches!(short, "mpt-7b" | "mpt-30b") => {
+                Some((d, h, l))
+                    if other.starts_with("pretrain/") || !matches!(short, "mpt-7b" | "mpt-30b") =>
+                {
                     llm_foundry_defaults(d, h, l)
                 }
                 _ => {

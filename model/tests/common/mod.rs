@@ -47,11 +47,17 @@ pub fn to_vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Gradient of every float parameter of an autodiff module, by checkpoint name.
-pub fn named_grads<M: burn::module::Module<AD>>(model: &M, grads: &<AD as AutodiffBackend>::Gradients) -> BTreeMap<String, Vec<f32>> {
+pub fn named_grads<M: burn::module::Module<AD>>(
+    model: &M,
+    grads: &<AD as AutodiffBackend>::Gradients,
+) -> BTreeMap<String, Vec<f32>> {
     struct V<'a> {
         path: Vec<String>,
         grads: &'a <AD as AutodiffBackend>::Gradients,
@@ -65,11 +71,18 @@ pub fn named_grads<M: burn::module::Module<AD>>(model: &M, grads: &<AD as Autodi
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
-            let g = param.val().grad(self.grads).expect("every parameter has a gradient");
+            let g = param
+                .val()
+                .grad(self.grads)
+                .expect("every parameter has a gradient");
             self.out.insert(hf_name(&self.path.join(".")), to_vec(g));
         }
     }
-    let mut v = V { path: Vec::new(), grads, out: BTreeMap::new() };
+    let mut v = V {
+        path: Vec::new(),
+        grads,
+        out: BTreeMap::new(),
+    };
     model.visit(&mut v);
     v.out
 }
@@ -97,7 +110,11 @@ pub fn read_safetensors(path: PathBuf) -> BTreeMap<String, (Vec<f32>, Vec<usize>
         .into_iter()
         .map(|(name, view)| {
             assert_eq!(view.dtype(), safetensors::Dtype::F32);
-            let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             (name, (v, view.shape().to_vec()))
         })
         .collect()

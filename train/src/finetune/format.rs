@@ -285,6 +285,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bos_both_sides_start_with_is_removed_from_the_response() {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&crate::finetune::tests::tokenizer_json(&["<|bos|>"])).unwrap();
+        json["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [50], "tokens": ["<|bos|>"]}}
+        });
+        let tok = Tokenizer::from_bytes(json.to_string().as_bytes(), "bos").unwrap();
+        let row = Row::PromptResponse { prompt: "w2 w3".into(), response: "w4".into() };
+        assert_eq!(Encoder::new(&tok).turns(&row).unwrap(), vec![t(&[50, 2, 3], &[4])]);
+        // Chat turns take no special tokens: the template writes them.
+        let chat = Row::Chat(vec![
+            Message { role: Role::User, content: "w2".into() },
+            Message { role: Role::Assistant, content: "w4".into() },
+        ]);
+        assert!(Encoder::new(&tok).turns(&chat).unwrap().iter().all(|t| !t.prompt.contains(&50)));
+        let plain = crate::finetune::tests::word_tokenizer().tokenizer;
+        assert_eq!(Encoder::new(&plain).turns(&row).unwrap(), vec![t(&[2, 3], &[4])]);
+    }
+
+    #[test]
     fn chat_turns_slice_the_default_template_at_each_assistant_message() {
         let m = |role, content: &str| Message { role, content: content.into() };
         let msgs = [m(Role::System, "be nice"), m(Role::User, "hi"), m(Role::Assistant, "hello"), m(Role::User, "bye"), m(Role::Assistant, "ciao")];

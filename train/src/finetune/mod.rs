@@ -15,7 +15,10 @@
 //! ([`pack`]); example `k` of a sequence has `sequence_id` `k`, so a model with
 //! `attn_uses_sequence_id` keeps them from attending to each other, and the first label of
 //! every example after the first is ignored, so no example learns to predict its neighbour.
-//! With ALiBi (relative positions), a packed example's loss is then the same as its padded loss.
+//! With ALiBi and no learned positional embedding (MPT's usual setup), a packed example's loss
+//! is then the same as its padded loss. With learned positions (llm-foundry's default),
+//! positions run across the whole packed sequence — in llm-foundry as here — so packing moves
+//! the later examples' positions.
 //!
 //! **Order and resumption.** An epoch's order is a permutation of the examples drawn from
 //! `(shuffle_seed, purpose, epoch)` (NumPy's `default_rng` algorithm; not torch's sampler, so not

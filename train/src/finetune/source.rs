@@ -343,7 +343,7 @@ mod tests {
             ("{\"prompt\": 3, \"response\": \"b\"}\n", 1, "\"prompt\" must be a string, found a number"),
             ("{\"prompt\": \"a\", \"response\": null}\n", 1, "\"response\" must be a string, found null"),
             ("{\"prompt\": \"a\", \"response\": \"b\", \"id\": 1}\n", 1, "\"id\""),
-            ("[1, 2]\n", 1, "not an array"),
+            ("[1, 2]\n", 1, "expected a JSON object, found an array"),
         ];
         for (i, (text, line, needle)) in cases.iter().enumerate() {
             let p = write(dir.path(), &format!("case{i}.jsonl"), text);

@@ -7,6 +7,8 @@
 //! shards interleave, while at any moment a node only needs the shards whose windows overlap
 //! the current position: good mixing with a bounded, evenly spread download footprint.
 
+use rayon::slice::ParallelSliceMut;
+
 use super::super::error::{Result, StreamError};
 use super::super::numpy_rng::NumpyRng;
 use super::{block_bounds, divide_spans, shard_spans};
@@ -83,7 +85,13 @@ pub fn py1e(
             offset += span;
         }
         // NumPy's argsort; positions are distinct in practice, and the index breaks ties.
-        keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let by_position = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        // The comparator is a total order, so the parallel sort gives the same result.
+        if keyed.len() > 1 << 16 {
+            keyed.par_sort_unstable_by(by_position);
+        } else {
+            keyed.sort_unstable_by(by_position);
+        }
         ids.extend(keyed.iter().map(|&(_, i)| node_samples[i as usize]));
     }
     Ok(ids)

@@ -11,6 +11,10 @@
 #[cfg(target_os = "linux")]
 mod child;
 #[cfg(target_os = "linux")]
+mod describe;
+#[cfg(target_os = "linux")]
+mod host;
+#[cfg(target_os = "linux")]
 mod landlock;
 #[cfg(target_os = "linux")]
 mod probe;
@@ -93,7 +97,10 @@ pub struct SandboxConfig {
     pub isolation: Isolation,
     /// `false` skips namespaces entirely (tests use it to exercise the fallback).
     pub use_namespaces: bool,
-    /// Where per-program folders are made; `None` means the system temp folder.
+    /// Where per-program folders are made; `None` means the system temp folder. With
+    /// namespaces a folder is only a mount point and stays empty; without them it is the
+    /// program's folder, so when the caller is root the sandbox uid must be able to reach it
+    /// (`/tmp` can; a 0700 directory cannot).
     pub scratch_dir: Option<PathBuf>,
 }
 

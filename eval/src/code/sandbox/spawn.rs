@@ -1,15 +1,16 @@
-//! The parent's side of one run: folder, pipes, `clone`, id maps, deadline, kill, verdict.
+//! The parent's side of one run: `clone`, id maps, the deadline, the kill, and the verdict.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::io::{Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::child::{self, ChildConfig, ChildRun, TAG_EXIT, TAG_FAIL, TAG_READY, step};
+use super::host::{
+    Folder, Tree, io_err, memfd, pipe, poll, read_some, set_nonblocking, write_maps,
+};
 use super::rootfs::{SANDBOX_DIR, cstr};
 use super::{Outcome, SandboxError, Status};
 
@@ -107,249 +108,6 @@ const MAX_RESULT_BYTES: usize = 1 << 20;
 const MAX_STDERR_BYTES: usize = 64 << 10;
 const MAX_STATUS_BYTES: usize = 4 << 10;
 
-fn io_err<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> SandboxError + 'a {
-    move |source| SandboxError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err("creating a pipe", Path::new("pipe2"))(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// The program text as an in-memory file: the program reads it on stdin, and no pipe has to
-/// be fed while the clock runs.
-fn memfd(program: &str) -> Result<OwnedFd, SandboxError> {
-    let err = io_err("creating the program memfd", Path::new("memfd"));
-    // SAFETY: the name is a NUL-terminated constant.
-    let fd = unsafe { libc::memfd_create(c"tessera-program".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is fresh and ours.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let r = f
-        .write_all(program.as_bytes())
-        .and_then(|_| f.seek(SeekFrom::Start(0)).map(|_| ()));
-    r.map_err(io_err("writing the program memfd", Path::new("memfd")))?;
-    Ok(f.into())
-}
-
-/// The per-run host folder. Inside the namespaces it is only the new root's mount point and
-/// must still be empty afterwards; without them it is the program's folder.
-struct Folder {
-    path: PathBuf,
-    must_stay_empty: bool,
-    done: bool,
-}
-
-impl Folder {
-    fn create(
-        path: PathBuf,
-        chown: Option<(u32, u32)>,
-        must_stay_empty: bool,
-    ) -> Result<Self, SandboxError> {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(io_err("creating the sandbox folder", &path))?;
-        let folder = Self {
-            path,
-            must_stay_empty,
-            done: false,
-        };
-        if let Some((uid, gid)) = chown {
-            std::os::unix::fs::chown(&folder.path, Some(uid), Some(gid)).map_err(io_err(
-                "handing the sandbox folder to the sandbox user",
-                &folder.path,
-            ))?;
-        }
-        Ok(folder)
-    }
-
-    fn finish(mut self) -> Result<(), SandboxError> {
-        self.done = true;
-        if !self.must_stay_empty {
-            return force_remove(&self.path)
-                .map_err(io_err("removing the sandbox folder", &self.path));
-        }
-        match std::fs::remove_dir(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOTEMPTY)
-                    || e.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                let _ = force_remove(&self.path);
-                Err(SandboxError::HostFolderWritten {
-                    path: self.path.clone(),
-                })
-            }
-            Err(e) => Err(io_err("removing the sandbox folder", &self.path)(e)),
-        }
-    }
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = force_remove(&self.path);
-        }
-    }
-}
-
-/// `remove_dir_all`, after making directories writable again if the program locked them.
-fn force_remove(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            unlock_dirs(path);
-            std::fs::remove_dir_all(path)
-        }
-        Err(_) => Ok(()),
-        Ok(()) => Ok(()),
-    }
-}
-
-fn unlock_dirs(path: &Path) {
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && m.is_dir()
-    {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-        if let Ok(rd) = std::fs::read_dir(path) {
-            for e in rd.flatten() {
-                unlock_dirs(&e.path());
-            }
-        }
-    }
-}
-
-/// The supervisor process; killed and reaped on drop, so no early return leaks a sandbox.
-struct Tree {
-    pid: libc::pid_t,
-    /// Without a PID namespace, kill the process group too.
-    group: bool,
-    reaped: Option<libc::c_int>,
-}
-
-impl Tree {
-    fn kill(&self) {
-        if self.reaped.is_some() {
-            return;
-        }
-        // SAFETY: the supervisor is our unreaped child, so its pid (and, as a zombie at worst,
-        // its process group id) cannot have been reused.
-        unsafe {
-            if self.group {
-                libc::killpg(self.pid, libc::SIGKILL);
-            }
-            libc::kill(self.pid, libc::SIGKILL);
-        }
-    }
-
-    fn reap(&mut self) -> libc::c_int {
-        if let Some(s) = self.reaped {
-            return s;
-        }
-        let mut status = 0;
-        loop {
-            // SAFETY: waiting for our own child.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r == self.pid
-                || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
-            {
-                break;
-            }
-        }
-        self.reaped = Some(status);
-        status
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        self.kill();
-        self.reap();
-    }
-}
-
-fn write_maps(pid: libc::pid_t, maps: &IdMaps) -> Result<(), SandboxError> {
-    let write = |name: &str, content: &str| -> Result<(), SandboxError> {
-        let path = PathBuf::from(format!("/proc/{pid}/{name}"));
-        // One write(2): the kernel takes a map in a single write.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(content.as_bytes()))
-            .map_err(|source| SandboxError::IdMap { path, source })
-    };
-    if maps.deny_setgroups {
-        write("setgroups", "deny")?;
-    }
-    write("uid_map", &maps.uid_map)?;
-    write("gid_map", &maps.gid_map)
-}
-
-fn set_nonblocking(fd: &OwnedFd) {
-    // SAFETY: flag change on our own descriptor.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-}
-
-/// Reads what is available; `false` at end of file.
-fn read_some(fd: &OwnedFd, buf: &mut Vec<u8>, cap: usize) -> bool {
-    let mut chunk = [0u8; 8192];
-    loop {
-        // SAFETY: reading into a stack buffer of the given length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n > 0 {
-            let room = cap.saturating_sub(buf.len());
-            buf.extend_from_slice(&chunk[..(n as usize).min(room)]);
-            continue;
-        }
-        if n == 0 {
-            return false;
-        }
-        let e = std::io::Error::last_os_error().raw_os_error();
-        if e == Some(libc::EINTR) {
-            continue;
-        }
-        // EAGAIN: nothing more for now. Any other error ends the stream.
-        return e == Some(libc::EAGAIN);
-    }
-}
-
-/// Polls `fds` until one is readable or `timeout` passes.
-fn poll(fds: &[&OwnedFd], timeout: Duration) {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout
-        .as_micros()
-        .div_ceil(1000)
-        .clamp(1, i32::MAX as u128) as libc::c_int;
-    // SAFETY: `p` is a valid array of pollfd of the length passed.
-    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
-}
-
 /// Runs one program in a fresh sandbox.
 pub(crate) fn run_program(
     p: &Prepared,
@@ -360,8 +118,14 @@ pub(crate) fn run_program(
     let me = std::process::id();
     let run_id = format!("tessera-run-{me}-{n}");
     let ids = p.ids.for_run(n);
+    // The time component keeps names unique when a later process reuses this pid and finds
+    // a folder left by one that crashed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let folder = Folder::create(
-        p.scratch.join(format!("tessera-sandbox-{me}-{n}")),
+        p.scratch
+            .join(format!("tessera-sandbox-{me}-{n}-{nanos:x}")),
         p.chown_folder.then_some(ids),
         p.mode.namespaces(),
     )?;
@@ -477,101 +241,144 @@ pub(crate) fn run_program(
     }
     drop(sync_w);
 
-    // Wait for a verdict line, the supervisor's end, or the deadline.
-    for fd in [&status_r, &result_r].into_iter().chain(stderr_r.as_ref()) {
-        set_nonblocking(fd);
-    }
-    let deadline = start + p.timeout;
-    let (mut status_buf, mut result_buf, mut stderr_buf) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut status_open, mut result_open, mut stderr_open) = (true, true, stderr_r.is_some());
-    let mut timed_out = false;
-    loop {
-        if verdict(&result_buf).is_some() || result_buf.len() >= MAX_RESULT_BYTES {
-            break;
-        }
-        if !status_open {
-            if result_open {
-                read_some(&result_r, &mut result_buf, MAX_RESULT_BYTES);
-            }
-            break;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            timed_out = true;
-            break;
-        }
-        let mut watch: Vec<&OwnedFd> = vec![&status_r];
-        if result_open {
-            watch.push(&result_r);
-        }
-        if let (true, Some(e)) = (stderr_open, stderr_r.as_ref()) {
-            watch.push(e);
-        }
-        poll(&watch, deadline - now);
-        status_open = read_some(&status_r, &mut status_buf, MAX_STATUS_BYTES);
-        if result_open {
-            result_open = read_some(&result_r, &mut result_buf, MAX_RESULT_BYTES);
-        }
-        if let (true, Some(e)) = (stderr_open, stderr_r.as_ref()) {
-            stderr_open = read_some(e, &mut stderr_buf, MAX_STDERR_BYTES);
-        }
-    }
+    let mut streams = Streams::new(status_r, result_r, stderr_r);
+    let timed_out = streams.wait(start + p.timeout);
     let wall = start.elapsed();
     tree.kill();
-    // The supervisor is dying; its records up to now are in the pipe until end of file.
-    let drain_until = Instant::now() + Duration::from_secs(5);
-    while status_open && Instant::now() < drain_until {
-        poll(&[&status_r], Duration::from_millis(50));
-        status_open = read_some(&status_r, &mut status_buf, MAX_STATUS_BYTES);
-    }
-    if let Some(e) = stderr_r.as_ref() {
-        read_some(e, &mut stderr_buf, MAX_STDERR_BYTES);
-    }
+    streams.drain_after_kill();
     let supervisor_status = tree.reap();
     drop(tree);
     folder.finish()?;
+    interpret(&streams, timed_out, supervisor_status, wall, run_id)
+}
 
-    let stderr = String::from_utf8_lossy(&stderr_buf).into_owned();
-    let outcome = |status, result: String| Outcome {
-        status,
-        result,
-        wall,
-        run_id: run_id.clone(),
-    };
-    let records: Vec<[u32; 3]> = status_buf
-        .chunks_exact(12)
-        .map(|r| {
-            let w = |i: usize| u32::from_ne_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
-            [w(0), w(4), w(8)]
+/// The three pipes the parent reads, and what came through them.
+struct Streams {
+    status: OwnedFd,
+    result: OwnedFd,
+    stderr: Option<OwnedFd>,
+    status_buf: Vec<u8>,
+    result_buf: Vec<u8>,
+    stderr_buf: Vec<u8>,
+    status_open: bool,
+}
+
+impl Streams {
+    fn new(status: OwnedFd, result: OwnedFd, stderr: Option<OwnedFd>) -> Self {
+        for fd in [&status, &result].into_iter().chain(stderr.as_ref()) {
+            set_nonblocking(fd);
+        }
+        Self {
+            status,
+            result,
+            stderr,
+            status_buf: Vec::new(),
+            result_buf: Vec::new(),
+            stderr_buf: Vec::new(),
+            status_open: true,
+        }
+    }
+
+    /// Waits for a complete verdict, the supervisor's end, or `deadline`; true on the deadline.
+    fn wait(&mut self, deadline: Instant) -> bool {
+        let (mut result_open, mut stderr_open) = (true, self.stderr.is_some());
+        loop {
+            if verdict(&self.result_buf).is_some() || self.result_buf.len() >= MAX_RESULT_BYTES {
+                return false;
+            }
+            if !self.status_open {
+                // The supervisor is gone; whatever verdict the program wrote is in the pipe.
+                if result_open {
+                    read_some(&self.result, &mut self.result_buf, MAX_RESULT_BYTES);
+                }
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            let mut watch: Vec<&OwnedFd> = vec![&self.status];
+            if result_open {
+                watch.push(&self.result);
+            }
+            if let (true, Some(e)) = (stderr_open, self.stderr.as_ref()) {
+                watch.push(e);
+            }
+            poll(&watch, deadline - now);
+            self.status_open = read_some(&self.status, &mut self.status_buf, MAX_STATUS_BYTES);
+            if result_open {
+                result_open = read_some(&self.result, &mut self.result_buf, MAX_RESULT_BYTES);
+            }
+            if let (true, Some(e)) = (stderr_open, self.stderr.as_ref()) {
+                stderr_open = read_some(e, &mut self.stderr_buf, MAX_STDERR_BYTES);
+            }
+        }
+    }
+
+    /// After the kill: the supervisor's records up to its death are in the pipe until EOF.
+    fn drain_after_kill(&mut self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.status_open && Instant::now() < until {
+            poll(&[&self.status], Duration::from_millis(50));
+            self.status_open = read_some(&self.status, &mut self.status_buf, MAX_STATUS_BYTES);
+        }
+        if let Some(e) = self.stderr.as_ref() {
+            read_some(e, &mut self.stderr_buf, MAX_STDERR_BYTES);
+        }
+    }
+
+    /// The status records: `[tag, a, b]`.
+    fn records(&self) -> Vec<[u32; 3]> {
+        self.status_buf
+            .chunks_exact(12)
+            .map(|r| {
+                let w = |i: usize| u32::from_ne_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+                [w(0), w(4), w(8)]
+            })
+            .collect()
+    }
+}
+
+/// Turns what the pipes said into a verdict, in order of precedence: the driver's verdict, a
+/// setup failure (an error, not a verdict), the deadline, how the program ended, how the
+/// supervisor ended.
+fn interpret(
+    s: &Streams,
+    timed_out: bool,
+    supervisor_status: libc::c_int,
+    wall: Duration,
+    run_id: String,
+) -> Result<RawRun, SandboxError> {
+    let stderr = String::from_utf8_lossy(&s.stderr_buf).into_owned();
+    let done = |status, result: String| {
+        Ok(RawRun {
+            outcome: Outcome {
+                status,
+                result,
+                wall,
+                run_id: run_id.clone(),
+            },
+            stderr: stderr.clone(),
         })
-        .collect();
-    let ready = records.iter().any(|r| r[0] == TAG_READY);
-    let failure = records.iter().find(|r| r[0] == TAG_FAIL);
-    let exit = records
-        .iter()
-        .find(|r| r[0] == TAG_EXIT)
-        .map(|r| r[1] as libc::c_int);
-
-    if let Some(v) = verdict(&result_buf) {
-        let result = v.unwrap_or_else(|| "failed: the program corrupted the verdict channel".to_string());
+    };
+    let records = s.records();
+    if let Some(v) = verdict(&s.result_buf) {
+        let result =
+            v.unwrap_or_else(|| "failed: the program corrupted the verdict channel".to_string());
         let status = match result.as_str() {
             "passed" => Status::Passed,
             "timed out" => Status::TimedOut,
             _ => Status::Failed,
         };
-        return Ok(RawRun {
-            outcome: outcome(status, result),
-            stderr,
-        });
+        return done(status, result);
     }
-    if result_buf.len() >= MAX_RESULT_BYTES {
-        let result = format!("failed: the verdict is longer than {MAX_RESULT_BYTES} bytes");
-        return Ok(RawRun {
-            outcome: outcome(Status::Failed, result),
-            stderr,
-        });
+    if s.result_buf.len() >= MAX_RESULT_BYTES {
+        return done(
+            Status::Failed,
+            format!("failed: the verdict is longer than {MAX_RESULT_BYTES} bytes"),
+        );
     }
-    if let Some(f) = failure {
+    if let Some(f) = records.iter().find(|r| r[0] == TAG_FAIL) {
         return Err(SandboxError::Setup {
             step: step::name(f[1]),
             code: f[1],
@@ -580,40 +387,35 @@ pub(crate) fn run_program(
         });
     }
     if timed_out {
-        return Ok(RawRun {
-            outcome: outcome(Status::TimedOut, "timed out".into()),
-            stderr,
-        });
+        return done(Status::TimedOut, "timed out".into());
     }
-    if let Some(ws) = exit {
-        let o = if libc::WIFSIGNALED(ws) && libc::WTERMSIG(ws) == libc::SIGXCPU {
+    if let Some(r) = records.iter().find(|r| r[0] == TAG_EXIT) {
+        let ws = r[1] as libc::c_int;
+        if libc::WIFSIGNALED(ws) && libc::WTERMSIG(ws) == libc::SIGXCPU {
             // The CPU-time limit is a timeout by another clock.
-            outcome(Status::TimedOut, "timed out".into())
-        } else {
-            outcome(
-                Status::Failed,
-                format!(
-                    "failed: the program {} before reporting a result",
-                    describe_wait(ws)
-                ),
-            )
-        };
-        return Ok(RawRun { outcome: o, stderr });
+            return done(Status::TimedOut, "timed out".into());
+        }
+        return done(
+            Status::Failed,
+            format!(
+                "failed: the program {} before reporting a result",
+                describe_wait(ws)
+            ),
+        );
     }
-    if !ready {
+    if !records.iter().any(|r| r[0] == TAG_READY) {
         return Err(SandboxError::SupervisorDied {
             status: describe_wait(supervisor_status),
             stderr,
         });
     }
-    let result = format!(
-        "failed: the sandbox supervisor {}",
-        describe_wait(supervisor_status)
-    );
-    Ok(RawRun {
-        outcome: outcome(Status::Failed, result),
-        stderr,
-    })
+    done(
+        Status::Failed,
+        format!(
+            "failed: the sandbox supervisor {}",
+            describe_wait(supervisor_status)
+        ),
+    )
 }
 
 /// Tasks (threads included, as `RLIMIT_NPROC` counts them) whose real uid is `uid`.
@@ -656,7 +458,10 @@ fn tasks_of_uid(uid: u32) -> u64 {
 /// `Some(None)` when malformed.
 fn verdict(buf: &[u8]) -> Option<Option<String>> {
     let nl = buf.iter().position(|&b| b == b'\n')?;
-    let Some(len) = std::str::from_utf8(&buf[..nl]).ok().and_then(|s| s.parse::<usize>().ok()) else {
+    let Some(len) = std::str::from_utf8(&buf[..nl])
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    else {
         return Some(None);
     };
     let body = buf.get(nl + 1..nl + 1 + len)?;
@@ -691,13 +496,6 @@ pub(crate) fn describe_wait(ws: libc::c_int) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-
-    fn read_all(mut r: impl Read) -> Vec<u8> {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    }
 
     #[test]
     fn wait_statuses_are_described_with_signal_names() {
@@ -711,15 +509,12 @@ mod tests {
     #[test]
     fn verdicts_are_length_prefixed_and_may_span_lines() {
         assert_eq!(verdict(b"6\npassed"), Some(Some("passed".into())));
-        assert_eq!(verdict(b"11\nfailed: a\nb"), Some(Some("failed: a\nb".into())));
+        assert_eq!(
+            verdict(b"11\nfailed: a\nb"),
+            Some(Some("failed: a\nb".into()))
+        );
         assert_eq!(verdict(b"20\nfailed"), None);
         assert_eq!(verdict(b"12"), None);
         assert_eq!(verdict(b"x\n"), Some(None));
-    }
-
-    #[test]
-    fn memfd_holds_the_program_from_its_start() {
-        let fd = memfd("print(1)\n").unwrap();
-        assert_eq!(read_all(std::fs::File::from(fd)), b"print(1)\n");
     }
 }
