@@ -39,6 +39,11 @@ enum Command {
     },
     /// Pretrain or fine-tune from an llm-foundry-style YAML config.
     Train(cmd::train::Args),
+    /// Evaluate: sandboxed HumanEval (existing completions or generated ones).
+    Eval {
+        #[command(subcommand)]
+        command: cmd::eval::Command,
+    },
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
     Plan(cmd::plan::Args),
     /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
@@ -54,6 +59,7 @@ fn main() {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),
+        Command::Eval { command } => cmd::eval::run(command, cli.device),
         Command::Plan(args) => cmd::plan::run(args),
         Command::BenchStep(args) => cmd::bench_step::run(args),
     };

@@ -250,3 +250,71 @@ fn stream_cache_shared_by_processes() {
     );
     assert!(files_with(&cache, |n| n.contains(".tmp-")).is_empty());
 }
+
+/// A minimal HTTP/1.1 file server on localhost (one request per connection), for the
+/// `https://`/`http://` remote path without any network.
+fn serve_dir(dir: PathBuf) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let reply = match std::fs::read(dir.join(path)) {
+                    Ok(body) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        [head.into_bytes(), body].concat()
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&reply);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn stream_http_remote_streams_through_object_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    copy_dir(
+        &tessera_testkit::repo_fixture("mds/tokens_ndarray_int32"),
+        &served.join("train"),
+    );
+    let url = serve_dir(served);
+    let stream = StreamConfig {
+        split: Some("train".into()),
+        ..StreamConfig::remote(url, Some(tmp.path().join("cache")))
+    };
+    let mut cfg = StreamingConfig::from_streams(vec![stream]);
+    cfg.shuffle = true;
+    let ds = StreamingDataset::new(cfg, World::SINGLE).unwrap();
+    let mut ids = read_epoch(&ds, |id, t| assert_eq!(t, fixture_tokens(id)));
+    ids.sort_unstable();
+    assert_eq!(ids, (0..120).collect::<Vec<_>>());
+    assert_eq!(
+        files_with(&tmp.path().join("cache/train"), |n| n.ends_with(".mds")).len(),
+        5
+    );
+}

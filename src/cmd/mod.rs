@@ -1,5 +1,6 @@
 pub mod bench_step;
 pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod plan;

@@ -40,16 +40,17 @@ impl Handles {
             if self.open >= self.max_open {
                 self.close_oldest();
             }
-            self.slots[i] = Some((Arc::new(cache.open(i)?), self.tick));
+            self.slots[i] = Some((Arc::new(cache.open(i)?), 0));
             self.open += 1;
         }
-        match &mut self.slots[i] {
-            Some((shard, used)) => {
-                *used = self.tick;
-                Ok(shard)
-            }
-            None => unreachable!("slot {i} was filled above"),
-        }
+        let tick = self.tick;
+        self.slots[i]
+            .as_mut()
+            .map(|(shard, used)| {
+                *used = tick;
+                &**shard
+            })
+            .ok_or_else(|| StreamError::Prefetch(format!("shard {i} handle was not kept open")))
     }
 
     fn is_open(&self, i: usize) -> bool {

@@ -85,6 +85,10 @@ impl Source {
             ObjectStoreScheme::Http => Arc::new(
                 object_store::http::HttpBuilder::new()
                     .with_url(&url[..url::Position::BeforePath])
+                    // A plain `http://` location is an explicit choice (e.g. an in-cluster server).
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
+                    )
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),

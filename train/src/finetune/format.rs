@@ -57,7 +57,9 @@ impl Targets {
                 _ => {
                     return Err((
                         "target_prompts".into(),
-                        format!("{other:?} is not \"none\", \"all\" or \"length>=N\" with N a positive integer"),
+                        format!(
+                            "{other:?} is not \"none\", \"all\" or \"length>=N\" with N a positive integer"
+                        ),
                     ));
                 }
             },
@@ -66,7 +68,12 @@ impl Targets {
         let responses = match r.as_str() {
             "last" => TargetResponses::Last,
             "all" => TargetResponses::All,
-            other => return Err(("target_responses".into(), format!("{other:?} is not \"last\" or \"all\""))),
+            other => {
+                return Err((
+                    "target_responses".into(),
+                    format!("{other:?} is not \"last\" or \"all\""),
+                ));
+            }
         };
         Ok(Self { prompts, responses })
     }
@@ -130,9 +137,18 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        let probe = |add: bool| tokenizer.inner().encode_fast("a", add).map(|e| e.get_ids().to_vec()).ok();
+        let probe = |add: bool| {
+            tokenizer
+                .inner()
+                .encode_fast("a", add)
+                .map(|e| e.get_ids().to_vec())
+                .ok()
+        };
         let adds_specials = probe(true) != probe(false);
-        Self { tokenizer, adds_specials }
+        Self {
+            tokenizer,
+            adds_specials,
+        }
     }
 
     /// The row's turns, tokenized.
@@ -148,11 +164,19 @@ impl<'a> Encoder<'a> {
                 {
                     r.remove(0);
                 }
-                Ok(vec![Turn { prompt: p, response: r }])
+                Ok(vec![Turn {
+                    prompt: p,
+                    response: r,
+                }])
             }
             Row::Chat(messages) => chat_turns(messages)
                 .into_iter()
-                .map(|(p, r)| Ok(Turn { prompt: self.tokenizer.encode(&p)?, response: self.tokenizer.encode(&r)? }))
+                .map(|(p, r)| {
+                    Ok(Turn {
+                        prompt: self.tokenizer.encode(&p)?,
+                        response: self.tokenizer.encode(&r)?,
+                    })
+                })
                 .collect(),
         }
     }
@@ -161,12 +185,20 @@ impl<'a> Encoder<'a> {
         if !self.adds_specials {
             return self.tokenizer.encode(text);
         }
-        let enc = self.tokenizer.inner().encode_fast(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .tokenizer
+            .inner()
+            .encode_fast(text, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     fn is_special(&self, id: u32) -> bool {
-        self.tokenizer.inner().get_added_tokens_decoder().get(&id).is_some_and(|t| t.special)
+        self.tokenizer
+            .inner()
+            .get_added_tokens_decoder()
+            .get(&id)
+            .is_some_and(|t| t.special)
     }
 }
 
@@ -177,7 +209,8 @@ pub fn stitch(turns: &[Turn], targets: Targets, eos: Option<u32>) -> (Vec<u32>, 
     for (i, turn) in turns.iter().enumerate() {
         let last = i + 1 == turns.len();
         let mut response = turn.response.clone();
-        if last && let Some(e) = eos
+        if last
+            && let Some(e) = eos
             && response.last() != Some(&e)
         {
             response.push(e);
@@ -188,9 +221,15 @@ pub fn stitch(turns: &[Turn], targets: Targets, eos: Option<u32>) -> (Vec<u32>, 
             TargetPrompts::MinLength(n) => turn.prompt.len() >= n,
         };
         let response_is_target = last || targets.responses == TargetResponses::All;
-        for (part, is_target) in [(&turn.prompt, prompt_is_target), (&response, response_is_target)] {
+        for (part, is_target) in [
+            (&turn.prompt, prompt_is_target),
+            (&response, response_is_target),
+        ] {
             ids.extend_from_slice(part);
-            labels.extend(part.iter().map(|&t| if is_target { i64::from(t) } else { IGNORE }));
+            labels.extend(
+                part.iter()
+                    .map(|&t| if is_target { i64::from(t) } else { IGNORE }),
+            );
         }
     }
     (ids, labels)
@@ -215,8 +254,17 @@ pub struct Tokenized {
 }
 
 /// The example llm-foundry would train on, or why it would filter it out.
-pub fn prepare(turns: &[Turn], targets: Targets, eos: Option<u32>, max_seq_len: usize) -> Result<Tokenized, Dropped> {
-    if turns.is_empty() || turns.iter().any(|t| t.prompt.is_empty() || t.response.is_empty()) {
+pub fn prepare(
+    turns: &[Turn],
+    targets: Targets,
+    eos: Option<u32>,
+    max_seq_len: usize,
+) -> Result<Tokenized, Dropped> {
+    if turns.is_empty()
+        || turns
+            .iter()
+            .any(|t| t.prompt.is_empty() || t.response.is_empty())
+    {
         return Err(Dropped::Empty);
     }
     // `is_valid_ift_example` stitches without the EOS.
@@ -232,7 +280,11 @@ pub fn prepare(turns: &[Turn], targets: Targets, eos: Option<u32>, max_seq_len: 
     if labels.iter().skip(1).all(|&l| l == IGNORE) {
         return Err(Dropped::NoTargets);
     }
-    Ok(Tokenized { ids, labels, truncated })
+    Ok(Tokenized {
+        ids,
+        labels,
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -240,10 +292,16 @@ mod tests {
     use super::*;
 
     fn t(prompt: &[u32], response: &[u32]) -> Turn {
-        Turn { prompt: prompt.to_vec(), response: response.to_vec() }
+        Turn {
+            prompt: prompt.to_vec(),
+            response: response.to_vec(),
+        }
     }
 
-    const NONE_LAST: Targets = Targets { prompts: TargetPrompts::None, responses: TargetResponses::Last };
+    const NONE_LAST: Targets = Targets {
+        prompts: TargetPrompts::None,
+        responses: TargetResponses::Last,
+    };
 
     #[test]
     fn labels_cover_the_response_and_its_eos_only() {
@@ -258,15 +316,35 @@ mod tests {
     #[test]
     fn target_policies_follow_llm_foundry() {
         let turns = [t(&[1, 2, 3], &[4]), t(&[5], &[6, 7])];
-        let all_all = Targets { prompts: TargetPrompts::All, responses: TargetResponses::All };
-        assert_eq!(stitch(&turns, all_all, Some(0)).1, vec![1, 2, 3, 4, 5, 6, 7, 0]);
+        let all_all = Targets {
+            prompts: TargetPrompts::All,
+            responses: TargetResponses::All,
+        };
+        assert_eq!(
+            stitch(&turns, all_all, Some(0)).1,
+            vec![1, 2, 3, 4, 5, 6, 7, 0]
+        );
         let (_, last) = stitch(&turns, NONE_LAST, Some(0));
         assert_eq!(last, vec![IGNORE, IGNORE, IGNORE, IGNORE, IGNORE, 6, 7, 0]);
-        let long_prompts = Targets { prompts: TargetPrompts::MinLength(2), responses: TargetResponses::Last };
-        assert_eq!(stitch(&turns, long_prompts, None).1, vec![1, 2, 3, IGNORE, IGNORE, 6, 7]);
-        assert_eq!(Targets::parse(Some("LENGTH>=3"), Some("All")).unwrap().prompts, TargetPrompts::MinLength(3));
+        let long_prompts = Targets {
+            prompts: TargetPrompts::MinLength(2),
+            responses: TargetResponses::Last,
+        };
+        assert_eq!(
+            stitch(&turns, long_prompts, None).1,
+            vec![1, 2, 3, IGNORE, IGNORE, 6, 7]
+        );
+        assert_eq!(
+            Targets::parse(Some("LENGTH>=3"), Some("All"))
+                .unwrap()
+                .prompts,
+            TargetPrompts::MinLength(3)
+        );
         assert!(Targets::parse(Some("length>=0"), None).is_err());
-        assert_eq!(Targets::parse(None, Some("first")).unwrap_err().0, "target_responses");
+        assert_eq!(
+            Targets::parse(None, Some("first")).unwrap_err().0,
+            "target_responses"
+        );
     }
 
     #[test]
@@ -276,12 +354,24 @@ mod tests {
         assert_eq!(ex.ids, vec![1, 2, 3, 4, 5]);
         assert_eq!(ex.labels, vec![IGNORE, IGNORE, IGNORE, 4, 5]);
         assert_eq!(ex.truncated, 2);
-        assert_eq!(prepare(&turns, NONE_LAST, Some(0), 3), Err(Dropped::NoTargets));
+        assert_eq!(
+            prepare(&turns, NONE_LAST, Some(0), 3),
+            Err(Dropped::NoTargets)
+        );
         // With prompts as targets the same example survives.
-        let all = Targets { prompts: TargetPrompts::All, responses: TargetResponses::Last };
+        let all = Targets {
+            prompts: TargetPrompts::All,
+            responses: TargetResponses::Last,
+        };
         assert_eq!(prepare(&turns, all, Some(0), 3).unwrap().ids, vec![1, 2, 3]);
-        assert_eq!(prepare(&[t(&[], &[4])], NONE_LAST, Some(0), 8), Err(Dropped::Empty));
-        assert_eq!(prepare(&[t(&[1], &[])], NONE_LAST, Some(0), 8), Err(Dropped::Empty));
+        assert_eq!(
+            prepare(&[t(&[], &[4])], NONE_LAST, Some(0), 8),
+            Err(Dropped::Empty)
+        );
+        assert_eq!(
+            prepare(&[t(&[1], &[])], NONE_LAST, Some(0), 8),
+            Err(Dropped::Empty)
+        );
     }
 
     #[test]
@@ -295,22 +385,52 @@ mod tests {
             "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [50], "tokens": ["<|bos|>"]}}
         });
         let tok = Tokenizer::from_bytes(json.to_string().as_bytes(), "bos").unwrap();
-        let row = Row::PromptResponse { prompt: "w2 w3".into(), response: "w4".into() };
-        assert_eq!(Encoder::new(&tok).turns(&row).unwrap(), vec![t(&[50, 2, 3], &[4])]);
+        let row = Row::PromptResponse {
+            prompt: "w2 w3".into(),
+            response: "w4".into(),
+        };
+        assert_eq!(
+            Encoder::new(&tok).turns(&row).unwrap(),
+            vec![t(&[50, 2, 3], &[4])]
+        );
         // Chat turns take no special tokens: the template writes them.
         let chat = Row::Chat(vec![
-            Message { role: Role::User, content: "w2".into() },
-            Message { role: Role::Assistant, content: "w4".into() },
+            Message {
+                role: Role::User,
+                content: "w2".into(),
+            },
+            Message {
+                role: Role::Assistant,
+                content: "w4".into(),
+            },
         ]);
-        assert!(Encoder::new(&tok).turns(&chat).unwrap().iter().all(|t| !t.prompt.contains(&50)));
+        assert!(
+            Encoder::new(&tok)
+                .turns(&chat)
+                .unwrap()
+                .iter()
+                .all(|t| !t.prompt.contains(&50))
+        );
         let plain = crate::finetune::tests::word_tokenizer().tokenizer;
-        assert_eq!(Encoder::new(&plain).turns(&row).unwrap(), vec![t(&[2, 3], &[4])]);
+        assert_eq!(
+            Encoder::new(&plain).turns(&row).unwrap(),
+            vec![t(&[2, 3], &[4])]
+        );
     }
 
     #[test]
     fn chat_turns_slice_the_default_template_at_each_assistant_message() {
-        let m = |role, content: &str| Message { role, content: content.into() };
-        let msgs = [m(Role::System, "be nice"), m(Role::User, "hi"), m(Role::Assistant, "hello"), m(Role::User, "bye"), m(Role::Assistant, "ciao")];
+        let m = |role, content: &str| Message {
+            role,
+            content: content.into(),
+        };
+        let msgs = [
+            m(Role::System, "be nice"),
+            m(Role::User, "hi"),
+            m(Role::Assistant, "hello"),
+            m(Role::User, "bye"),
+            m(Role::Assistant, "ciao"),
+        ];
         let turns = chat_turns(&msgs);
         assert_eq!(
             turns,
@@ -323,7 +443,10 @@ mod tests {
             ]
         );
         // Concatenated, the turns are exactly the rendered conversation.
-        let joined: String = turns.iter().flat_map(|(p, r)| [p.as_str(), r.as_str()]).collect();
+        let joined: String = turns
+            .iter()
+            .flat_map(|(p, r)| [p.as_str(), r.as_str()])
+            .collect();
         assert_eq!(joined, chatml(&msgs, false));
     }
 }

@@ -41,13 +41,14 @@
 pub mod format;
 pub mod pack;
 pub mod source;
+pub mod tokenizer;
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tessera_data::stream::numpy_rng::NumpyRng;
 use tessera_data::stream::{StreamState, World};
-use tessera_data::tokenizer::{Tokenizer, TokenizerError};
+use tessera_data::tokenizer::TokenizerError;
 
 use crate::batch::{Example, IGNORE};
 use crate::config::{LoaderConfig, LoaderKind};
@@ -55,6 +56,7 @@ use crate::step::mix;
 use format::{Dropped, Encoder, Targets, Tokenized};
 use pack::{Packer, auto_ratio};
 use source::Row;
+pub use tokenizer::{ChatTemplate, FinetuneTokenizer, tokenizer_file};
 
 /// Why fine-tuning data could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +65,23 @@ pub enum FinetuneError {
     #[error("{key}: {message}")]
     Config { key: String, message: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A line that is not a valid row.
     #[error("{path}:{line}: {message}")]
-    Row { path: PathBuf, line: usize, message: String },
+    Row {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}:{line}: {source}")]
-    Encode { path: PathBuf, line: usize, source: TokenizerError },
+    Encode {
+        path: PathBuf,
+        line: usize,
+        source: TokenizerError,
+    },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     /// The data holds too little to train on.
@@ -76,67 +89,11 @@ pub enum FinetuneError {
     TooSmall { key: String, message: String },
     /// A resume state that cannot belong to this dataset.
     #[error("{key}: resume state {found} does not fit this dataset: {expected}")]
-    State { key: String, found: String, expected: String },
-}
-
-/// How `{"messages": …}` rows become text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChatTemplate {
-    /// llm-foundry's default ChatML template, which it applies when the tokenizer has none.
-    DefaultChatMl,
-    /// The tokenizer's own Jinja template (in `source`), which tessera does not render: chat rows
-    /// are refused rather than formatted differently from llm-foundry.
-    Custom { source: PathBuf },
-}
-
-/// A tokenizer and the chat template that goes with it.
-#[derive(Debug, Clone)]
-pub struct FinetuneTokenizer {
-    pub tokenizer: Tokenizer,
-    pub chat_template: ChatTemplate,
-}
-
-impl FinetuneTokenizer {
-    /// A tokenizer without a chat template of its own.
-    pub fn new(tokenizer: Tokenizer) -> Self {
-        Self { tokenizer, chat_template: ChatTemplate::DefaultChatMl }
-    }
-
-    /// Loads `tokenizer.name`: a `tokenizer.json` file or a folder holding one. A
-    /// `tokenizer_config.json` beside it with a `chat_template` marks the template as custom.
-    pub fn load(name: &str) -> Result<Self, FinetuneError> {
-        let file = tokenizer_file(name)?;
-        let tokenizer = Tokenizer::from_file(&file)?;
-        let config = file.with_file_name("tokenizer_config.json");
-        let chat_template = match std::fs::read_to_string(&config) {
-            Ok(text) => {
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| FinetuneError::Row { path: config.clone(), line: e.line(), message: e.to_string() })?;
-                match v.get("chat_template") {
-                    None | Some(serde_json::Value::Null) => ChatTemplate::DefaultChatMl,
-                    Some(_) => ChatTemplate::Custom { source: config },
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChatTemplate::DefaultChatMl,
-            Err(source) => return Err(FinetuneError::Io { path: config, source }),
-        };
-        Ok(Self { tokenizer, chat_template })
-    }
-}
-
-/// The `tokenizer.json` that `tokenizer.name` designates (the file itself, or inside a folder).
-pub fn tokenizer_file(name: &str) -> Result<PathBuf, FinetuneError> {
-    let p = Path::new(name);
-    let file = if p.is_dir() { p.join("tokenizer.json") } else { p.to_path_buf() };
-    if !file.is_file() {
-        return Err(FinetuneError::Config {
-            key: "tokenizer.name".into(),
-            message: format!(
-                "{name:?} is neither a tokenizer.json file nor a folder holding one (tessera never downloads tokenizers)"
-            ),
-        });
-    }
-    Ok(file)
+    State {
+        key: String,
+        found: String,
+        expected: String,
+    },
 }
 
 /// One example per sequence, or several.
@@ -205,40 +162,67 @@ impl FinetuneData {
         world: World,
         state: Option<StreamState>,
     ) -> Result<Self, FinetuneError> {
-        let config = |field: &str, message: String| FinetuneError::Config { key: format!("{key}.{field}"), message };
+        let config = |field: &str, message: String| FinetuneError::Config {
+            key: format!("{key}.{field}"),
+            message,
+        };
         if cfg.name != LoaderKind::Finetuning {
-            return Err(config("name", "this loader reads prompt/response rows; use `finetuning`".into()));
+            return Err(config(
+                "name",
+                "this loader reads prompt/response rows; use `finetuning`".into(),
+            ));
         }
         let ds = &cfg.dataset;
         if ds.decoder_only_format == Some(false) {
-            return Err(config("dataset.decoder_only_format", "encoder-decoder models are not supported; MPT is decoder-only".into()));
+            return Err(config(
+                "dataset.decoder_only_format",
+                "encoder-decoder models are not supported; MPT is decoder-only".into(),
+            ));
         }
         let seq_len = match ds.max_seq_len {
             Some(n) if n > seq_len => {
-                return Err(config("dataset.max_seq_len", format!("{n} exceeds max_seq_len ({seq_len})")));
+                return Err(config(
+                    "dataset.max_seq_len",
+                    format!("{n} exceeds max_seq_len ({seq_len})"),
+                ));
             }
             Some(n) => n,
             None => seq_len,
         };
         if seq_len < 2 || batch == 0 {
-            return Err(config("dataset", format!("needs sequences of at least 2 tokens and batches of at least 1 (got {seq_len}, {batch})")));
+            return Err(config(
+                "dataset",
+                format!(
+                    "needs sequences of at least 2 tokens and batches of at least 1 (got {seq_len}, {batch})"
+                ),
+            ));
         }
         let targets = Targets::parse(ds.target_prompts.as_deref(), ds.target_responses.as_deref())
             .map_err(|(field, message)| config(&format!("dataset.{field}"), message))?;
         let tok = &tokenizer.tokenizer;
         let eos = ds.eos_token_id.or_else(|| tok.eos_id()).ok_or_else(|| {
-            config("dataset.eos_token_id", "the tokenizer has no EOS token (<|endoftext|>, </s> or <eos>); set eos_token_id".into())
+            config(
+                "dataset.eos_token_id",
+                "the tokenizer has no EOS token (<|endoftext|>, </s> or <eos>); set eos_token_id"
+                    .into(),
+            )
         })?;
         let pad_id = tok.inner().get_padding().map(|p| p.pad_id).unwrap_or(eos);
 
         let files = source::data_files(key, ds)?;
         let rows = source::read_rows(&files)?;
         let encoder = Encoder::new(tok);
-        let mut stats = FinetuneStats { files: files.len(), rows: rows.rows.len(), ..Default::default() };
+        let mut stats = FinetuneStats {
+            files: files.len(),
+            rows: rows.rows.len(),
+            ..Default::default()
+        };
         let mut examples = Vec::with_capacity(rows.rows.len());
         for r in &rows.rows {
             let (path, line) = rows.location(r);
-            if let (Row::Chat(_), ChatTemplate::Custom { source }) = (&r.row, &tokenizer.chat_template) {
+            if let (Row::Chat(_), ChatTemplate::Custom { source }) =
+                (&r.row, &tokenizer.chat_template)
+            {
                 return Err(FinetuneError::Row {
                     path,
                     line,
@@ -249,12 +233,15 @@ impl FinetuneData {
                     ),
                 });
             }
-            let turns = encoder.turns(&r.row).map_err(|source| FinetuneError::Encode { path, line, source })?;
+            let turns = encoder
+                .turns(&r.row)
+                .map_err(|source| FinetuneError::Encode { path, line, source })?;
             match format::prepare(&turns, targets, Some(eos), seq_len) {
                 Ok(ex) => {
                     stats.truncated += usize::from(ex.truncated > 0);
                     stats.tokens += ex.ids.len() as u64;
-                    stats.loss_tokens += ex.labels.iter().skip(1).filter(|&&l| l != IGNORE).count() as u64;
+                    stats.loss_tokens +=
+                        ex.labels.iter().skip(1).filter(|&&l| l != IGNORE).count() as u64;
                     examples.push(ex);
                 }
                 Err(Dropped::Empty) => stats.dropped_empty += 1,
@@ -279,7 +266,9 @@ impl FinetuneData {
             seq_len,
             batch,
             world,
-            packing: Packing::Padded { trim: ds.allow_pad_trimming.unwrap_or(false) },
+            packing: Packing::Padded {
+                trim: ds.allow_pad_trimming.unwrap_or(false),
+            },
             shuffle: ds.shuffle,
             seed: ds.shuffle_seed,
             pad_id,
@@ -292,23 +281,41 @@ impl FinetuneData {
         let ratio = match &ds.packing_ratio {
             None | Some(serde_json::Value::Null) => 1.0,
             Some(serde_json::Value::String(s)) if s == "auto" => {
-                let sizes: Vec<usize> = data.order(0).iter().map(|&i| data.examples[i as usize].ids.len()).collect();
+                let sizes: Vec<usize> = data
+                    .order(0)
+                    .iter()
+                    .map(|&i| data.examples[i as usize].ids.len())
+                    .collect();
                 auto_ratio(&sizes, global, seq_len)
             }
             Some(v) => match v.as_f64() {
                 Some(r) if r >= 1.0 && r.is_finite() => r,
-                _ => return Err(config("dataset.packing_ratio", format!("{v} is not \"auto\" or a number ≥ 1"))),
+                _ => {
+                    return Err(config(
+                        "dataset.packing_ratio",
+                        format!("{v} is not \"auto\" or a number ≥ 1"),
+                    ));
+                }
             },
         };
         if ratio > 1.0 {
-            data.packing = Packing::Packed { ratio, per_batch: (ratio * global as f64) as usize };
+            data.packing = Packing::Packed {
+                ratio,
+                per_batch: (ratio * global as f64) as usize,
+            };
         }
         let state = state.unwrap_or_else(|| StreamState::start(data.seed, 1));
         if state.seed != data.seed || state.num_canonical_nodes != 1 {
             return Err(FinetuneError::State {
                 key: key.into(),
-                found: format!("(seed {}, {} canonical nodes)", state.seed, state.num_canonical_nodes),
-                expected: format!("shuffle_seed {} and 1 canonical node (was it written by a text loader?)", data.seed),
+                found: format!(
+                    "(seed {}, {} canonical nodes)",
+                    state.seed, state.num_canonical_nodes
+                ),
+                expected: format!(
+                    "shuffle_seed {} and 1 canonical node (was it written by a text loader?)",
+                    data.seed
+                ),
             });
         }
         data.load_epoch(state.epoch);
@@ -356,7 +363,13 @@ impl FinetuneData {
 
     /// The position after everything returned so far.
     pub fn state(&self) -> StreamState {
-        StreamState { epoch: self.epoch, sample_in_epoch: self.pos as u64, seed: self.seed, num_canonical_nodes: 1, initial_physical_nodes: None }
+        StreamState {
+            epoch: self.epoch,
+            sample_in_epoch: self.pos as u64,
+            seed: self.seed,
+            num_canonical_nodes: 1,
+            initial_physical_nodes: None,
+        }
     }
 
     /// Sequences per epoch over all ranks that training can use: the examples when padded;
@@ -364,7 +377,9 @@ impl FinetuneData {
     pub fn epoch_size(&self) -> u64 {
         match self.packing {
             Packing::Padded { .. } => self.examples.len() as u64,
-            Packing::Packed { per_batch, .. } => (self.examples.len() / per_batch * self.global_batch()) as u64,
+            Packing::Packed { per_batch, .. } => {
+                (self.examples.len() / per_batch * self.global_batch()) as u64
+            }
         }
     }
 
@@ -381,7 +396,9 @@ impl FinetuneData {
     pub fn remaining_in_epoch(&self) -> usize {
         let rest = self.rows.len().saturating_sub(self.pos);
         let global = self.global_batch();
-        let partial = (rest % global).saturating_sub(self.world.rank as usize * self.batch).min(self.batch);
+        let partial = (rest % global)
+            .saturating_sub(self.world.rank as usize * self.batch)
+            .min(self.batch);
         rest / global * self.batch + partial
     }
 
@@ -432,7 +449,9 @@ impl FinetuneData {
             }
             Packing::Packed { per_batch, .. } => {
                 let sized = |ids: &[u32]| -> Vec<(usize, u32)> {
-                    ids.iter().map(|&i| (self.examples[i as usize].ids.len(), i)).collect()
+                    ids.iter()
+                        .map(|&i| (self.examples[i as usize].ids.len(), i))
+                        .collect()
                 };
                 let mut packer = Packer::new(global, self.seq_len);
                 let mut rows = Vec::new();
@@ -460,18 +479,28 @@ impl FinetuneData {
         let first_of_run = self.epoch == 0 && self.pos == 0;
         let len = match self.packing {
             Packing::Padded { trim: true } if !first_of_run => {
-                let longest = self.rows[range.clone()].iter().map(|r| self.row_len(r)).max().unwrap_or(0);
+                let longest = self.rows[range.clone()]
+                    .iter()
+                    .map(|r| self.row_len(r))
+                    .max()
+                    .unwrap_or(0);
                 longest.div_ceil(8).saturating_mul(8).clamp(2, self.seq_len)
             }
             _ => self.seq_len,
         };
-        let out = self.rows[range].iter().map(|r| self.example(r, len)).collect();
+        let out = self.rows[range]
+            .iter()
+            .map(|r| self.example(r, len))
+            .collect();
         self.pos = (self.pos + global).min(self.rows.len());
         out
     }
 
     fn row_len(&self, items: &[u32]) -> usize {
-        items.iter().map(|&i| self.examples[i as usize].ids.len()).sum()
+        items
+            .iter()
+            .map(|&i| self.examples[i as usize].ids.len())
+            .sum()
     }
 
     /// The examples `items`, concatenated and padded to `len` tokens.
@@ -498,7 +527,12 @@ impl FinetuneData {
         // Targets are the labels shifted left by one (llm-foundry's MPT: `roll(labels, -1)`).
         let mut targets: Vec<i64> = labels[1..].to_vec();
         targets.push(IGNORE);
-        Example { input_ids: ids, targets, attention: Some((0..len).map(|i| i < real).collect()), sequence_id: Some(sequence_id) }
+        Example {
+            input_ids: ids,
+            targets,
+            attention: Some((0..len).map(|i| i < real).collect()),
+            sequence_id: Some(sequence_id),
+        }
     }
 }
 

@@ -27,7 +27,11 @@ pub struct Packer {
 impl Packer {
     /// Emits `bins` sequences per call, each at most `max_len` tokens.
     pub fn new(bins: usize, max_len: usize) -> Self {
-        Self { bins, max_len, leftover: Vec::new() }
+        Self {
+            bins,
+            max_len,
+            leftover: Vec::new(),
+        }
     }
 
     /// Packs `items` (`(size, id)`, each `size ≤ max_len`) with the leftovers; returns up to
@@ -36,12 +40,15 @@ impl Packer {
         let mut bins = std::mem::take(&mut self.leftover);
         let mut sorted = items.to_vec();
         // Stable: equal sizes keep their arrival order, as Python's `sorted(reverse=True)`.
-        sorted.sort_by(|a, b| b.0.cmp(&a.0));
+        sorted.sort_by_key(|&(size, _)| std::cmp::Reverse(size));
         let n = sorted.len();
         for (i, &(size, id)) in sorted.iter().enumerate() {
             let required = self.bins.saturating_sub(bins.len());
             if n - i <= required {
-                bins.push(Bin { size, items: vec![id] });
+                bins.push(Bin {
+                    size,
+                    items: vec![id],
+                });
                 continue;
             }
             match bins.iter().position(|b| b.size + size <= self.max_len) {
@@ -51,10 +58,13 @@ impl Packer {
                     b.items.push(id);
                     bins.push(b);
                 }
-                None => bins.push(Bin { size, items: vec![id] }),
+                None => bins.push(Bin {
+                    size,
+                    items: vec![id],
+                }),
             }
         }
-        bins.sort_by(|a, b| b.size.cmp(&a.size));
+        bins.sort_by_key(|b| std::cmp::Reverse(b.size));
         self.leftover = bins.split_off(self.bins.min(bins.len()));
         bins
     }
@@ -84,7 +94,11 @@ pub fn auto_ratio(sizes: &[usize], bins: usize, max_seq_len: usize) -> f64 {
     let step = (hi - lo) / (RATIOS - 1) as f64;
     let mut candidates: Vec<(f64, usize)> = Vec::new();
     for i in 0..RATIOS {
-        let raw = if i + 1 == RATIOS { hi } else { lo + step * i as f64 };
+        let raw = if i + 1 == RATIOS {
+            hi
+        } else {
+            lo + step * i as f64
+        };
         let ratio = (10.0 * raw).round_ties_even() / 10.0;
         let per_call = (ratio * bins as f64) as usize;
         if !candidates.iter().any(|&(_, n)| n == per_call) {
@@ -126,7 +140,11 @@ mod tests {
     use super::*;
 
     fn items(sizes: &[usize]) -> Vec<(usize, u32)> {
-        sizes.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect()
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (s, i as u32))
+            .collect()
     }
 
     #[test]
@@ -134,11 +152,41 @@ mod tests {
         // max 10, 2 bins: 7 → A; 6 → B (A full at 7+6); 3 → A (10); 3 → B (9); 2 → own bin C.
         let mut p = Packer::new(2, 10);
         let out = p.pack(&items(&[3, 7, 2, 6, 3]));
-        assert_eq!(out, vec![Bin { size: 10, items: vec![1, 0] }, Bin { size: 9, items: vec![3, 4] }]);
-        assert_eq!(p.leftover(), &[Bin { size: 2, items: vec![2] }]);
+        assert_eq!(
+            out,
+            vec![
+                Bin {
+                    size: 10,
+                    items: vec![1, 0]
+                },
+                Bin {
+                    size: 9,
+                    items: vec![3, 4]
+                }
+            ]
+        );
+        assert_eq!(
+            p.leftover(),
+            &[Bin {
+                size: 2,
+                items: vec![2]
+            }]
+        );
         // The leftover bin is filled first on the next call.
         let out = p.pack(&[(8, 10), (1, 11)]);
-        assert_eq!(out, vec![Bin { size: 10, items: vec![2, 10] }, Bin { size: 1, items: vec![11] }]);
+        assert_eq!(
+            out,
+            vec![
+                Bin {
+                    size: 10,
+                    items: vec![2, 10]
+                },
+                Bin {
+                    size: 1,
+                    items: vec![11]
+                }
+            ]
+        );
         assert!(p.leftover().is_empty());
     }
 
@@ -152,7 +200,10 @@ mod tests {
             assert!(out.len() == 4 || c == 9, "call {c} emitted {}", out.len());
             for b in out.iter().chain(p.leftover()) {
                 assert!(b.size <= 32);
-                assert_eq!(b.size, b.items.iter().map(|&i| sizes[i as usize]).sum::<usize>());
+                assert_eq!(
+                    b.size,
+                    b.items.iter().map(|&i| sizes[i as usize]).sum::<usize>()
+                );
             }
             seen.extend(out.into_iter().flat_map(|b| b.items));
         }
@@ -165,7 +216,10 @@ mod tests {
     fn when_examples_run_short_each_gets_its_own_bin() {
         let mut p = Packer::new(3, 100);
         let out = p.pack(&items(&[5, 6, 7]));
-        assert_eq!(out.iter().map(|b| b.items.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
+        assert_eq!(
+            out.iter().map(|b| b.items.len()).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Loader behaviour end to end: JSON lines on disk in, examples out.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde_json::{Value, json};
+use tessera_data::tokenizer::Tokenizer;
 
 use super::*;
 use crate::config::DatasetConfig;
@@ -16,13 +18,17 @@ pub(crate) fn tokenizer_json(extra: &[&str]) -> String {
     for i in 2..50 {
         vocab.insert(format!("w{i}"), json!(i));
     }
-    let mut added = vec![json!({"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
-                                "rstrip": false, "normalized": false, "special": true})];
+    let mut added = vec![
+        json!({"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                                "rstrip": false, "normalized": false, "special": true}),
+    ];
     for (k, w) in extra.iter().enumerate() {
         vocab.insert((*w).into(), json!(50 + k));
         if w.starts_with("<|") {
-            added.push(json!({"id": 50 + k, "content": w, "single_word": false, "lstrip": false,
-                              "rstrip": false, "normalized": false, "special": true}));
+            added.push(
+                json!({"id": 50 + k, "content": w, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}),
+            );
         }
     }
     json!({
@@ -38,7 +44,10 @@ pub(crate) fn word_tokenizer() -> FinetuneTokenizer {
 }
 
 fn words(ids: &[u32]) -> String {
-    ids.iter().map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
+    ids.iter()
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `n` rows of 1–6 prompt words and 1–5 response words (ids 2–49), from a fixed recurrence.
@@ -62,8 +71,10 @@ pub(crate) fn sample_rows(n: usize, seed: u64) -> Vec<(Vec<u32>, Vec<u32>)> {
 
 pub(crate) fn write_rows(dir: &Path, rows: &[(Vec<u32>, Vec<u32>)]) -> PathBuf {
     let path = dir.join("train.jsonl");
-    let text: String =
-        rows.iter().map(|(p, r)| format!("{}\n", json!({"prompt": words(p), "response": words(r)}))).collect();
+    let text: String = rows
+        .iter()
+        .map(|(p, r)| format!("{}\n", json!({"prompt": words(p), "response": words(r)})))
+        .collect();
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -83,8 +94,23 @@ pub(crate) fn loader(path: &Path, packing: Option<Value>, shuffle: bool) -> Load
     }
 }
 
-fn open(cfg: &LoaderConfig, seq: usize, batch: usize, world: World, state: Option<StreamState>) -> FinetuneData {
-    FinetuneData::open("train_loader", cfg, &word_tokenizer(), seq, batch, world, state).unwrap()
+fn open(
+    cfg: &LoaderConfig,
+    seq: usize,
+    batch: usize,
+    world: World,
+    state: Option<StreamState>,
+) -> FinetuneData {
+    FinetuneData::open(
+        "train_loader",
+        cfg,
+        &word_tokenizer(),
+        seq,
+        batch,
+        world,
+        state,
+    )
+    .unwrap()
 }
 
 /// The tokens and the targets (next token where it is a response token or the EOS) that an
@@ -106,14 +132,21 @@ fn blocks(e: &Example) -> Vec<(Vec<u32>, Vec<i64>)> {
     let mut out: Vec<(Vec<u32>, Vec<i64>)> = Vec::new();
     for i in 0..e.input_ids.len() {
         if sid[i] < 0 {
-            assert!(!e.attention.as_ref().unwrap()[i] && e.targets[i] == IGNORE, "padding at {i} is not masked");
+            assert!(
+                !e.attention.as_ref().unwrap()[i] && e.targets[i] == IGNORE,
+                "padding at {i} is not masked"
+            );
             continue;
         }
         assert!(e.attention.as_ref().unwrap()[i]);
         if sid[i] as usize == out.len() {
             out.push((Vec::new(), Vec::new()));
         }
-        assert_eq!(sid[i] as usize, out.len() - 1, "sequence ids must count up from 0: {sid:?}");
+        assert_eq!(
+            sid[i] as usize,
+            out.len() - 1,
+            "sequence ids must count up from 0: {sid:?}"
+        );
         let b = out.last_mut().unwrap();
         b.0.push(e.input_ids[i]);
         b.1.push(e.targets[i]);
@@ -139,8 +172,14 @@ fn targets_are_exactly_the_response_tokens_and_eos() {
             targets.resize(16, IGNORE);
             assert_eq!(e.input_ids, padded);
             assert_eq!(e.targets, targets, "prompt {p:?} response {r:?}");
-            assert_eq!(e.attention.as_ref().unwrap().iter().filter(|&&a| a).count(), real);
-            assert_eq!(e.sequence_id.as_ref().unwrap()[real..], vec![-1; 16 - real][..]);
+            assert_eq!(
+                e.attention.as_ref().unwrap().iter().filter(|&&a| a).count(),
+                real
+            );
+            assert_eq!(
+                e.sequence_id.as_ref().unwrap()[real..],
+                vec![-1; 16 - real][..]
+            );
         }
     }
 }
@@ -149,26 +188,57 @@ fn targets_are_exactly_the_response_tokens_and_eos() {
 fn long_prompts_are_truncated_or_dropped_like_llm_foundry() {
     let dir = tempfile::tempdir().unwrap();
     let rows = vec![
-        ((2..10).collect::<Vec<u32>>(), vec![20]),    // prompt fills all 8 tokens: dropped
-        ((2..7).collect(), (20..25).collect()),        // 5 + 5 + EOS: cut to 8, 3 response tokens left
-        (vec![3], vec![4]),                            // fits
+        ((2..10).collect::<Vec<u32>>(), vec![20]), // prompt fills all 8 tokens: dropped
+        ((2..7).collect(), (20..25).collect()),    // 5 + 5 + EOS: cut to 8, 3 response tokens left
+        (vec![3], vec![4]),                        // fits
     ];
     let path = write_rows(dir.path(), &rows);
-    std::fs::write(&path, format!("{}{}\n", std::fs::read_to_string(&path).unwrap(), json!({"prompt": "", "response": "w3"})))
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}\n",
+            std::fs::read_to_string(&path).unwrap(),
+            json!({"prompt": "", "response": "w3"})
+        ),
+    )
+    .unwrap();
     let mut data = open(&loader(&path, None, false), 8, 1, World::SINGLE, None);
     let s = data.stats().clone();
-    assert_eq!((s.rows, s.examples, s.dropped_no_targets, s.dropped_empty, s.truncated), (4, 2, 1, 1, 1));
+    assert_eq!(
+        (
+            s.rows,
+            s.examples,
+            s.dropped_no_targets,
+            s.dropped_empty,
+            s.truncated
+        ),
+        (4, 2, 1, 1, 1)
+    );
     let e = &data.next_batch().unwrap()[0];
     assert_eq!(e.input_ids, vec![2, 3, 4, 5, 6, 20, 21, 22]);
-    assert_eq!(e.targets, vec![IGNORE, IGNORE, IGNORE, IGNORE, 20, 21, 22, IGNORE]);
+    assert_eq!(
+        e.targets,
+        vec![IGNORE, IGNORE, IGNORE, IGNORE, 20, 21, 22, IGNORE]
+    );
 
     let only_long = write_rows(dir.path(), &rows[..1]);
-    let err = FinetuneData::open("train_loader", &loader(&only_long, None, false), &word_tokenizer(), 8, 1, World::SINGLE, None)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains("no trainable examples") && err.contains("1 whose prompt fills max_seq_len (8)"), "{err}");
+    let err = FinetuneData::open(
+        "train_loader",
+        &loader(&only_long, None, false),
+        &word_tokenizer(),
+        8,
+        1,
+        World::SINGLE,
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("no trainable examples")
+            && err.contains("1 whose prompt fills max_seq_len (8)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -176,8 +246,20 @@ fn packing_keeps_examples_apart_with_sequence_ids() {
     let dir = tempfile::tempdir().unwrap();
     let rows = sample_rows(40, 2);
     let path = write_rows(dir.path(), &rows);
-    let mut data = open(&loader(&path, Some(json!(3)), false), 32, 2, World::SINGLE, None);
-    assert_eq!(data.packing(), Packing::Packed { ratio: 3.0, per_batch: 6 });
+    let mut data = open(
+        &loader(&path, Some(json!(3)), false),
+        32,
+        2,
+        World::SINGLE,
+        None,
+    );
+    assert_eq!(
+        data.packing(),
+        Packing::Packed {
+            ratio: 3.0,
+            per_batch: 6
+        }
+    );
     assert_eq!(data.epoch_size(), 12);
     let mut seen = BTreeSet::new();
     let mut shared = 0;
@@ -186,7 +268,10 @@ fn packing_keeps_examples_apart_with_sequence_ids() {
             let b = blocks(&e);
             shared += usize::from(b.len() > 1);
             for (ids, targets) in b {
-                let j = rows.iter().position(|(p, r)| expected(p, r, false).0 == ids).expect("a block is one whole example");
+                let j = rows
+                    .iter()
+                    .position(|(p, r)| expected(p, r, false).0 == ids)
+                    .expect("a block is one whole example");
                 assert!(seen.insert(j), "example {j} packed twice in one epoch");
                 let (_, mut want) = expected(&rows[j].0, &rows[j].1, false);
                 // The last token of a block predicts nothing (not the next example's first).
@@ -197,7 +282,16 @@ fn packing_keeps_examples_apart_with_sequence_ids() {
     }
     assert!(shared > 0, "nothing was packed");
     assert_eq!(seen.len() + data.unused_in_epoch(), 40);
-    assert_eq!(data.state(), StreamState { epoch: 0, sample_in_epoch: 12, seed: 11, num_canonical_nodes: 1, initial_physical_nodes: None });
+    assert_eq!(
+        data.state(),
+        StreamState {
+            epoch: 0,
+            sample_in_epoch: 12,
+            seed: 11,
+            num_canonical_nodes: 1,
+            initial_physical_nodes: None
+        }
+    );
 }
 
 #[test]
@@ -211,22 +305,42 @@ fn resume_state_reproduces_the_remaining_batches() {
         let all: Vec<Vec<Example>> = (0..40).map(|_| whole.next_batch().unwrap()).collect();
         assert!(whole.state().epoch >= 2, "the test must cross epochs");
         let per_epoch = whole.epoch_size() as usize / 2;
-        assert_ne!(all[1], all[per_epoch + 1], "epochs should be shuffled differently");
+        assert_ne!(
+            all[1],
+            all[per_epoch + 1],
+            "epochs should be shuffled differently"
+        );
         for cut in [1, 5, 17] {
             let mut first = open(&cfg, 32, 2, World::SINGLE, None);
             for b in &all[..cut] {
                 assert_eq!(&first.next_batch().unwrap(), b);
             }
-            let saved: StreamState = serde_json::from_str(&serde_json::to_string(&first.state()).unwrap()).unwrap();
+            let saved: StreamState =
+                serde_json::from_str(&serde_json::to_string(&first.state()).unwrap()).unwrap();
             let mut resumed = open(&cfg, 32, 2, World::SINGLE, Some(saved));
             for (i, b) in all[cut..].iter().enumerate() {
-                assert_eq!(&resumed.next_batch().unwrap(), b, "batch {} after resuming at {cut}", cut + i);
+                assert_eq!(
+                    &resumed.next_batch().unwrap(),
+                    b,
+                    "batch {} after resuming at {cut}",
+                    cut + i
+                );
             }
         }
     }
     let cfg = loader(&path, None, true);
     let wrong_seed = StreamState::start(12, 1);
-    let err = FinetuneData::open("train_loader", &cfg, &word_tokenizer(), 32, 2, World::SINGLE, Some(wrong_seed)).err().unwrap();
+    let err = FinetuneData::open(
+        "train_loader",
+        &cfg,
+        &word_tokenizer(),
+        32,
+        2,
+        World::SINGLE,
+        Some(wrong_seed),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("shuffle_seed 11"), "{err}");
 }
 
@@ -239,7 +353,11 @@ fn trimming_shortens_every_batch_but_the_runs_first() {
     let mut data = open(&cfg, 64, 2, World::SINGLE, None);
     assert_eq!(data.next_batch().unwrap()[0].input_ids.len(), 64);
     let b = data.next_batch().unwrap();
-    let longest = b.iter().map(|e| e.attention.as_ref().unwrap().iter().filter(|&&a| a).count()).max().unwrap();
+    let longest = b
+        .iter()
+        .map(|e| e.attention.as_ref().unwrap().iter().filter(|&&a| a).count())
+        .max()
+        .unwrap();
     assert_eq!(b[0].input_ids.len(), longest.div_ceil(8) * 8);
     assert!(b.iter().all(|e| e.input_ids.len() == b[0].input_ids.len()));
 }
@@ -253,11 +371,19 @@ fn padded_and_packed_give_the_same_loss_per_example() {
     // packing shifts every later example's positions, there as here, and the loss moves.
     let json = r#"{"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": 64, "max_seq_len": 32,
                    "learned_pos_emb": false, "attn_config": {"alibi": true, "attn_uses_sequence_id": true}}"#;
-    let model = tessera_model::MptConfig::from_json_str(json, "test").unwrap().init::<B>(&device, 5);
+    let model = tessera_model::MptConfig::from_json_str(json, "test")
+        .unwrap()
+        .init::<B>(&device, 5);
     let dir = tempfile::tempdir().unwrap();
     let path = write_rows(dir.path(), &sample_rows(24, 5));
     let padded = open(&loader(&path, None, false), 32, 2, World::SINGLE, None);
-    let packed = open(&loader(&path, Some(json!(3)), false), 32, 2, World::SINGLE, None);
+    let packed = open(
+        &loader(&path, Some(json!(3)), false),
+        32,
+        2,
+        World::SINGLE,
+        None,
+    );
     let mut multi = 0;
     for row in &packed.rows {
         let (sum, n) = crate::step::eval_loss(&model, &[packed.example(row, 32)], &device);
@@ -268,14 +394,20 @@ fn padded_and_packed_give_the_same_loss_per_example() {
             want_n += k;
         }
         assert_eq!(n, want_n);
-        assert!((sum - want).abs() < 1e-4 * want.abs().max(1.0), "row {row:?}: packed {sum} vs padded {want}");
+        assert!(
+            (sum - want).abs() < 1e-4 * want.abs().max(1.0),
+            "row {row:?}: packed {sum} vs padded {want}"
+        );
         if row.len() > 1 {
             multi += 1;
             // Control: without sequence ids the examples see each other and the loss moves.
             let mut leaky = packed.example(row, 32);
             leaky.sequence_id = None;
             let (s, _) = crate::step::eval_loss(&model, &[leaky], &device);
-            assert!((s - want).abs() > 1e-3, "sequence ids made no difference for {row:?}");
+            assert!(
+                (s - want).abs() > 1e-3,
+                "sequence ids made no difference for {row:?}"
+            );
         }
     }
     assert!(multi > 0, "no sequence held two examples");
@@ -299,7 +431,11 @@ fn evaluation_scores_every_example_once_across_ranks() {
             assert!(!batch.is_empty() && data.remaining_in_epoch() == before - batch.len());
             for e in batch {
                 loss_tokens += e.loss_tokens();
-                seen.extend(blocks(&e).into_iter().map(|(ids, _)| rows.iter().position(|(p, r)| expected(p, r, false).0 == ids).unwrap()));
+                seen.extend(blocks(&e).into_iter().map(|(ids, _)| {
+                    rows.iter()
+                        .position(|(p, r)| expected(p, r, false).0 == ids)
+                        .unwrap()
+                }));
             }
         }
         // The eval set is fixed: the per-example counts add up to the whole dataset.
@@ -307,7 +443,16 @@ fn evaluation_scores_every_example_once_across_ranks() {
     }
     seen.sort_unstable();
     assert_eq!(seen, (0..23).collect::<Vec<_>>());
-    let per_example: usize = rows.iter().map(|(p, r)| expected(p, r, false).1.iter().filter(|&&t| t != IGNORE).count()).sum();
+    let per_example: usize = rows
+        .iter()
+        .map(|(p, r)| {
+            expected(p, r, false)
+                .1
+                .iter()
+                .filter(|&&t| t != IGNORE)
+                .count()
+        })
+        .sum();
     assert_eq!(loss_tokens, per_example);
 }
 
@@ -334,14 +479,32 @@ fn packing_ratio_one_or_auto_on_short_sequences_means_padded_and_bad_values_are_
     let dir = tempfile::tempdir().unwrap();
     let path = write_rows(dir.path(), &sample_rows(10, 8));
     for r in [json!(1), json!(1.0), json!("auto"), Value::Null] {
-        let data = open(&loader(&path, Some(r.clone()), false), 32, 2, World::SINGLE, None);
+        let data = open(
+            &loader(&path, Some(r.clone()), false),
+            32,
+            2,
+            World::SINGLE,
+            None,
+        );
         assert_eq!(data.packing(), Packing::Padded { trim: false }, "{r}");
     }
     for r in [json!(0.5), json!("most"), json!([2])] {
-        let err = FinetuneData::open("train_loader", &loader(&path, Some(r.clone()), false), &word_tokenizer(), 32, 2, World::SINGLE, None)
-            .err()
-            .unwrap();
-        assert!(err.to_string().starts_with("train_loader.dataset.packing_ratio:"), "{err}");
+        let err = FinetuneData::open(
+            "train_loader",
+            &loader(&path, Some(r.clone()), false),
+            &word_tokenizer(),
+            32,
+            2,
+            World::SINGLE,
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("train_loader.dataset.packing_ratio:"),
+            "{err}"
+        );
     }
 }
 
@@ -354,8 +517,21 @@ fn chat_rows_use_the_default_template_and_custom_templates_are_refused() {
     assert_eq!(tok.chat_template, ChatTemplate::DefaultChatMl);
     let chat = json!({"messages": [{"role": "user", "content": "w5 w6"}, {"role": "assistant", "content": "w7"}]});
     let path = dir.path().join("chat.jsonl");
-    std::fs::write(&path, format!("{}\n{chat}\n", json!({"prompt": "w2", "response": "w3"}))).unwrap();
-    let mut data = FinetuneData::open("train_loader", &loader(&path, None, false), &tok, 16, 2, World::SINGLE, None).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}\n{chat}\n", json!({"prompt": "w2", "response": "w3"})),
+    )
+    .unwrap();
+    let mut data = FinetuneData::open(
+        "train_loader",
+        &loader(&path, None, false),
+        &tok,
+        16,
+        2,
+        World::SINGLE,
+        None,
+    )
+    .unwrap();
     let e = &data.next_batch().unwrap()[1];
     let (start, end, user, assistant) = (50, 51, 52, 53);
     // "<|im_start|>user\nw5 w6<|im_end|>\n<|im_start|>assistant\n" then "w7<|im_end|>\n" and EOS.
@@ -364,11 +540,30 @@ fn chat_rows_use_the_default_template_and_custom_templates_are_refused() {
     let want: Vec<i64> = [vec![IGNORE; 6], vec![7, i64::from(end), 0], vec![IGNORE; 7]].concat();
     assert_eq!(e.targets, want);
 
-    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"chat_template": "{{ messages }}"}"#).unwrap();
-    let custom = FinetuneTokenizer::load(dir.path().join("tokenizer.json").to_str().unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"chat_template": "{{ messages }}"}"#,
+    )
+    .unwrap();
+    let custom =
+        FinetuneTokenizer::load(dir.path().join("tokenizer.json").to_str().unwrap()).unwrap();
     assert!(matches!(custom.chat_template, ChatTemplate::Custom { .. }));
-    let err = FinetuneData::open("train_loader", &loader(&path, None, false), &custom, 16, 2, World::SINGLE, None).err().unwrap();
-    assert!(err.to_string().starts_with(&format!("{}:2: chat rows need", path.display())), "{err}");
+    let err = FinetuneData::open(
+        "train_loader",
+        &loader(&path, None, false),
+        &custom,
+        16,
+        2,
+        World::SINGLE,
+        None,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:2: chat rows need", path.display())),
+        "{err}"
+    );
     assert!(tokenizer_file(dir.path().join("nope").to_str().unwrap()).is_err());
 }
 
@@ -378,6 +573,16 @@ fn a_text_loader_config_is_refused() {
     let path = write_rows(dir.path(), &sample_rows(4, 9));
     let mut cfg = loader(&path, None, false);
     cfg.name = LoaderKind::Text;
-    let err = FinetuneData::open("eval_loader", &cfg, &word_tokenizer(), 16, 1, World::SINGLE, None).err().unwrap();
+    let err = FinetuneData::open(
+        "eval_loader",
+        &cfg,
+        &word_tokenizer(),
+        16,
+        1,
+        World::SINGLE,
+        None,
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().starts_with("eval_loader.name:"), "{err}");
 }

@@ -34,16 +34,23 @@ pub fn config_check(loaded: &LoadedConfig, world_size: usize) -> Check {
     if let Err(e) = cfg.validate() {
         return Check::new(super::CONFIG, Status::Fail, e.to_string());
     }
-    if world_size == 0 || cfg.global_train_batch_size % world_size != 0 {
+    if world_size == 0 || !cfg.global_train_batch_size.is_multiple_of(world_size) {
         return Check::new(
             super::CONFIG,
             Status::Fail,
-            format!("global_train_batch_size {} does not split over {world_size} devices", cfg.global_train_batch_size),
+            format!(
+                "global_train_batch_size {} does not split over {world_size} devices",
+                cfg.global_train_batch_size
+            ),
         );
     }
     let mut detail = "valid".to_string();
     if !loaded.ignored_keys.is_empty() {
-        detail += &format!("; {} llm-foundry keys ignored ({})", loaded.ignored_keys.len(), loaded.ignored_keys.join(", "));
+        detail += &format!(
+            "; {} llm-foundry keys ignored ({})",
+            loaded.ignored_keys.len(),
+            loaded.ignored_keys.join(", ")
+        );
     }
     Check::new(super::CONFIG, Status::Pass, detail)
 }
@@ -63,7 +70,10 @@ pub fn vocab_check(tokenizer: &Path, tokenizer_vocab: usize, model_vocab: usize)
     Check::new(
         super::TOKENIZER,
         Status::Pass,
-        format!("{}: {tokenizer_vocab} tokens fit model.vocab_size {model_vocab}", tokenizer.display()),
+        format!(
+            "{}: {tokenizer_vocab} tokens fit model.vocab_size {model_vocab}",
+            tokenizer.display()
+        ),
     )
 }
 
@@ -103,9 +113,15 @@ pub fn duration_check(
         crate::metrics::report::human(tokens_per_epoch as f64),
         cfg.max_duration
     );
-    let facts = DurationFacts { steps_per_epoch, max_steps, epochs };
+    let facts = DurationFacts {
+        steps_per_epoch,
+        max_steps,
+        epochs,
+    };
     if epochs > max_epochs {
-        let d = format!("{detail}; more than {max_epochs} passes over the same data add little (get more data, or train shorter)");
+        let d = format!(
+            "{detail}; more than {max_epochs} passes over the same data add little (get more data, or train shorter)"
+        );
         return (Check::new(name, Status::Warn, d), Some(facts));
     }
     (Check::new(name, Status::Pass, detail), Some(facts))
@@ -123,7 +139,11 @@ pub fn checkpoint_bytes(params: u64, optimizer: OptimizerStateKind) -> u64 {
 /// Checkpoints a run keeps on disk at its peak: those kept (`keep`, or every save when -1) plus
 /// the one being written before the oldest is pruned.
 pub fn checkpoints_on_disk(keep: i64, saves: u64) -> u64 {
-    let kept = if keep < 0 { saves } else { saves.min(keep as u64) };
+    let kept = if keep < 0 {
+        saves
+    } else {
+        saves.min(keep as u64)
+    };
     kept.max(1) + 1
 }
 
@@ -156,40 +176,86 @@ pub fn save_folder_check(f: &SaveFacts) -> Check {
     let name = super::SAVE_FOLDER;
     let folder = f.folder.display();
     if let Err(why) = &f.writable {
-        return Check::new(name, Status::Fail, format!("{folder} is not writable: {why}"));
+        return Check::new(
+            name,
+            Status::Fail,
+            format!("{folder} is not writable: {why}"),
+        );
     }
     if f.existing > 0 && !f.autoresume && !f.save_overwrite {
         return Check::new(
             name,
             Status::Fail,
-            format!("{folder} already holds {} checkpoint(s); set autoresume: true to continue them, or save_overwrite: true", f.existing),
+            format!(
+                "{folder} already holds {} checkpoint(s); set autoresume: true to continue them, or save_overwrite: true",
+                f.existing
+            ),
         );
     }
     let need = f.checkpoint_bytes.saturating_mul(f.checkpoints);
-    let what = format!("{} checkpoints × {} = {}", f.checkpoints, bytes(f.checkpoint_bytes as f64), bytes(need as f64));
-    let resume = if f.existing > 0 { format!("; will resume from the newest of {} checkpoint(s)", f.existing) } else { String::new() };
+    let what = format!(
+        "{} checkpoints × {} = {}",
+        f.checkpoints,
+        bytes(f.checkpoint_bytes as f64),
+        bytes(need as f64)
+    );
+    let resume = if f.existing > 0 {
+        format!(
+            "; will resume from the newest of {} checkpoint(s)",
+            f.existing
+        )
+    } else {
+        String::new()
+    };
     match f.free_bytes {
-        Some(free) if free < need => {
-            Check::new(name, Status::Fail, format!("{folder}: {what} needed, {} free", bytes(free as f64)))
-        }
-        Some(free) => Check::new(name, Status::Pass, format!("{folder} writable; {what} of {} free{resume}", bytes(free as f64))),
-        None => Check::new(name, Status::Warn, format!("{folder} writable; {what} needed, free space unknown{resume}")),
+        Some(free) if free < need => Check::new(
+            name,
+            Status::Fail,
+            format!("{folder}: {what} needed, {} free", bytes(free as f64)),
+        ),
+        Some(free) => Check::new(
+            name,
+            Status::Pass,
+            format!(
+                "{folder} writable; {what} of {} free{resume}",
+                bytes(free as f64)
+            ),
+        ),
+        None => Check::new(
+            name,
+            Status::Warn,
+            format!("{folder} writable; {what} needed, free space unknown{resume}"),
+        ),
     }
 }
 
 /// The estimated per-device memory against the device's.
-pub fn memory_check(estimate: f64, capacity: Option<(u64, &str)>, measured_peak: Option<u64>) -> Check {
+pub fn memory_check(
+    estimate: f64,
+    capacity: Option<(u64, &str)>,
+    measured_peak: Option<u64>,
+) -> Check {
     let name = super::MEMORY;
-    let measured = measured_peak.map(|m| format!("; measured host peak {}", bytes(m as f64))).unwrap_or_default();
+    let measured = measured_peak
+        .map(|m| format!("; measured host peak {}", bytes(m as f64)))
+        .unwrap_or_default();
     let Some((cap, source)) = capacity else {
         return Check::new(
             name,
             Status::Warn,
-            format!("estimated {} per device, device memory unknown (pass --device-memory){measured}", bytes(estimate)),
+            format!(
+                "estimated {} per device, device memory unknown (pass --device-memory){measured}",
+                bytes(estimate)
+            ),
         );
     };
     let share = estimate / cap as f64;
-    let detail = format!("estimated {} of {} ({source}), {:.0}%{measured}", bytes(estimate), bytes(cap as f64), 100.0 * share);
+    let detail = format!(
+        "estimated {} of {} ({source}), {:.0}%{measured}",
+        bytes(estimate),
+        bytes(cap as f64),
+        100.0 * share
+    );
     let status = if share > 1.0 {
         Status::Fail
     } else if share > 0.9 {
@@ -208,12 +274,18 @@ pub fn resume_check(autoresume: bool, save_every: Option<u64>, max_steps: Option
         problems.push("autoresume is off: after a failure the run restarts from scratch unless relaunched by hand".to_string());
     }
     match (save_every, max_steps) {
-        (None, _) => problems.push("save_interval is zero: only the final checkpoint is written".into()),
-        (Some(n), Some(m)) if n >= m => problems.push(format!("save_interval ({n} steps) is not shorter than the run ({m} steps)")),
+        (None, _) => {
+            problems.push("save_interval is zero: only the final checkpoint is written".into())
+        }
+        (Some(n), Some(m)) if n >= m => problems.push(format!(
+            "save_interval ({n} steps) is not shorter than the run ({m} steps)"
+        )),
         _ => {}
     }
     if problems.is_empty() {
-        let every = save_every.map(|n| format!(", a checkpoint every {n} steps")).unwrap_or_default();
+        let every = save_every
+            .map(|n| format!(", a checkpoint every {n} steps"))
+            .unwrap_or_default();
         return Check::new(name, Status::Pass, format!("autoresume on{every}"));
     }
     Check::new(name, Status::Warn, problems.join("; "))
@@ -257,9 +329,15 @@ pub struct FailureBudget {
 pub fn failure_budget(i: &FailureInput) -> FailureBudget {
     let run_s = i.max_steps as f64 * i.step_time_s;
     // Without periodic saves the only checkpoint is the final one: a failure loses everything.
-    let interval_s = i.save_every.map_or(run_s, |n| n.min(i.max_steps) as f64 * i.step_time_s);
+    let interval_s = i
+        .save_every
+        .map_or(run_s, |n| n.min(i.max_steps) as f64 * i.step_time_s);
     let rate_per_s = i.devices.max(1) as f64 * i.failures_per_device_day / 86_400.0;
-    let mtbf_s = if rate_per_s > 0.0 { 1.0 / rate_per_s } else { f64::INFINITY };
+    let mtbf_s = if rate_per_s > 0.0 {
+        1.0 / rate_per_s
+    } else {
+        f64::INFINITY
+    };
     let loss_per_failure_s = interval_s / 2.0;
     let write_s = i.checkpoint_bytes as f64 / SAVE_BYTES_PER_S;
     FailureBudget {
@@ -268,7 +346,11 @@ pub fn failure_budget(i: &FailureInput) -> FailureBudget {
         mtbf_s,
         expected_failures: run_s / mtbf_s,
         loss_per_failure_s,
-        loss_per_failure_fraction: if run_s > 0.0 { loss_per_failure_s / run_s } else { 0.0 },
+        loss_per_failure_fraction: if run_s > 0.0 {
+            loss_per_failure_s / run_s
+        } else {
+            0.0
+        },
         expected_loss_fraction: loss_per_failure_s / mtbf_s,
         young_interval_s: (2.0 * write_s * mtbf_s).sqrt(),
     }
@@ -292,13 +374,22 @@ pub fn failure_check(i: &FailureInput, b: &FailureBudget) -> Check {
     if b.interval_s > i.max_interval_s {
         why.push(format!("the interval exceeds {}", secs(i.max_interval_s)));
     }
-    if b.loss_per_failure_fraction > i.max_loss_per_failure && b.expected_failures >= PLAUSIBLE_FAILURES {
-        why.push(format!("a failure would lose more than {:.0}% of the run", 100.0 * i.max_loss_per_failure));
+    if b.loss_per_failure_fraction > i.max_loss_per_failure
+        && b.expected_failures >= PLAUSIBLE_FAILURES
+    {
+        why.push(format!(
+            "a failure would lose more than {:.0}% of the run",
+            100.0 * i.max_loss_per_failure
+        ));
     }
     if why.is_empty() {
         return Check::new(name, Status::Pass, detail);
     }
-    Check::new(name, Status::Warn, format!("{}: {detail}", why.join(" and ")))
+    Check::new(
+        name,
+        Status::Warn,
+        format!("{}: {detail}", why.join(" and ")),
+    )
 }
 
 #[cfg(test)]
@@ -328,7 +419,11 @@ device_train_microbatch_size: 4
         assert_eq!(config_check(&cfg(&[]), 2).status, Status::Pass);
         let c = config_check(&cfg(&[]), 3);
         assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("does not split over 3 devices"), "{}", c.detail);
+        assert!(
+            c.detail.contains("does not split over 3 devices"),
+            "{}",
+            c.detail
+        );
         let mut broken = cfg(&[]);
         broken.config.global_train_batch_size = 0;
         assert_eq!(config_check(&broken, 1).status, Status::Fail);
@@ -336,10 +431,18 @@ device_train_microbatch_size: 4
 
     #[test]
     fn vocab_must_fit_the_embedding() {
-        assert_eq!(vocab_check(Path::new("t.json"), 50277, 50432).status, Status::Pass);
+        assert_eq!(
+            vocab_check(Path::new("t.json"), 50277, 50432).status,
+            Status::Pass
+        );
         let c = vocab_check(Path::new("t.json"), 50277, 50000);
         assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("50277 tokens but model.vocab_size is 50000"), "{}", c.detail);
+        assert!(
+            c.detail
+                .contains("50277 tokens but model.vocab_size is 50000"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]
@@ -348,12 +451,23 @@ device_train_microbatch_size: 4
         // 400 sequences / 8 = 50 steps per epoch; 100 steps = 2 epochs.
         let (check, facts) = duration_check(&c.config, 400, 6400, 4.0);
         assert_eq!(check.status, Status::Pass, "{}", check.detail);
-        assert_eq!(facts.unwrap(), DurationFacts { steps_per_epoch: 50, max_steps: 100, epochs: 2.0 });
+        assert_eq!(
+            facts.unwrap(),
+            DurationFacts {
+                steps_per_epoch: 50,
+                max_steps: 100,
+                epochs: 2.0
+            }
+        );
         let (check, facts) = duration_check(&c.config, 160, 2560, 4.0);
         assert_eq!((check.status, facts.unwrap().epochs), (Status::Warn, 5.0));
         let (check, facts) = duration_check(&c.config, 7, 112, 4.0);
         assert_eq!(check.status, Status::Fail);
-        assert!(facts.is_none() && check.detail.contains("fewer than one global batch (8)"), "{}", check.detail);
+        assert!(
+            facts.is_none() && check.detail.contains("fewer than one global batch (8)"),
+            "{}",
+            check.detail
+        );
         // Epoch durations convert through the data's size.
         let (_, facts) = duration_check(&cfg(&["max_duration=3ep"]).config, 400, 6400, 4.0);
         assert_eq!(facts.unwrap().max_steps, 150);
@@ -361,8 +475,14 @@ device_train_microbatch_size: 4
 
     #[test]
     fn checkpoint_counts_and_sizes() {
-        assert_eq!(checkpoint_bytes(1000, OptimizerStateKind::Adam), 12_000 + SMALL_FILES);
-        assert_eq!(checkpoint_bytes(1000, OptimizerStateKind::Lion), 8_000 + SMALL_FILES);
+        assert_eq!(
+            checkpoint_bytes(1000, OptimizerStateKind::Adam),
+            12_000 + SMALL_FILES
+        );
+        assert_eq!(
+            checkpoint_bytes(1000, OptimizerStateKind::Lion),
+            8_000 + SMALL_FILES
+        );
         assert_eq!(saves_in_run(100, Some(30)), 4); // 30, 60, 90 and the end
         assert_eq!(saves_in_run(90, Some(30)), 3);
         assert_eq!(checkpoints_on_disk(2, 4), 3);
@@ -390,28 +510,56 @@ device_train_microbatch_size: 4
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains("needed"), "{}", c.detail);
         assert_eq!(save_folder_check(&save(None)).status, Status::Warn);
-        let locked = SaveFacts { writable: Err("permission denied".into()), ..save(Some(1 << 40)) };
+        let locked = SaveFacts {
+            writable: Err("permission denied".into()),
+            ..save(Some(1 << 40))
+        };
         assert_eq!(save_folder_check(&locked).status, Status::Fail);
-        let foreign = SaveFacts { existing: 2, autoresume: false, ..save(Some(1 << 40)) };
+        let foreign = SaveFacts {
+            existing: 2,
+            autoresume: false,
+            ..save(Some(1 << 40))
+        };
         assert_eq!(save_folder_check(&foreign).status, Status::Fail);
-        let resuming = SaveFacts { existing: 2, ..save(Some(1 << 40)) };
+        let resuming = SaveFacts {
+            existing: 2,
+            ..save(Some(1 << 40))
+        };
         assert!(save_folder_check(&resuming).detail.contains("will resume"));
     }
 
     #[test]
     fn memory_fits_warns_near_the_limit_and_fails_above() {
-        assert_eq!(memory_check(50.0, Some((100, "RAM")), Some(40)).status, Status::Pass);
-        assert_eq!(memory_check(95.0, Some((100, "RAM")), None).status, Status::Warn);
-        assert_eq!(memory_check(101.0, Some((100, "RAM")), None).status, Status::Fail);
+        assert_eq!(
+            memory_check(50.0, Some((100, "RAM")), Some(40)).status,
+            Status::Pass
+        );
+        assert_eq!(
+            memory_check(95.0, Some((100, "RAM")), None).status,
+            Status::Warn
+        );
+        assert_eq!(
+            memory_check(101.0, Some((100, "RAM")), None).status,
+            Status::Fail
+        );
         assert_eq!(memory_check(1.0, None, None).status, Status::Warn);
     }
 
     #[test]
     fn resume_settings_want_autoresume_and_an_interval_inside_the_run() {
-        assert_eq!(resume_check(true, Some(100), Some(1000)).status, Status::Pass);
-        assert_eq!(resume_check(false, Some(100), Some(1000)).status, Status::Warn);
+        assert_eq!(
+            resume_check(true, Some(100), Some(1000)).status,
+            Status::Pass
+        );
+        assert_eq!(
+            resume_check(false, Some(100), Some(1000)).status,
+            Status::Warn
+        );
         assert_eq!(resume_check(true, None, Some(1000)).status, Status::Warn);
-        assert_eq!(resume_check(true, Some(1000), Some(1000)).status, Status::Warn);
+        assert_eq!(
+            resume_check(true, Some(1000), Some(1000)).status,
+            Status::Warn
+        );
     }
 
     fn input(step_time_s: f64, save_every: u64, max_steps: u64, devices: usize) -> FailureInput {
@@ -433,7 +581,10 @@ device_train_microbatch_size: 4
         let i = input(2.0, 900, 300_000, 512);
         let b = failure_budget(&i);
         assert!((b.mtbf_s - 86_400.0 / 0.512).abs() < 1e-6);
-        assert_eq!((b.interval_s, b.run_s, b.loss_per_failure_s), (1800.0, 600_000.0, 900.0));
+        assert_eq!(
+            (b.interval_s, b.run_s, b.loss_per_failure_s),
+            (1800.0, 600_000.0, 900.0)
+        );
         assert!((b.expected_failures - 600_000.0 * 0.512 / 86_400.0).abs() < 1e-9);
         assert!((b.expected_loss_fraction - 900.0 / b.mtbf_s).abs() < 1e-12);
         assert!((b.young_interval_s - (2.0 * b.mtbf_s).sqrt()).abs() < 1e-6);
@@ -446,7 +597,11 @@ device_train_microbatch_size: 4
         let i = input(2.0, 5000, 300_000, 512);
         let c = failure_check(&i, &failure_budget(&i));
         assert_eq!(c.status, Status::Warn);
-        assert!(c.detail.starts_with("the interval exceeds 1h 00m"), "{}", c.detail);
+        assert!(
+            c.detail.starts_with("the interval exceeds 1h 00m"),
+            "{}",
+            c.detail
+        );
         // A 10 h run on 4096 devices saving every 30 min: each failure loses 2.5% of it.
         let i = input(1.0, 1800, 36_000, 4096);
         let c = failure_check(&i, &failure_budget(&i));

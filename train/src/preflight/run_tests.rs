@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use tessera_data::mds::{MdsWriter, WriterOptions};
 
+use super::run::ORDER;
 use super::*;
 use crate::config::load_str;
 use crate::finetune::tests::{sample_rows, tokenizer_json, write_rows};
@@ -14,7 +15,12 @@ type B = Autodiff<Flex>;
 
 /// A packed token dataset of `samples` rows of 16 ids below `vocab`.
 fn write_mds(dir: &Path, samples: u32, vocab: u32) {
-    let mut w = MdsWriter::create(dir, &[("tokens", "ndarray:int32")], WriterOptions::default()).unwrap();
+    let mut w = MdsWriter::create(
+        dir,
+        &[("tokens", "ndarray:int32")],
+        WriterOptions::default(),
+    )
+    .unwrap();
     for s in 0..samples {
         let row: Vec<u32> = (0..16).map(|i| (s * 7 + i * 3) % vocab).collect();
         w.write_tokens(&row).unwrap();
@@ -60,30 +66,56 @@ fn a_healthy_run_passes_every_check_and_leaves_no_trace() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = setup(dir.path());
     let r = run(&yaml, &[], &PreflightOptions::default());
-    eprintln!("{}\n{}", r.render(), serde_json::to_string_pretty(&r.to_json()).unwrap());
     for c in &r.checks {
         assert_eq!(c.status, Status::Pass, "{}: {}", c.name, c.detail);
     }
     assert_eq!(r.checks.iter().map(|c| c.name).collect::<Vec<_>>(), ORDER);
     let f = &r.facts;
-    assert_eq!((f.sequences_per_epoch, f.steps_per_epoch, f.max_steps, f.epochs), (Some(64), Some(16), Some(20), Some(1.25)));
-    assert_eq!((f.save_every_steps, f.checkpoints_on_disk), (Some(5), Some(3)));
+    assert_eq!(
+        (
+            f.sequences_per_epoch,
+            f.steps_per_epoch,
+            f.max_steps,
+            f.epochs
+        ),
+        (Some(64), Some(16), Some(20), Some(1.25))
+    );
+    assert_eq!(
+        (f.save_every_steps, f.checkpoints_on_disk),
+        (Some(5), Some(3))
+    );
     // An untrained model is close to uniform over 64 tokens.
     let loss = f.first_loss.unwrap();
     assert!((loss - 64f64.ln()).abs() < 1.0, "first loss {loss}");
     assert!(f.step_time_s.unwrap() > 0.0 && f.failure.is_some());
-    assert!(!dir.path().join("ck").exists(), "the write probe must clean up after itself");
-    assert!(r.render().ends_with("ready: 10 passed, 0 warnings, 0 failed, 0 skipped\n"), "{}", r.render());
+    assert!(
+        !dir.path().join("ck").exists(),
+        "the write probe must clean up after itself"
+    );
+    assert!(
+        r.render()
+            .ends_with("ready: 10 passed, 0 warnings, 0 failed, 0 skipped\n"),
+        "{}",
+        r.render()
+    );
 }
 
 #[test]
 fn a_tokenizer_larger_than_the_model_and_out_of_range_data_fail() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = setup(dir.path());
-    let r = run(&yaml, &["model.vocab_size=40"], &PreflightOptions::default());
+    let r = run(
+        &yaml,
+        &["model.vocab_size=40"],
+        &PreflightOptions::default(),
+    );
     assert_eq!(r.status(TOKENIZER), Some(Status::Fail));
     assert_eq!(r.status(TRAIN_DATA), Some(Status::Fail));
-    assert!(r.checks[3].detail.contains("outside model.vocab_size 40"), "{}", r.checks[3].detail);
+    assert!(
+        r.checks[3].detail.contains("outside model.vocab_size 40"),
+        "{}",
+        r.checks[3].detail
+    );
     assert_eq!(r.status(FORWARD_BACKWARD), Some(Status::Skip));
     assert!(!r.passed());
 }
@@ -92,28 +124,48 @@ fn a_tokenizer_larger_than_the_model_and_out_of_range_data_fail() {
 fn too_little_data_fails_and_the_step_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = setup(dir.path());
-    let r = run(&yaml, &["global_train_batch_size=128"], &PreflightOptions::default());
-    eprintln!("{}", r.render());
+    let r = run(
+        &yaml,
+        &["global_train_batch_size=128"],
+        &PreflightOptions::default(),
+    );
     assert_eq!(r.status(TRAIN_DATA), Some(Status::Fail));
     assert_eq!(r.status(SAVE_FOLDER), Some(Status::Skip));
     assert_eq!(r.status(FORWARD_BACKWARD), Some(Status::Skip));
     assert_eq!(r.status(CHECKPOINT_INTERVAL), Some(Status::Skip));
     // Many epochs of a small dataset warn instead.
     let r = run(&yaml, &["max_duration=100ba"], &PreflightOptions::default());
-    assert_eq!(r.status(TRAIN_DATA), Some(Status::Warn), "{:?}", r.checks[3]);
+    assert_eq!(
+        r.status(TRAIN_DATA),
+        Some(Status::Warn),
+        "{:?}",
+        r.checks[3]
+    );
 }
 
 #[test]
 fn memory_beyond_the_device_fails_and_slow_steps_warn_about_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = setup(dir.path());
-    let opts = PreflightOptions { device_memory: Some(64 << 10), step_time_s: Some(1000.0), run_step: false, ..Default::default() };
+    let opts = PreflightOptions {
+        device_memory: Some(64 << 10),
+        step_time_s: Some(1000.0),
+        run_step: false,
+        ..Default::default()
+    };
     let r = run(&yaml, &[], &opts);
     assert_eq!(r.status(MEMORY), Some(Status::Fail));
     assert_eq!(r.status(FORWARD_BACKWARD), Some(Status::Skip));
     // 5 steps of 1000 s between checkpoints is 1h 23m.
     assert_eq!(r.status(CHECKPOINT_INTERVAL), Some(Status::Warn));
-    let r = run(&yaml, &["autoresume=false"], &PreflightOptions { run_step: false, ..Default::default() });
+    let r = run(
+        &yaml,
+        &["autoresume=false"],
+        &PreflightOptions {
+            run_step: false,
+            ..Default::default()
+        },
+    );
     assert_eq!(r.status(AUTORESUME), Some(Status::Warn));
     assert_eq!(r.status(CHECKPOINT_INTERVAL), Some(Status::Skip));
 }
@@ -125,12 +177,38 @@ fn a_finetuning_run_is_checked_through_its_own_loader() {
     let rows = write_rows(dir.path(), &sample_rows(40, 3));
     let sets = [
         "train_loader.name=finetuning".to_string(),
-        format!("train_loader.dataset={{hf_name: {}, packing_ratio: 2, max_seq_len: 16}}", rows.display()),
+        format!(
+            "train_loader.dataset={{hf_name: {}, packing_ratio: 2, max_seq_len: 16}}",
+            rows.display()
+        ),
     ];
-    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let mut sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let r = run(&yaml, &sets, &PreflightOptions::default());
-    assert_eq!(r.status(TRAIN_DATA), Some(Status::Pass), "{:?}", r.checks[3]);
-    assert_eq!(r.status(FORWARD_BACKWARD), Some(Status::Pass), "{:?}", r.checks[6]);
+    assert_eq!(
+        r.status(TRAIN_DATA),
+        Some(Status::Warn),
+        "{:?}",
+        r.checks[3]
+    );
+    assert!(
+        r.checks[3].detail.contains("attn_uses_sequence_id"),
+        "{}",
+        r.checks[3].detail
+    );
+    sets.push("model.attn_config={attn_uses_sequence_id: true}");
+    let r = run(&yaml, &sets, &PreflightOptions::default());
+    assert_eq!(
+        r.status(TRAIN_DATA),
+        Some(Status::Pass),
+        "{:?}",
+        r.checks[3]
+    );
+    assert_eq!(
+        r.status(FORWARD_BACKWARD),
+        Some(Status::Pass),
+        "{:?}",
+        r.checks[6]
+    );
     // 40 examples, 8 per packing window: 5 windows of 4 sequences.
     assert_eq!(r.facts.sequences_per_epoch, Some(20));
 }
@@ -139,10 +217,23 @@ fn a_finetuning_run_is_checked_through_its_own_loader() {
 fn a_config_that_does_not_load_is_the_only_failure() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, setup(dir.path()).replace("max_duration: 20ba", "max_duration: 20xx")).unwrap();
-    let r = preflight_file::<B>(&path, &[], &PreflightOptions::default(), &Default::default());
+    std::fs::write(
+        &path,
+        setup(dir.path()).replace("max_duration: 20ba", "max_duration: 20xx"),
+    )
+    .unwrap();
+    let r = preflight_file::<B>(
+        &path,
+        &[],
+        &PreflightOptions::default(),
+        &Default::default(),
+    );
     assert_eq!(r.checks[0].status, Status::Fail);
-    assert!(r.checks[0].detail.contains("max_duration"), "{}", r.checks[0].detail);
+    assert!(
+        r.checks[0].detail.contains("max_duration"),
+        "{}",
+        r.checks[0].detail
+    );
     assert!(r.checks[1..].iter().all(|c| c.status == Status::Skip));
     assert_eq!(r.checks.len(), ORDER.len());
 }

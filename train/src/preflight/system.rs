@@ -35,7 +35,10 @@ pub fn total_memory() -> Option<u64> {
 
 /// This process's peak resident set so far (`VmHWM` of `/proc/self/status`).
 pub fn peak_rss() -> Option<u64> {
-    kib_field(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM:")
+    kib_field(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmHWM:",
+    )
 }
 
 /// A `Name:   1234 kB` line of a `/proc` file, in bytes.
@@ -47,7 +50,11 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 }
 
 fn nearest_existing(path: &Path) -> Option<PathBuf> {
-    let mut p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().ok()?.join(path) };
+    let mut p = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
     while !p.exists() {
         p = p.parent()?.to_path_buf();
     }
@@ -69,17 +76,19 @@ pub fn probe_writable(dir: &Path) -> Result<(), String> {
             None => break,
         }
     }
-    let result = std::fs::create_dir_all(dir).map_err(|e| format!("cannot create it: {e}")).and_then(|()| {
-        let probe = dir.join(format!(".tessera-preflight-{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&probe)?;
-            f.write_all(b"tessera preflight probe\n")?;
-            f.sync_all()
-        };
-        let r = write().map_err(|e| format!("cannot write a file there: {e}"));
-        let _ = std::fs::remove_file(&probe);
-        r
-    });
+    let result = std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create it: {e}"))
+        .and_then(|()| {
+            let probe = dir.join(format!(".tessera-preflight-{}", std::process::id()));
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&probe)?;
+                f.write_all(b"tessera preflight probe\n")?;
+                f.sync_all()
+            };
+            let r = write().map_err(|e| format!("cannot write a file there: {e}"));
+            let _ = std::fs::remove_file(&probe);
+            r
+        });
     // Deepest first; `remove_dir` only removes empty folders, so nothing of anyone else's goes.
     for d in &missing {
         let _ = std::fs::remove_dir(d);
@@ -104,11 +113,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let deep = tmp.path().join("a/b/c");
         probe_writable(&deep).unwrap();
-        assert!(!tmp.path().join("a").exists(), "created folders must be removed again");
+        assert!(
+            !tmp.path().join("a").exists(),
+            "created folders must be removed again"
+        );
         let file = tmp.path().join("plain");
         std::fs::write(&file, "x").unwrap();
         assert!(probe_writable(&file).unwrap_err().contains("not a folder"));
-        assert!(probe_writable(&file.join("sub")).unwrap_err().contains("cannot create"));
+        assert!(
+            probe_writable(&file.join("sub"))
+                .unwrap_err()
+                .contains("cannot create")
+        );
     }
 
     #[cfg(target_os = "linux")]

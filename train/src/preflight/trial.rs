@@ -19,8 +19,15 @@ use crate::trainer::data::TextData;
 /// `config.json` with `config_overrides` applied (as `trainer::setup` does).
 pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, String> {
     match &cfg.model {
-        ModelSource::Mpt(_) => cfg.mpt_config().map_err(|e| e.to_string())?.ok_or_else(|| "model: no MPT fields".into()),
-        ModelSource::Pretrained { path, config_overrides, .. } => {
+        ModelSource::Mpt(_) => cfg
+            .mpt_config()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "model: no MPT fields".into()),
+        ModelSource::Pretrained {
+            path,
+            config_overrides,
+            ..
+        } => {
             let file = Path::new(path).join("config.json");
             let at = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
             let text = std::fs::read_to_string(&file).map_err(|e| at(&e))?;
@@ -31,7 +38,8 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, String> {
             for (k, v) in config_overrides {
                 obj.insert(k.clone(), v.clone());
             }
-            let mpt = MptConfig::from_json_str(&json.to_string(), &file.display().to_string()).map_err(|e| e.to_string())?;
+            let mpt = MptConfig::from_json_str(&json.to_string(), &file.display().to_string())
+                .map_err(|e| e.to_string())?;
             mpt.validate().map_err(|e| e.to_string())?;
             Ok(mpt)
         }
@@ -39,11 +47,17 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, String> {
 }
 
 /// The model with the weights the run starts from (fresh, pretrained, or `load_path`).
-pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, device: &B::Device) -> Result<Mpt<B>, String> {
+pub fn build_model<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    mpt: &MptConfig,
+    device: &B::Device,
+) -> Result<Mpt<B>, String> {
     let model = match &cfg.model {
-        ModelSource::Pretrained { path, load_weights: true, .. } => {
-            hf::load_weights(mpt, path, device).map_err(|e| e.to_string())?
-        }
+        ModelSource::Pretrained {
+            path,
+            load_weights: true,
+            ..
+        } => hf::load_weights(mpt, path, device).map_err(|e| e.to_string())?,
         _ => mpt.init::<B>(device, cfg.seed),
     };
     match &cfg.load_path {
@@ -71,12 +85,21 @@ impl Loader {
         match l.name {
             LoaderKind::Text => {
                 let separator = mpt.and_then(|m| separator(cfg, m));
-                TextData::open(key, l, cfg.max_seq_len, batch, World::SINGLE, None, separator)
-                    .map(Loader::Text)
-                    .map_err(|e| e.to_string())
+                TextData::open(
+                    key,
+                    l,
+                    cfg.max_seq_len,
+                    batch,
+                    World::SINGLE,
+                    None,
+                    separator,
+                )
+                .map(Loader::Text)
+                .map_err(|e| e.to_string())
             }
             LoaderKind::Finetuning => {
-                let tok = tokenizer.ok_or("a finetuning loader needs the tokenizer, which did not load")?;
+                let tok = tokenizer
+                    .ok_or("a finetuning loader needs the tokenizer, which did not load")?;
                 FinetuneData::open(key, l, tok, cfg.max_seq_len, batch, World::SINGLE, None)
                     .map(Loader::Finetune)
                     .map_err(|e| e.to_string())
@@ -140,20 +163,36 @@ const REPEAT_BELOW_S: f64 = 20.0;
 
 /// Runs the step the trainer runs (forward, backward, clip, update) on `micro`; a panic inside
 /// the backend (out of memory, a shape the kernels refuse) comes back as an error.
-pub fn trial<B: AutodiffBackend>(model: Mpt<B>, cfg: &TrainConfig, micro: Vec<Example>, device: &B::Device) -> Result<Trial, String> {
+pub fn trial<B: AutodiffBackend>(
+    model: Mpt<B>,
+    cfg: &TrainConfig,
+    micro: Vec<Example>,
+    device: &B::Device,
+) -> Result<Trial, String> {
     let run = AssertUnwindSafe(|| -> Result<Trial, String> {
         let mut optim = cfg.optimizer.init::<B, Mpt<B>>();
         let clip = cfg.gradient_clipping.as_ref().map(|c| c.clipping_threshold);
         let batch = [micro];
         let mut step = |model: Mpt<B>| -> Result<(Mpt<B>, Trial), String> {
             let t = Instant::now();
-            let grads = forward_backward(&model, &batch, 0, device).ok_or("the microbatch has no loss-generating tokens")?;
+            let grads = forward_backward(&model, &batch, 0, device)
+                .ok_or("the microbatch has no loss-generating tokens")?;
             let forward_backward_s = t.elapsed().as_secs_f64();
             let loss = grads.loss;
             let t = Instant::now();
-            let (model, grad_norm, _) = apply_update(model, &mut optim, grads, cfg.optimizer.lr(), clip);
+            let (model, grad_norm, _) =
+                apply_update(model, &mut optim, grads, cfg.optimizer.lr(), clip);
             let update_s = t.elapsed().as_secs_f64();
-            Ok((model, Trial { forward_backward_s, update_s, warm: false, loss, grad_norm }))
+            Ok((
+                model,
+                Trial {
+                    forward_backward_s,
+                    update_s,
+                    warm: false,
+                    loss,
+                    grad_norm,
+                },
+            ))
         };
         let (model, first) = step(model)?;
         if first.forward_backward_s + first.update_s >= REPEAT_BELOW_S {
@@ -161,7 +200,11 @@ pub fn trial<B: AutodiffBackend>(model: Mpt<B>, cfg: &TrainConfig, micro: Vec<Ex
         }
         let (_, second) = step(model)?;
         // The loss reported is the untrained model's, as the run's first step will see it.
-        Ok(Trial { warm: true, loss: first.loss, ..second })
+        Ok(Trial {
+            warm: true,
+            loss: first.loss,
+            ..second
+        })
     });
     catch_unwind(run).unwrap_or_else(|p| {
         let msg = p
