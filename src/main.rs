@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: cmd::eval::Command,
     },
+    /// The pass/fail checklist to run before launching a training run.
+    Preflight(cmd::preflight::Args),
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
     Plan(cmd::plan::Args),
     /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
@@ -61,6 +63,7 @@ fn main() {
         Command::Train(args) => cmd::train::run(args, cli.device),
         Command::Eval { command } => cmd::eval::run(command, cli.device),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Preflight(args) => cmd::preflight::run(args, cli.device),
         Command::BenchStep(args) => cmd::bench_step::run(args),
     };
     if let Err(err) = result {

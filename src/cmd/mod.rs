@@ -4,6 +4,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod plan;
+pub mod preflight;
 pub mod quickstart;
 pub mod train;
 

@@ -33,11 +33,7 @@ pub const IGNORED_TOP_LEVEL: &[&str] = &[
     "load_ignore_keys",
     "only_hf_checkpoint", // every checkpoint already holds HF-named safetensors
     "only_composer_checkpoint",
-    "icl_tasks", // in-context evals run through `tessera eval`
-    "icl_tasks_str",
-    "icl_subset_num_batches",
-    "icl_seq_len",
-    "eval_gauntlet",
+    "icl_tasks_str", // the parsed `icl_tasks` is read instead
     "eval_gauntlet_str",
     "n_gpus", // computed by llm-foundry, never set by users
     "device_train_batch_size",

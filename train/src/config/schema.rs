@@ -112,6 +112,19 @@ pub struct TrainConfig {
     /// tessera's NaN, loss-spike and stall guards.
     #[serde(default)]
     pub guards: GuardsConfig,
+    /// In-context-learning tasks run at `eval_interval`: a tasks YAML path or an inline list, in
+    /// llm-foundry's format. The trainer passes them to tessera-eval through its eval hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icl_tasks: Option<Value>,
+    /// The gauntlet applied to those tasks: a YAML path or an inline `eval_gauntlet` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_gauntlet: Option<Value>,
+    /// Keep only the first batches of each ICL task (quick evals during training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icl_subset_num_batches: Option<usize>,
+    /// Sequence length of the ICL prompts (default: `max_seq_len`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icl_seq_len: Option<usize>,
 }
 
 fn minus_one() -> i64 {

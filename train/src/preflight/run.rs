@@ -179,7 +179,7 @@ fn train_data(
     tok: Option<&FinetuneTokenizer>,
 ) -> Option<Vec<Example>> {
     let cfg = ctx.cfg;
-    let mut loader = match Loader::open(
+    let mut loader = match trial::open_loader(
         "train_loader",
         &cfg.train_loader,
         cfg,
@@ -259,7 +259,7 @@ fn eval_data(
         } else {
             format!("eval_loader[{i}]")
         };
-        match Loader::open(&key, l, cfg, mpt, tok, cfg.eval_batch_size()) {
+        match trial::open_loader(&key, l, cfg, mpt, tok, cfg.eval_batch_size()) {
             Ok(d) => notes.push(format!("{key}: {} sequences", d.epoch_size())),
             Err(e) => {
                 status = Status::Fail;

@@ -2,146 +2,42 @@
 //! one real training step on one real microbatch.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use tessera_data::stream::World;
-use tessera_model::{Mpt, MptConfig, hf};
+use tessera_model::{Mpt, MptConfig};
 
-use crate::batch::{Example, Separator};
-use crate::config::{LoaderConfig, LoaderKind, ModelSource, TrainConfig};
-use crate::finetune::{FinetuneData, FinetuneTokenizer};
+use crate::batch::Example;
+use crate::config::{LoaderConfig, TrainConfig};
+use crate::finetune::FinetuneTokenizer;
 use crate::step::{apply_update, forward_backward};
-use crate::trainer::data::TextData;
+use crate::trainer::setup;
 
-/// The architecture the run will build: the `model:` fields, or a pretrained folder's
-/// `config.json` with `config_overrides` applied (as `trainer::setup` does).
+/// The architecture the run will build (the trainer's own rule).
 pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, String> {
-    match &cfg.model {
-        ModelSource::Mpt(_) => cfg
-            .mpt_config()
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "model: no MPT fields".into()),
-        ModelSource::Pretrained {
-            path,
-            config_overrides,
-            ..
-        } => {
-            let file = Path::new(path).join("config.json");
-            let at = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
-            let text = std::fs::read_to_string(&file).map_err(|e| at(&e))?;
-            let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| at(&e))?;
-            let Some(obj) = json.as_object_mut() else {
-                return Err(at(&"expected a JSON object"));
-            };
-            for (k, v) in config_overrides {
-                obj.insert(k.clone(), v.clone());
-            }
-            let mpt = MptConfig::from_json_str(&json.to_string(), &file.display().to_string())
-                .map_err(|e| e.to_string())?;
-            mpt.validate().map_err(|e| e.to_string())?;
-            Ok(mpt)
-        }
-    }
+    setup::resolve_model(cfg).map_err(|e| e.to_string())
 }
 
-/// The model with the weights the run starts from (fresh, pretrained, or `load_path`).
-pub fn build_model<B: AutodiffBackend>(
+/// The model with the weights the run starts from (the trainer's own rule).
+pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, device: &B::Device) -> Result<Mpt<B>, String> {
+    setup::build_model::<B>(cfg, mpt, device).map_err(|e| e.to_string())
+}
+
+/// Either kind of loader, opened exactly as the trainer opens it.
+pub use crate::trainer::data::Loader;
+
+/// Opens a loader for preflight (one rank, from the start).
+pub fn open_loader(
+    key: &str,
+    l: &LoaderConfig,
     cfg: &TrainConfig,
-    mpt: &MptConfig,
-    device: &B::Device,
-) -> Result<Mpt<B>, String> {
-    let model = match &cfg.model {
-        ModelSource::Pretrained {
-            path,
-            load_weights: true,
-            ..
-        } => hf::load_weights(mpt, path, device).map_err(|e| e.to_string())?,
-        _ => mpt.init::<B>(device, cfg.seed),
-    };
-    match &cfg.load_path {
-        Some(p) => hf::load_weights(mpt, p, device).map_err(|e| format!("load_path: {e}")),
-        None => Ok(model),
-    }
-}
-
-/// Either kind of loader, opened exactly as the trainer will open it.
-pub enum Loader {
-    Text(TextData),
-    Finetune(FinetuneData),
-}
-
-impl Loader {
-    /// `tokenizer` is needed for `finetuning` loaders only.
-    pub fn open(
-        key: &str,
-        l: &LoaderConfig,
-        cfg: &TrainConfig,
-        mpt: Option<&MptConfig>,
-        tokenizer: Option<&FinetuneTokenizer>,
-        batch: usize,
-    ) -> Result<Self, String> {
-        match l.name {
-            LoaderKind::Text => {
-                let separator = mpt.and_then(|m| separator(cfg, m));
-                TextData::open(
-                    key,
-                    l,
-                    cfg.max_seq_len,
-                    batch,
-                    World::SINGLE,
-                    None,
-                    separator,
-                )
-                .map(Loader::Text)
-                .map_err(|e| e.to_string())
-            }
-            LoaderKind::Finetuning => {
-                let tok = tokenizer
-                    .ok_or("a finetuning loader needs the tokenizer, which did not load")?;
-                FinetuneData::open(key, l, tok, cfg.max_seq_len, batch, World::SINGLE, None)
-                    .map(Loader::Finetune)
-                    .map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    /// Sequences per epoch over all ranks.
-    pub fn epoch_size(&self) -> u64 {
-        match self {
-            Loader::Text(d) => d.epoch_size(),
-            Loader::Finetune(d) => d.epoch_size(),
-        }
-    }
-
-    /// Tokens per epoch: exact for fine-tuning data, `sequences × max_seq_len` for packed text.
-    pub fn tokens_per_epoch(&self, seq_len: usize) -> u64 {
-        match self {
-            Loader::Text(d) => d.epoch_size() * seq_len as u64,
-            Loader::Finetune(d) => d.stats().tokens,
-        }
-    }
-
-    pub fn next_batch(&mut self) -> Result<Vec<Example>, String> {
-        match self {
-            Loader::Text(d) => d.next_batch().map_err(|e| e.to_string()),
-            Loader::Finetune(d) => d.next_batch().map_err(|e| e.to_string()),
-        }
-    }
-}
-
-/// `trainer::setup`'s rule for deriving `sequence_id` in packed text (kept in step with it).
-fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
-    if !model.attn_config.attn_uses_sequence_id {
-        return None;
-    }
-    let ds = &cfg.train_loader.dataset;
-    match (ds.eos_token_id, ds.bos_token_id) {
-        (Some(e), _) => Some(Separator::Eos(e)),
-        (None, Some(b)) => Some(Separator::Bos(b)),
-        (None, None) => Some(Separator::Eos(0)),
-    }
+    mpt: Option<&MptConfig>,
+    tokenizer: Option<&FinetuneTokenizer>,
+    batch: usize,
+) -> Result<Loader, String> {
+    let separator = mpt.and_then(|m| setup::separator(cfg, m));
+    Loader::open(key, l, tokenizer, cfg.max_seq_len, batch, World::SINGLE, None, separator).map_err(|e| e.to_string())
 }
 
 /// What one training step on one microbatch showed.

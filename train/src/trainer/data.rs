@@ -9,8 +9,98 @@ use tessera_data::stream::{
 
 use crate::batch::{Example, IGNORE, Separator};
 use crate::config::{LoaderConfig, LoaderKind};
+use crate::finetune::{FinetuneData, FinetuneTokenizer};
 
 use super::TrainError;
+
+/// Either kind of loader: packed pre-tokenized text (`name: text`) or prompt/response rows
+/// (`name: finetuning`). The loop, evaluation and preflight see only this.
+pub enum Loader {
+    Text(TextData),
+    Finetune(FinetuneData),
+}
+
+impl Loader {
+    /// Opens `cfg` for one rank; `tokenizer` is needed by `finetuning` loaders only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        key: &str,
+        cfg: &LoaderConfig,
+        tokenizer: Option<&FinetuneTokenizer>,
+        seq_len: usize,
+        batch: usize,
+        world: World,
+        state: Option<StreamState>,
+        separator: Option<Separator>,
+    ) -> Result<Self, TrainError> {
+        match cfg.name {
+            LoaderKind::Text => TextData::open(key, cfg, seq_len, batch, world, state, separator).map(Loader::Text),
+            LoaderKind::Finetuning => {
+                let tok = tokenizer.ok_or_else(|| TrainError::Config {
+                    key: format!("{key}.name"),
+                    message: "a finetuning loader needs the tokenizer (`tokenizer.name`), which did not load".into(),
+                })?;
+                Ok(Loader::Finetune(FinetuneData::open(key, cfg, tok, seq_len, batch, world, state)?))
+            }
+        }
+    }
+
+    /// The next training batch.
+    pub fn next_batch(&mut self) -> Result<Vec<Example>, TrainError> {
+        match self {
+            Loader::Text(d) => d.next_batch(),
+            Loader::Finetune(d) => Ok(d.next_batch()?),
+        }
+    }
+
+    /// Up to one batch of the rest of the epoch (evaluation).
+    pub fn next_eval_batch(&mut self) -> Result<Vec<Example>, TrainError> {
+        match self {
+            Loader::Text(d) => d.next_eval_batch(),
+            Loader::Finetune(d) => Ok(d.next_eval_batch()?),
+        }
+    }
+
+    /// Where the stream stands (saved in checkpoints).
+    pub fn state(&self) -> StreamState {
+        match self {
+            Loader::Text(d) => d.state(),
+            Loader::Finetune(d) => d.state(),
+        }
+    }
+
+    /// Sequences per epoch over all ranks.
+    pub fn epoch_size(&self) -> u64 {
+        match self {
+            Loader::Text(d) => d.epoch_size(),
+            Loader::Finetune(d) => d.epoch_size(),
+        }
+    }
+
+    /// Tokens per epoch: exact for fine-tuning data, `sequences × seq_len` for packed text.
+    pub fn tokens_per_epoch(&self, seq_len: usize) -> u64 {
+        match self {
+            Loader::Text(d) => d.epoch_size() * seq_len as u64,
+            Loader::Finetune(d) => d.stats().tokens,
+        }
+    }
+
+    /// Back to the start of epoch 0.
+    pub fn rewind(&mut self) -> Result<(), TrainError> {
+        match self {
+            Loader::Text(d) => d.rewind(),
+            Loader::Finetune(d) => Ok(d.rewind()?),
+        }
+    }
+
+    /// Sequences left in the current epoch for this rank.
+    pub fn remaining_in_epoch(&self) -> usize {
+        match self {
+            Loader::Text(d) => d.remaining_in_epoch(),
+            Loader::Finetune(d) => d.remaining_in_epoch(),
+        }
+    }
+}
 
 /// Packed text samples for training or evaluation.
 pub struct TextData {

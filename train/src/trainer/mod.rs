@@ -42,6 +42,8 @@ pub enum TrainError {
         #[source]
         source: StreamError,
     },
+    #[error(transparent)]
+    Finetune(#[from] crate::finetune::FinetuneError),
     #[error("model: {0}")]
     Model(String),
     #[error("checkpoint: {0}")]
@@ -85,8 +87,9 @@ pub struct TrainSummary {
 }
 
 /// Extra evaluation the caller runs at `eval_interval` on the inference model (ICL tasks, for
-/// instance); it returns named scalars to log.
-pub type EvalHook<'a, B> = &'a mut dyn FnMut(&Mpt<<B as AutodiffBackend>::InnerBackend>, u64) -> Vec<(String, f64)>;
+/// instance), given the step and the run's `eval/` folder; it returns named scalars to log.
+pub type EvalHook<'a, B> =
+    &'a mut dyn FnMut(&Mpt<<B as AutodiffBackend>::InnerBackend>, u64, &std::path::Path) -> Vec<(String, f64)>;
 
 /// Trains until `max_duration`, resuming first if the config says so.
 pub fn train<B: AutodiffBackend>(
@@ -251,7 +254,7 @@ fn evaluate<B: AutodiffBackend>(run: &mut Run<B>, hook: &mut Option<EvalHook<'_,
         }
     }
     if let Some(h) = hook {
-        let extra = h(&inner, step);
+        let extra = h(&inner, step, &run.dir.eval());
         run.log.scalars(step, &extra)?;
     }
     run.log.pause_throughput();

@@ -10,7 +10,8 @@ use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
 use crate::checkpoint::{AsyncCheckpointer, CheckpointStore};
-use crate::config::{LoadedConfig, MicroBatchSize, ModelSource, Precision, TrainConfig};
+use crate::config::{LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig};
+use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
 use crate::metrics::{Incident, IncidentKind};
 use crate::optim::{Optim, TrainOptimizer};
@@ -18,7 +19,7 @@ use crate::run_dir::RunDir;
 use crate::schedule::LrSchedule;
 
 use super::checkpointing::{Restored, param_ids, restore};
-use super::data::TextData;
+use super::data::Loader;
 use super::log::RunLog;
 use super::state::TrainState;
 use super::{TrainError, TrainOptions};
@@ -34,8 +35,8 @@ pub struct Run<B: AutodiffBackend> {
     pub optim_kind: Optim,
     pub schedule: LrSchedule,
     pub state: TrainState,
-    pub train: TextData,
-    pub evals: Vec<(String, TextData)>,
+    pub train: Loader,
+    pub evals: Vec<(String, Loader)>,
     pub checkpoints: AsyncCheckpointer,
     pub log: RunLog,
     pub nan: NanGuard,
@@ -62,7 +63,7 @@ impl<B: AutodiffBackend> Run<B> {
         let store = CheckpointStore::new(&save_folder, keep);
 
         // The model, before any data: a bad config should fail fast.
-        let (model_config, fresh_model) = build_model::<B>(&cfg, device)?;
+        let model_config = resolve_model(&cfg)?;
         if cfg.max_seq_len > model_config.max_seq_len {
             return Err(TrainError::Config {
                 key: "max_seq_len".into(),
@@ -114,13 +115,11 @@ impl<B: AutodiffBackend> Run<B> {
         }
 
         let separator = separator(&cfg, &model_config);
+        let tokenizer = finetune_tokenizer(&cfg)?;
         let (model, optim, state) = match resumed {
             Some(r) => (r.model, r.optim, r.state),
             None => {
-                let mut model = fresh_model;
-                if let Some(path) = &cfg.load_path {
-                    model = hf::load_weights(&model_config, path, device).map_err(|e| TrainError::Model(e.to_string()))?;
-                }
+                let model = build_model::<B>(&cfg, &model_config, device)?;
                 let optim = cfg.optimizer.init::<B, Mpt<B>>();
                 let data_state = None;
                 let state = TrainState {
@@ -128,10 +127,8 @@ impl<B: AutodiffBackend> Run<B> {
                     step: 0,
                     samples: 0,
                     tokens: 0,
-                    data: {
-                        let probe = TextData::open("train_loader", &cfg.train_loader, cfg.max_seq_len, device_batch, world, data_state, separator)?;
-                        probe.state()
-                    },
+                    data: Loader::open("train_loader", &cfg.train_loader, tokenizer.as_ref(), cfg.max_seq_len, device_batch, world, data_state, separator)?
+                        .state(),
                     seed: cfg.seed,
                     config_hash: hash.clone(),
                     param_ids: Vec::new(),
@@ -144,7 +141,7 @@ impl<B: AutodiffBackend> Run<B> {
         };
         let resumed_from = (state.step > 0).then_some(state.step);
 
-        let train = TextData::open("train_loader", &cfg.train_loader, cfg.max_seq_len, device_batch, world, Some(state.data), separator)?;
+        let train = Loader::open("train_loader", &cfg.train_loader, tokenizer.as_ref(), cfg.max_seq_len, device_batch, world, Some(state.data), separator)?;
         let batches_per_epoch = train.epoch_size() / cfg.global_train_batch_size as u64;
         if batches_per_epoch == 0 {
             return Err(TrainError::Config {
@@ -173,7 +170,7 @@ impl<B: AutodiffBackend> Run<B> {
         for (i, l) in cfg.eval_loader.iter().enumerate() {
             let label = l.label.clone().unwrap_or_else(|| if cfg.eval_loader.len() == 1 { "eval".into() } else { format!("eval{i}") });
             let key = format!("eval_loader[{i}]");
-            evals.push((label, TextData::open(&key, l, cfg.max_seq_len, eval_batch, world, None, separator)?));
+            evals.push((label, Loader::open(&key, l, tokenizer.as_ref(), cfg.max_seq_len, eval_batch, world, None, separator)?));
         }
 
         let console_every = every("console_log_interval", cfg.console_log_interval)?.unwrap_or(1);
@@ -240,40 +237,58 @@ impl<B: AutodiffBackend> Run<B> {
     }
 }
 
-/// A new MPT from `model:` fields, or an HF folder (weights loaded unless `pretrained: false`).
-fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, device: &B::Device) -> Result<(MptConfig, Mpt<B>), TrainError> {
+/// The architecture the run builds: the `model:` fields, or a pretrained folder's `config.json`
+/// with `config_overrides` applied.
+pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
     match &cfg.model {
-        ModelSource::Mpt(_) => {
-            let mpt = cfg.mpt_config().map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?;
-            let mpt = mpt.ok_or_else(|| TrainError::Config { key: "model".into(), message: "no MPT fields".into() })?;
-            let model = mpt.init::<B>(device, cfg.seed);
-            Ok((mpt, model))
-        }
-        ModelSource::Pretrained { path, load_weights, config_overrides } => {
-            let dir = Path::new(path);
-            let mut json: serde_json::Value = {
-                let p = dir.join("config.json");
-                let text = std::fs::read_to_string(&p).map_err(|source| TrainError::Io { path: p.clone(), source })?;
-                serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", p.display())))?
-            };
+        ModelSource::Mpt(_) => cfg
+            .mpt_config()
+            .map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?
+            .ok_or_else(|| TrainError::Config { key: "model".into(), message: "no MPT fields".into() }),
+        ModelSource::Pretrained { path, config_overrides, .. } => {
+            let file = Path::new(path).join("config.json");
+            let text = std::fs::read_to_string(&file).map_err(|source| TrainError::Io { path: file.clone(), source })?;
+            let mut json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", file.display())))?;
+            let obj = json
+                .as_object_mut()
+                .ok_or_else(|| TrainError::Model(format!("{}: expected a JSON object", file.display())))?;
             for (k, v) in config_overrides {
-                json[k] = v.clone();
+                obj.insert(k.clone(), v.clone());
             }
-            let mpt = MptConfig::from_json_str(&json.to_string(), &dir.join("config.json").display().to_string())
+            let mpt = MptConfig::from_json_str(&json.to_string(), &file.display().to_string())
                 .map_err(|e| TrainError::Config { key: "model.config_overrides".into(), message: e.to_string() })?;
             mpt.validate().map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?;
-            let model = if *load_weights {
-                hf::load_weights(&mpt, dir, device).map_err(|e| TrainError::Model(e.to_string()))?
-            } else {
-                mpt.init::<B>(device, cfg.seed)
-            };
-            Ok((mpt, model))
+            Ok(mpt)
         }
     }
 }
 
+/// The weights a fresh run starts from: llm-foundry's init from the run seed, the pretrained
+/// folder's weights, or `load_path`'s.
+pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, device: &B::Device) -> Result<Mpt<B>, TrainError> {
+    let path = match (&cfg.load_path, &cfg.model) {
+        (Some(p), _) => Some(p.as_str()),
+        (None, ModelSource::Pretrained { path, load_weights: true, .. }) => Some(path.as_str()),
+        _ => None,
+    };
+    match path {
+        Some(p) => hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string())),
+        None => Ok(mpt.init::<B>(device, cfg.seed)),
+    }
+}
+
+/// The tokenizer, when a `finetuning` loader needs it to tokenize its rows.
+pub fn finetune_tokenizer(cfg: &TrainConfig) -> Result<Option<FinetuneTokenizer>, TrainError> {
+    let needs = std::iter::once(&cfg.train_loader).chain(&cfg.eval_loader).any(|l| l.name == LoaderKind::Finetuning);
+    if !needs {
+        return Ok(None);
+    }
+    Ok(Some(FinetuneTokenizer::load(&cfg.tokenizer.name)?))
+}
+
 /// How `sequence_id` is derived, when the model attends within documents only.
-fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
+pub fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
     if !model.attn_config.attn_uses_sequence_id {
         return None;
     }
