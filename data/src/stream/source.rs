@@ -6,22 +6,11 @@
 //! All remote calls run on one small tokio runtime per source; callers stay synchronous.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use object_store::ObjectStore;
-use object_store::ObjectStoreScheme;
-use object_store::path::Path as StorePath;
+pub(crate) use crate::remote::is_remote;
+use crate::remote::{RemoteDir, RemoteError};
 
-use super::error::{Result, StreamError, io_err};
-
-/// A remote prefix with its store and the runtime that drives it.
-pub(crate) struct Remote {
-    url: String,
-    store: Arc<dyn ObjectStore>,
-    prefix: StorePath,
-    runtime: tokio::runtime::Runtime,
-}
+use super::error::{Result, StreamError};
 
 /// A stream's origin.
 pub(crate) enum Source {
@@ -35,19 +24,9 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Local(p) => write!(f, "Local({})", p.display()),
-            Source::Remote(r) => write!(f, "Remote({})", r.url),
+            Source::Remote(r) => write!(f, "Remote({})", r.0.url()),
         }
     }
-}
-
-/// Whether `location` names a remote (has a URL scheme) rather than a local path.
-pub(crate) fn is_remote(location: &str) -> bool {
-    location.split_once("://").is_some_and(|(scheme, _)| {
-        !scheme.is_empty()
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
-    })
 }
 
 impl Source {
@@ -56,94 +35,30 @@ impl Source {
         if !is_remote(location) {
             return Ok(Source::Local(PathBuf::from(location)));
         }
-        let bad = |reason: String| StreamError::Location {
-            location: location.to_string(),
-            reason,
-        };
-        let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
-        let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
-        let store: Arc<dyn ObjectStore> = match scheme {
-            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
-            ObjectStoreScheme::AmazonS3 => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(location)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(location)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            ObjectStoreScheme::MicrosoftAzure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(location)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            ObjectStoreScheme::Http => Arc::new(
-                object_store::http::HttpBuilder::new()
-                    .with_url(&url[..url::Position::BeforePath])
-                    // A plain `http://` location is an explicit choice (e.g. an in-cluster server).
-                    .with_client_options(
-                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
-                    )
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            ),
-            other => return Err(bad(format!("unsupported scheme ({other:?})"))),
-        };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tessera-fetch")
-            .enable_all()
-            .build()
-            .map_err(io_err(location))?;
-        Ok(Source::Remote(Box::new(Remote {
-            url: location.trim_end_matches('/').to_string(),
-            store,
-            prefix,
-            runtime,
-        })))
+        Ok(Source::Remote(Box::new(Remote(RemoteDir::open(location).map_err(stream_error)?))))
     }
 }
+
+/// A remote stream folder (see [`crate::remote`]).
+pub(crate) struct Remote(RemoteDir);
 
 impl Remote {
     /// The full URL of a file under this prefix.
     pub(crate) fn url_of(&self, relative: &str) -> String {
-        format!("{}/{relative}", self.url)
+        self.0.url_of(relative)
     }
 
-    /// Fetch a whole file (`relative` to the prefix, `/`-separated), retrying transient
-    /// failures `retries` times with a short backoff. A missing file is not retried.
+    /// Fetch a whole file, retrying transient failures `retries` times with a short backoff.
+    /// A missing file is not retried.
     pub(crate) fn fetch(&self, relative: &str, retries: u32) -> Result<Vec<u8>> {
-        let mut location = self.prefix.clone();
-        for part in relative.split('/').filter(|p| !p.is_empty()) {
-            location = location.child(part);
-        }
-        let mut attempt = 0;
-        loop {
-            let result = self.runtime.block_on(async {
-                let got = self.store.get(&location).await?;
-                got.bytes().await
-            });
-            match result {
-                Ok(bytes) => return Ok(bytes.to_vec()),
-                Err(e)
-                    if matches!(e, object_store::Error::NotFound { .. }) || attempt >= retries =>
-                {
-                    return Err(StreamError::Remote {
-                        url: self.url_of(relative),
-                        source: e,
-                    });
-                }
-                Err(_) => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
-                }
-            }
-        }
+        self.0.fetch(relative, retries).map_err(stream_error)
+    }
+}
+
+fn stream_error(e: RemoteError) -> StreamError {
+    match e {
+        RemoteError::Location { location, reason } => StreamError::Location { location, reason },
+        RemoteError::Store { url, source } => StreamError::Remote { url, source },
     }
 }
 

@@ -9,11 +9,15 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{CheckpointError, CheckpointStore, Payload};
+use std::sync::Arc;
 
-/// A checkpoint store with a background writer thread.
+use super::{CheckpointError, CheckpointStore, Payload, RemoteCheckpoints};
+
+/// A checkpoint store with a background writer thread (and, optionally, an object store each
+/// checkpoint is uploaded to after it is written locally).
 pub struct AsyncCheckpointer {
     store: CheckpointStore,
+    remote: Option<Arc<RemoteCheckpoints>>,
     in_flight: Option<(u64, JoinHandle<Result<PathBuf, CheckpointError>>)>,
     /// Folders written so far, with their step, in order (for the run log).
     done: mpsc::Sender<(u64, PathBuf)>,
@@ -23,7 +27,13 @@ pub struct AsyncCheckpointer {
 impl AsyncCheckpointer {
     pub fn new(store: CheckpointStore) -> Self {
         let (done, done_rx) = mpsc::channel();
-        Self { store, in_flight: None, done, done_rx }
+        Self { store, remote: None, in_flight: None, done, done_rx }
+    }
+
+    /// Also upload every checkpoint to `remote` (on the writer thread, after the local write).
+    pub fn with_remote(mut self, remote: RemoteCheckpoints) -> Self {
+        self.remote = Some(Arc::new(remote));
+        self
     }
 
     pub fn store(&self) -> &CheckpointStore {
@@ -45,12 +55,16 @@ impl AsyncCheckpointer {
     ) -> Result<(), CheckpointError> {
         self.wait()?;
         let store = self.store.clone();
+        let remote = self.remote.clone();
         let done = self.done.clone();
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-ba{step}"))
             .spawn(move || {
                 let payload = build().map_err(CheckpointError::Writer)?;
                 let dir = store.write(&payload)?;
+                if let Some(remote) = remote {
+                    remote.upload(&dir)?;
+                }
                 let _ = done.send((step, dir.clone()));
                 Ok(dir)
             })

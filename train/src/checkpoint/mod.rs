@@ -17,10 +17,12 @@
 
 mod async_writer;
 mod manifest;
+mod remote;
 mod store;
 
 pub use async_writer::AsyncCheckpointer;
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestEntry};
+pub use remote::RemoteCheckpoints;
 pub use store::{CheckpointStore, Payload, Resumable, STATE_FILE};
 
 use std::path::PathBuf;
@@ -40,6 +42,8 @@ pub enum CheckpointError {
     Invalid { path: PathBuf, what: String },
     #[error("checkpoint writer thread failed: {0}")]
     Writer(String),
+    #[error("remote checkpoint folder: {0}")]
+    Remote(String),
 }
 
 impl CheckpointError {

@@ -9,7 +9,8 @@ use tessera_data::stream::World;
 use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
-use crate::checkpoint::{AsyncCheckpointer, CheckpointStore};
+use crate::checkpoint::{AsyncCheckpointer, CheckpointStore, RemoteCheckpoints};
+use tessera_data::remote::is_remote;
 use crate::config::{LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig};
 use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
@@ -55,9 +56,11 @@ impl<B: AutodiffBackend> Run<B> {
         let cfg = loaded.config.clone();
         let run_name = run_name(&cfg, opts);
         let dir = RunDir::new(opts.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&run_name)));
-        let save_folder = match &cfg.save_folder {
-            Some(f) => PathBuf::from(f.replace("{run_name}", &run_name)),
-            None => dir.checkpoints(),
+        // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
+        let (save_folder, remote) = match cfg.save_folder.as_deref().map(|f| f.replace("{run_name}", &run_name)) {
+            Some(f) if is_remote(&f) => (dir.checkpoints(), Some(RemoteCheckpoints::open(&f)?)),
+            Some(f) => (PathBuf::from(f), None),
+            None => (dir.checkpoints(), None),
         };
         let keep = (cfg.save_num_checkpoints_to_keep >= 0).then_some(cfg.save_num_checkpoints_to_keep as usize);
         let store = CheckpointStore::new(&save_folder, keep);
@@ -84,9 +87,19 @@ impl<B: AutodiffBackend> Run<B> {
         let mut incidents = Vec::new();
         let mut resumed: Option<Restored<B>> = None;
         if cfg.autoresume {
-            let (newest, corrupt) = store.newest_verified()?;
+            let (mut newest, corrupt) = store.newest_verified()?;
             for (path, why) in corrupt {
                 incidents.push(Incident::now(0, IncidentKind::CorruptCheckpoint, format!("{} skipped: {why}", path.display())));
+            }
+            // A newer checkpoint on the remote (another machine wrote it): download and verify it.
+            if let Some(r) = &remote {
+                let (got, bad) = r.download_newest(&store, newest.as_ref().map(|c| c.step))?;
+                for (url, why) in bad {
+                    incidents.push(Incident::now(0, IncidentKind::CorruptCheckpoint, format!("{url} skipped: {why}")));
+                }
+                if let Some((step, dir)) = got {
+                    newest = Some(crate::checkpoint::Resumable { step, dir });
+                }
             }
             if let Some(ck) = newest {
                 let r = restore::<B>(&ck.dir, &model_config, optim_kind, cfg.optimizer.init::<B, Mpt<B>>(), device)?;
@@ -210,7 +223,10 @@ impl<B: AutodiffBackend> Run<B> {
             state,
             train,
             evals,
-            checkpoints: AsyncCheckpointer::new(store),
+            checkpoints: match remote {
+                Some(r) => AsyncCheckpointer::new(store).with_remote(r),
+                None => AsyncCheckpointer::new(store),
+            },
             log,
             nan,
             spike,
