@@ -30,6 +30,8 @@ enum Command {
     Quickstart(cmd::quickstart::Args),
     /// Generate text from an HF MPT checkpoint folder.
     Generate(cmd::generate::Args),
+    /// Rewrite a checkpoint in another dtype or shard size (HF layout, for transformers or vLLM).
+    Convert(cmd::convert::Args),
     /// Print a checkpoint's config, parameter count and FLOPs per token.
     Inspect(cmd::inspect::Args),
     /// Data: train a tokenizer, prepare MDS shards, merge slices, inspect and dump datasets.
@@ -68,6 +70,7 @@ fn main() {
         Command::Quickstart(args) => cmd::quickstart::run(args, cli.device),
         Command::Generate(args) => cmd::generate::run(args, cli.device),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Convert(args) => cmd::convert::run(args, cli.device),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),
         Command::Eval { command } => cmd::eval::run(command, cli.device),

@@ -145,3 +145,27 @@ fn code_execution_needs_the_explicit_flag() {
     ]);
     assert!(err.contains("--allow-code-execution"), "{err}");
 }
+
+#[test]
+fn convert_rewrites_a_checkpoint_that_still_generates_the_same() {
+    let tmp = TempDir::new("convert");
+    let src = repo_fixture("mpt/tiny_alibi_h4");
+    let (prompt, _) = read_npy_i64(src.join("prompt_ids.npy"));
+    let (expected, _) = read_npy_i64(src.join("generated_ids.npy"));
+    for dtype in ["f32", "bf16"] {
+        let out = tmp.path().join(dtype);
+        run_ok(tessera().args(["convert", "--dtype", dtype, "--model"]).arg(&src).arg("--out").arg(&out));
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["torch_dtype"], if dtype == "f32" { "float32" } else { "bfloat16" });
+        let generated = run_ok(tessera().arg("generate").arg("--model").arg(&out).args(["--prompt-ids", &ids_arg(&prompt), "--max-new-tokens", "24", "--json"]));
+        let v: serde_json::Value = serde_json::from_str(stdout(&generated).trim()).unwrap();
+        let got: Vec<i64> = v["generated_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        if dtype == "f32" {
+            assert_eq!(got, expected, "an f32 conversion is lossless");
+        } else {
+            assert_eq!(got.len(), 24);
+        }
+    }
+    let err = fails(&["convert", "--model", src.to_str().unwrap(), "--out", src.to_str().unwrap()]);
+    assert!(err.contains("--out"), "{err}");
+}

@@ -1,6 +1,7 @@
 pub mod bench_code;
 pub mod bench_icl;
 pub mod bench_step;
+pub mod convert;
 pub mod bench_stream;
 pub mod data;
 pub mod eval;

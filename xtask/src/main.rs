@@ -4,8 +4,13 @@
 //! figure it records is what a user of the CLI gets.
 
 mod bench;
+mod bench_data;
+mod bench_data_report;
+mod bench_env;
+mod bench_eval;
 mod cold_build;
 mod markdown;
+mod pyenv;
 mod util;
 
 use clap::{Parser, Subcommand};
