@@ -1,7 +1,4 @@
-//! tessera-data: MDS shards byte-compatible with mosaicml-streaming, HF tokenizers, the prepare
-//! pipeline (clean, dedup, tokenize, pack, write) and the deterministic streaming loader.
-//!
-//! This crate knows nothing of the model, the trainer or evaluation.
+#![doc = include_str!("../README.md")]
 
 pub mod mds;
 pub mod prepare;

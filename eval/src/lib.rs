@@ -1,4 +1,4 @@
-//! tessera-eval: llm-foundry's ICL tasks and gauntlet, and HumanEval behind a sandbox.
+#![doc = include_str!("../README.md")]
 
 pub mod icl;
 pub mod gauntlet;

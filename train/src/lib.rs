@@ -1,5 +1,5 @@
-//! tessera-train: the trainer. llm-foundry YAML configs, optimizers, schedules, the step loop,
-//! checkpoints, metrics, guards, the compute planner and pre-flight checks.
+#![doc = include_str!("../README.md")]
+
 pub mod checkpoint;
 pub mod run_dir;
 

@@ -1,12 +1,13 @@
 //! The fused kernels on burn's Flex backend, with and without autodiff.
 //!
 //! A model generic over `B: Backend` cannot name Flex's tensor type, so each entry point checks
-//! at run time whether `B` is `Flex` or `Autodiff<Flex>` (a `TypeId` comparison) and moves the
-//! primitive across through `Any`, which is safe and free. Anything else (another backend, a
-//! dtype other than f32) is handed back unchanged and the caller takes the generic path.
+//! at run time whether `B` is `Flex` or `Autodiff<Flex>` (a `TypeId` comparison) and whether
+//! the tensors are f32, and only then moves the primitives across through `Any` (safe, and
+//! free). Anything else is handed back unchanged and the caller takes the generic path.
 //!
 //! On `Autodiff<Flex>` each kernel is one graph node with a hand-written backward
-//! ([`rows`](super::rows)), registered through burn-autodiff's public `Backward` API.
+//! ([`rows`](super::rows)), registered through burn-autodiff's public `Backward` API. Only the
+//! default `NoCheckpointing` strategy is specialised (that is the type `Autodiff<Flex>` names).
 
 use std::any::{Any, TypeId};
 
@@ -20,20 +21,22 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
-use super::rows;
+use super::rows::{self, NormStats};
 
 type AdFlex = Autodiff<Flex>;
 type AdTensor = FloatTensor<AdFlex>;
+/// A float primitive of backend `B`.
+type Prim<B> = FloatTensor<B>;
 
 /// Which of the specialised backends `B` is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Which {
+enum Which {
     Flex,
     AutodiffFlex,
     Other,
 }
 
-pub(crate) fn which<B: Backend>() -> Which {
+fn which<B: Backend>() -> Which {
     let id = TypeId::of::<B>();
     if id == TypeId::of::<Flex>() {
         Which::Flex
@@ -44,33 +47,35 @@ pub(crate) fn which<B: Backend>() -> Which {
     }
 }
 
-/// Moves `value` to type `T` if it is one, else hands it back.
-pub(crate) fn cast<S: 'static, T: 'static>(value: S) -> Result<T, S> {
+/// Moves `value` to type `T`, which the caller has established it is (via [`which`]).
+fn give<S: 'static, T: 'static>(value: S) -> T {
     let mut slot = Some(value);
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
-        Some(t) => Ok(t.take().expect("the slot was just filled")),
-        None => Err(slot.expect("the slot is untouched when the types differ")),
-    }
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
+        .expect("kernels::flex: the primitive type was checked by `which`")
 }
 
-/// The f32 contents of `t`, contiguous; `None` for another dtype.
-fn f32_data(t: &FlexTensor) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    Some(if t.as_slice::<f32>().is_some() { t.clone() } else { t.to_contiguous() })
+/// `t` with contiguous f32 storage (a copy only when it is a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
 }
 
 fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("f32_data returns contiguous f32 tensors")
+    t.as_slice::<f32>().expect("kernel inputs are made contiguous f32 first")
 }
 
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
 
+/// The gradient flowing into `ops.node`, contiguous.
+fn grad_of<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> FlexTensor {
+    contiguous(grads.consume::<Flex>(&ops.node))
+}
+
 // ---------------------------------------------------------------------------------------------
-// GELU
+// GELU (exact, erf form)
 
 fn gelu_flex(x: &FlexTensor) -> FlexTensor {
     tensor(rows::gelu(slice(x)), x.shape())
@@ -84,33 +89,26 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [parent] = ops.parents;
-        if let Some(node) = parent {
-            let g = f32_data(&grad).expect("gradients of an f32 node are f32");
+        let g = grad_of(&ops, grads);
+        if let [Some(node)] = &ops.parents {
             let dx = rows::gelu_backward(slice(&ops.state), slice(&g));
             grads.register::<Flex>(node.id, tensor(dx, ops.state.shape()));
         }
     }
 }
 
-/// GELU on Flex / Autodiff<Flex> f32 tensors; `Err(x)` otherwise.
-pub(crate) fn gelu<P: 'static>(x: P, which: Which) -> Result<P, P> {
-    match which {
-        Which::Flex => {
-            let t: FlexTensor = cast(x)?;
-            match f32_data(&t) {
-                Some(c) => Ok(cast(gelu_flex(&c)).unwrap_or_else(|_| unreachable!())),
-                None => Err(cast(t).unwrap_or_else(|_| unreachable!())),
-            }
-        }
+/// GELU on an f32 Flex / Autodiff<Flex> tensor; `Err(x)` otherwise.
+pub(super) fn gelu<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
+    if x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    match which::<B>() {
+        Which::Flex => Ok(give(gelu_flex(&contiguous(give(x))))),
         Which::AutodiffFlex => {
-            let t: AdTensor = cast(x)?;
-            let Some(input) = f32_data(&t.primitive) else {
-                return Err(cast(t).unwrap_or_else(|_| unreachable!()));
-            };
+            let t: AdTensor = give(x);
+            let input = contiguous(t.primitive);
             let out = match GeluBackward
-                .prepare::<NoCheckpointing>([t.node.clone()])
+                .prepare::<NoCheckpointing>([t.node])
                 .compute_bound()
                 .stateful()
             {
@@ -120,7 +118,7 @@ pub(crate) fn gelu<P: 'static>(x: P, which: Which) -> Result<P, P> {
                 }
                 OpsKind::UnTracked(prep) => prep.finish(gelu_flex(&input)),
             };
-            Ok(cast(out).unwrap_or_else(|_| unreachable!()))
+            Ok(give(out))
         }
         Which::Other => Err(x),
     }
@@ -135,28 +133,29 @@ fn softmax_flex(x: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     tensor(rows::softmax(slice(x), bias.map(slice), n), shape)
 }
 
+/// `N` = 1 (scores) or 2 (scores, bias).
 #[derive(Debug)]
-struct SoftmaxBackward;
+struct SoftmaxBackward<const N: usize>;
 
-impl Backward<Flex, 2> for SoftmaxBackward {
+impl<const N: usize> Backward<Flex, N> for SoftmaxBackward<N> {
     /// The output (the probabilities) and the bias shape.
     type State = (FlexTensor, Shape);
 
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grad_of(&ops, grads);
         let (y, bias_shape) = ops.state;
-        let [x_node, bias_node] = ops.parents;
+        let mut parents = ops.parents.into_iter();
+        let (x_node, bias_node) = (parents.next().flatten(), parents.next().flatten());
         let shape = y.shape();
         let n = shape.dims[shape.num_dims() - 1];
-        let g = f32_data(&grad).expect("gradients of an f32 node are f32");
         let dx = tensor(rows::softmax_backward(slice(&y), slice(&g), n), shape);
         if let Some(node) = bias_node {
             // The bias was broadcast over the leading axis: sum its gradient back.
-            let rows = bias_shape.num_elements();
-            let db = slice(&dx).chunks(rows).fold(vec![0.0f32; rows], |mut acc, c| {
-                acc.iter_mut().zip(c).for_each(|(a, v)| *a += v);
-                acc
-            });
+            let len = bias_shape.num_elements();
+            let mut db = vec![0.0f32; len];
+            for c in slice(&dx).chunks(len) {
+                db.iter_mut().zip(c).for_each(|(a, v)| *a += v);
+            }
             grads.register::<Flex>(node.id, tensor(db, bias_shape));
         }
         if let Some(node) = x_node {
@@ -165,53 +164,53 @@ impl Backward<Flex, 2> for SoftmaxBackward {
     }
 }
 
-/// Whether `bias` can be read row-cyclically against `x`: same trailing axes, and a leading
-/// axis of 1 or `x`'s.
-fn bias_fits(x: &Shape, bias: &Shape) -> bool {
-    let (xd, bd) = (&x.dims, &bias.dims);
-    xd.len() == bd.len() && xd[1..] == bd[1..] && (bd[0] == 1 || bd[0] == xd[0])
-}
-
-/// `softmax(x + bias)` over the last axis on Flex / Autodiff<Flex> f32 tensors; `Err` (with the
-/// inputs back) otherwise.
-pub(crate) fn softmax<P: 'static>(x: P, bias: Option<P>, which: Which) -> Result<P, (P, Option<P>)> {
-    match which {
+/// `softmax(x + bias)` over the last axis for f32 Flex / Autodiff<Flex> tensors whose bias (if
+/// any) has `x`'s trailing axes and a leading axis of 1 or `x`'s; `Err` with the inputs
+/// otherwise.
+#[allow(clippy::type_complexity)]
+pub(super) fn softmax<B: Backend>(x: Prim<B>, bias: Option<Prim<B>>) -> Result<Prim<B>, (Prim<B>, Option<Prim<B>>)> {
+    let fits = |b: &Prim<B>| {
+        let (xs, bs) = (x.shape(), b.shape());
+        b.dtype() == DType::F32
+            && xs.num_dims() == bs.num_dims()
+            && xs.dims[1..] == bs.dims[1..]
+            && (bs.dims[0] == 1 || bs.dims[0] == xs.dims[0])
+    };
+    if x.dtype() != DType::F32 || x.shape().num_dims() < 2 || !bias.as_ref().is_none_or(fits) {
+        return Err((x, bias));
+    }
+    match which::<B>() {
         Which::Flex => {
-            let t: FlexTensor = cast(x).map_err(|x| (x, bias.take_back()))?;
-            let b: Option<FlexTensor> = bias.map(|b| cast(b).unwrap_or_else(|_| unreachable!()));
-            let fits = b.as_ref().is_none_or(|b| bias_fits(&t.shape(), &b.shape()));
-            match (f32_data(&t), b.as_ref().map(f32_data)) {
-                (Some(c), None) | (Some(c), Some(Some(_))) if fits => {
-                    let bc = b.as_ref().and_then(f32_data);
-                    Ok(give(softmax_flex(&c, bc.as_ref())))
-                }
-                _ => Err((give(t), b.map(give))),
-            }
+            let b = bias.map(|b| contiguous(give(b)));
+            Ok(give(softmax_flex(&contiguous(give(x)), b.as_ref())))
         }
         Which::AutodiffFlex => {
-            let t: AdTensor = cast(x).map_err(|x| (x, bias.take_back()))?;
-            let b: Option<AdTensor> = bias.map(|b| cast(b).unwrap_or_else(|_| unreachable!()));
-            let fits = b.as_ref().is_none_or(|b| bias_fits(&t.primitive.shape(), &b.primitive.shape()));
-            let input = f32_data(&t.primitive);
-            let bias_data = b.as_ref().map(|b| f32_data(&b.primitive));
-            let (Some(input), true, Some(None) | None) | (Some(input), true, Some(Some(_))) =
-                (input, fits, bias_data.clone().map(|d| d.map(|_| ())))
-            else {
-                return Err((give(t), b.map(give)));
-            };
-            let bias_data = bias_data.flatten();
-            let y = softmax_flex(&input, bias_data.as_ref());
-            let bias_shape = bias_data.as_ref().map_or_else(|| Shape::new([1]), |b| b.shape());
-            // Without a bias, the bias slot is the input's node again, so the parent array is
-            // full; its gradient is then skipped (the shape check below).
-            let bias_node = b.as_ref().map_or_else(|| t.node.clone(), |b| b.node.clone());
-            let out = match SoftmaxBackward
-                .prepare::<NoCheckpointing>([t.node.clone(), bias_node])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish((y.clone(), bias_shape), y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
+            let t: AdTensor = give(x);
+            let input = contiguous(t.primitive);
+            let out = match bias.map(give::<_, AdTensor>) {
+                None => {
+                    let y = softmax_flex(&input, None);
+                    match SoftmaxBackward::<1>
+                        .prepare::<NoCheckpointing>([t.node])
+                        .compute_bound()
+                        .stateful()
+                    {
+                        OpsKind::Tracked(prep) => prep.finish((y.clone(), Shape::new([1])), y),
+                        OpsKind::UnTracked(prep) => prep.finish(y),
+                    }
+                }
+                Some(b) => {
+                    let bias = contiguous(b.primitive);
+                    let y = softmax_flex(&input, Some(&bias));
+                    match SoftmaxBackward::<2>
+                        .prepare::<NoCheckpointing>([t.node, b.node])
+                        .compute_bound()
+                        .stateful()
+                    {
+                        OpsKind::Tracked(prep) => prep.finish((y.clone(), bias.shape()), y),
+                        OpsKind::UnTracked(prep) => prep.finish(y),
+                    }
+                }
             };
             Ok(give(out))
         }
@@ -219,18 +218,99 @@ pub(crate) fn softmax<P: 'static>(x: P, bias: Option<P>, which: Which) -> Result
     }
 }
 
-/// Helper: an `Option<P>` that is handed back unchanged on a failed cast.
-trait TakeBack {
-    fn take_back(self) -> Self;
+// ---------------------------------------------------------------------------------------------
+// LayerNorm / RMSNorm over the last axis
+
+fn norm_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, eps: f64, rms: bool) -> (FlexTensor, NormStats) {
+    let (y, stats) = rows::norm(slice(x), slice(w), b.map(slice), eps as f32, rms);
+    (tensor(y, x.shape()), stats)
 }
 
-impl<P> TakeBack for Option<P> {
-    fn take_back(self) -> Self {
-        self
+/// `N` = 2 (x, weight) or 3 (x, weight, bias).
+#[derive(Debug)]
+struct NormBackward<const N: usize>;
+
+/// What the norm backward keeps: input, weight, per-row stats, RMS or not.
+#[derive(Clone, Debug)]
+struct NormState {
+    x: FlexTensor,
+    w: FlexTensor,
+    stats: NormStats,
+    rms: bool,
+}
+
+impl<const N: usize> Backward<Flex, N> for NormBackward<N> {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<NormState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grad_of(&ops, grads);
+        let s = ops.state;
+        let (dx, dw, db) = rows::norm_backward(slice(&s.x), slice(&g), slice(&s.w), &s.stats, s.rms);
+        let mut parents = ops.parents.into_iter();
+        let (x_node, w_node, b_node) = (parents.next().flatten(), parents.next().flatten(), parents.next().flatten());
+        if let Some(node) = b_node {
+            grads.register::<Flex>(node.id, tensor(db, s.w.shape()));
+        }
+        if let Some(node) = w_node {
+            grads.register::<Flex>(node.id, tensor(dw, s.w.shape()));
+        }
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, tensor(dx, s.x.shape()));
+        }
     }
 }
 
-/// Moves a concrete tensor back to the caller's primitive type (the caller checked the type).
-fn give<T: 'static, P: 'static>(t: T) -> P {
-    cast(t).unwrap_or_else(|_| unreachable!("the primitive type was checked by `which`"))
+/// LayerNorm (or RMSNorm) of the last axis for f32 Flex / Autodiff<Flex> tensors; `Err` with
+/// the inputs otherwise.
+#[allow(clippy::type_complexity)]
+pub(super) fn norm<B: Backend>(
+    x: Prim<B>,
+    w: Prim<B>,
+    b: Option<Prim<B>>,
+    eps: f64,
+    rms: bool,
+) -> Result<Prim<B>, (Prim<B>, Prim<B>, Option<Prim<B>>)> {
+    let d = w.shape().num_elements();
+    let ok = x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.shape().dims.last() == Some(&d)
+        && b.as_ref().is_none_or(|b| b.dtype() == DType::F32 && b.shape().num_elements() == d);
+    if !ok {
+        return Err((x, w, b));
+    }
+    match which::<B>() {
+        Which::Flex => {
+            let b = b.map(|b| contiguous(give(b)));
+            let (y, _) = norm_flex(&contiguous(give(x)), &contiguous(give(w)), b.as_ref(), eps, rms);
+            Ok(give(y))
+        }
+        Which::AutodiffFlex => {
+            let (x, w): (AdTensor, AdTensor) = (give(x), give(w));
+            let b: Option<AdTensor> = b.map(give);
+            let (xi, wi) = (contiguous(x.primitive), contiguous(w.primitive));
+            let bi = b.as_ref().map(|b| contiguous(b.primitive.clone()));
+            let (y, stats) = norm_flex(&xi, &wi, bi.as_ref(), eps, rms);
+            let state = NormState { x: xi, w: wi, stats, rms };
+            let out = match b {
+                None => match NormBackward::<2>
+                    .prepare::<NoCheckpointing>([x.node, w.node])
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish(state, y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                },
+                Some(b) => match NormBackward::<3>
+                    .prepare::<NoCheckpointing>([x.node, w.node, b.node])
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(prep) => prep.finish(state, y),
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                },
+            };
+            Ok(give(out))
+        }
+        Which::Other => Err((x, w, b)),
+    }
 }

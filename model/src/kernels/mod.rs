@@ -1,0 +1,183 @@
+//! Fused kernels behind backend-generic signatures: GELU, `softmax(x + bias)` and
+//! LayerNorm/RMSNorm.
+//!
+//! Each function here is what the model calls. On Flex and `Autodiff<Flex>` with f32 tensors it
+//! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
+//! see [`rows`] for the arithmetic and `flex` for the glue); on every other backend or dtype it
+//! runs the composed tensor-op formulation below, which is the reference the fused kernels are
+//! tested against. A CubeCL kernel for CUDA would slot in the same way.
+
+mod flex;
+pub mod rows;
+
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::activation;
+
+fn float<B: Backend, const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// The exact (erf) GELU, `x · Φ(x)`.
+///
+/// # Shapes
+/// - any shape, element-wise
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match flex::gelu::<B>(x.into_primitive().tensor()) {
+        Ok(y) => float(y),
+        Err(x) => activation::gelu(float(x)),
+    }
+}
+
+/// `softmax(x + bias)` over the last axis. The bias is broadcast over the leading axis (a
+/// `[1, h, s_q, s_k]` ALiBi/causal bias against `[b, h, s_q, s_k]` scores) and receives a
+/// gradient if it is tracked.
+///
+/// # Shapes
+/// - `x`: `[b, ...]`; `bias`: `[b or 1, ...]` with `x`'s other axes; returns `x`'s shape
+pub fn softmax_with_bias<B: Backend, const D: usize>(x: Tensor<B, D>, bias: Option<Tensor<B, D>>) -> Tensor<B, D> {
+    let (x, bias) = match flex::softmax::<B>(x.into_primitive().tensor(), bias.map(|b| b.into_primitive().tensor())) {
+        Ok(y) => return float(y),
+        Err((x, b)) => (float::<B, D>(x), b.map(float::<B, D>)),
+    };
+    let scores = match bias {
+        Some(bias) if bias.dims()[0] == 1 && x.dims()[0] > 1 => {
+            // Broadcast over the batch as one shared row of values: the layout backends add
+            // fastest (Flex's strided broadcast path is ~5x slower).
+            let dims = x.dims();
+            let n: usize = dims[1..].iter().product();
+            (x.reshape([dims[0], n]) + bias.reshape([1, n])).reshape(dims)
+        }
+        Some(bias) => x + bias,
+        None => x,
+    };
+    activation::softmax(scores, D - 1)
+}
+
+/// LayerNorm (`rms = false`: two-pass, biased variance, as `torch.nn.functional.layer_norm`) or
+/// RMSNorm (`rms = true`) over the last axis, times `weight`, plus `bias`.
+///
+/// # Shapes
+/// - `x`: `[..., d]`; `weight`, `bias`: `[d]`; returns `x`'s shape
+pub fn norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+    rms: bool,
+) -> Tensor<B, D> {
+    let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    let (x, weight, bias) = match flex::norm::<B>(x.into_primitive().tensor(), prim(weight), bias.map(prim), eps, rms) {
+        Ok(y) => return float(y),
+        Err((x, w, b)) => (float::<B, D>(x), float::<B, 1>(w), b.map(float::<B, 1>)),
+    };
+    // Two-pass (centre, then variance) rather than a fused `E[x²] - E[x]²`, which loses digits
+    // to cancellation (it cost parity with transformers: per-token loss off by 1.1e-5).
+    let y = if rms {
+        let ms = x.clone().square().mean_dim(D - 1);
+        x * (ms + eps).sqrt().recip()
+    } else {
+        let centered = x.clone() - x.mean_dim(D - 1);
+        let var = centered.clone().square().mean_dim(D - 1);
+        centered * (var + eps).sqrt().recip()
+    };
+    let y = y * weight.unsqueeze::<D>();
+    match bias {
+        Some(b) => y + b.unsqueeze::<D>(),
+        None => y,
+    }
+}
+
+/// The composed (non-fused) formulations, for tests that compare the two paths.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, Tolerance};
+
+    type AD = Autodiff<Flex>;
+
+    /// A backend that is not Flex, so the generic path runs: Flex's own autodiff with a
+    /// checkpointing strategy, which `flex.rs` does not specialise.
+    type Generic = Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+
+    fn rand<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
+        let dev = Default::default();
+        Bk::seed(&dev, seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 1.5), &dev)
+    }
+
+    fn close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, tol: f64) {
+        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(tol));
+    }
+
+    /// Runs `f` on both backends from the same data, with a random cotangent, and compares the
+    /// outputs and the gradients of every input.
+    fn fused_matches_generic<const D: usize>(
+        inputs: Vec<Tensor<Flex, D>>,
+        f_fused: impl Fn(&[Tensor<AD, D>]) -> Tensor<AD, D>,
+        f_generic: impl Fn(&[Tensor<Generic, D>]) -> Tensor<Generic, D>,
+        tol: f64,
+    ) {
+        let dev = Default::default();
+        let a: Vec<Tensor<AD, D>> = inputs.iter().map(|t| Tensor::from_data(t.to_data(), &dev).require_grad()).collect();
+        let g: Vec<Tensor<Generic, D>> = inputs.iter().map(|t| Tensor::from_data(t.to_data(), &dev).require_grad()).collect();
+        let ya = f_fused(&a);
+        let yg = f_generic(&g);
+        let cot = rand::<Flex, D>(ya.dims(), 99);
+        let ga = (ya.clone() * Tensor::from_data(cot.to_data(), &dev)).sum().backward();
+        let gg = (yg.clone() * Tensor::from_data(cot.to_data(), &dev)).sum().backward();
+        close(ya.inner(), Tensor::from_data(yg.inner().into_data(), &dev), tol);
+        for (ta, tg) in a.iter().zip(&g) {
+            let da = ta.grad(&ga).expect("fused gradient");
+            let dg = tg.grad(&gg).expect("generic gradient");
+            close(da, Tensor::from_data(dg.into_data(), &dev), tol);
+        }
+    }
+
+    #[test]
+    fn fused_gelu_matches_burns_gelu_and_its_gradient() {
+        let x = rand::<Flex, 3>([3, 5, 70], 1);
+        fused_matches_generic(vec![x], |t| gelu(t[0].clone()), |t| gelu(t[0].clone()), 2e-6);
+    }
+
+    #[test]
+    fn fused_softmax_with_a_shared_bias_matches_the_composed_one() {
+        let x = rand::<Flex, 4>([3, 2, 7, 7], 2);
+        let bias = rand::<Flex, 4>([1, 2, 7, 7], 3);
+        fused_matches_generic(
+            vec![x.clone(), bias.clone()],
+            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone())),
+            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone())),
+            1e-6,
+        );
+        fused_matches_generic(vec![x], |t| softmax_with_bias(t[0].clone(), None), |t| softmax_with_bias(t[0].clone(), None), 1e-6);
+    }
+
+    #[test]
+    fn fused_layer_norm_and_rms_norm_match_the_composed_ones() {
+        let x = rand::<Flex, 3>([2, 9, 40], 4);
+        let w = rand::<Flex, 3>([1, 1, 40], 5);
+        let b = rand::<Flex, 3>([1, 1, 40], 6);
+        for rms in [false, true] {
+            let run_ad = |t: &[Tensor<AD, 3>]| {
+                let bias = (!rms).then(|| t[2].clone().reshape([40]));
+                norm(t[0].clone(), t[1].clone().reshape([40]), bias, 1e-5, rms)
+            };
+            let run_g = |t: &[Tensor<Generic, 3>]| {
+                let bias = (!rms).then(|| t[2].clone().reshape([40]));
+                norm(t[0].clone(), t[1].clone().reshape([40]), bias, 1e-5, rms)
+            };
+            fused_matches_generic(vec![x.clone(), w.clone(), b.clone()], run_ad, run_g, 2e-5);
+        }
+    }
+
+    #[test]
+    fn kernels_on_plain_flex_match_the_autodiff_forward() {
+        let dev = Default::default();
+        let x = rand::<Flex, 2>([4, 33], 7);
+        let y = gelu(x.clone());
+        let z = gelu(Tensor::<Generic, 2>::from_data(x.to_data(), &dev)).inner();
+        close(y, Tensor::from_data(z.into_data(), &dev), 2e-6);
+    }
+}
