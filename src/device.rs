@@ -42,7 +42,9 @@ impl FromStr for DeviceSpec {
             ("cpu", Some(_)) => Err(format!("--device {s:?}: the CPU takes no index")),
             ("wgpu", i) => Ok(Self::Wgpu(i)),
             ("cuda", i) => Ok(Self::Cuda(i.unwrap_or(0))),
-            _ => Err(format!("--device {s:?}: expected cpu, wgpu[:N] or cuda[:N]")),
+            _ => Err(format!(
+                "--device {s:?}: expected cpu, wgpu[:N] or cuda[:N]"
+            )),
         }
     }
 }
@@ -96,7 +98,9 @@ fn run_wgpu<J: Job<Output = anyhow::Result<T>>, T>(
     _index: Option<usize>,
     spec: DeviceSpec,
 ) -> anyhow::Result<T> {
-    anyhow::bail!("--device {spec}: this tessera was built without the `wgpu` feature (cargo build --features wgpu)")
+    anyhow::bail!(
+        "--device {spec}: this tessera was built without the `wgpu` feature (cargo build --features wgpu)"
+    )
 }
 
 #[cfg(feature = "cuda")]
@@ -115,7 +119,9 @@ fn run_cuda<J: Job<Output = anyhow::Result<T>>, T>(
     _index: usize,
     spec: DeviceSpec,
 ) -> anyhow::Result<T> {
-    anyhow::bail!("--device {spec}: this tessera was built without the `cuda` feature (cargo build --features cuda)")
+    anyhow::bail!(
+        "--device {spec}: this tessera was built without the `cuda` feature (cargo build --features cuda)"
+    )
 }
 
 #[cfg(test)]
@@ -126,7 +132,10 @@ mod tests {
     fn parses_every_device_form() {
         assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
         assert_eq!("wgpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
-        assert_eq!("wgpu:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(Some(1))));
+        assert_eq!(
+            "wgpu:1".parse::<DeviceSpec>(),
+            Ok(DeviceSpec::Wgpu(Some(1)))
+        );
         assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
     }

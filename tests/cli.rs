@@ -16,10 +16,18 @@ fn stdout(o: &Output) -> String {
 fn fails(args: &[&str]) -> String {
     let out = tessera().args(args).output().expect("starting tessera");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args:?} should fail with exit code 1:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{args:?} should fail with exit code 1:\n{err}"
+    );
     assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
     assert!(err.starts_with("error: "), "{args:?}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: the error should be one line:\n{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: the error should be one line:\n{err}"
+    );
     err
 }
 
@@ -35,15 +43,32 @@ fn generate_prints_transformers_greedy_tokens_for_every_fixture() {
         let (expected, _) = read_npy_i64(dir.join("generated_ids.npy"));
         for cache in [true, false] {
             let mut cmd = tessera();
-            cmd.arg("generate").arg("--model").arg(&dir).args(["--prompt-ids", &ids_arg(&prompt), "--max-new-tokens", "24", "--json"]);
+            cmd.arg("generate").arg("--model").arg(&dir).args([
+                "--prompt-ids",
+                &ids_arg(&prompt),
+                "--max-new-tokens",
+                "24",
+                "--json",
+            ]);
             if !cache {
                 cmd.arg("--no-cache");
             }
             let out = run_ok(&mut cmd);
-            let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
-            let got: Vec<i64> = v["generated_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+            let v: serde_json::Value =
+                serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+            let got: Vec<i64> = v["generated_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
             assert_eq!(got, expected, "{name} (cache: {cache})");
-            let p: Vec<i64> = v["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+            let p: Vec<i64> = v["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
             assert_eq!(p, prompt);
             assert!(v["text"].is_null(), "no tokenizer, so no text");
         }
@@ -58,13 +83,24 @@ fn inspect_prints_exact_parameter_counts() {
     let out = run_ok(tessera().args(["inspect", "--preset", "mpt-30b", "--json"]));
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["n_params"], 29_957_200_896u64);
-    let out = run_ok(tessera().arg("inspect").arg("--model").arg(repo_fixture("mpt/tiny_alibi_h4")));
+    let out = run_ok(
+        tessera()
+            .arg("inspect")
+            .arg("--model")
+            .arg(repo_fixture("mpt/tiny_alibi_h4")),
+    );
     assert!(stdout(&out).contains("131392"), "{}", stdout(&out));
 }
 
 #[test]
 fn bad_paths_and_configs_get_one_line_errors() {
-    let err = fails(&["generate", "--model", "/nonexistent/model", "--prompt-ids", "1,2"]);
+    let err = fails(&[
+        "generate",
+        "--model",
+        "/nonexistent/model",
+        "--prompt-ids",
+        "1,2",
+    ]);
     assert!(err.contains("/nonexistent/model"), "{err}");
     let err = fails(&["inspect", "--model", "/nonexistent/model"]);
     assert!(err.contains("/nonexistent/model/config.json"), "{err}");
@@ -72,22 +108,47 @@ fn bad_paths_and_configs_get_one_line_errors() {
     let tmp = TempDir::new("cli-bad");
     let bad = tmp.path().join("model");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::write(bad.join("config.json"), r#"{"d_model": 64, "n_heads": 5, "n_layers": 2, "vocab_size": 32, "max_seq_len": 16}"#).unwrap();
+    std::fs::write(
+        bad.join("config.json"),
+        r#"{"d_model": 64, "n_heads": 5, "n_layers": 2, "vocab_size": 32, "max_seq_len": 16}"#,
+    )
+    .unwrap();
     let err = fails(&["inspect", "--model", bad.to_str().unwrap()]);
-    assert!(err.contains("n_heads") || err.contains("d_model"), "the error should name the field: {err}");
+    assert!(
+        err.contains("n_heads") || err.contains("d_model"),
+        "the error should name the field: {err}"
+    );
 
     std::fs::write(bad.join("config.json"), "{ not json").unwrap();
-    let err = fails(&["generate", "--model", bad.to_str().unwrap(), "--prompt-ids", "1"]);
+    let err = fails(&[
+        "generate",
+        "--model",
+        bad.to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
     assert!(err.contains("config.json"), "{err}");
 
     let fixture = repo_fixture("mpt/tiny_alibi_h4");
-    let err = fails(&["generate", "--model", fixture.to_str().unwrap(), "--prompt-ids", "1,99999"]);
+    let err = fails(&[
+        "generate",
+        "--model",
+        fixture.to_str().unwrap(),
+        "--prompt-ids",
+        "1,99999",
+    ]);
     assert!(err.contains("99999"), "{err}");
     // A malformed flag is a usage error: clap's exit code 2, naming the flag and the value.
-    let out = tessera().args(["--device", "tpu", "inspect", "--preset", "tiny"]).output().unwrap();
+    let out = tessera()
+        .args(["--device", "tpu", "inspect", "--preset", "tiny"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--device") && err.contains("tpu") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("--device") && err.contains("tpu") && !err.contains("panicked"),
+        "{err}"
+    );
     let err = fails(&["train", "/nonexistent/train.yaml"]);
     assert!(err.contains("/nonexistent/train.yaml"), "{err}");
 }
@@ -97,13 +158,24 @@ fn device_flag_names_the_missing_feature() {
     if cfg!(feature = "cuda") {
         return;
     }
-    let err = fails(&["--device", "cuda:0", "generate", "--model", "x", "--prompt-ids", "1"]);
+    let err = fails(&[
+        "--device",
+        "cuda:0",
+        "generate",
+        "--model",
+        "x",
+        "--prompt-ids",
+        "1",
+    ]);
     assert!(err.contains("cuda") && err.contains("feature"), "{err}");
 }
 
 #[test]
 fn plan_reproduces_the_seed_example() {
-    let out = run_ok(tessera().args(["plan", "--params", "30e9", "--tokens", "600e9", "--gpu", "h100", "--gpus", "512", "--mfu", "0.4", "--price", "7"]));
+    let out = run_ok(tessera().args([
+        "plan", "--params", "30e9", "--tokens", "600e9", "--gpu", "h100", "--gpus", "512", "--mfu",
+        "0.4", "--price", "7",
+    ]));
     let text = stdout(&out);
     let gpu_days: f64 = text
         .lines()
@@ -112,7 +184,10 @@ fn plan_reproduces_the_seed_example() {
         .and_then(|v| v.parse().ok())
         .expect("a GPU-days line");
     // The seed: ~3,000 H100-days, ~$500k, within its stated 10–15%.
-    assert!((gpu_days / 3000.0 - 1.0).abs() < 0.15, "{gpu_days} GPU-days");
+    assert!(
+        (gpu_days / 3000.0 - 1.0).abs() < 0.15,
+        "{gpu_days} GPU-days"
+    );
     assert!(text.contains("Chinchilla"), "{text}");
 }
 
@@ -123,11 +198,23 @@ fn data_inspect_and_dump_read_streamings_shards() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["samples"], 120);
     assert_eq!(v["shards"], 5);
-    let out = run_ok(tessera().args(["data", "dump", "--range", "3..5"]).arg(&dir));
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = run_ok(
+        tessera()
+            .args(["data", "dump", "--range", "3..5"])
+            .arg(&dir),
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     // Closed form of the fixture: tokens_i = arange(7i, 7i + L_i), L_i = 5 + (37·i mod 91).
-    let t3: Vec<i64> = lines[0]["tokens"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let t3: Vec<i64> = lines[0]["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
     let len3 = 5 + (37 * 3) % 91;
     assert_eq!(t3, (21..21 + len3 as i64).collect::<Vec<_>>());
 }
@@ -154,18 +241,49 @@ fn convert_rewrites_a_checkpoint_that_still_generates_the_same() {
     let (expected, _) = read_npy_i64(src.join("generated_ids.npy"));
     for dtype in ["f32", "bf16"] {
         let out = tmp.path().join(dtype);
-        run_ok(tessera().args(["convert", "--dtype", dtype, "--model"]).arg(&src).arg("--out").arg(&out));
-        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
-        assert_eq!(cfg["torch_dtype"], if dtype == "f32" { "float32" } else { "bfloat16" });
-        let generated = run_ok(tessera().arg("generate").arg("--model").arg(&out).args(["--prompt-ids", &ids_arg(&prompt), "--max-new-tokens", "24", "--json"]));
+        run_ok(
+            tessera()
+                .args(["convert", "--dtype", dtype, "--model"])
+                .arg(&src)
+                .arg("--out")
+                .arg(&out),
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            cfg["torch_dtype"],
+            if dtype == "f32" {
+                "float32"
+            } else {
+                "bfloat16"
+            }
+        );
+        let generated = run_ok(tessera().arg("generate").arg("--model").arg(&out).args([
+            "--prompt-ids",
+            &ids_arg(&prompt),
+            "--max-new-tokens",
+            "24",
+            "--json",
+        ]));
         let v: serde_json::Value = serde_json::from_str(stdout(&generated).trim()).unwrap();
-        let got: Vec<i64> = v["generated_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        let got: Vec<i64> = v["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
         if dtype == "f32" {
             assert_eq!(got, expected, "an f32 conversion is lossless");
         } else {
             assert_eq!(got.len(), 24);
         }
     }
-    let err = fails(&["convert", "--model", src.to_str().unwrap(), "--out", src.to_str().unwrap()]);
+    let err = fails(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        src.to_str().unwrap(),
+    ]);
     assert!(err.contains("--out"), "{err}");
 }

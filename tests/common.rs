@@ -28,8 +28,12 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// A packed token dataset: `samples` rows of `seq` tokens from a small vocabulary, with enough
 /// structure (a repeating pattern with noise) that a tiny model's loss falls.
 pub fn write_token_dataset(dir: &Path, samples: usize, seq: usize, vocab: u32, seed: u64) {
-    let opts = WriterOptions { size_limit: Some(1 << 14), ..WriterOptions::default() };
-    let mut w = MdsWriter::create(dir, &[("tokens", "ndarray:int32")], opts).expect("creating the dataset");
+    let opts = WriterOptions {
+        size_limit: Some(1 << 14),
+        ..WriterOptions::default()
+    };
+    let mut w =
+        MdsWriter::create(dir, &[("tokens", "ndarray:int32")], opts).expect("creating the dataset");
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = || {
         state ^= state << 13;
@@ -41,7 +45,13 @@ pub fn write_token_dataset(dir: &Path, samples: usize, seq: usize, vocab: u32, s
         let start = (next() % u64::from(vocab)) as u32;
         let stride = 1 + (next() % 3) as u32;
         let row: Vec<u32> = (0..seq as u32)
-            .map(|i| if next() % 8 == 0 { (next() % u64::from(vocab)) as u32 } else { (start + i * stride) % vocab })
+            .map(|i| {
+                if next() % 8 == 0 {
+                    (next() % u64::from(vocab)) as u32
+                } else {
+                    (start + i * stride) % vocab
+                }
+            })
             .collect();
         w.write_tokens(&row).expect("writing a sample");
     }
@@ -53,7 +63,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("tessera-e2e-{tag}-{}-{}", std::process::id(), nanos()));
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-e2e-{tag}-{}-{}",
+            std::process::id(),
+            nanos()
+        ));
         std::fs::create_dir_all(&dir).expect("creating a temp dir");
         Self(dir)
     }
@@ -69,12 +83,18 @@ impl Drop for TempDir {
 }
 
 fn nanos() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> String {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -86,8 +86,16 @@ fn numbers(run_dir: &Path) -> BTreeMap<(String, u64, String), [String; 3]> {
         let label = v["label"].as_str().unwrap_or("").to_string();
         let key = (kind, step, label);
         // Bit-exact: compare the printed floats (serde_json prints the shortest exact form).
-        let vals = [v["loss"].to_string(), v["lr"].to_string(), v["grad_norm"].to_string()];
-        assert!(out.insert(key.clone(), vals).is_none(), "{key:?} logged twice in {}", run_dir.display());
+        let vals = [
+            v["loss"].to_string(),
+            v["lr"].to_string(),
+            v["grad_norm"].to_string(),
+        ];
+        assert!(
+            out.insert(key.clone(), vals).is_none(),
+            "{key:?} logged twice in {}",
+            run_dir.display()
+        );
     }
     out
 }
@@ -114,16 +122,26 @@ fn resumed_run_after_sigkills_matches_an_uninterrupted_run_bit_for_bit() {
     std::fs::create_dir_all(&a).unwrap();
     std::fs::write(a.join("train.yaml"), config(&data, &a.join("ck"))).unwrap();
     let started = Instant::now();
-    run_ok(tessera().current_dir(&a).args(["train", "train.yaml", "--run-dir", "run"]));
+    run_ok(
+        tessera()
+            .current_dir(&a)
+            .args(["train", "train.yaml", "--run-dir", "run"]),
+    );
     let full = started.elapsed();
 
     // The run that is killed at random points until it finishes by itself.
     let b = tmp.path().join("b");
     std::fs::create_dir_all(&b).unwrap();
     std::fs::write(b.join("train.yaml"), config(&data, &b.join("ck"))).unwrap();
-    let mut rng = 0x5eed_u64 ^ std::env::var("TESSERA_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut rng = 0x5eed_u64
+        ^ std::env::var("TESSERA_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
     let mut next = move |n: u64| {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (rng >> 33) % n
     };
     let mut kills = 0;
@@ -173,9 +191,15 @@ fn resumed_run_after_sigkills_matches_an_uninterrupted_run_bit_for_bit() {
         }
     }
     assert!(finished, "the killed run never finished");
-    assert!(kills >= 3, "only {kills} kills landed before the run finished");
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed before the run finished"
+    );
     let incidents = std::fs::read_to_string(b.join("run/incidents.jsonl")).unwrap_or_default();
-    let resumes = incidents.lines().filter(|l| l.contains("\"resume\"")).count();
+    let resumes = incidents
+        .lines()
+        .filter(|l| l.contains("\"resume\""))
+        .count();
     assert!(resumes >= 1, "no resume was recorded:\n{incidents}");
 
     // Same numbers at every step, same evaluations.
@@ -183,7 +207,9 @@ fn resumed_run_after_sigkills_matches_an_uninterrupted_run_bit_for_bit() {
     let nb = numbers(&b.join("run"));
     assert_eq!(na.keys().filter(|k| k.0 == "train").count() as u64, STEPS);
     for (key, va) in &na {
-        let vb = nb.get(key).unwrap_or_else(|| panic!("{key:?} missing from the resumed run"));
+        let vb = nb
+            .get(key)
+            .unwrap_or_else(|| panic!("{key:?} missing from the resumed run"));
         assert_eq!(va, vb, "{key:?} differs after resume");
     }
     assert_eq!(na.len(), nb.len());
@@ -191,6 +217,10 @@ fn resumed_run_after_sigkills_matches_an_uninterrupted_run_bit_for_bit() {
     // Same final weights, byte for byte.
     let final_a = a.join(format!("ck/ba{STEPS}/model.safetensors"));
     let final_b = b.join(format!("ck/ba{STEPS}/model.safetensors"));
-    assert_eq!(sha256_file(&final_a), sha256_file(&final_b), "final weights differ");
+    assert_eq!(
+        sha256_file(&final_a),
+        sha256_file(&final_b),
+        "final weights differ"
+    );
     eprintln!("{kills} kills, {resumes} resumes; uninterrupted run took {full:?}");
 }

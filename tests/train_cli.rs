@@ -24,7 +24,14 @@ fn setup(dir: &Path) {
     std::fs::write(dir.join("docs.jsonl"), docs).unwrap();
     std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
     run_ok(tessera().current_dir(dir).args([
-        "data", "train-tokenizer", "--input", "docs.jsonl", "--out", "tokenizer.json", "--vocab-size", "300",
+        "data",
+        "train-tokenizer",
+        "--input",
+        "docs.jsonl",
+        "--out",
+        "tokenizer.json",
+        "--vocab-size",
+        "300",
     ]));
     let lm: String = (0..12)
         .map(|i| format!("{}\n", serde_json::json!({"context": format!("What is {} plus 1? The answer is", i % 7), "continuation": format!("{}.", i % 7 + 1)})))
@@ -90,7 +97,12 @@ fn instruction_tuning_runs_with_icl_evals_at_the_eval_interval() {
     for packing in ["1.0", "auto"] {
         let run = format!("run-{}", packing.replace('.', "_"));
         std::fs::write(tmp.path().join("sft.yaml"), finetune_yaml(packing)).unwrap();
-        let out = run_ok(tessera().current_dir(tmp.path()).args(["train", "sft.yaml", "--run-dir", &run]));
+        let out = run_ok(tessera().current_dir(tmp.path()).args([
+            "train",
+            "sft.yaml",
+            "--run-dir",
+            &run,
+        ]));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("trained 12 steps"), "{stdout}");
 
@@ -102,13 +114,20 @@ fn instruction_tuning_runs_with_icl_evals_at_the_eval_interval() {
             .map(|v| v["loss"].as_f64().unwrap())
             .collect();
         assert_eq!(losses.len(), 12);
-        assert!(losses[11] < losses[0], "the response loss should fall: {losses:?}");
+        assert!(
+            losses[11] < losses[0],
+            "the response loss should fall: {losses:?}"
+        );
         assert!(metrics.contains("\"kind\":\"eval\""), "{metrics}");
 
         // The ICL task ran at steps 6 and 12 and wrote llm-foundry-style results.
         for step in [6, 12] {
-            let results = tmp.path().join(&run).join(format!("eval/ba{step}/results.json"));
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+            let results = tmp
+                .path()
+                .join(&run)
+                .join(format!("eval/ba{step}/results.json"));
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
             let acc = v["tasks"][0]["accuracy"].as_f64().expect("an accuracy");
             assert!((0.0..=1.0).contains(&acc));
             assert_eq!(v["step"], step);
@@ -137,14 +156,24 @@ save_interval: 5ba
 autoresume: true
 "#;
     std::fs::write(tmp.path().join("good.yaml"), good).unwrap();
-    let out = run_ok(tessera().current_dir(tmp.path()).args(["preflight", "good.yaml", "--json"]));
+    let out = run_ok(
+        tessera()
+            .current_dir(tmp.path())
+            .args(["preflight", "good.yaml", "--json"]),
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["passed"], true, "{v}");
 
     // The tokenizer's 300 tokens do not fit a 256-token model: fail, exit code 1, named check.
     let out = tessera()
         .current_dir(tmp.path())
-        .args(["preflight", "good.yaml", "--json", "--set", "model.vocab_size=256"])
+        .args([
+            "preflight",
+            "good.yaml",
+            "--json",
+            "--set",
+            "model.vocab_size=256",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -188,19 +217,41 @@ save_folder: file://{bucket}/run1
         )
     };
     std::fs::write(tmp.path().join("a.yaml"), yaml(3)).unwrap();
-    run_ok(tessera().current_dir(tmp.path()).args(["train", "a.yaml", "--run-dir", "local1"]));
+    run_ok(
+        tessera()
+            .current_dir(tmp.path())
+            .args(["train", "a.yaml", "--run-dir", "local1"]),
+    );
     assert!(bucket.join("run1/ba3/manifest.json").exists());
-    assert_eq!(std::fs::read_to_string(bucket.join("run1/latest")).unwrap(), "ba3\n");
+    assert_eq!(
+        std::fs::read_to_string(bucket.join("run1/latest")).unwrap(),
+        "ba3\n"
+    );
 
     // "Another machine": an empty run folder, a longer max_duration, the same remote.
     std::fs::write(tmp.path().join("b.yaml"), yaml(6)).unwrap();
-    let out = run_ok(tessera().current_dir(tmp.path()).args(["train", "b.yaml", "--run-dir", "local2"]));
+    let out =
+        run_ok(
+            tessera()
+                .current_dir(tmp.path())
+                .args(["train", "b.yaml", "--run-dir", "local2"]),
+        );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("trained 6 steps"), "{stdout}");
     let incidents = std::fs::read_to_string(tmp.path().join("local2/incidents.jsonl")).unwrap();
-    assert!(incidents.contains("\"resume\"") && incidents.contains("ba3"), "{incidents}");
+    assert!(
+        incidents.contains("\"resume\"") && incidents.contains("ba3"),
+        "{incidents}"
+    );
     let metrics = std::fs::read_to_string(tmp.path().join("local2/metrics.jsonl")).unwrap();
-    let first_step = metrics.lines().next().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].clone());
-    assert_eq!(first_step, Some(serde_json::json!(4)), "steps 1-3 came from the remote checkpoint:\n{metrics}");
+    let first_step = metrics
+        .lines()
+        .next()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].clone());
+    assert_eq!(
+        first_step,
+        Some(serde_json::json!(4)),
+        "steps 1-3 came from the remote checkpoint:\n{metrics}"
+    );
     assert!(bucket.join("run1/ba6/model.safetensors").exists());
 }

@@ -20,20 +20,32 @@ pub enum RemoteError {
     Location { location: String, reason: String },
     /// The store failed (after any retries).
     #[error("{url}: {source}")]
-    Store { url: String, source: object_store::Error },
+    Store {
+        url: String,
+        source: object_store::Error,
+    },
 }
 
 impl RemoteError {
     /// True when the object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RemoteError::Store { source: object_store::Error::NotFound { .. }, .. })
+        matches!(
+            self,
+            RemoteError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
     }
 }
 
 /// Whether `location` names a remote (has a URL scheme) rather than a local path.
 pub fn is_remote(location: &str) -> bool {
     location.split_once("://").is_some_and(|(scheme, _)| {
-        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
     })
 }
 
@@ -54,16 +66,24 @@ impl std::fmt::Debug for RemoteDir {
 impl RemoteDir {
     /// Opens `location` (a URL with a scheme).
     pub fn open(location: &str) -> Result<Self, RemoteError> {
-        let bad = |reason: String| RemoteError::Location { location: location.to_string(), reason };
+        let bad = |reason: String| RemoteError::Location {
+            location: location.to_string(),
+            reason,
+        };
         if !is_remote(location) {
-            return Err(bad("not a URL (expected s3://, gs://, az://, http(s):// or file://)".into()));
+            return Err(bad(
+                "not a URL (expected s3://, gs://, az://, http(s):// or file://)".into(),
+            ));
         }
         let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
         let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
             ObjectStoreScheme::AmazonS3 => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env().with_url(location).build().map_err(|e| bad(e.to_string()))?,
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(location)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
             ),
             ObjectStoreScheme::GoogleCloudStorage => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -81,7 +101,9 @@ impl RemoteDir {
                 object_store::http::HttpBuilder::new()
                     .with_url(&url[..url::Position::BeforePath])
                     // A plain `http://` location is an explicit choice (e.g. an in-cluster server).
-                    .with_client_options(object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"))
+                    .with_client_options(
+                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
+                    )
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -93,7 +115,12 @@ impl RemoteDir {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("cannot start the I/O runtime: {e}")))?;
-        Ok(Self { url: location.trim_end_matches('/').to_string(), store, prefix, runtime })
+        Ok(Self {
+            url: location.trim_end_matches('/').to_string(),
+            store,
+            prefix,
+            runtime,
+        })
     }
 
     /// The URL of this folder.
@@ -129,7 +156,9 @@ impl RemoteDir {
     pub fn put(&self, relative: &str, bytes: Vec<u8>, retries: u32) -> Result<(), RemoteError> {
         let location = self.location(relative);
         let payload = PutPayload::from(bytes);
-        self.retrying(relative, retries, || async { self.store.put(&location, payload.clone()).await.map(|_| ()) })
+        self.retrying(relative, retries, || async {
+            self.store.put(&location, payload.clone()).await.map(|_| ())
+        })
     }
 
     /// The names of the immediate sub-folders (common prefixes) of `relative`.
@@ -138,8 +167,15 @@ impl RemoteDir {
         let listed = self
             .runtime
             .block_on(self.store.list_with_delimiter(Some(&location)))
-            .map_err(|source| RemoteError::Store { url: self.url_of(relative), source })?;
-        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+            .map_err(|source| RemoteError::Store {
+                url: self.url_of(relative),
+                source,
+            })?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
     }
 
     fn retrying<T, F, Fut>(&self, relative: &str, retries: u32, op: F) -> Result<T, RemoteError>
@@ -151,8 +187,13 @@ impl RemoteDir {
         loop {
             match self.runtime.block_on(op()) {
                 Ok(v) => return Ok(v),
-                Err(e) if matches!(e, object_store::Error::NotFound { .. }) || attempt >= retries => {
-                    return Err(RemoteError::Store { url: self.url_of(relative), source: e });
+                Err(e)
+                    if matches!(e, object_store::Error::NotFound { .. }) || attempt >= retries =>
+                {
+                    return Err(RemoteError::Store {
+                        url: self.url_of(relative),
+                        source: e,
+                    });
                 }
                 Err(_) => {
                     attempt += 1;

@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 
-pub mod icl;
+pub mod code;
 pub mod gauntlet;
+pub mod icl;
 pub mod report;
 pub mod run;
 pub mod vibes;
-pub mod code;

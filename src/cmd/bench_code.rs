@@ -36,7 +36,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
-        bail!("--timeout {}: must be a positive number of seconds", a.timeout);
+        bail!(
+            "--timeout {}: must be a positive number of seconds",
+            a.timeout
+        );
     }
     let Some(allow) = AllowCodeExecution::from_flag(a.allow_code_execution) else {
         bail!("bench-code runs programs: pass --allow-code-execution (they run in the sandbox)");
@@ -61,10 +64,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }),
         Some(Err(why)) => serde_json::json!({ "error": why }),
     };
-    let active: Vec<&str> =
-        bench.isolation.layers.iter().filter(|l| l.active).map(|l| layer_name(l.layer)).collect();
-    let inactive: Vec<&str> =
-        bench.isolation.layers.iter().filter(|l| !l.active).map(|l| layer_name(l.layer)).collect();
+    let active: Vec<&str> = bench
+        .isolation
+        .layers
+        .iter()
+        .filter(|l| l.active)
+        .map(|l| layer_name(l.layer))
+        .collect();
+    let inactive: Vec<&str> = bench
+        .isolation
+        .layers
+        .iter()
+        .filter(|l| !l.active)
+        .map(|l| layer_name(l.layer))
+        .collect();
     let out = serde_json::json!({
         "programs": bench.programs,
         "workers": bench.workers,

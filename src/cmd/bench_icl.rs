@@ -33,7 +33,10 @@ impl Job for IclBenchJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> anyhow::Result<()> {
         let a = self.0;
-        anyhow::ensure!(a.batch > 0, "--batch 0: at least one sequence per forward pass");
+        anyhow::ensure!(
+            a.batch > 0,
+            "--batch 0: at least one sequence per forward pass"
+        );
         // Inference only: the inner (non-autodiff) backend, as evaluation does.
         let bench = bench_fixture::<B::InnerBackend>(&a.fixtures, a.batch, &device)
             .with_context(|| format!("ICL benchmark on {}", a.fixtures.display()))?;

@@ -37,7 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "flex" => bench::<burn::backend::Autodiff<burn::backend::Flex>>(&args, "flex"),
         #[cfg(feature = "bench-ndarray")]
         "ndarray" => bench::<burn::backend::Autodiff<burn::backend::NdArray>>(&args, "ndarray"),
-        other => bail!("--backend {other}: not compiled in (flex always; ndarray with --features bench-ndarray)"),
+        other => bail!(
+            "--backend {other}: not compiled in (flex always; ndarray with --features bench-ndarray)"
+        ),
     }
 }
 
@@ -56,28 +58,43 @@ fn bench<B: AutodiffBackend>(args: &Args, name: &str) -> anyhow::Result<()> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let ids: Vec<i64> = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) % args.vocab_size as u64) as i64
         })
         .collect();
-    let all = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq + 1]), &device);
+    let all =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [args.batch, args.seq + 1]), &device);
     let inputs = all.clone().slice([0..args.batch, 0..args.seq]);
     let targets = all.slice([0..args.batch, 1..args.seq + 1]);
 
     let step = |timed: bool| -> anyhow::Result<f64> {
         let t = Instant::now();
-        let logits = model.forward(MptInput { input_ids: inputs.clone(), attention_mask: None, sequence_id: None });
+        let logits = model.forward(MptInput {
+            input_ids: inputs.clone(),
+            attention_mask: None,
+            sequence_id: None,
+        });
         let ce = loss::token_cross_entropy(logits, targets.clone(), -100);
         let grads = ce.mean().backward();
         drop(grads);
         B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
-        Ok(if timed { t.elapsed().as_secs_f64() } else { 0.0 })
+        Ok(if timed {
+            t.elapsed().as_secs_f64()
+        } else {
+            0.0
+        })
     };
     let inner = model.valid();
     let inner_inputs = inputs.clone().inner();
     let forward = || -> f64 {
         let t = Instant::now();
-        let logits = inner.forward(MptInput { input_ids: inner_inputs.clone(), attention_mask: None, sequence_id: None });
+        let logits = inner.forward(MptInput {
+            input_ids: inner_inputs.clone(),
+            attention_mask: None,
+            sequence_id: None,
+        });
         let _ = logits.into_data();
         t.elapsed().as_secs_f64()
     };
@@ -101,7 +118,12 @@ fn bench<B: AutodiffBackend>(args: &Args, name: &str) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("{name}: {:.1} ms/step fwd+bwd, {:.0} tokens/s, forward {:.1} ms", step_s * 1e3, tokens / step_s, fwd_s * 1e3);
+        println!(
+            "{name}: {:.1} ms/step fwd+bwd, {:.0} tokens/s, forward {:.1} ms",
+            step_s * 1e3,
+            tokens / step_s,
+            fwd_s * 1e3
+        );
     }
     let _ = <B as Backend>::name(&device);
     Ok(())

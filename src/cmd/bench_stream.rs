@@ -61,7 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             samples += lengths.len() as u64;
             total_tokens += tokens.len() as u64;
             // Touches every token, as a consumer would, so no read can be skipped.
-            checksum = tokens.iter().fold(checksum, |acc, &t| acc.wrapping_add(u64::from(t)));
+            checksum = tokens
+                .iter()
+                .fold(checksum, |acc, &t| acc.wrapping_add(u64::from(t)));
         }
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -44,17 +44,37 @@ impl Job for Convert {
         if a.out == a.model {
             bail!("--out must differ from --model (convert never overwrites its input)");
         }
-        let (config, model) = hf::load::<B::InnerBackend>(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
-        hf::save_with(&model, &config, &a.out, SaveOptions { dtype, max_shard_bytes: a.max_shard_bytes })
-            .with_context(|| format!("writing {}", a.out.display()))?;
+        let (config, model) = hf::load::<B::InnerBackend>(&a.model, &device)
+            .with_context(|| format!("loading {}", a.model.display()))?;
+        hf::save_with(
+            &model,
+            &config,
+            &a.out,
+            SaveOptions {
+                dtype,
+                max_shard_bytes: a.max_shard_bytes,
+            },
+        )
+        .with_context(|| format!("writing {}", a.out.display()))?;
         // Files a serving stack reads beside the weights.
-        for extra in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        for extra in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+        ] {
             let from = a.model.join(extra);
             if from.exists() {
-                std::fs::copy(&from, a.out.join(extra)).with_context(|| format!("copying {}", from.display()))?;
+                std::fs::copy(&from, a.out.join(extra))
+                    .with_context(|| format!("copying {}", from.display()))?;
             }
         }
-        println!("wrote {} ({} parameters, {})", a.out.display(), config.num_params(), a.dtype);
+        println!(
+            "wrote {} ({} parameters, {})",
+            a.out.display(),
+            config.num_params(),
+            a.dtype
+        );
         Ok(())
     }
 }

@@ -155,11 +155,16 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Prepare(args) => prepare_cmd(args),
         Command::TrainTokenizer(args) => train_tokenizer(args),
         Command::Merge { dir } => {
-            let report = prepare::merge(&dir).with_context(|| format!("merging {}", dir.display()))?;
+            let report =
+                prepare::merge(&dir).with_context(|| format!("merging {}", dir.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Inspect { dir, no_tokens, json } => {
+        Command::Inspect {
+            dir,
+            no_tokens,
+            json,
+        } => {
             let spec = TokenSpec::default();
             let summary = mds::summarize(&dir, (!no_tokens).then_some(&spec))?;
             if json {
@@ -199,10 +204,17 @@ fn prepare_cmd(a: PrepareArgs) -> anyhow::Result<()> {
     cfg.overwrite = a.overwrite;
     cfg.progress = !a.quiet;
     cfg.slice = match a.slice {
-        Some(s) => Some(s.parse::<Slice>().map_err(|e| anyhow::anyhow!("--slice {s:?}: {e}"))?),
+        Some(s) => Some(
+            s.parse::<Slice>()
+                .map_err(|e| anyhow::anyhow!("--slice {s:?}: {e}"))?,
+        ),
         None => None,
     };
-    let mut clean = if a.clean_all { CleanConfig::all() } else { CleanConfig::default() };
+    let mut clean = if a.clean_all {
+        CleanConfig::all()
+    } else {
+        CleanConfig::default()
+    };
     if a.drop_invalid_utf8 {
         clean.utf8 = Utf8Mode::Drop;
     }
@@ -228,7 +240,11 @@ fn prepare_cmd(a: PrepareArgs) -> anyhow::Result<()> {
         eprintln!(
             "warning: {} bad input lines were skipped (e.g. {}); all are counted in prepare.json",
             report.bad_lines,
-            report.bad_line_examples.first().map(String::as_str).unwrap_or("-")
+            report
+                .bad_line_examples
+                .first()
+                .map(String::as_str)
+                .unwrap_or("-")
         );
     }
     println!(
@@ -244,7 +260,10 @@ fn prepare_cmd(a: PrepareArgs) -> anyhow::Result<()> {
 
 fn train_tokenizer(a: TrainTokenizerArgs) -> anyhow::Result<()> {
     if a.vocab_size < 257 {
-        bail!("--vocab-size {}: a byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)", a.vocab_size);
+        bail!(
+            "--vocab-size {}: a byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)",
+            a.vocab_size
+        );
     }
     let cfg = BpeTrainConfig {
         vocab_size: a.vocab_size,

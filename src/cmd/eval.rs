@@ -8,10 +8,12 @@ use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 use tessera::data::tokenizer::Tokenizer;
 use tessera::device::{DeviceSpec, Job};
-use tessera::eval::code::humaneval::{STOP_SEQUENCES, generation_requests, samples_from_generations, truncate_at_stop};
+use tessera::eval::code::humaneval::{
+    STOP_SEQUENCES, generation_requests, samples_from_generations, truncate_at_stop,
+};
 use tessera::eval::code::{
-    AllowCodeExecution, CodeError, EvalCodeArgs, EvalOptions, Problems, SandboxConfig, eval_code, evaluate_samples,
-    parse_ks, results_path, write_results,
+    AllowCodeExecution, CodeError, EvalCodeArgs, EvalOptions, Problems, SandboxConfig, eval_code,
+    evaluate_samples, parse_ks, results_path, write_results,
 };
 use tessera::model::{GenerationConfig, generate, hf};
 
@@ -162,13 +164,20 @@ impl Job for HumanevalJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> anyhow::Result<()> {
         let a = self.0;
         // Refuse before spending minutes on generation.
-        let allow = AllowCodeExecution::from_flag(a.sandbox.allow_code_execution)
-            .ok_or_else(|| anyhow::anyhow!("{}", tessera::eval::code::sandbox::CODE_EXECUTION_REFUSED))?;
+        let allow =
+            AllowCodeExecution::from_flag(a.sandbox.allow_code_execution).ok_or_else(|| {
+                anyhow::anyhow!("{}", tessera::eval::code::sandbox::CODE_EXECUTION_REFUSED)
+            })?;
         let ks = parse_ks(&a.sandbox.k)?;
         let problems = Problems::read(&a.problems)?;
-        let tok_path = a.tokenizer.clone().unwrap_or_else(|| a.model.join("tokenizer.json"));
-        let tokenizer = Tokenizer::from_file(&tok_path).with_context(|| "HumanEval needs a tokenizer (--tokenizer FILE)")?;
-        let (_, model) = hf::load::<B::InnerBackend>(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+        let tok_path = a
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| a.model.join("tokenizer.json"));
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .with_context(|| "HumanEval needs a tokenizer (--tokenizer FILE)")?;
+        let (_, model) = hf::load::<B::InnerBackend>(&a.model, &device)
+            .with_context(|| format!("loading {}", a.model.display()))?;
 
         // One batch per problem: its n samples share the prompt (no padding) and each row samples
         // from its own stream keyed by (the problem's first request seed, row).
@@ -197,26 +206,49 @@ impl Job for HumanevalJob {
                 let text = tokenizer.decode(&g.ids, true)?;
                 texts.push(truncate_at_stop(&text).to_string());
             }
-            eprint!("\rgenerated {}/{} problems", texts.len() / a.n.max(1), problems.len());
+            eprint!(
+                "\rgenerated {}/{} problems",
+                texts.len() / a.n.max(1),
+                problems.len()
+            );
         }
         eprintln!();
-        let samples = samples_from_generations(requests.iter().zip(texts.iter().map(String::as_str)));
-        let out = a.out.clone().unwrap_or_else(|| a.model.join("humaneval_samples.jsonl"));
+        let samples =
+            samples_from_generations(requests.iter().zip(texts.iter().map(String::as_str)));
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| a.model.join("humaneval_samples.jsonl"));
         let lines: String = samples
             .iter()
-            .map(|s| format!("{}\n", serde_json::json!({"task_id": s.task_id, "completion": s.completion})))
+            .map(|s| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"task_id": s.task_id, "completion": s.completion})
+                )
+            })
             .collect();
         std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
 
         let opts = EvalOptions {
             ks,
             ignore_incomplete: a.sandbox.ignore_incomplete,
-            sandbox: SandboxConfig { timeout: timeout(a.sandbox.timeout)?, workers: a.sandbox.workers, ..SandboxConfig::default() },
+            sandbox: SandboxConfig {
+                timeout: timeout(a.sandbox.timeout)?,
+                workers: a.sandbox.workers,
+                ..SandboxConfig::default()
+            },
         };
         let evaluation = evaluate_samples(&problems, &samples, &opts, allow)?;
         let results = results_path(&out);
         write_results(&results, &samples, &evaluation.results)?;
-        println!("{}\nsamples: {}\nresults: {}\n\n{}", evaluation.summary_markdown(), out.display(), results.display(), evaluation.isolation.to_markdown());
+        println!(
+            "{}\nsamples: {}\nresults: {}\n\n{}",
+            evaluation.summary_markdown(),
+            out.display(),
+            results.display(),
+            evaluation.isolation.to_markdown()
+        );
         Ok(())
     }
 }
@@ -231,11 +263,20 @@ impl Job for ConfigJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> anyhow::Result<()> {
         let cfg = tessera::eval::run::EvalConfig::from_file(&self.config)?;
-        let outcomes = tessera::eval::run::run_config::<B::InnerBackend>(&cfg, self.out.as_deref(), &device, |line| eprintln!("{line}"))
-            .with_context(|| format!("evaluating {}", self.config.display()))?;
+        let outcomes = tessera::eval::run::run_config::<B::InnerBackend>(
+            &cfg,
+            self.out.as_deref(),
+            &device,
+            |line| eprintln!("{line}"),
+        )
+        .with_context(|| format!("evaluating {}", self.config.display()))?;
         for o in outcomes {
             println!("{}", tessera::eval::report::render_markdown(&o.report));
-            println!("written: {} and {}", o.written.json.display(), o.written.markdown.display());
+            println!(
+                "written: {} and {}",
+                o.written.json.display(),
+                o.written.markdown.display()
+            );
         }
         Ok(())
     }
@@ -256,7 +297,14 @@ impl Job for VibesJob {
             ..Default::default()
         };
         let out = a.out.clone().unwrap_or_else(|| a.model.join("vibes.md"));
-        let md = tessera::eval::vibes::run_from_dir::<B::InnerBackend>(&a.model, a.tokenizer.as_deref(), a.prompts.as_deref(), &cfg, &out, &device)?;
+        let md = tessera::eval::vibes::run_from_dir::<B::InnerBackend>(
+            &a.model,
+            a.tokenizer.as_deref(),
+            a.prompts.as_deref(),
+            &cfg,
+            &out,
+            &device,
+        )?;
         println!("{md}\nwritten: {}", out.display());
         Ok(())
     }

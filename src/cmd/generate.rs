@@ -85,13 +85,25 @@ impl Job for GenerateJob {
 
         let (config, model) = hf::load::<B::InnerBackend>(&args.model, &device)
             .with_context(|| format!("loading {}", args.model.display()))?;
-        if let Some(&bad) = prompt_ids.iter().find(|&&id| id as usize >= config.vocab_size) {
-            bail!("--prompt-ids: token {bad} is outside the model's vocab of {}", config.vocab_size);
+        if let Some(&bad) = prompt_ids
+            .iter()
+            .find(|&&id| id as usize >= config.vocab_size)
+        {
+            bail!(
+                "--prompt-ids: token {bad} is outside the model's vocab of {}",
+                config.vocab_size
+            );
         }
         let eos_ids = match args.eos_id {
             Some(id) => vec![id],
             None => generation_config_eos(&args.model)?
-                .or_else(|| if args.prompt.is_some() { tokenizer.as_ref().and_then(Tokenizer::eos_id) } else { None })
+                .or_else(|| {
+                    if args.prompt.is_some() {
+                        tokenizer.as_ref().and_then(Tokenizer::eos_id)
+                    } else {
+                        None
+                    }
+                })
                 .into_iter()
                 .collect(),
         };
@@ -116,8 +128,14 @@ impl Job for GenerateJob {
                 _ => false,
             }
         };
-        let out = generate(&model, std::slice::from_ref(&prompt_ids), &cfg, Some(&stop), &device)
-            .context("generating")?;
+        let out = generate(
+            &model,
+            std::slice::from_ref(&prompt_ids),
+            &cfg,
+            Some(&stop),
+            &device,
+        )
+        .context("generating")?;
         let generated = &out[0].ids;
         let text = match &tokenizer {
             Some(tok) => Some(tok.decode(generated, false)?),
@@ -133,7 +151,14 @@ impl Job for GenerateJob {
         } else {
             match text {
                 Some(t) => println!("{}{t}", args.prompt.unwrap_or_default()),
-                None => println!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+                None => println!(
+                    "{}",
+                    generated
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             }
         }
         Ok(())

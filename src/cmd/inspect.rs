@@ -50,7 +50,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let pretty = serde_json::to_string_pretty(&config_json).context("rendering the config")?;
     println!("{source}\n{pretty}");
-    println!("parameters:            {params} ({:.3} B)", params as f64 / 1e9);
-    println!("FLOPs/token @ seq {seq}: {fwd:.4e} forward, {train:.4e} training (fwd+bwd, llm-foundry formula)");
+    println!(
+        "parameters:            {params} ({:.3} B)",
+        params as f64 / 1e9
+    );
+    println!(
+        "FLOPs/token @ seq {seq}: {fwd:.4e} forward, {train:.4e} training (fwd+bwd, llm-foundry formula)"
+    );
     Ok(())
 }

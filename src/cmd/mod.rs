@@ -1,8 +1,8 @@
 pub mod bench_code;
 pub mod bench_icl;
 pub mod bench_step;
-pub mod convert;
 pub mod bench_stream;
+pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod generate;
@@ -19,7 +19,9 @@ pub fn device_label(spec: DeviceSpec) -> String {
     match spec {
         DeviceSpec::Cpu => format!(
             "CPU (burn flex), {} threads",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         ),
         DeviceSpec::Wgpu(_) => format!("{spec} (burn wgpu)"),
         DeviceSpec::Cuda(_) => format!("{spec} (burn cuda)"),

@@ -61,16 +61,30 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let precision: Precision = serde_json::from_value(serde_json::Value::String(args.precision.clone()))
-        .with_context(|| format!("--precision {:?}: expected fp32, amp_bf16 or amp_fp16", args.precision))?;
+    let precision: Precision = serde_json::from_value(serde_json::Value::String(
+        args.precision.clone(),
+    ))
+    .with_context(|| {
+        format!(
+            "--precision {:?}: expected fp32, amp_bf16 or amp_fp16",
+            args.precision
+        )
+    })?;
     if args.memory {
         return memory(&args, precision);
     }
     let (Some(params), Some(tokens)) = (args.params, args.tokens) else {
-        bail!("give --params and --tokens (e.g. --params 30e9 --tokens 600e9), or --memory with --preset/--config");
+        bail!(
+            "give --params and --tokens (e.g. --params 30e9 --tokens 600e9), or --memory with --preset/--config"
+        );
     };
-    let gpu = Accelerator::from_name(&args.gpu)
-        .with_context(|| format!("--gpu {:?}: expected one of {}", args.gpu, Accelerator::NAMES))?;
+    let gpu = Accelerator::from_name(&args.gpu).with_context(|| {
+        format!(
+            "--gpu {:?}: expected one of {}",
+            args.gpu,
+            Accelerator::NAMES
+        )
+    })?;
     let mut input = PlanInput::new(params, tokens, gpu, args.gpus, args.mfu, args.price);
     input.inference_tokens = args.inference_tokens;
     input.precision = precision;
@@ -91,14 +105,26 @@ fn memory(args: &Args, precision: Precision) -> anyhow::Result<()> {
         other => bail!("--optimizer {other:?}: expected adam or lion"),
     };
     let seq = args.seq_len.unwrap_or(cfg.max_seq_len);
-    let input = MemoryInput::from_mpt(&cfg, seq, args.microbatch, precision, optimizer, args.world_size, !args.replicated);
+    let input = MemoryInput::from_mpt(
+        &cfg,
+        seq,
+        args.microbatch,
+        precision,
+        optimizer,
+        args.world_size,
+        !args.replicated,
+    );
     let est = memory_estimate(&input);
     println!(
         "{} parameters, seq {seq}, microbatch {}, {} device(s), {}",
         cfg.num_params(),
         args.microbatch,
         args.world_size,
-        if args.replicated { "replicated (DDP)" } else { "sharded (FSDP)" }
+        if args.replicated {
+            "replicated (DDP)"
+        } else {
+            "sharded (FSDP)"
+        }
     );
     print!("{}", est.render());
     Ok(())

@@ -62,7 +62,10 @@ impl Job for PreflightJob {
             print!("{}", report.render());
         }
         if !report.passed() {
-            anyhow::bail!("preflight failed for {}: fix the ✗ items above before launching", a.config.display());
+            anyhow::bail!(
+                "preflight failed for {}: fix the ✗ items above before launching",
+                a.config.display()
+            );
         }
         Ok(())
     }

@@ -63,7 +63,10 @@ impl Job for Quickstart {
         let dir = &a.run_dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
-        println!("[1/5] corpus: {} KB of CPython code and docs (PSF licence), built in", CORPUS.len() / 1024);
+        println!(
+            "[1/5] corpus: {} KB of CPython code and docs (PSF licence), built in",
+            CORPUS.len() / 1024
+        );
         let corpus = dir.join("corpus.jsonl.zst");
         if !corpus.exists() {
             write_atomic(&corpus, CORPUS)?;
@@ -73,11 +76,22 @@ impl Job for Quickstart {
         if tok_path.exists() {
             println!("[2/5] tokenizer: reusing {}", tok_path.display());
         } else {
-            println!("[2/5] tokenizer: training a byte-level BPE with {} tokens", a.vocab_size);
-            let cfg = BpeTrainConfig { vocab_size: a.vocab_size, pad_to_multiple_of: Some(128), ..BpeTrainConfig::default() };
-            let (tok, report) = train_bpe_from_inputs(&[corpus.display().to_string()], "text", &cfg)?;
+            println!(
+                "[2/5] tokenizer: training a byte-level BPE with {} tokens",
+                a.vocab_size
+            );
+            let cfg = BpeTrainConfig {
+                vocab_size: a.vocab_size,
+                pad_to_multiple_of: Some(128),
+                ..BpeTrainConfig::default()
+            };
+            let (tok, report) =
+                train_bpe_from_inputs(&[corpus.display().to_string()], "text", &cfg)?;
             tok.save(&tok_path)?;
-            println!("      {} merges on {} documents, vocab {}", report.merges, report.docs, report.vocab_size);
+            println!(
+                "      {} merges on {} documents, vocab {}",
+                report.merges, report.docs, report.vocab_size
+            );
         }
         let tokenizer = Tokenizer::from_file(&tok_path)?;
 
@@ -88,13 +102,23 @@ impl Job for Quickstart {
         prep.val_fraction = 0.05;
         prep.progress = false;
         let report = prepare::run(&prep)?;
-        println!("      {} documents → {} tokens in {} samples", report.docs_out, report.tokens, report.samples);
+        println!(
+            "      {} documents → {} tokens in {} samples",
+            report.docs_out, report.tokens, report.samples
+        );
 
         let yaml_path = dir.join("quickstart.yaml");
-        write_atomic(&yaml_path, yaml(&a, tokenizer.vocab_size(), &tok_path, &data).as_bytes())?;
+        write_atomic(
+            &yaml_path,
+            yaml(&a, tokenizer.vocab_size(), &tok_path, &data).as_bytes(),
+        )?;
         let params = {
             let loaded = config::load_file(&yaml_path, &[])?;
-            loaded.config.mpt_config()?.map(|c| c.num_params()).unwrap_or(0)
+            loaded
+                .config
+                .mpt_config()?
+                .map(|c| c.num_params())
+                .unwrap_or(0)
         };
         println!(
             "[4/5] train: a {:.1}M-parameter MPT for {} steps on {} (config: {})",
@@ -113,7 +137,10 @@ impl Job for Quickstart {
         let summary = train::<B>(&loaded, &opts, None, &device)?;
 
         println!("[5/5] sample (temperature 0.8, top-k 40):");
-        let ckpt = summary.final_checkpoint.clone().context("the run wrote no checkpoint")?;
+        let ckpt = summary
+            .final_checkpoint
+            .clone()
+            .context("the run wrote no checkpoint")?;
         let (_, model) = hf::load::<B::InnerBackend>(&ckpt, &device)?;
         let prompt_ids = tokenizer.encode(&a.prompt)?;
         let gen_cfg = GenerationConfig {
@@ -124,17 +151,31 @@ impl Job for Quickstart {
             eos_ids: tokenizer.eos_id().into_iter().collect(),
             ..GenerationConfig::default()
         };
-        let out = generate(&model, std::slice::from_ref(&prompt_ids), &gen_cfg, None, &device)?;
+        let out = generate(
+            &model,
+            std::slice::from_ref(&prompt_ids),
+            &gen_cfg,
+            None,
+            &device,
+        )?;
         let text = tokenizer.decode(&out[0].ids, true)?;
         println!("----\n{}{}\n----", a.prompt, text);
 
         let fmt = |x: Option<f64>| x.map_or("-".to_string(), |l| format!("{l:.3}"));
-        println!("train loss {} → {}", fmt(summary.first_loss), fmt(summary.last_loss));
+        println!(
+            "train loss {} → {}",
+            fmt(summary.first_loss),
+            fmt(summary.last_loss)
+        );
         for (label, loss) in &summary.eval {
             println!("{label} loss {loss:.3} (perplexity {:.1})", loss.exp());
         }
         println!("report: {}", summary.report.display());
-        println!("model:  {} (HF format: `tessera generate --model {}`)", ckpt.display(), ckpt.display());
+        println!(
+            "model:  {} (HF format: `tessera generate --model {}`)",
+            ckpt.display(),
+            ckpt.display()
+        );
         Ok(())
     }
 }
@@ -214,7 +255,8 @@ progress_bar: true
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

@@ -49,14 +49,17 @@ impl Job for TrainJob {
             device_label: super::device_label(spec),
             peak_flops: None,
         };
-        let icl = IclEvals::build(&self.loaded.config, &self.args.config).context("preparing icl_tasks")?;
+        let icl = IclEvals::build(&self.loaded.config, &self.args.config)
+            .context("preparing icl_tasks")?;
         let eval_device = device.clone();
         let mut hook = icl.map(|evals| {
             move |model: &Mpt<B::InnerBackend>, step: u64, eval_dir: &Path| {
                 evals.run::<B::InnerBackend>(model, step, eval_dir, &eval_device)
             }
         });
-        let hook_ref = hook.as_mut().map(|h| h as &mut dyn FnMut(&Mpt<B::InnerBackend>, u64, &Path) -> Vec<(String, f64)>);
+        let hook_ref = hook
+            .as_mut()
+            .map(|h| h as &mut dyn FnMut(&Mpt<B::InnerBackend>, u64, &Path) -> Vec<(String, f64)>);
         let summary = train::<B>(&self.loaded, &opts, hook_ref, &device)
             .with_context(|| format!("training with {}", self.args.config.display()))?;
         println!(
@@ -79,12 +82,18 @@ struct IclEvals {
 
 impl IclEvals {
     fn build(cfg: &TrainConfig, config_path: &Path) -> anyhow::Result<Option<Self>> {
-        let Some(tasks) = &cfg.icl_tasks else { return Ok(None) };
+        let Some(tasks) = &cfg.icl_tasks else {
+            return Ok(None);
+        };
         let tokenizer = Tokenizer::from_file(tokenizer_file(&cfg.tokenizer.name)?)?;
         let base = config_path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &str| -> PathBuf {
             let p = PathBuf::from(p);
-            if p.is_absolute() || p.exists() { p } else { base.join(p) }
+            if p.is_absolute() || p.exists() {
+                p
+            } else {
+                base.join(p)
+            }
         };
         let tasks = match tasks {
             Value::String(path) => icl::load_task_file(&resolve(path))?,
@@ -95,20 +104,50 @@ impl IclEvals {
             Some(Value::String(path)) => Some(GauntletConfig::from_file(&resolve(path))?),
             Some(block) => Some(GauntletConfig::from_value(block, config_path)?),
         };
-        let defaults = TaskDefaults { max_seq_len: cfg.icl_seq_len.unwrap_or(cfg.max_seq_len), batch_size: cfg.eval_batch_size() };
-        let dirs = vec![std::env::current_dir().unwrap_or_default(), base.to_path_buf()];
-        let suite = EvalSuite::prepare(&tasks, gauntlet, &tokenizer, &defaults, &dirs, cfg.icl_subset_num_batches)?;
+        let defaults = TaskDefaults {
+            max_seq_len: cfg.icl_seq_len.unwrap_or(cfg.max_seq_len),
+            batch_size: cfg.eval_batch_size(),
+        };
+        let dirs = vec![
+            std::env::current_dir().unwrap_or_default(),
+            base.to_path_buf(),
+        ];
+        let suite = EvalSuite::prepare(
+            &tasks,
+            gauntlet,
+            &tokenizer,
+            &defaults,
+            &dirs,
+            cfg.icl_subset_num_batches,
+        )?;
         Ok(Some(Self { suite, tokenizer }))
     }
 
     /// Evaluates `model` and returns the metrics to log; an evaluation error is reported and
     /// logged as no metrics rather than ending the training run.
-    fn run<B: Backend>(&self, model: &Mpt<B>, step: u64, eval_dir: &Path, device: &B::Device) -> Vec<(String, f64)> {
+    fn run<B: Backend>(
+        &self,
+        model: &Mpt<B>,
+        step: u64,
+        eval_dir: &Path,
+        device: &B::Device,
+    ) -> Vec<(String, f64)> {
         let out = eval_dir.join(format!("ba{step}"));
-        match evaluate_and_write(model, &self.tokenizer, &self.suite, "train", Some(step), &out, device) {
+        match evaluate_and_write(
+            model,
+            &self.tokenizer,
+            &self.suite,
+            "train",
+            Some(step),
+            &out,
+            device,
+        ) {
             Ok((report, _)) => {
-                let mut m: Vec<(String, f64)> =
-                    report.accuracies().into_iter().map(|(k, v)| (format!("icl/{k}"), v)).collect();
+                let mut m: Vec<(String, f64)> = report
+                    .accuracies()
+                    .into_iter()
+                    .map(|(k, v)| (format!("icl/{k}"), v))
+                    .collect();
                 if let Some(g) = &report.gauntlet {
                     m.extend(g.metrics());
                 }

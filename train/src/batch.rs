@@ -38,7 +38,12 @@ impl Example {
         let mut targets: Vec<i64> = tokens.iter().skip(1).map(|&t| i64::from(t)).collect();
         targets.push(IGNORE);
         let sequence_id = separator.map(|s| sequence_ids(&tokens, s));
-        Self { input_ids: tokens, targets, attention: None, sequence_id }
+        Self {
+            input_ids: tokens,
+            targets,
+            attention: None,
+            sequence_id,
+        }
     }
 
     /// Positions that produce a loss term.
@@ -91,24 +96,47 @@ pub struct DeviceBatch<B: Backend> {
 /// # Panics
 /// If the examples differ in length or are empty (the loaders guarantee both).
 pub fn to_device<B: Backend>(examples: &[Example], device: &B::Device) -> DeviceBatch<B> {
-    assert!(!examples.is_empty(), "a microbatch needs at least one example");
+    assert!(
+        !examples.is_empty(),
+        "a microbatch needs at least one example"
+    );
     let seq = examples[0].input_ids.len();
-    assert!(examples.iter().all(|e| e.input_ids.len() == seq && e.targets.len() == seq), "ragged microbatch");
+    assert!(
+        examples
+            .iter()
+            .all(|e| e.input_ids.len() == seq && e.targets.len() == seq),
+        "ragged microbatch"
+    );
     let rows = examples.len();
-    let ids: Vec<i64> = examples.iter().flat_map(|e| e.input_ids.iter().map(|&t| i64::from(t))).collect();
-    let targets: Vec<i64> = examples.iter().flat_map(|e| e.targets.iter().copied()).collect();
+    let ids: Vec<i64> = examples
+        .iter()
+        .flat_map(|e| e.input_ids.iter().map(|&t| i64::from(t)))
+        .collect();
+    let targets: Vec<i64> = examples
+        .iter()
+        .flat_map(|e| e.targets.iter().copied())
+        .collect();
     let int = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [rows, seq]), device);
     let attention_mask = examples.iter().any(|e| e.attention.is_some()).then(|| {
-        let mask: Vec<bool> =
-            examples.iter().flat_map(|e| e.attention.clone().unwrap_or_else(|| vec![true; seq])).collect();
+        let mask: Vec<bool> = examples
+            .iter()
+            .flat_map(|e| e.attention.clone().unwrap_or_else(|| vec![true; seq]))
+            .collect();
         Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [rows, seq]), device)
     });
     let sequence_id = examples.iter().any(|e| e.sequence_id.is_some()).then(|| {
-        int(examples.iter().flat_map(|e| e.sequence_id.clone().unwrap_or_else(|| vec![0; seq])).collect())
+        int(examples
+            .iter()
+            .flat_map(|e| e.sequence_id.clone().unwrap_or_else(|| vec![0; seq]))
+            .collect())
     });
     let tokens = examples
         .iter()
-        .map(|e| e.attention.as_ref().map_or(seq, |a| a.iter().filter(|&&x| x).count()))
+        .map(|e| {
+            e.attention
+                .as_ref()
+                .map_or(seq, |a| a.iter().filter(|&&x| x).count())
+        })
         .sum();
     DeviceBatch {
         input_ids: int(ids),
@@ -134,12 +162,18 @@ mod tests {
     #[test]
     fn eos_closes_its_document_like_llm_foundry() {
         // llm-foundry: cumsum(is_eos) shifted right by one.
-        assert_eq!(sequence_ids(&[1, 2, 0, 3, 0, 0, 4], Separator::Eos(0)), vec![0, 0, 0, 1, 1, 2, 3]);
+        assert_eq!(
+            sequence_ids(&[1, 2, 0, 3, 0, 0, 4], Separator::Eos(0)),
+            vec![0, 0, 0, 1, 1, 2, 3]
+        );
     }
 
     #[test]
     fn bos_opens_its_document() {
-        assert_eq!(sequence_ids(&[9, 1, 2, 9, 3], Separator::Bos(9)), vec![1, 1, 1, 2, 2]);
+        assert_eq!(
+            sequence_ids(&[9, 1, 2, 9, 3], Separator::Bos(9)),
+            vec![1, 1, 1, 2, 2]
+        );
         assert_eq!(sequence_ids(&[1, 9, 2], Separator::Bos(9)), vec![0, 1, 1]);
     }
 
@@ -153,12 +187,28 @@ mod tests {
         let d = to_device::<B>(&[a, b], &Default::default());
         assert_eq!(d.loss_tokens, 3);
         assert_eq!(d.tokens, 5);
-        let mask = d.attention_mask.unwrap().into_data().to_vec::<bool>().unwrap();
+        let mask = d
+            .attention_mask
+            .unwrap()
+            .into_data()
+            .to_vec::<bool>()
+            .unwrap();
         assert_eq!(mask, vec![true, true, true, true, true, false]);
-        let sid = d.sequence_id.unwrap().into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let sid = d
+            .sequence_id
+            .unwrap()
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
         // Row 0: the EOS (2) closes document 0, so the token after it is in document 1.
         assert_eq!(sid, vec![0, 0, 1, 0, 0, 0]);
-        let t = d.targets.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let t = d
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
         assert_eq!(t, vec![2, 3, IGNORE, 5, IGNORE, IGNORE]);
     }
 }

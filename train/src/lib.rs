@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod run_dir;
 
+pub mod batch;
 pub mod config;
 pub mod finetune;
 pub mod guard;
@@ -11,6 +12,5 @@ pub mod optim;
 pub mod plan;
 pub mod preflight;
 pub mod schedule;
-pub mod batch;
 pub mod step;
 pub mod trainer;

@@ -9,12 +9,14 @@
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use tessera_model::loss::token_cross_entropy;
 use tessera_model::{Mpt, MptInput};
 
 use crate::batch::{DeviceBatch, Example, IGNORE, to_device};
 use crate::optim::TrainOptimizer;
 use crate::optim::clip::{clip_grad_norm, grad_norm};
+
+// `Mpt::loss_sum` ignores the targets marked with the model's ignore index: the batch's.
+const _: () = assert!(IGNORE == tessera_model::loss::IGNORE_INDEX);
 
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,12 +74,13 @@ pub fn forward_backward<B: AutodiffBackend>(
         B::seed(device, mix(dropout_seed, i as u64));
         let batch: DeviceBatch<B> = to_device(examples, device);
         tokens += batch.tokens;
-        let logits = model.forward(MptInput {
+        // Σ CE with the unembedding fused in (the [b, s, vocab] logits are never held).
+        let input = MptInput {
             input_ids: batch.input_ids,
             attention_mask: batch.attention_mask,
             sequence_id: batch.sequence_id,
-        });
-        let ce_sum = token_cross_entropy(logits, batch.targets, IGNORE).sum();
+        };
+        let ce_sum = model.loss_sum(input, batch.targets);
         let grads = (ce_sum.clone() / total_loss_tokens as f64).backward();
         // Host sync: the microbatch's loss.
         loss_sum += f64::from(ce_sum.into_scalar().elem::<f32>());
@@ -120,30 +123,57 @@ pub fn train_step<B: AutodiffBackend>(
     device: &B::Device,
 ) -> (Mpt<B>, StepOutcome) {
     let Some(step) = forward_backward(&model, micro, settings.dropout_seed, device) else {
-        let outcome = StepOutcome { loss: 0.0, grad_norm: 0.0, loss_tokens: 0, tokens: 0, applied: false };
+        let outcome = StepOutcome {
+            loss: 0.0,
+            grad_norm: 0.0,
+            loss_tokens: 0,
+            tokens: 0,
+            applied: false,
+        };
         return (model, outcome);
     };
     let (loss, loss_tokens, tokens) = (step.loss, step.loss_tokens, step.tokens);
-    let (model, grad_norm, applied) = apply_update(model, optim, step, settings.lr, settings.clip_norm);
-    (model, StepOutcome { loss, grad_norm, loss_tokens, tokens, applied })
+    let (model, grad_norm, applied) =
+        apply_update(model, optim, step, settings.lr, settings.clip_norm);
+    (
+        model,
+        StepOutcome {
+            loss,
+            grad_norm,
+            loss_tokens,
+            tokens,
+            applied,
+        },
+    )
 }
 
 /// Mean loss of `examples` under `model` without gradients: `(Σ CE, loss tokens)`.
-pub fn eval_loss<B: Backend>(model: &Mpt<B>, examples: &[Example], device: &B::Device) -> (f64, usize) {
+pub fn eval_loss<B: Backend>(
+    model: &Mpt<B>,
+    examples: &[Example],
+    device: &B::Device,
+) -> (f64, usize) {
     let batch: DeviceBatch<B> = to_device(examples, device);
-    let logits = model.forward(MptInput {
+    let input = MptInput {
         input_ids: batch.input_ids,
         attention_mask: batch.attention_mask,
         sequence_id: batch.sequence_id,
-    });
+    };
     // Host sync: the loss.
-    let sum = f64::from(token_cross_entropy(logits, batch.targets, IGNORE).sum().into_scalar().elem::<f32>());
+    let sum = f64::from(
+        model
+            .loss_sum(input, batch.targets)
+            .into_scalar()
+            .elem::<f32>(),
+    );
     (sum, batch.loss_tokens)
 }
 
 /// SplitMix64 of `a` and `b`: derives per-purpose, per-position seeds from the run seed.
 pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(0x6a09_e667_f3bc_c909);
+    let mut z = a ^ b
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(0x6a09_e667_f3bc_c909);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -166,18 +196,32 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn tiny() -> MptConfig {
-        let json = r#"{"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": 64, "max_seq_len": 16}"#;
+        let json =
+            r#"{"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": 64, "max_seq_len": 16}"#;
         MptConfig::from_json_str(json, "test").unwrap()
     }
 
     fn examples(n: usize, seq: usize, offset: u32) -> Vec<Example> {
         (0..n)
-            .map(|r| Example::packed((0..seq as u32).map(|t| (t * 7 + r as u32 * 3 + offset) % 64).collect(), None))
+            .map(|r| {
+                Example::packed(
+                    (0..seq as u32)
+                        .map(|t| (t * 7 + r as u32 * 3 + offset) % 64)
+                        .collect(),
+                    None,
+                )
+            })
             .collect()
     }
 
     fn sgd_like() -> OptimizerConfig {
-        OptimizerConfig { name: OptimizerName::Adamw, lr: Some(1e-2), betas: None, eps: None, weight_decay: Some(0.0) }
+        OptimizerConfig {
+            name: OptimizerName::Adamw,
+            lr: Some(1e-2),
+            betas: None,
+            eps: None,
+            weight_decay: Some(0.0),
+        }
     }
 
     #[test]
@@ -185,20 +229,45 @@ mod tests {
         let device = Default::default();
         let cfg = tiny();
         let all = examples(4, 12, 1);
-        let settings = StepSettings { lr: 1e-2, clip_norm: None, dropout_seed: 5 };
+        let settings = StepSettings {
+            lr: 1e-2,
+            clip_norm: None,
+            dropout_seed: 5,
+        };
 
         let mut opt_a = sgd_like().init::<B, Mpt<B>>();
-        let (a, out_a) = train_step(cfg.init::<B>(&device, 3), &mut opt_a, std::slice::from_ref(&all), settings, &device);
+        let (a, out_a) = train_step(
+            cfg.init::<B>(&device, 3),
+            &mut opt_a,
+            std::slice::from_ref(&all),
+            settings,
+            &device,
+        );
         let mut opt_b = sgd_like().init::<B, Mpt<B>>();
         let micro = vec![all[..1].to_vec(), all[1..].to_vec()];
-        let (b, out_b) = train_step(cfg.init::<B>(&device, 3), &mut opt_b, &micro, settings, &device);
+        let (b, out_b) = train_step(
+            cfg.init::<B>(&device, 3),
+            &mut opt_b,
+            &micro,
+            settings,
+            &device,
+        );
 
         assert!(out_a.applied && out_b.applied);
-        assert!((out_a.loss - out_b.loss).abs() < 1e-5, "{} vs {}", out_a.loss, out_b.loss);
+        assert!(
+            (out_a.loss - out_b.loss).abs() < 1e-5,
+            "{} vs {}",
+            out_a.loss,
+            out_b.loss
+        );
         assert!((out_a.grad_norm - out_b.grad_norm).abs() < 1e-4 * out_a.grad_norm);
         let wa = a.wte.weight.val().into_data().to_vec::<f32>().unwrap();
         let wb = b.wte.weight.val().into_data().to_vec::<f32>().unwrap();
-        let max = wa.iter().zip(&wb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let max = wa
+            .iter()
+            .zip(&wb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(max < 1e-5, "weights differ by {max}");
     }
 
@@ -219,10 +288,18 @@ mod tests {
         let (s2, n2) = eval_loss(&inner, &long, &device);
         assert_eq!((n1, n2), (1, 11));
         let mut opt = sgd_like().init::<B, Mpt<B>>();
-        let settings = StepSettings { lr: 1e-2, clip_norm: None, dropout_seed: 0 };
+        let settings = StepSettings {
+            lr: 1e-2,
+            clip_norm: None,
+            dropout_seed: 0,
+        };
         let (_, out) = train_step(model, &mut opt, &[short, long], settings, &device);
         let expected = (s1 + s2) / 12.0;
-        assert!((out.loss - expected).abs() < 1e-5, "{} vs {expected}", out.loss);
+        assert!(
+            (out.loss - expected).abs() < 1e-5,
+            "{} vs {expected}",
+            out.loss
+        );
         assert_eq!(out.loss_tokens, 12);
     }
 
@@ -232,11 +309,30 @@ mod tests {
         let cfg = tiny();
         let ex = examples(2, 12, 3);
         let mut opt = sgd_like().init::<B, Mpt<B>>();
-        let free = StepSettings { lr: 1e-2, clip_norm: None, dropout_seed: 0 };
-        let (_, unclipped) = train_step(cfg.init::<B>(&device, 6), &mut opt, std::slice::from_ref(&ex), free, &device);
+        let free = StepSettings {
+            lr: 1e-2,
+            clip_norm: None,
+            dropout_seed: 0,
+        };
+        let (_, unclipped) = train_step(
+            cfg.init::<B>(&device, 6),
+            &mut opt,
+            std::slice::from_ref(&ex),
+            free,
+            &device,
+        );
         let mut opt = sgd_like().init::<B, Mpt<B>>();
-        let clipped = StepSettings { clip_norm: Some(1e-3), ..free };
-        let (_, out) = train_step(cfg.init::<B>(&device, 6), &mut opt, std::slice::from_ref(&ex), clipped, &device);
+        let clipped = StepSettings {
+            clip_norm: Some(1e-3),
+            ..free
+        };
+        let (_, out) = train_step(
+            cfg.init::<B>(&device, 6),
+            &mut opt,
+            std::slice::from_ref(&ex),
+            clipped,
+            &device,
+        );
         assert!((out.grad_norm - unclipped.grad_norm).abs() < 1e-6 * unclipped.grad_norm.max(1.0));
         assert!(out.grad_norm > 1e-3);
     }
@@ -250,10 +346,82 @@ mod tests {
         let model = cfg.init::<B>(&device, 1);
         let before = model.wte.weight.val().into_data();
         let mut opt = sgd_like().init::<B, Mpt<B>>();
-        let settings = StepSettings { lr: 1.0, clip_norm: None, dropout_seed: 0 };
+        let settings = StepSettings {
+            lr: 1.0,
+            clip_norm: None,
+            dropout_seed: 0,
+        };
         let (after, out) = train_step(model, &mut opt, &[ex], settings, &device);
         assert!(!out.applied);
         assert_eq!(after.wte.weight.val().into_data(), before);
+    }
+
+    #[test]
+    fn an_amp_bf16_step_runs_on_flex_and_keeps_weights_and_optimizer_state_f32() {
+        use burn::optim::Optimizer;
+        use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
+        use burn::tensor::{DType, FloatDType};
+
+        use crate::optim::OptimState;
+
+        fn state_dtypes<Bk: Backend, const D: usize>(s: &OptimState<Bk, D>) -> Vec<DType> {
+            match s {
+                OptimState::Adam(a) => vec![a.exp_avg.dtype(), a.exp_avg_sq.dtype()],
+                OptimState::Lion(_) => panic!("AdamW was configured"),
+            }
+        }
+        let device = Default::default();
+        let model = tiny()
+            .init::<B>(&device, 3)
+            .with_compute_dtype(Some(FloatDType::BF16));
+        let mut opt = sgd_like().init::<B, Mpt<B>>();
+        let settings = StepSettings {
+            lr: 1e-2,
+            clip_norm: Some(1.0),
+            dropout_seed: 0,
+        };
+        let ex = examples(2, 12, 5);
+        let (after, out) = train_step(
+            model,
+            &mut opt,
+            std::slice::from_ref(&ex),
+            settings,
+            &device,
+        );
+        assert!(
+            out.applied && out.loss.is_finite() && out.grad_norm > 0.0,
+            "{out:?}"
+        );
+        assert_eq!(after.compute_dtype(), Some(FloatDType::BF16));
+        assert_eq!(after.wte.weight.val().dtype(), DType::F32);
+        let record = opt.to_record();
+        assert!(!record.is_empty());
+        for r in record.values() {
+            let AdaptorRecord::V1(v1) = r;
+            let dtypes = match v1 {
+                AdaptorRecordV1::Rank1(s) => state_dtypes(s),
+                AdaptorRecordV1::Rank2(s) => state_dtypes(s),
+                _ => panic!("MPT parameters are vectors and matrices"),
+            };
+            assert!(
+                dtypes.iter().all(|d| *d == DType::F32),
+                "optimizer state {dtypes:?}"
+            );
+        }
+        // And the step moved the loss the way an f32 step does.
+        let (_, f32_out) = train_step(
+            tiny().init::<B>(&device, 3),
+            &mut sgd_like().init::<B, Mpt<B>>(),
+            &[ex],
+            settings,
+            &device,
+        );
+        assert!(
+            (out.loss - f32_out.loss).abs() < 0.05 * f32_out.loss,
+            "{} vs {}",
+            out.loss,
+            f32_out.loss
+        );
     }
 
     #[test]

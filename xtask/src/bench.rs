@@ -44,7 +44,11 @@ fn tessera_with(features: &[&str], tag: &str) -> anyhow::Result<PathBuf> {
 
 fn json_of(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = util::output(cmd)?;
-    let line = out.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
     serde_json::from_str(line).with_context(|| format!("parsing benchmark output: {out}"))
 }
 
@@ -58,7 +62,14 @@ fn backends(steps: usize) -> anyhow::Result<()> {
     for (label, features, backend) in variants {
         let bin = tessera_with(features, &label.replace([' ', '+'], ""))?;
         let mut cmd = Command::new(&bin);
-        cmd.args(["bench-step", "--backend", backend, "--steps", &steps.to_string(), "--json"]);
+        cmd.args([
+            "bench-step",
+            "--backend",
+            backend,
+            "--steps",
+            &steps.to_string(),
+            "--json",
+        ]);
         let v = json_of(&mut cmd)?;
         println!("{label}: {v}");
         rows.push((label, v));
@@ -69,8 +80,12 @@ fn backends(steps: usize) -> anyhow::Result<()> {
          f32, {steps} timed steps after 2 warm-up steps.\n\n\
          | backend | fwd+bwd ms/step | tokens/s | forward-only ms |\n|---|---|---|---|\n",
         first["model"].as_str().unwrap_or("?"),
-        first["d_model"], first["n_layers"], first["n_heads"], first["vocab_size"],
-        first["batch"], first["seq"],
+        first["d_model"],
+        first["n_layers"],
+        first["n_heads"],
+        first["vocab_size"],
+        first["batch"],
+        first["seq"],
     );
     for (label, v) in &rows {
         body.push_str(&format!(
@@ -86,5 +101,10 @@ fn backends(steps: usize) -> anyhow::Result<()> {
         util::today()
     ));
     println!("{body}");
-    markdown::replace_section(&util::root().join("BENCHMARKS.md"), "backends", "CPU backends", &body)
+    markdown::replace_section(
+        &util::root().join("BENCHMARKS.md"),
+        "backends",
+        "CPU backends",
+        &body,
+    )
 }

@@ -98,24 +98,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut prepare = Vec::new();
     for (workers, clean) in [(1, false), (2, false), (2, true)] {
-        let run = tessera_prepare(&bin, &jsonl, &tokenizer, &scratch.path, workers, clean, args.repeats)?;
-        println!("tessera prepare, {workers} workers{}: {:.0} tokens/s", if clean { ", --clean-all" } else { "" }, run.0.tokens_per_s());
+        let run = tessera_prepare(
+            &bin,
+            &jsonl,
+            &tokenizer,
+            &scratch.path,
+            workers,
+            clean,
+            args.repeats,
+        )?;
+        println!(
+            "tessera prepare, {workers} workers{}: {:.0} tokens/s",
+            if clean { ", --clean-all" } else { "" },
+            run.0.tokens_per_s()
+        );
         prepare.push(run);
     }
     let dataset = prepare[0].1.join("train");
 
     let foundry = pyenv::llmfoundry(!args.no_install).and_then(|py| {
-        let v = foundry_convert(&py.exe, &jsonl, &tokenizer, &scratch.join("foundry"), args.repeats)?;
-        let matched = compare_mds(&dataset, &v.out).map_err(|e| format!("comparing outputs: {e:#}"))?;
+        let v = foundry_convert(
+            &py.exe,
+            &jsonl,
+            &tokenizer,
+            &scratch.join("foundry"),
+            args.repeats,
+        )?;
+        let matched =
+            compare_mds(&dataset, &v.out).map_err(|e| format!("comparing outputs: {e:#}"))?;
         let run = PrepareRun {
-            tool: format!("llm-foundry {} `convert_dataset_json` (transformers {})", v.llmfoundry, v.transformers),
+            tool: format!(
+                "llm-foundry {} `convert_dataset_json` (transformers {})",
+                v.llmfoundry, v.transformers
+            ),
             workers: "1 process".into(),
             cleaning: "none".into(),
             samples: v.samples,
             tokens: v.samples * SEQ_LEN,
             seconds: v.seconds,
             runs: v.runs,
-            note: Some(format!("{:.0} s of Python imports not counted", v.import_seconds)),
+            note: Some(format!(
+                "{:.0} s of Python imports not counted",
+                v.import_seconds
+            )),
         };
         Ok((run, matched))
     });
@@ -127,15 +152,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tessera_read = best_read(args.repeats, || {
         let mut cmd = Command::new(&bin);
         cmd.arg("bench-stream").arg(&dataset).arg("--shuffle");
-        cmd.args(["--batch", &args.batch.to_string(), "--epochs", &args.epochs.to_string()]);
+        cmd.args([
+            "--batch",
+            &args.batch.to_string(),
+            "--epochs",
+            &args.epochs.to_string(),
+        ]);
         cmd.args(["--num-canonical-nodes", "1"]);
         json_line::<ReadJson>(&util::output(&mut cmd)?)
     })?;
     let streaming_python = pyenv::system();
     let streaming_read = best_read(args.repeats, || {
         let mut cmd = Command::new(&streaming_python);
-        cmd.arg(util::root().join("xtask/python/streaming_iter_bench.py")).arg(&dataset).arg("--shuffle");
-        cmd.args(["--batch", &args.batch.to_string(), "--epochs", &args.epochs.to_string()]);
+        cmd.arg(util::root().join("xtask/python/streaming_iter_bench.py"))
+            .arg(&dataset)
+            .arg("--shuffle");
+        cmd.args([
+            "--batch",
+            &args.batch.to_string(),
+            "--epochs",
+            &args.epochs.to_string(),
+        ]);
         cmd.args(["--num-canonical-nodes", "1"]);
         let out = util::output(&mut cmd)?;
         if let Some(why) = skipped(&out) {
@@ -144,7 +181,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         json_line::<ReadJson>(&out)
     })
     .map_err(|e| format!("{e:#}"));
-    let streaming_version = pyenv::version_of(&streaming_python, "mosaicml-streaming").unwrap_or_else(|| "?".into());
+    let streaming_version =
+        pyenv::version_of(&streaming_python, "mosaicml-streaming").unwrap_or_else(|| "?".into());
 
     let report = DataReport {
         input: format!(
@@ -152,10 +190,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         seq_len: SEQ_LEN,
         prepare: prepare.into_iter().map(|(r, _)| r).collect(),
-        foundry: foundry.as_ref().map(|(r, _)| r.clone()).map_err(Clone::clone),
+        foundry: foundry
+            .as_ref()
+            .map(|(r, _)| r.clone())
+            .map_err(Clone::clone),
         output_match: foundry.as_ref().ok().map(|(_, m)| m.clone()),
         tessera_read: read_run("tessera `TokenLoader::next_batch_into`", tessera_read),
-        streaming_read: streaming_read.map(|r| read_run(&format!("mosaicml-streaming {streaming_version} `StreamingDataset`"), r)),
+        streaming_read: streaming_read.map(|r| {
+            read_run(
+                &format!("mosaicml-streaming {streaming_version} `StreamingDataset`"),
+                r,
+            )
+        }),
         batch: args.batch,
         epochs: args.epochs,
         repeats: args.repeats,
@@ -166,11 +212,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let body = report.to_markdown();
     println!("{body}");
-    markdown::replace_section(&util::root().join("BENCHMARKS.md"), "data", "Data: prepare and read throughput", &body)
+    markdown::replace_section(
+        &util::root().join("BENCHMARKS.md"),
+        "data",
+        "Data: prepare and read throughput",
+        &body,
+    )
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn read_run(tool: &str, (r, runs): (ReadJson, Vec<f64>)) -> ReadRun {
@@ -188,8 +241,14 @@ fn read_run(tool: &str, (r, runs): (ReadJson, Vec<f64>)) -> ReadRun {
 
 /// `zstd -dc`: both converters read the same plain JSONL.
 fn decompress(src: &Path, dest: &Path) -> anyhow::Result<()> {
-    util::run(Command::new("zstd").args(["-d", "-q", "-f"]).arg(src).arg("-o").arg(dest))
-        .context("decompressing the corpus needs the zstd command (apt-get install zstd)")
+    util::run(
+        Command::new("zstd")
+            .args(["-d", "-q", "-f"])
+            .arg(src)
+            .arg("-o")
+            .arg(dest),
+    )
+    .context("decompressing the corpus needs the zstd command (apt-get install zstd)")
 }
 
 /// Runs `tessera data prepare` `repeats` times into fresh folders; the fastest wall-clock run
@@ -209,9 +268,18 @@ fn tessera_prepare(
     for n in 0..repeats {
         let out = scratch.join(format!("{tag}-{n}"));
         let mut cmd = Command::new(bin);
-        cmd.args(["data", "prepare", "--input"]).arg(jsonl).arg("--tokenizer").arg(tokenizer);
+        cmd.args(["data", "prepare", "--input"])
+            .arg(jsonl)
+            .arg("--tokenizer")
+            .arg(tokenizer);
         cmd.arg("--out").arg(&out);
-        cmd.args(["--workers", &workers.to_string(), "--seq-len", &SEQ_LEN.to_string(), "--quiet"]);
+        cmd.args([
+            "--workers",
+            &workers.to_string(),
+            "--seq-len",
+            &SEQ_LEN.to_string(),
+            "--quiet",
+        ]);
         if clean {
             cmd.arg("--clean-all");
         }
@@ -219,8 +287,10 @@ fn tessera_prepare(
         util::output(&mut cmd)?;
         runs.push(t.elapsed().as_secs_f64());
         let path = out.join("prepare.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let r: PrepareJson = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let r: PrepareJson =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if n > 0 {
             std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
         }
@@ -231,7 +301,11 @@ fn tessera_prepare(
     let run = PrepareRun {
         tool: "tessera `data prepare`".into(),
         workers: workers.to_string(),
-        cleaning: if clean { "`--clean-all`".into() } else { "none".into() },
+        cleaning: if clean {
+            "`--clean-all`".into()
+        } else {
+            "none".into()
+        },
         samples: r.samples,
         tokens: r.samples * SEQ_LEN,
         seconds,
@@ -242,11 +316,27 @@ fn tessera_prepare(
 }
 
 /// llm-foundry's converter through `llmfoundry_convert_bench.py` (its own repeats).
-fn foundry_convert(python: &Path, jsonl: &Path, tokenizer: &Path, out: &Path, repeats: usize) -> Result<FoundryJson, String> {
+fn foundry_convert(
+    python: &Path,
+    jsonl: &Path,
+    tokenizer: &Path,
+    out: &Path,
+    repeats: usize,
+) -> Result<FoundryJson, String> {
     let mut cmd = Command::new(python);
     cmd.arg(util::root().join("xtask/python/llmfoundry_convert_bench.py"));
-    cmd.arg("--jsonl").arg(jsonl).arg("--tokenizer").arg(tokenizer).arg("--out").arg(out);
-    cmd.args(["--seq-len", &SEQ_LEN.to_string(), "--repeats", &repeats.to_string()]);
+    cmd.arg("--jsonl")
+        .arg(jsonl)
+        .arg("--tokenizer")
+        .arg(tokenizer)
+        .arg("--out")
+        .arg(out);
+    cmd.args([
+        "--seq-len",
+        &SEQ_LEN.to_string(),
+        "--repeats",
+        &repeats.to_string(),
+    ]);
     let text = util::output(&mut cmd).map_err(|e| format!("llm-foundry run failed: {e:#}"))?;
     if let Some(why) = skipped(&text) {
         return Err(why);
@@ -255,7 +345,10 @@ fn foundry_convert(python: &Path, jsonl: &Path, tokenizer: &Path, out: &Path, re
 }
 
 /// Runs `measure` `repeats` times; the fastest counts. Returns it and every run's seconds.
-fn best_read(repeats: usize, mut measure: impl FnMut() -> anyhow::Result<ReadJson>) -> anyhow::Result<(ReadJson, Vec<f64>)> {
+fn best_read(
+    repeats: usize,
+    mut measure: impl FnMut() -> anyhow::Result<ReadJson>,
+) -> anyhow::Result<(ReadJson, Vec<f64>)> {
     let mut best: Option<ReadJson> = None;
     let mut runs = Vec::new();
     for _ in 0..repeats {
@@ -291,17 +384,25 @@ pub fn compare_mds(a: &Path, b: &Path) -> anyhow::Result<MdsMatch> {
     let count = |s: &[(String, u64)]| s.iter().map(|(_, n)| n).sum::<u64>();
     let (na, nb) = (count(&sa), count(&sb));
     if na != nb {
-        return Ok(MdsMatch::Different { a_samples: na, b_samples: nb });
+        return Ok(MdsMatch::Different {
+            a_samples: na,
+            b_samples: nb,
+        });
     }
     if sa.len() == sb.len() {
         let mut same = true;
         for ((fa, _), (fb, _)) in sa.iter().zip(&sb) {
-            let ra = std::fs::read(a.join(fa)).with_context(|| format!("reading {}", a.join(fa).display()))?;
-            let rb = std::fs::read(b.join(fb)).with_context(|| format!("reading {}", b.join(fb).display()))?;
+            let ra = std::fs::read(a.join(fa))
+                .with_context(|| format!("reading {}", a.join(fa).display()))?;
+            let rb = std::fs::read(b.join(fb))
+                .with_context(|| format!("reading {}", b.join(fb).display()))?;
             same &= ra == rb;
         }
         if same {
-            return Ok(MdsMatch::IdenticalShards { shards: sa.len(), samples: na });
+            return Ok(MdsMatch::IdenticalShards {
+                shards: sa.len(),
+                samples: na,
+            });
         }
     }
     Ok(MdsMatch::SameSampleCount { samples: na })
@@ -310,17 +411,26 @@ pub fn compare_mds(a: &Path, b: &Path) -> anyhow::Result<MdsMatch> {
 /// (shard file, samples) per shard of `dir/index.json`: the compressed file where there is one.
 fn shards(dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     let path = dir.join("index.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let list = v["shards"].as_array().with_context(|| format!("{}: no shards list", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let list = v["shards"]
+        .as_array()
+        .with_context(|| format!("{}: no shards list", path.display()))?;
     list.iter()
         .enumerate()
         .map(|(i, s)| {
-            let file = s["zip_data"]["basename"].as_str().or_else(|| s["raw_data"]["basename"].as_str());
+            let file = s["zip_data"]["basename"]
+                .as_str()
+                .or_else(|| s["raw_data"]["basename"].as_str());
             let samples = s["samples"].as_u64();
             match (file, samples) {
                 (Some(f), Some(n)) => Ok((f.to_string(), n)),
-                _ => bail!("{}: shard {i} lacks a file name or sample count", path.display()),
+                _ => bail!(
+                    "{}: shard {i} lacks a file name or sample count",
+                    path.display()
+                ),
             }
         })
         .collect()
@@ -346,16 +456,45 @@ mod tests {
     #[test]
     fn mds_folders_compare_by_bytes_then_by_count() {
         let root = std::env::temp_dir().join(format!("xtask-mds-{}", std::process::id()));
-        let (a, b, c, d) = (root.join("a"), root.join("b"), root.join("c"), root.join("d"));
-        write_mds(&a, &[("shard.00000.mds", 3, b"abc"), ("shard.00001.mds", 1, b"d")]);
-        write_mds(&b, &[("shard.00000.mds", 3, b"abc"), ("shard.00001.mds", 1, b"d")]);
+        let (a, b, c, d) = (
+            root.join("a"),
+            root.join("b"),
+            root.join("c"),
+            root.join("d"),
+        );
+        write_mds(
+            &a,
+            &[("shard.00000.mds", 3, b"abc"), ("shard.00001.mds", 1, b"d")],
+        );
+        write_mds(
+            &b,
+            &[("shard.00000.mds", 3, b"abc"), ("shard.00001.mds", 1, b"d")],
+        );
         write_mds(&c, &[("shard.00000.mds", 4, b"abcX")]);
         write_mds(&d, &[("shard.00000.mds", 5, b"abcde")]);
-        assert_eq!(compare_mds(&a, &b).unwrap(), MdsMatch::IdenticalShards { shards: 2, samples: 4 });
-        assert_eq!(compare_mds(&a, &c).unwrap(), MdsMatch::SameSampleCount { samples: 4 });
-        assert_eq!(compare_mds(&a, &d).unwrap(), MdsMatch::Different { a_samples: 4, b_samples: 5 });
+        assert_eq!(
+            compare_mds(&a, &b).unwrap(),
+            MdsMatch::IdenticalShards {
+                shards: 2,
+                samples: 4
+            }
+        );
+        assert_eq!(
+            compare_mds(&a, &c).unwrap(),
+            MdsMatch::SameSampleCount { samples: 4 }
+        );
+        assert_eq!(
+            compare_mds(&a, &d).unwrap(),
+            MdsMatch::Different {
+                a_samples: 4,
+                b_samples: 5
+            }
+        );
         std::fs::write(b.join("shard.00001.mds"), b"e").unwrap();
-        assert_eq!(compare_mds(&a, &b).unwrap(), MdsMatch::SameSampleCount { samples: 4 });
+        assert_eq!(
+            compare_mds(&a, &b).unwrap(),
+            MdsMatch::SameSampleCount { samples: 4 }
+        );
         let err = compare_mds(&a, &root.join("missing")).unwrap_err();
         assert!(format!("{err:#}").contains("missing/index.json"), "{err:#}");
         std::fs::remove_dir_all(root).unwrap();
@@ -369,13 +508,24 @@ mod tests {
         assert_eq!((r.samples, r.tokens, r.token_sum), (2, 4, 9));
         assert!(json_line::<ReadJson>("no json here").is_err());
         assert!(json_line::<ReadJson>("{\"samples\": \"x\"}").is_err());
-        assert_eq!(skipped("{\"skipped\": \"no torch\"}\n").as_deref(), Some("no torch"));
+        assert_eq!(
+            skipped("{\"skipped\": \"no torch\"}\n").as_deref(),
+            Some("no torch")
+        );
         assert_eq!(skipped(out), None);
     }
 
     #[test]
     fn the_recorded_command_repeats_the_flags() {
-        let a = Args { repeats: 2, batch: 4, epochs: 3, no_install: true };
-        assert_eq!(a.command_line(), "cargo xtask bench data --repeats 2 --batch 4 --epochs 3 --no-install");
+        let a = Args {
+            repeats: 2,
+            batch: 4,
+            epochs: 3,
+            no_install: true,
+        };
+        assert_eq!(
+            a.command_line(),
+            "cargo xtask bench data --repeats 2 --batch 4 --epochs 3 --no-install"
+        );
     }
 }

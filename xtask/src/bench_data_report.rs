@@ -79,7 +79,10 @@ pub fn verdict(ratio: f64) -> &'static str {
 }
 
 fn secs(runs: &[f64]) -> String {
-    runs.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ")
+    runs.iter()
+        .map(|s| format!("{s:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl DataReport {
@@ -131,7 +134,11 @@ impl DataReport {
         );
         for r in &self.prepare {
             if let Some(n) = &r.note {
-                let _ = write!(md, " tessera {} workers, cleaning {}: {n}.", r.workers, r.cleaning);
+                let _ = write!(
+                    md,
+                    " tessera {} workers, cleaning {}: {n}.",
+                    r.workers, r.cleaning
+                );
             }
         }
         if let Ok(f) = &self.foundry
@@ -153,7 +160,10 @@ impl DataReport {
                     "\nBoth wrote {samples} samples; the shard files are not byte-identical."
                 );
             }
-            Some(MdsMatch::Different { a_samples, b_samples }) => {
+            Some(MdsMatch::Different {
+                a_samples,
+                b_samples,
+            }) => {
                 let _ = writeln!(
                     md,
                     "\n**The outputs differ**: tessera wrote {a_samples} samples, llm-foundry {b_samples}."
@@ -197,7 +207,9 @@ impl DataReport {
              of {} runs each.\n",
             t.dataset_samples, self.seq_len, self.batch, self.epochs, self.repeats
         );
-        md.push_str("| reader | samples read | seconds | tokens/s | × streaming | open (s) | runs (s) |\n");
+        md.push_str(
+            "| reader | samples read | seconds | tokens/s | × streaming | open (s) | runs (s) |\n",
+        );
         md.push_str("|:---|---:|---:|---:|---:|---:|:---|\n");
         let base = self.streaming_read.as_ref().ok().map(ReadRun::tokens_per_s);
         for r in std::iter::once(t).chain(self.streaming_read.as_ref().ok()) {
@@ -279,11 +291,21 @@ mod tests {
         DataReport {
             input: "corpus".into(),
             seq_len: 2048,
-            prepare: vec![prep("tessera", "1", tokens, 2.0), prep("tessera", "2", tokens, 1.0)],
-            foundry: foundry_seconds.map(|s| prep("llm-foundry", "1 process", tokens, s)).ok_or_else(|| "pip failed".to_string()),
-            output_match: foundry_seconds.map(|_| MdsMatch::IdenticalShards { shards: 1, samples: 1000 }),
+            prepare: vec![
+                prep("tessera", "1", tokens, 2.0),
+                prep("tessera", "2", tokens, 1.0),
+            ],
+            foundry: foundry_seconds
+                .map(|s| prep("llm-foundry", "1 process", tokens, s))
+                .ok_or_else(|| "pip failed".to_string()),
+            output_match: foundry_seconds.map(|_| MdsMatch::IdenticalShards {
+                shards: 1,
+                samples: 1000,
+            }),
             tessera_read: read("tessera", 1000, 0.1, 77),
-            streaming_read: streaming_seconds.map(|s| read("streaming", 1000, s, 77)).ok_or_else(|| "no streaming".to_string()),
+            streaming_read: streaming_seconds
+                .map(|s| read("streaming", 1000, s, 77))
+                .ok_or_else(|| "no streaming".to_string()),
             batch: 8,
             epochs: 5,
             repeats: 3,
@@ -305,7 +327,10 @@ mod tests {
         assert!(md.contains("met** — 25.0× at 1 worker"), "{md}");
         assert!(md.contains("streaming's iteration: met** — 20.0×"), "{md}");
         assert!(md.contains("byte-identical (1000 samples)"), "{md}");
-        assert!(md.contains("same samples (equal counts and token sums)"), "{md}");
+        assert!(
+            md.contains("same samples (equal counts and token sums)"),
+            "{md}"
+        );
         assert!(md.contains("Command: `cargo xtask bench data`"), "{md}");
     }
 
@@ -313,18 +338,33 @@ mod tests {
     fn missed_goals_say_so() {
         // 1 worker 6×, 2 workers 12×: met only with both cores; streaming 5×.
         let md = report(Some(12.0), Some(0.5)).to_markdown();
-        assert!(md.contains("met only with both cores** — 12.0× at 2 workers; 6.0× at 1 worker"), "{md}");
-        assert!(md.contains("streaming's iteration: NOT met** — 5.0×"), "{md}");
+        assert!(
+            md.contains("met only with both cores** — 12.0× at 2 workers; 6.0× at 1 worker"),
+            "{md}"
+        );
+        assert!(
+            md.contains("streaming's iteration: NOT met** — 5.0×"),
+            "{md}"
+        );
         let md = report(Some(4.0), Some(0.5)).to_markdown();
-        assert!(md.contains("convert: NOT met** — 2.0× at 1 worker, 4.0× at 2 workers"), "{md}");
+        assert!(
+            md.contains("convert: NOT met** — 2.0× at 1 worker, 4.0× at 2 workers"),
+            "{md}"
+        );
     }
 
     #[test]
     fn missing_comparisons_carry_their_reason() {
         let md = report(None, None).to_markdown();
         assert!(md.contains("convert: not measured** — pip failed."), "{md}");
-        assert!(md.contains("iteration: not measured** — no streaming."), "{md}");
-        assert!(md.contains("| tessera | 1 | none | 1000 | 2.00 | 1024000 | - |"), "{md}");
+        assert!(
+            md.contains("iteration: not measured** — no streaming."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tessera | 1 | none | 1000 | 2.00 | 1024000 | - |"),
+            "{md}"
+        );
         assert!(!md.contains("byte-identical"), "{md}");
     }
 
@@ -334,7 +374,10 @@ mod tests {
         r.streaming_read = Ok(read("streaming", 1003, 2.0, 80));
         let md = r.to_markdown();
         assert!(md.contains("Sample counts differ (1000 vs 1003)"), "{md}");
-        r.output_match = Some(MdsMatch::Different { a_samples: 1, b_samples: 2 });
+        r.output_match = Some(MdsMatch::Different {
+            a_samples: 1,
+            b_samples: 2,
+        });
         assert!(r.to_markdown().contains("**The outputs differ**"));
     }
 }

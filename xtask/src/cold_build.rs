@@ -27,8 +27,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let clone = work.join("tessera");
     let root = util::root();
-    util::run(Command::new("git").args(["clone", "--quiet"]).arg(&root).arg(&clone))?;
-    let commit = util::output(Command::new("git").current_dir(&clone).args(["rev-parse", "--short", "HEAD"]))?;
+    util::run(
+        Command::new("git")
+            .args(["clone", "--quiet"])
+            .arg(&root)
+            .arg(&clone),
+    )?;
+    let commit = util::output(Command::new("git").current_dir(&clone).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]))?;
 
     let mut ci = Command::new(clone.join(".ci/run"));
     ci.current_dir(&clone)
@@ -48,7 +57,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             commit.trim(),
             util::machine(),
             util::today(),
-            if args.fresh_cargo_home { " --fresh-cargo-home" } else { "" },
+            if args.fresh_cargo_home {
+                " --fresh-cargo-home"
+            } else {
+                ""
+            },
         );
         crate::markdown::replace_section(&root.join("BENCHMARKS.md"), "cold-ci", "Cold CI", &body)?;
     }

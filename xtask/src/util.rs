@@ -22,7 +22,9 @@ pub fn target_dir() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
 }
 
 /// Runs `cmd`, failing with its command line if it exits non-zero.
@@ -40,7 +42,11 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let line = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {line}"))?;
     if !out.status.success() {
-        bail!("{line} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{line} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -56,7 +62,9 @@ pub fn machine() -> String {
                 .map(|m| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -79,9 +87,13 @@ pub fn today() -> String {
 
 /// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".xtask.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
@@ -91,7 +103,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Builds the tessera binary in release mode with `features` and returns its path.
 pub fn build_tessera(features: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(root()).args(["build", "--release", "--quiet", "--bin", "tessera"]);
+    cmd.current_dir(root())
+        .args(["build", "--release", "--quiet", "--bin", "tessera"]);
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }

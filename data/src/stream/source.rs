@@ -35,7 +35,9 @@ impl Source {
         if !is_remote(location) {
             return Ok(Source::Local(PathBuf::from(location)));
         }
-        Ok(Source::Remote(Box::new(Remote(RemoteDir::open(location).map_err(stream_error)?))))
+        Ok(Source::Remote(Box::new(Remote(
+            RemoteDir::open(location).map_err(stream_error)?,
+        ))))
     }
 }
 

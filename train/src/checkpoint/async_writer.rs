@@ -27,7 +27,13 @@ pub struct AsyncCheckpointer {
 impl AsyncCheckpointer {
     pub fn new(store: CheckpointStore) -> Self {
         let (done, done_rx) = mpsc::channel();
-        Self { store, remote: None, in_flight: None, done, done_rx }
+        Self {
+            store,
+            remote: None,
+            in_flight: None,
+            done,
+            done_rx,
+        }
     }
 
     /// Also upload every checkpoint to `remote` (on the writer thread, after the local write).
@@ -80,7 +86,11 @@ impl AsyncCheckpointer {
                 Ok(result) => {
                     result?;
                 }
-                Err(_) => return Err(CheckpointError::Writer(format!("the thread writing ba{step} panicked"))),
+                Err(_) => {
+                    return Err(CheckpointError::Writer(format!(
+                        "the thread writing ba{step} panicked"
+                    )));
+                }
             }
         }
         Ok(())
@@ -107,7 +117,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ck = AsyncCheckpointer::new(CheckpointStore::new(dir.path(), Some(2)));
         for step in [1u64, 2, 3] {
-            ck.save(Payload { step, files: vec![(STATE_FILE.into(), vec![step as u8; 1 << 16])] }).unwrap();
+            ck.save(Payload {
+                step,
+                files: vec![(STATE_FILE.into(), vec![step as u8; 1 << 16])],
+            })
+            .unwrap();
         }
         ck.wait().unwrap();
         let steps: Vec<u64> = ck.completed().into_iter().map(|(s, _)| s).collect();
@@ -125,7 +139,11 @@ mod tests {
         let root = dir.path().join("ck");
         std::fs::write(&root, b"not a folder").unwrap();
         let mut ck = AsyncCheckpointer::new(CheckpointStore::new(&root, None));
-        ck.save(Payload { step: 1, files: vec![(STATE_FILE.into(), vec![1])] }).unwrap();
+        ck.save(Payload {
+            step: 1,
+            files: vec![(STATE_FILE.into(), vec![1])],
+        })
+        .unwrap();
         let err = ck.finish().unwrap_err();
         assert!(err.to_string().contains("ck"), "{err}");
     }

@@ -33,7 +33,10 @@ impl Manifest {
         let files = files
             .iter()
             .map(|(name, bytes)| {
-                let entry = ManifestEntry { sha256: hex(&Sha256::digest(bytes)), bytes: bytes.len() as u64 };
+                let entry = ManifestEntry {
+                    sha256: hex(&Sha256::digest(bytes)),
+                    bytes: bytes.len() as u64,
+                };
                 (name.clone(), entry)
             })
             .collect();
@@ -50,7 +53,10 @@ impl Manifest {
     /// Checks that every listed file exists in `dir` with the recorded size and sha256.
     pub fn verify(&self, dir: &Path) -> Result<(), CheckpointError> {
         if self.files.is_empty() {
-            return Err(CheckpointError::Invalid { path: dir.join(MANIFEST_FILE), what: "lists no files".into() });
+            return Err(CheckpointError::Invalid {
+                path: dir.join(MANIFEST_FILE),
+                what: "lists no files".into(),
+            });
         }
         for (name, entry) in &self.files {
             if name.contains('/') || name.contains("..") {
@@ -60,9 +66,16 @@ impl Manifest {
                 });
             }
             let path = dir.join(name);
-            let found = std::fs::metadata(&path).map_err(CheckpointError::io(&path))?.len();
+            let found = std::fs::metadata(&path)
+                .map_err(CheckpointError::io(&path))?
+                .len();
             if found != entry.bytes {
-                return Err(CheckpointError::Size { path: dir.to_path_buf(), file: name.clone(), expected: entry.bytes, found });
+                return Err(CheckpointError::Size {
+                    path: dir.to_path_buf(),
+                    file: name.clone(),
+                    expected: entry.bytes,
+                    found,
+                });
             }
             let digest = sha256_file(&path)?;
             if digest != entry.sha256 {
@@ -104,7 +117,10 @@ mod tests {
     #[test]
     fn verify_detects_a_flipped_bit_and_a_truncation() {
         let dir = tempfile::tempdir().unwrap();
-        let files = vec![("a.bin".to_string(), vec![1u8, 2, 3, 4]), ("b.json".to_string(), b"{}".to_vec())];
+        let files = vec![
+            ("a.bin".to_string(), vec![1u8, 2, 3, 4]),
+            ("b.json".to_string(), b"{}".to_vec()),
+        ];
         for (n, b) in &files {
             std::fs::write(dir.path().join(n), b).unwrap();
         }
@@ -113,11 +129,24 @@ mod tests {
 
         std::fs::write(dir.path().join("a.bin"), [1u8, 2, 3, 5]).unwrap();
         let err = m.verify(dir.path()).unwrap_err();
-        assert!(matches!(err, CheckpointError::Checksum { ref file, .. } if file == "a.bin"), "{err}");
+        assert!(
+            matches!(err, CheckpointError::Checksum { ref file, .. } if file == "a.bin"),
+            "{err}"
+        );
 
         std::fs::write(dir.path().join("a.bin"), [1u8, 2, 3]).unwrap();
         let err = m.verify(dir.path()).unwrap_err();
-        assert!(matches!(err, CheckpointError::Size { expected: 4, found: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CheckpointError::Size {
+                    expected: 4,
+                    found: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         std::fs::remove_file(dir.path().join("b.json")).unwrap();
         std::fs::write(dir.path().join("a.bin"), [1u8, 2, 3, 4]).unwrap();

@@ -23,7 +23,7 @@ mod store;
 pub use async_writer::AsyncCheckpointer;
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestEntry};
 pub use remote::RemoteCheckpoints;
-pub use store::{CheckpointStore, Payload, Resumable, STATE_FILE};
+pub use store::{CheckpointStore, Payload, Rejected, Resumable, STATE_FILE};
 
 use std::path::PathBuf;
 
@@ -31,13 +31,29 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: checksum mismatch for {file}: expected sha256 {expected}, found {found}")]
-    Checksum { path: PathBuf, file: String, expected: String, found: String },
+    Checksum {
+        path: PathBuf,
+        file: String,
+        expected: String,
+        found: String,
+    },
     #[error("{path}: {file} has {found} bytes, the manifest says {expected}")]
-    Size { path: PathBuf, file: String, expected: u64, found: u64 },
+    Size {
+        path: PathBuf,
+        file: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
     #[error("checkpoint writer thread failed: {0}")]

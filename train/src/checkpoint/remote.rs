@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use tessera_data::remote::{RemoteDir, RemoteError};
 
-use super::{CheckpointError, CheckpointStore, MANIFEST_FILE, Manifest};
+use super::{CheckpointError, CheckpointStore, MANIFEST_FILE, Manifest, Rejected};
+
+/// A checkpoint downloaded and verified: its step and local folder.
+pub type Downloaded = (u64, PathBuf);
 
 /// Upload retries for transient store errors.
 const RETRIES: u32 = 3;
@@ -24,7 +27,9 @@ pub struct RemoteCheckpoints {
 impl RemoteCheckpoints {
     /// Opens `url` (s3://, gs://, az://, http(s)://, file://).
     pub fn open(url: &str) -> Result<Self, CheckpointError> {
-        Ok(Self { dir: RemoteDir::open(url).map_err(remote_err)? })
+        Ok(Self {
+            dir: RemoteDir::open(url).map_err(remote_err)?,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -33,18 +38,29 @@ impl RemoteCheckpoints {
 
     /// Uploads the local checkpoint `dir` (named `ba{step}`), manifest last, then `latest`.
     pub fn upload(&self, dir: &Path) -> Result<(), CheckpointError> {
-        let name = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| CheckpointError::Invalid { path: dir.to_path_buf(), what: "not a checkpoint folder".into() })?;
+        let name =
+            dir.file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| CheckpointError::Invalid {
+                    path: dir.to_path_buf(),
+                    what: "not a checkpoint folder".into(),
+                })?;
         let manifest = Manifest::read(dir)?;
         for file in manifest.files.keys() {
-            let bytes = std::fs::read(dir.join(file)).map_err(CheckpointError::io(dir.join(file)))?;
-            self.dir.put(&format!("{name}/{file}"), bytes, RETRIES).map_err(remote_err)?;
+            let bytes =
+                std::fs::read(dir.join(file)).map_err(CheckpointError::io(dir.join(file)))?;
+            self.dir
+                .put(&format!("{name}/{file}"), bytes, RETRIES)
+                .map_err(remote_err)?;
         }
-        let bytes = std::fs::read(dir.join(MANIFEST_FILE)).map_err(CheckpointError::io(dir.join(MANIFEST_FILE)))?;
-        self.dir.put(&format!("{name}/{MANIFEST_FILE}"), bytes, RETRIES).map_err(remote_err)?;
-        self.dir.put("latest", format!("{name}\n").into_bytes(), RETRIES).map_err(remote_err)
+        let bytes = std::fs::read(dir.join(MANIFEST_FILE))
+            .map_err(CheckpointError::io(dir.join(MANIFEST_FILE)))?;
+        self.dir
+            .put(&format!("{name}/{MANIFEST_FILE}"), bytes, RETRIES)
+            .map_err(remote_err)?;
+        self.dir
+            .put("latest", format!("{name}\n").into_bytes(), RETRIES)
+            .map_err(remote_err)
     }
 
     /// Steps of the remote checkpoints (folders named `ba{step}`), oldest first.
@@ -67,7 +83,7 @@ impl RemoteCheckpoints {
         &self,
         local: &CheckpointStore,
         newer_than: Option<u64>,
-    ) -> Result<(Option<(u64, PathBuf)>, Vec<(String, CheckpointError)>), CheckpointError> {
+    ) -> Result<(Option<Downloaded>, Vec<Rejected<String>>), CheckpointError> {
         let mut bad = Vec::new();
         for step in self.steps()?.into_iter().rev() {
             if newer_than.is_some_and(|n| step <= n) {
@@ -83,12 +99,21 @@ impl RemoteCheckpoints {
 
     fn download(&self, local: &CheckpointStore, step: u64) -> Result<PathBuf, CheckpointError> {
         let name = CheckpointStore::name(step);
-        let manifest_bytes = self.dir.fetch(&format!("{name}/{MANIFEST_FILE}"), RETRIES).map_err(remote_err)?;
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|source| CheckpointError::Json { path: PathBuf::from(self.dir.url_of(&format!("{name}/{MANIFEST_FILE}"))), source })?;
+        let manifest_bytes = self
+            .dir
+            .fetch(&format!("{name}/{MANIFEST_FILE}"), RETRIES)
+            .map_err(remote_err)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|source| CheckpointError::Json {
+                path: PathBuf::from(self.dir.url_of(&format!("{name}/{MANIFEST_FILE}"))),
+                source,
+            })?;
         let mut files = Vec::new();
         for file in manifest.files.keys() {
-            let bytes = self.dir.fetch(&format!("{name}/{file}"), RETRIES).map_err(remote_err)?;
+            let bytes = self
+                .dir
+                .fetch(&format!("{name}/{file}"), RETRIES)
+                .map_err(remote_err)?;
             files.push((file.clone(), bytes));
         }
         // Written through the store's atomic path, then checked against the remote manifest.
@@ -115,7 +140,13 @@ mod tests {
     use crate::checkpoint::{Payload, STATE_FILE};
 
     fn payload(step: u64) -> Payload {
-        Payload { step, files: vec![("model.safetensors".into(), vec![step as u8; 32]), (STATE_FILE.into(), b"{}".to_vec())] }
+        Payload {
+            step,
+            files: vec![
+                ("model.safetensors".into(), vec![step as u8; 32]),
+                (STATE_FILE.into(), b"{}".to_vec()),
+            ],
+        }
     }
 
     #[test]
@@ -130,7 +161,10 @@ mod tests {
             remote.upload(&dir).unwrap();
         }
         assert_eq!(remote.steps().unwrap(), vec![5, 10]);
-        assert_eq!(std::fs::read_to_string(tmp.path().join("bucket/ck/latest")).unwrap(), "ba10\n");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("bucket/ck/latest")).unwrap(),
+            "ba10\n"
+        );
 
         // A fresh machine: nothing local, the newest remote checkpoint arrives verified.
         let there = CheckpointStore::new(tmp.path().join("there"), None);
@@ -139,7 +173,13 @@ mod tests {
         assert_eq!(got.unwrap().0, 10);
         assert_eq!(there.newest_verified().unwrap().0.unwrap().step, 10);
         // Nothing newer than what is local: nothing to download.
-        assert!(remote.download_newest(&there, Some(10)).unwrap().0.is_none());
+        assert!(
+            remote
+                .download_newest(&there, Some(10))
+                .unwrap()
+                .0
+                .is_none()
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Payload {
     pub files: Vec<(String, Vec<u8>)>,
 }
 
+/// A checkpoint that failed verification: where it is, and why.
+pub type Rejected<Where> = (Where, CheckpointError);
+
 /// A checkpoint that verified and can be resumed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resumable {
@@ -34,7 +37,10 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(root: impl Into<PathBuf>, keep: Option<usize>) -> Self {
-        Self { root: root.into(), keep }
+        Self {
+            root: root.into(),
+            keep,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -50,19 +56,29 @@ impl CheckpointStore {
     pub fn write(&self, payload: &Payload) -> Result<PathBuf, CheckpointError> {
         std::fs::create_dir_all(&self.root).map_err(CheckpointError::io(&self.root))?;
         let name = Self::name(payload.step);
-        let tmp = self.root.join(format!(".tmp-{name}-{}", std::process::id()));
+        let tmp = self
+            .root
+            .join(format!(".tmp-{name}-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(CheckpointError::io(&tmp))?;
         }
         std::fs::create_dir(&tmp).map_err(CheckpointError::io(&tmp))?;
         for (file, bytes) in &payload.files {
             if file == MANIFEST_FILE || file.contains('/') {
-                return Err(CheckpointError::Invalid { path: tmp.join(file), what: "not a valid payload file name".into() });
+                return Err(CheckpointError::Invalid {
+                    path: tmp.join(file),
+                    what: "not a valid payload file name".into(),
+                });
             }
             write_synced(&tmp.join(file), bytes)?;
         }
-        let manifest = serde_json::to_vec_pretty(&Manifest::of(&payload.files))
-            .map_err(|source| CheckpointError::Json { path: tmp.join(MANIFEST_FILE), source })?;
+        let manifest =
+            serde_json::to_vec_pretty(&Manifest::of(&payload.files)).map_err(|source| {
+                CheckpointError::Json {
+                    path: tmp.join(MANIFEST_FILE),
+                    source,
+                }
+            })?;
         write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
         sync_dir(&tmp)?;
 
@@ -70,16 +86,21 @@ impl CheckpointStore {
         if dest.exists() {
             // A checkpoint of the same step exists (typically a corrupt one a resume skipped):
             // move it aside first so the rename below stays atomic.
-            let trash = self.root.join(format!(".trash-{name}-{}", std::process::id()));
+            let trash = self
+                .root
+                .join(format!(".trash-{name}-{}", std::process::id()));
             std::fs::rename(&dest, &trash).map_err(CheckpointError::io(&dest))?;
             std::fs::remove_dir_all(&trash).map_err(CheckpointError::io(&trash))?;
         }
         std::fs::rename(&tmp, &dest).map_err(CheckpointError::io(&dest))?;
         sync_dir(&self.root)?;
 
-        let latest_tmp = self.root.join(format!(".{LATEST_FILE}.tmp{}", std::process::id()));
+        let latest_tmp = self
+            .root
+            .join(format!(".{LATEST_FILE}.tmp{}", std::process::id()));
         write_synced(&latest_tmp, format!("{name}\n").as_bytes())?;
-        std::fs::rename(&latest_tmp, self.root.join(LATEST_FILE)).map_err(CheckpointError::io(&self.root))?;
+        std::fs::rename(&latest_tmp, self.root.join(LATEST_FILE))
+            .map_err(CheckpointError::io(&self.root))?;
         sync_dir(&self.root)?;
 
         self.prune()?;
@@ -91,13 +112,22 @@ impl CheckpointStore {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CheckpointError::Io { path: self.root.clone(), source: e }),
+            Err(e) => {
+                return Err(CheckpointError::Io {
+                    path: self.root.clone(),
+                    source: e,
+                });
+            }
         };
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(CheckpointError::io(&self.root))?;
             let name = entry.file_name();
-            let Some(step) = name.to_str().and_then(|n| n.strip_prefix("ba")).and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(step) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("ba"))
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             if entry.path().is_dir() {
@@ -110,12 +140,16 @@ impl CheckpointStore {
 
     /// The step `latest` points at, if the pointer exists and is well formed.
     pub fn latest_pointer(&self) -> Option<String> {
-        std::fs::read_to_string(self.root.join(LATEST_FILE)).ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string(self.root.join(LATEST_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// The newest checkpoint whose manifest verifies, plus every newer one that did not (with
     /// why), newest first. Autoresume resumes from the first and logs the others as incidents.
-    pub fn newest_verified(&self) -> Result<(Option<Resumable>, Vec<(PathBuf, CheckpointError)>), CheckpointError> {
+    pub fn newest_verified(
+        &self,
+    ) -> Result<(Option<Resumable>, Vec<Rejected<PathBuf>>), CheckpointError> {
         let mut corrupt = Vec::new();
         for (step, dir) in self.list()?.into_iter().rev() {
             match Manifest::read(&dir).and_then(|m| m.verify(&dir)) {
@@ -157,7 +191,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(CheckpointError::io(dir))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(CheckpointError::io(dir))
 }
 
 #[cfg(test)]
@@ -169,7 +205,10 @@ mod tests {
             step,
             files: vec![
                 ("model.safetensors".into(), vec![fill; 64]),
-                (STATE_FILE.into(), format!("{{\"step\":{step}}}").into_bytes()),
+                (
+                    STATE_FILE.into(),
+                    format!("{{\"step\":{step}}}").into_bytes(),
+                ),
             ],
         }
     }
@@ -185,7 +224,10 @@ mod tests {
         assert_eq!(res.unwrap().step, 10);
         assert!(corrupt.is_empty());
         // No temporary folders are left behind.
-        let names: Vec<_> = std::fs::read_dir(store.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(store.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 

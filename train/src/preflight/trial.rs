@@ -20,7 +20,11 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, String> {
 }
 
 /// The model with the weights the run starts from (the trainer's own rule).
-pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, device: &B::Device) -> Result<Mpt<B>, String> {
+pub fn build_model<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    mpt: &MptConfig,
+    device: &B::Device,
+) -> Result<Mpt<B>, String> {
     setup::build_model::<B>(cfg, mpt, device).map_err(|e| e.to_string())
 }
 
@@ -37,7 +41,17 @@ pub fn open_loader(
     batch: usize,
 ) -> Result<Loader, String> {
     let separator = mpt.and_then(|m| setup::separator(cfg, m));
-    Loader::open(key, l, tokenizer, cfg.max_seq_len, batch, World::SINGLE, None, separator).map_err(|e| e.to_string())
+    Loader::open(
+        key,
+        l,
+        tokenizer,
+        cfg.max_seq_len,
+        batch,
+        World::SINGLE,
+        None,
+        separator,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What one training step on one microbatch showed.

@@ -13,7 +13,9 @@ use burn::tensor::backend::AutodiffBackend;
 use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::checkpoint::{Payload, STATE_FILE};
-use crate::optim::{Optim, TrainOptimizer, TrainOptimizerRecord, check_record, param_names, rekey_record};
+use crate::optim::{
+    Optim, TrainOptimizer, TrainOptimizerRecord, check_record, param_names, rekey_record,
+};
 
 use super::TrainError;
 use super::state::TrainState;
@@ -47,8 +49,15 @@ impl HostSnapshot {
             .map_err(|e| TrainError::Checkpoint(format!("encoding the optimizer state: {e}")))?;
         let config_json = serde_json::to_vec_pretty(&model.config().to_hf_json())
             .map_err(|e| TrainError::Checkpoint(format!("encoding config.json: {e}")))?;
-        let state = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint(format!("encoding state.json: {e}")))?;
-        Ok(Self { step: state_step(state.as_slice()), params, config_json, optim, state })
+        let state = serde_json::to_vec_pretty(state)
+            .map_err(|e| TrainError::Checkpoint(format!("encoding state.json: {e}")))?;
+        Ok(Self {
+            step: state_step(state.as_slice()),
+            params,
+            config_json,
+            optim,
+            state,
+        })
     }
 
     /// Serializes the snapshot into checkpoint files.
@@ -67,7 +76,10 @@ impl HostSnapshot {
 }
 
 fn state_step(state_json: &[u8]) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(state_json).ok().and_then(|v| v["step"].as_u64()).unwrap_or(0)
+    serde_json::from_slice::<serde_json::Value>(state_json)
+        .ok()
+        .and_then(|v| v["step"].as_u64())
+        .unwrap_or(0)
 }
 
 /// Named f32 tensors as one safetensors file, with transformers' `format: pt` metadata.
@@ -92,12 +104,23 @@ fn safetensors_f32(params: &BTreeMap<String, TensorData>) -> Result<Vec<u8>, Str
     }
     let mut views = Vec::with_capacity(params.len());
     for (name, data) in params {
-        let values = data.clone().convert::<f32>().into_vec::<f32>().map_err(|e| format!("{name}: {e:?}"))?;
+        let values = data
+            .clone()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| format!("{name}: {e:?}"))?;
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((name.clone(), View { shape: data.shape.to_vec(), bytes }));
+        views.push((
+            name.clone(),
+            View {
+                shape: data.shape.to_vec(),
+                bytes,
+            },
+        ));
     }
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views.iter().map(|(n, v)| (n.clone(), v)), Some(metadata)).map_err(|e| e.to_string())
+    safetensors::serialize(views.iter().map(|(n, v)| (n.clone(), v)), Some(metadata))
+        .map_err(|e| e.to_string())
 }
 
 /// A checkpoint read back: the model on the device, the optimizer state re-keyed to its
@@ -116,10 +139,12 @@ pub fn restore<B: AutodiffBackend>(
     fresh_optim: TrainOptimizer<Mpt<B>, B>,
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
-    let model: Mpt<B> = hf::load_weights(config, dir, device).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let model: Mpt<B> =
+        hf::load_weights(config, dir, device).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let state_path = dir.join(STATE_FILE);
     let state: TrainState = serde_json::from_slice(
-        &std::fs::read(&state_path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?,
+        &std::fs::read(&state_path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?,
     )
     .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
     if state.version != TrainState::VERSION {
@@ -131,26 +156,40 @@ pub fn restore<B: AutodiffBackend>(
         )));
     }
     let optim_path = dir.join(OPTIM_FILE);
-    let bytes = std::fs::read(&optim_path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
+    let bytes = std::fs::read(&optim_path)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
     let record: TrainOptimizerRecord<B> = BinBytesRecorder::<FullPrecisionSettings>::default()
         .load(bytes, device)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
-    check_record::<B>(&optim, &record).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
+    check_record::<B>(&optim, &record)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
     let saved: Vec<(String, burn::module::ParamId)> = state
         .param_ids
         .iter()
         .map(|(name, id)| {
             burn::module::ParamId::try_deserialize(id)
                 .map(|id| (name.clone(), id))
-                .ok_or_else(|| TrainError::Checkpoint(format!("{}: bad parameter id {id:?}", state_path.display())))
+                .ok_or_else(|| {
+                    TrainError::Checkpoint(format!(
+                        "{}: bad parameter id {id:?}",
+                        state_path.display()
+                    ))
+                })
         })
         .collect::<Result<_, _>>()?;
     let record = rekey_record::<Optim, B>(record, &saved, &param_names(&model))
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
-    Ok(Restored { model, optim: fresh_optim.load_record(record), state })
+    Ok(Restored {
+        model,
+        optim: fresh_optim.load_record(record),
+        state,
+    })
 }
 
 /// The `(name, id)` pairs `state.json` records for the optimizer state.
 pub fn param_ids<B: AutodiffBackend>(model: &Mpt<B>) -> Vec<(String, String)> {
-    param_names(model).into_iter().map(|(n, id)| (n, id.serialize())).collect()
+    param_names(model)
+        .into_iter()
+        .map(|(n, id)| (n, id.serialize()))
+        .collect()
 }

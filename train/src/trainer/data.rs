@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use tessera_data::stream::{
-    ShuffleAlgo, StreamConfig as DataStream, StreamState, StreamingConfig, StreamingDataset, TokenLoader, World,
+    ShuffleAlgo, StreamConfig as DataStream, StreamState, StreamingConfig, StreamingDataset,
+    TokenLoader, World,
 };
 
 use crate::batch::{Example, IGNORE, Separator};
@@ -34,13 +35,17 @@ impl Loader {
         separator: Option<Separator>,
     ) -> Result<Self, TrainError> {
         match cfg.name {
-            LoaderKind::Text => TextData::open(key, cfg, seq_len, batch, world, state, separator).map(Loader::Text),
+            LoaderKind::Text => {
+                TextData::open(key, cfg, seq_len, batch, world, state, separator).map(Loader::Text)
+            }
             LoaderKind::Finetuning => {
                 let tok = tokenizer.ok_or_else(|| TrainError::Config {
                     key: format!("{key}.name"),
                     message: "a finetuning loader needs the tokenizer (`tokenizer.name`), which did not load".into(),
                 })?;
-                Ok(Loader::Finetune(FinetuneData::open(key, cfg, tok, seq_len, batch, world, state)?))
+                Ok(Loader::Finetune(FinetuneData::open(
+                    key, cfg, tok, seq_len, batch, world, state,
+                )?))
             }
         }
     }
@@ -131,16 +136,29 @@ impl TextData {
             });
         }
         let streaming = streaming_config(key, cfg, batch)?;
-        let dataset = StreamingDataset::new(streaming, world).map_err(|e| TrainError::Data { key: key.into(), source: e })?;
+        let dataset =
+            StreamingDataset::new(streaming, world).map_err(|e| TrainError::data(key, e))?;
         let state = state.unwrap_or_else(|| dataset.initial_state());
-        let loader = dataset.loader(state).map_err(|e| TrainError::Data { key: key.into(), source: e })?;
-        Ok(Self { dataset, loader, seq_len, separator, pad_id: 0, batch })
+        let loader = dataset
+            .loader(state)
+            .map_err(|e| TrainError::data(key, e))?;
+        Ok(Self {
+            dataset,
+            loader,
+            seq_len,
+            separator,
+            pad_id: 0,
+            batch,
+        })
     }
 
     /// The next batch of examples. Samples longer than `seq_len` are cut (as llm-foundry's text
     /// dataset does); shorter ones are padded and the padding is masked out.
     pub fn next_batch(&mut self) -> Result<Vec<Example>, TrainError> {
-        let rows = self.loader.next_batch().map_err(|e| TrainError::Data { key: "train_loader".into(), source: e })?;
+        let rows = self
+            .loader
+            .next_batch()
+            .map_err(|e| TrainError::data("train_loader", e))?;
         Ok(rows.into_iter().map(|r| self.example(r)).collect())
     }
 
@@ -153,7 +171,7 @@ impl TextData {
             let mut tokens = Vec::with_capacity(self.seq_len);
             self.loader
                 .next_sample_into(&mut tokens)
-                .map_err(|e| TrainError::Data { key: "eval_loader".into(), source: e })?;
+                .map_err(|e| TrainError::data("eval_loader", e))?;
             out.push(self.example(tokens));
         }
         Ok(out)
@@ -174,7 +192,7 @@ impl TextData {
         self.loader = self
             .dataset
             .loader(self.dataset.initial_state())
-            .map_err(|e| TrainError::Data { key: "eval_loader".into(), source: e })?;
+            .map_err(|e| TrainError::data("eval_loader", e))?;
         Ok(())
     }
 
@@ -200,7 +218,11 @@ impl TextData {
 }
 
 /// llm-foundry's `dataset:` block as mosaicml-streaming arguments.
-fn streaming_config(key: &str, cfg: &LoaderConfig, batch: usize) -> Result<StreamingConfig, TrainError> {
+fn streaming_config(
+    key: &str,
+    cfg: &LoaderConfig,
+    batch: usize,
+) -> Result<StreamingConfig, TrainError> {
     let ds = &cfg.dataset;
     let streams: Vec<DataStream> = match &ds.streams {
         Some(named) => named
@@ -239,6 +261,6 @@ fn streaming_config(key: &str, cfg: &LoaderConfig, batch: usize) -> Result<Strea
     if let Some(enc) = &ds.token_encoding {
         c.token_encoding_type = enc.clone();
     }
-    c.validate().map_err(|e| TrainError::Data { key: key.into(), source: e })?;
+    c.validate().map_err(|e| TrainError::data(key, e))?;
     Ok(c)
 }

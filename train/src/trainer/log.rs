@@ -7,7 +7,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::metrics::{
-    EvalRecord, EventWriter, Incident, IncidentKind, JsonlWriter, MetricsRecord, Throughput, TrainRecord, plot_loss, read_jsonl,
+    EvalRecord, EventWriter, Incident, IncidentKind, JsonlWriter, MetricsRecord, Throughput,
+    TrainRecord, plot_loss, read_jsonl,
 };
 use crate::run_dir::RunDir;
 
@@ -34,6 +35,7 @@ pub struct RunLog {
 impl RunLog {
     /// Opens the writers; `resumed_at` (a resume) drops metrics lines after that step so the
     /// file reads as one uninterrupted run.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &RunDir,
         resumed_at: Option<u64>,
@@ -44,7 +46,10 @@ impl RunLog {
         peak_flops: Option<f64>,
         title: String,
     ) -> Result<Self, TrainError> {
-        dir.create().map_err(|source| TrainError::Io { path: dir.root().to_path_buf(), source })?;
+        dir.create().map_err(|source| TrainError::Io {
+            path: dir.root().to_path_buf(),
+            source,
+        })?;
         let metrics = match resumed_at {
             Some(step) => JsonlWriter::open_resumed(dir.metrics(), step)?,
             None => {
@@ -89,13 +94,36 @@ impl RunLog {
     }
 
     /// Records a finished step.
-    pub fn step(&mut self, step: u64, tokens: u64, loss: f64, lr: f64, grad_norm: f64) -> Result<(), TrainError> {
+    pub fn step(
+        &mut self,
+        step: u64,
+        tokens: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+    ) -> Result<(), TrainError> {
         self.throughput.record(Instant::now(), tokens);
         let tokens_per_s = self.throughput.tokens_per_s().unwrap_or(0.0);
-        let mfu = self.peak_flops.map(|p| tokens_per_s * self.flops_per_token / p);
-        let record = TrainRecord { step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, elapsed_s: self.started.elapsed().as_secs_f64() };
+        let mfu = self
+            .peak_flops
+            .map(|p| tokens_per_s * self.flops_per_token / p);
+        let record = TrainRecord {
+            step,
+            tokens,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s,
+            mfu,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+        };
         self.metrics.append(&MetricsRecord::Train(record.clone()))?;
-        let mut scalars = vec![("loss/train", loss), ("lr", lr), ("grad_norm", grad_norm), ("throughput/tokens_per_s", tokens_per_s)];
+        let mut scalars = vec![
+            ("loss/train", loss),
+            ("lr", lr),
+            ("grad_norm", grad_norm),
+            ("throughput/tokens_per_s", tokens_per_s),
+        ];
         if let Some(m) = mfu {
             scalars.push(("throughput/mfu", m));
         }
@@ -109,19 +137,41 @@ impl RunLog {
                 bar.set_position(step);
                 bar.set_message(msg);
             }
-            None if step % self.console_every == 0 => println!("[step {step}] {msg}  grad_norm {grad_norm:.3}"),
+            None if step.is_multiple_of(self.console_every) => {
+                println!("[step {step}] {msg}  grad_norm {grad_norm:.3}")
+            }
             None => {}
         }
         Ok(())
     }
 
     /// Records an evaluation and redraws `loss.png`.
-    pub fn eval(&mut self, step: u64, tokens: u64, label: &str, loss: f64) -> Result<(), TrainError> {
+    pub fn eval(
+        &mut self,
+        step: u64,
+        tokens: u64,
+        label: &str,
+        loss: f64,
+    ) -> Result<(), TrainError> {
         let perplexity = loss.exp();
-        self.metrics.append(&MetricsRecord::Eval(EvalRecord { step, tokens, label: label.to_string(), loss, perplexity }))?;
-        self.tensorboard.add_scalars(&[(&format!("loss/eval/{label}"), loss), (&format!("perplexity/eval/{label}"), perplexity)], step)?;
+        self.metrics.append(&MetricsRecord::Eval(EvalRecord {
+            step,
+            tokens,
+            label: label.to_string(),
+            loss,
+            perplexity,
+        }))?;
+        self.tensorboard.add_scalars(
+            &[
+                (&format!("loss/eval/{label}"), loss),
+                (&format!("perplexity/eval/{label}"), perplexity),
+            ],
+            step,
+        )?;
         self.eval_curve.push((step, loss));
-        self.say(&format!("[eval {label} @ step {step}] loss {loss:.4}  perplexity {perplexity:.2}"));
+        self.say(&format!(
+            "[eval {label} @ step {step}] loss {loss:.4}  perplexity {perplexity:.2}"
+        ));
         self.plot()
     }
 
@@ -137,13 +187,21 @@ impl RunLog {
 
     /// Appends an incident and prints it.
     pub fn incident(&mut self, incident: Incident) -> Result<(), TrainError> {
-        self.say(&format!("[incident @ step {}] {:?}: {}", incident.step, incident.kind, incident.detail));
+        self.say(&format!(
+            "[incident @ step {}] {:?}: {}",
+            incident.step, incident.kind, incident.detail
+        ));
         self.incidents.append(&incident)?;
         Ok(())
     }
 
     /// Shorthand for an incident without lost work.
-    pub fn note(&mut self, step: u64, kind: IncidentKind, detail: impl Into<String>) -> Result<(), TrainError> {
+    pub fn note(
+        &mut self,
+        step: u64,
+        kind: IncidentKind,
+        detail: impl Into<String>,
+    ) -> Result<(), TrainError> {
         self.incident(Incident::now(step, kind, detail))
     }
 
@@ -157,7 +215,12 @@ impl RunLog {
 
     /// Redraws `loss.png` from the curves so far.
     pub fn plot(&self) -> Result<(), TrainError> {
-        plot_loss(&self.dir.loss_plot(), &self.title, &self.train_curve, &self.eval_curve)?;
+        plot_loss(
+            &self.dir.loss_plot(),
+            &self.title,
+            &self.train_curve,
+            &self.eval_curve,
+        )?;
         Ok(())
     }
 

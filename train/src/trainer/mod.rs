@@ -40,22 +40,51 @@ pub enum TrainError {
     Data {
         key: String,
         #[source]
-        source: StreamError,
+        source: Box<StreamError>,
     },
     #[error(transparent)]
-    Finetune(#[from] crate::finetune::FinetuneError),
+    Finetune(Box<crate::finetune::FinetuneError>),
     #[error("model: {0}")]
     Model(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error(transparent)]
-    Store(#[from] CheckpointError),
+    Store(Box<CheckpointError>),
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(Box<MetricsError>),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("stopped at step {step}: {reason}")]
     Aborted { step: u64, reason: String },
+}
+
+// The sources are boxed to keep `Result<_, TrainError>` small on the hot path.
+impl From<crate::finetune::FinetuneError> for TrainError {
+    fn from(e: crate::finetune::FinetuneError) -> Self {
+        TrainError::Finetune(Box::new(e))
+    }
+}
+impl From<CheckpointError> for TrainError {
+    fn from(e: CheckpointError) -> Self {
+        TrainError::Store(Box::new(e))
+    }
+}
+impl From<MetricsError> for TrainError {
+    fn from(e: MetricsError) -> Self {
+        TrainError::Metrics(Box::new(e))
+    }
+}
+impl TrainError {
+    /// A data error for the loader named `key`.
+    pub fn data(key: impl Into<String>, source: StreamError) -> Self {
+        TrainError::Data {
+            key: key.into(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Settings that come from the command line rather than the YAML.
@@ -88,8 +117,11 @@ pub struct TrainSummary {
 
 /// Extra evaluation the caller runs at `eval_interval` on the inference model (ICL tasks, for
 /// instance), given the step and the run's `eval/` folder; it returns named scalars to log.
-pub type EvalHook<'a, B> =
-    &'a mut dyn FnMut(&Mpt<<B as AutodiffBackend>::InnerBackend>, u64, &std::path::Path) -> Vec<(String, f64)>;
+pub type EvalHook<'a, B> = &'a mut dyn FnMut(
+    &Mpt<<B as AutodiffBackend>::InnerBackend>,
+    u64,
+    &std::path::Path,
+) -> Vec<(String, f64)>;
 
 /// Trains until `max_duration`, resuming first if the config says so.
 pub fn train<B: AutodiffBackend>(
@@ -108,9 +140,14 @@ pub fn train<B: AutodiffBackend>(
         evaluate(&mut run, &mut hook, device)?;
     }
     while run.state.step < run.max_steps {
-        watchdog.as_ref().inspect(|w| w.handle().heartbeat(run.state.step));
+        watchdog
+            .as_ref()
+            .inspect(|w| w.handle().heartbeat(run.state.step));
         let examples = run.train.next_batch()?;
-        let micro: Vec<Vec<Example>> = examples.chunks(run.microbatch).map(<[Example]>::to_vec).collect();
+        let micro: Vec<Vec<Example>> = examples
+            .chunks(run.microbatch)
+            .map(<[Example]>::to_vec)
+            .collect();
         let lr = lr_at(run.state.step, &run.schedule);
         let dropout_seed = mix(mix(run.state.seed, DROPOUT), run.state.step);
         let grads = forward_backward(&run.model, &micro, dropout_seed, device);
@@ -122,7 +159,16 @@ pub fn train<B: AutodiffBackend>(
             Judgement::Apply => {
                 if let Some(g) = grads {
                     let model = run.model.clone();
-                    let (model, norm, applied) = apply_update(model, &mut run.optim, g, lr, run.config.gradient_clipping.as_ref().map(|c| c.clipping_threshold));
+                    let (model, norm, applied) = apply_update(
+                        model,
+                        &mut run.optim,
+                        g,
+                        lr,
+                        run.config
+                            .gradient_clipping
+                            .as_ref()
+                            .map(|c| c.clipping_threshold),
+                    );
                     run.model = model;
                     grad_norm = norm;
                     if !applied {
@@ -165,27 +211,49 @@ enum Judgement {
 }
 
 /// Consults the NaN guard and the spike detector about a step's loss, before its update.
-fn judge<B: AutodiffBackend>(run: &mut Run<B>, step: u64, loss: f64) -> Result<Judgement, TrainError> {
+fn judge<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    step: u64,
+    loss: f64,
+) -> Result<Judgement, TrainError> {
     if !loss.is_finite() {
         nan_step(run, step, loss, f64::NAN)?;
         return Ok(Judgement::Skip);
     }
-    let Some(spike) = run.spike.as_mut() else { return Ok(Judgement::Apply) };
+    let Some(spike) = run.spike.as_mut() else {
+        return Ok(Judgement::Apply);
+    };
     match spike.observe(loss) {
         SpikeVerdict::Normal | SpikeVerdict::Outlier { .. } => Ok(Judgement::Apply),
-        SpikeVerdict::Triggered { action, loss, mean, consecutive } => {
-            let what = format!("loss {loss:.4} is above {:.1}× the recent mean {mean:.4} ({consecutive} in a row)", spike.config.factor);
+        SpikeVerdict::Triggered {
+            action,
+            loss,
+            mean,
+            consecutive,
+        } => {
+            let what = format!(
+                "loss {loss:.4} is above {:.1}× the recent mean {mean:.4} ({consecutive} in a row)",
+                spike.config.factor
+            );
             match action {
                 SpikeAction::Log => {
                     run.log.note(step, IncidentKind::LossSpike, what)?;
                     Ok(Judgement::Apply)
                 }
                 SpikeAction::Skip => {
-                    run.log.note(step, IncidentKind::LossSpike, format!("{what}; batch skipped"))?;
+                    run.log.note(
+                        step,
+                        IncidentKind::LossSpike,
+                        format!("{what}; batch skipped"),
+                    )?;
                     Ok(Judgement::Skip)
                 }
                 SpikeAction::Rollback => {
-                    run.log.note(step, IncidentKind::LossSpike, format!("{what}; rolling back"))?;
+                    run.log.note(
+                        step,
+                        IncidentKind::LossSpike,
+                        format!("{what}; rolling back"),
+                    )?;
                     Ok(Judgement::Rollback)
                 }
             }
@@ -194,7 +262,12 @@ fn judge<B: AutodiffBackend>(run: &mut Run<B>, step: u64, loss: f64) -> Result<J
 }
 
 /// A non-finite loss or gradient: the update was skipped; stop after too many in a row.
-fn nan_step<B: AutodiffBackend>(run: &mut Run<B>, step: u64, loss: f64, norm: f64) -> Result<(), TrainError> {
+fn nan_step<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    step: u64,
+    loss: f64,
+    norm: f64,
+) -> Result<(), TrainError> {
     match run.nan.check(loss, norm) {
         NanVerdict::Ok => Ok(()),
         NanVerdict::Skip { consecutive, total } => run.log.note(
@@ -212,28 +285,54 @@ fn nan_step<B: AutodiffBackend>(run: &mut Run<B>, step: u64, loss: f64, norm: f6
 
 /// Restores the newest checkpoint's model and optimizer but keeps reading data from here, so
 /// the batches that caused the spike are skipped (as PaLM's recovery does).
-fn rollback<B: AutodiffBackend>(run: &mut Run<B>, step: u64, device: &B::Device) -> Result<(), TrainError> {
+fn rollback<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    step: u64,
+    device: &B::Device,
+) -> Result<(), TrainError> {
     run.checkpoints.wait()?;
     let (newest, _) = run.checkpoints.store().newest_verified()?;
     let Some(ck) = newest else {
-        run.log.note(step, IncidentKind::Rollback, "no checkpoint to roll back to; the batch is skipped instead")?;
+        run.log.note(
+            step,
+            IncidentKind::Rollback,
+            "no checkpoint to roll back to; the batch is skipped instead",
+        )?;
         run.state.step = step;
         return Ok(());
     };
-    let r = restore::<B>(&ck.dir, &run.model_config, run.optim_kind, run.config.optimizer.init::<B, Mpt<B>>(), device)?;
-    let mut incident = Incident::now(step, IncidentKind::Rollback, format!("rolled back to {}", ck.dir.display()));
+    let r = restore::<B>(
+        &ck.dir,
+        &run.model_config,
+        run.optim_kind,
+        run.config.optimizer.init::<B, Mpt<B>>(),
+        device,
+    )?;
+    let mut incident = Incident::now(
+        step,
+        IncidentKind::Rollback,
+        format!("rolled back to {}", ck.dir.display()),
+    );
     incident.lost_steps = step.saturating_sub(r.state.step);
     incident.lost_tokens = run.state.tokens.saturating_sub(r.state.tokens);
     run.log.incident(incident)?;
-    run.model = r.model;
+    let compute = run.model.compute_dtype(); // run-time setting, not in the checkpoint
+    run.model = r.model.with_compute_dtype(compute);
     run.optim = r.optim;
-    run.state = crate::trainer::state::TrainState { data: run.train.state(), ..r.state };
+    run.state = crate::trainer::state::TrainState {
+        data: run.train.state(),
+        ..r.state
+    };
     run.log.pause_throughput();
     Ok(())
 }
 
 /// Eval loss and perplexity on every eval set, then the caller's hook.
-fn evaluate<B: AutodiffBackend>(run: &mut Run<B>, hook: &mut Option<EvalHook<'_, B>>, device: &B::Device) -> Result<(), TrainError> {
+fn evaluate<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    hook: &mut Option<EvalHook<'_, B>>,
+    device: &B::Device,
+) -> Result<(), TrainError> {
     let inner = run.model.valid();
     let inner_device = device.clone();
     let step = run.state.step;
@@ -250,7 +349,8 @@ fn evaluate<B: AutodiffBackend>(run: &mut Run<B>, hook: &mut Option<EvalHook<'_,
         }
         let label = label.clone();
         if n > 0 {
-            run.log.eval(step, run.state.tokens, &label, sum / n as f64)?;
+            run.log
+                .eval(step, run.state.tokens, &label, sum / n as f64)?;
         }
     }
     if let Some(h) = hook {
@@ -265,7 +365,8 @@ fn evaluate<B: AutodiffBackend>(run: &mut Run<B>, hook: &mut Option<EvalHook<'_,
 fn save<B: AutodiffBackend>(run: &mut Run<B>, elapsed_s: f64) -> Result<(), TrainError> {
     let state = run.checkpoint_state(elapsed_s);
     let snapshot = HostSnapshot::take(&run.model, &run.optim, &state)?;
-    run.checkpoints.save_with(state.step, move || snapshot.into_payload())?;
+    run.checkpoints
+        .save_with(state.step, move || snapshot.into_payload())?;
     Ok(())
 }
 
@@ -273,27 +374,43 @@ fn spawn_watchdog<B: AutodiffBackend>(run: &Run<B>) -> Option<Watchdog> {
     let cfg = run.config.guards.watchdog?;
     let dump = run.dir.stall_dump();
     let incidents = run.dir.incidents();
-    Some(Watchdog::spawn(Duration::from_secs_f64(cfg.timeout_s), move |report| {
-        let detail = format!(
-            "no step finished for {:.0} s (timeout {:.0} s); last step {:?}; exiting with code {WATCHDOG_EXIT_CODE} so a launcher restarts the run",
-            report.stalled_for.as_secs_f64(),
-            report.timeout.as_secs_f64(),
-            report.last_step
-        );
-        eprintln!("{detail}");
-        let incident = Incident::now(report.last_step.unwrap_or(0), IncidentKind::Stall, detail);
-        let _ = std::fs::write(&dump, serde_json::to_vec_pretty(&incident).unwrap_or_default());
-        if let Ok(mut w) = crate::metrics::JsonlWriter::open(&incidents) {
-            let _ = w.append(&incident);
-        }
-    }))
+    Some(Watchdog::spawn(
+        Duration::from_secs_f64(cfg.timeout_s),
+        move |report| {
+            let detail = format!(
+                "no step finished for {:.0} s (timeout {:.0} s); last step {:?}; exiting with code {WATCHDOG_EXIT_CODE} so a launcher restarts the run",
+                report.stalled_for.as_secs_f64(),
+                report.timeout.as_secs_f64(),
+                report.last_step
+            );
+            eprintln!("{detail}");
+            let incident =
+                Incident::now(report.last_step.unwrap_or(0), IncidentKind::Stall, detail);
+            let _ = std::fs::write(
+                &dump,
+                serde_json::to_vec_pretty(&incident).unwrap_or_default(),
+            );
+            if let Ok(mut w) = crate::metrics::JsonlWriter::open(&incidents) {
+                let _ = w.append(&incident);
+            }
+        },
+    ))
 }
 
 /// Writes the final plot and report.
-fn finish<B: AutodiffBackend>(run: Run<B>, wall_s: f64, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+fn finish<B: AutodiffBackend>(
+    run: Run<B>,
+    wall_s: f64,
+    opts: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
     run.log.finish();
     run.log.plot()?;
-    let final_checkpoint = run.checkpoints.store().list()?.last().map(|(_, p)| p.clone());
+    let final_checkpoint = run
+        .checkpoints
+        .store()
+        .list()?
+        .last()
+        .map(|(_, p)| p.clone());
     let facts = RunFacts {
         run_name: run.run_name.clone(),
         model: format!(
@@ -317,8 +434,10 @@ fn finish<B: AutodiffBackend>(run: Run<B>, wall_s: f64, opts: &TrainOptions) -> 
     let curve = run.log.train_curve();
     let mut eval = Vec::new();
     for (label, _) in &run.evals {
-        if let Some(crate::metrics::MetricsRecord::Eval(e)) =
-            metrics.iter().rev().find(|m| matches!(m, crate::metrics::MetricsRecord::Eval(e) if &e.label == label))
+        if let Some(crate::metrics::MetricsRecord::Eval(e)) = metrics
+            .iter()
+            .rev()
+            .find(|m| matches!(m, crate::metrics::MetricsRecord::Eval(e) if &e.label == label))
         {
             eval.push((label.clone(), e.loss));
         }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 use tessera_data::stream::World;
@@ -10,14 +11,16 @@ use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
 use crate::checkpoint::{AsyncCheckpointer, CheckpointStore, RemoteCheckpoints};
-use tessera_data::remote::is_remote;
-use crate::config::{LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig};
+use crate::config::{
+    LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig,
+};
 use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
 use crate::metrics::{Incident, IncidentKind};
 use crate::optim::{Optim, TrainOptimizer};
 use crate::run_dir::RunDir;
 use crate::schedule::LrSchedule;
+use tessera_data::remote::is_remote;
 
 use super::checkpointing::{Restored, param_ids, restore};
 use super::data::Loader;
@@ -52,17 +55,30 @@ pub struct Run<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Run<B> {
     /// Builds the run, resuming from the newest valid checkpoint when `autoresume` is set.
-    pub fn start(loaded: &LoadedConfig, opts: &TrainOptions, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn start(
+        loaded: &LoadedConfig,
+        opts: &TrainOptions,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
         let cfg = loaded.config.clone();
         let run_name = run_name(&cfg, opts);
-        let dir = RunDir::new(opts.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&run_name)));
+        let dir = RunDir::new(
+            opts.run_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs").join(&run_name)),
+        );
         // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
-        let (save_folder, remote) = match cfg.save_folder.as_deref().map(|f| f.replace("{run_name}", &run_name)) {
+        let (save_folder, remote) = match cfg
+            .save_folder
+            .as_deref()
+            .map(|f| f.replace("{run_name}", &run_name))
+        {
             Some(f) if is_remote(&f) => (dir.checkpoints(), Some(RemoteCheckpoints::open(&f)?)),
             Some(f) => (PathBuf::from(f), None),
             None => (dir.checkpoints(), None),
         };
-        let keep = (cfg.save_num_checkpoints_to_keep >= 0).then_some(cfg.save_num_checkpoints_to_keep as usize);
+        let keep = (cfg.save_num_checkpoints_to_keep >= 0)
+            .then_some(cfg.save_num_checkpoints_to_keep as usize);
         let store = CheckpointStore::new(&save_folder, keep);
 
         // The model, before any data: a bad config should fail fast.
@@ -70,10 +86,13 @@ impl<B: AutodiffBackend> Run<B> {
         if cfg.max_seq_len > model_config.max_seq_len {
             return Err(TrainError::Config {
                 key: "max_seq_len".into(),
-                message: format!("{} exceeds the model's max_seq_len ({})", cfg.max_seq_len, model_config.max_seq_len),
+                message: format!(
+                    "{} exceeds the model's max_seq_len ({})",
+                    cfg.max_seq_len, model_config.max_seq_len
+                ),
             });
         }
-        let world = World::new(0, 1, 1).map_err(|e| TrainError::Data { key: "world".into(), source: e })?;
+        let world = World::new(0, 1, 1).map_err(|e| TrainError::data("world", e))?;
         let device_batch = cfg.global_train_batch_size / world.world_size as usize;
         let microbatch = match cfg.device_train_microbatch_size {
             MicroBatchSize::Fixed(m) => m.min(device_batch),
@@ -89,20 +108,34 @@ impl<B: AutodiffBackend> Run<B> {
         if cfg.autoresume {
             let (mut newest, corrupt) = store.newest_verified()?;
             for (path, why) in corrupt {
-                incidents.push(Incident::now(0, IncidentKind::CorruptCheckpoint, format!("{} skipped: {why}", path.display())));
+                incidents.push(Incident::now(
+                    0,
+                    IncidentKind::CorruptCheckpoint,
+                    format!("{} skipped: {why}", path.display()),
+                ));
             }
             // A newer checkpoint on the remote (another machine wrote it): download and verify it.
             if let Some(r) = &remote {
                 let (got, bad) = r.download_newest(&store, newest.as_ref().map(|c| c.step))?;
                 for (url, why) in bad {
-                    incidents.push(Incident::now(0, IncidentKind::CorruptCheckpoint, format!("{url} skipped: {why}")));
+                    incidents.push(Incident::now(
+                        0,
+                        IncidentKind::CorruptCheckpoint,
+                        format!("{url} skipped: {why}"),
+                    ));
                 }
                 if let Some((step, dir)) = got {
                     newest = Some(crate::checkpoint::Resumable { step, dir });
                 }
             }
             if let Some(ck) = newest {
-                let r = restore::<B>(&ck.dir, &model_config, optim_kind, cfg.optimizer.init::<B, Mpt<B>>(), device)?;
+                let r = restore::<B>(
+                    &ck.dir,
+                    &model_config,
+                    optim_kind,
+                    cfg.optimizer.init::<B, Mpt<B>>(),
+                    device,
+                )?;
                 if r.state.config_hash != hash {
                     return Err(TrainError::Config {
                         key: "autoresume".into(),
@@ -140,8 +173,17 @@ impl<B: AutodiffBackend> Run<B> {
                     step: 0,
                     samples: 0,
                     tokens: 0,
-                    data: Loader::open("train_loader", &cfg.train_loader, tokenizer.as_ref(), cfg.max_seq_len, device_batch, world, data_state, separator)?
-                        .state(),
+                    data: Loader::open(
+                        "train_loader",
+                        &cfg.train_loader,
+                        tokenizer.as_ref(),
+                        cfg.max_seq_len,
+                        device_batch,
+                        world,
+                        data_state,
+                        separator,
+                    )?
+                    .state(),
                     seed: cfg.seed,
                     config_hash: hash.clone(),
                     param_ids: Vec::new(),
@@ -154,7 +196,16 @@ impl<B: AutodiffBackend> Run<B> {
         };
         let resumed_from = (state.step > 0).then_some(state.step);
 
-        let train = Loader::open("train_loader", &cfg.train_loader, tokenizer.as_ref(), cfg.max_seq_len, device_batch, world, Some(state.data), separator)?;
+        let train = Loader::open(
+            "train_loader",
+            &cfg.train_loader,
+            tokenizer.as_ref(),
+            cfg.max_seq_len,
+            device_batch,
+            world,
+            Some(state.data),
+            separator,
+        )?;
         let batches_per_epoch = train.epoch_size() / cfg.global_train_batch_size as u64;
         if batches_per_epoch == 0 {
             return Err(TrainError::Config {
@@ -167,13 +218,24 @@ impl<B: AutodiffBackend> Run<B> {
             });
         }
         let ctx = cfg.time_context(Some(batches_per_epoch));
-        let max_steps = cfg.max_batches(Some(batches_per_epoch)).map_err(|e| TrainError::Config { key: "max_duration".into(), message: e.to_string() })?;
+        let max_steps =
+            cfg.max_batches(Some(batches_per_epoch))
+                .map_err(|e| TrainError::Config {
+                    key: "max_duration".into(),
+                    message: e.to_string(),
+                })?;
         let schedule = cfg
             .scheduler
             .resolve(cfg.optimizer.lr(), &ctx)
-            .map_err(|e| TrainError::Config { key: format!("scheduler.{}", e.key()), message: e.message() })?;
+            .map_err(|e| TrainError::Config {
+                key: format!("scheduler.{}", e.key()),
+                message: e.message(),
+            })?;
         let every = |key: &str, d: crate::config::Duration| -> Result<Option<u64>, TrainError> {
-            let n = d.whole_batches(&ctx).map_err(|e| TrainError::Config { key: key.into(), message: e.to_string() })?;
+            let n = d.whole_batches(&ctx).map_err(|e| TrainError::Config {
+                key: key.into(),
+                message: e.to_string(),
+            })?;
             Ok((n > 0).then_some(n))
         };
         let eval_every = every("eval_interval", cfg.eval_interval)?;
@@ -181,37 +243,79 @@ impl<B: AutodiffBackend> Run<B> {
         let eval_batch = cfg.eval_batch_size();
         let mut evals = Vec::new();
         for (i, l) in cfg.eval_loader.iter().enumerate() {
-            let label = l.label.clone().unwrap_or_else(|| if cfg.eval_loader.len() == 1 { "eval".into() } else { format!("eval{i}") });
+            let label = l.label.clone().unwrap_or_else(|| {
+                if cfg.eval_loader.len() == 1 {
+                    "eval".into()
+                } else {
+                    format!("eval{i}")
+                }
+            });
             let key = format!("eval_loader[{i}]");
-            evals.push((label, Loader::open(&key, l, tokenizer.as_ref(), cfg.max_seq_len, eval_batch, world, None, separator)?));
+            evals.push((
+                label,
+                Loader::open(
+                    &key,
+                    l,
+                    tokenizer.as_ref(),
+                    cfg.max_seq_len,
+                    eval_batch,
+                    world,
+                    None,
+                    separator,
+                )?,
+            ));
         }
 
         let console_every = every("console_log_interval", cfg.console_log_interval)?.unwrap_or(1);
-        let flops_per_token = model_config.flops_per_sequence(cfg.max_seq_len, true) / cfg.max_seq_len as f64;
-        let title = format!("{run_name}: {}M-parameter MPT", model_config.num_params() / 1_000_000);
-        let mut log = RunLog::open(&dir, resumed_from, max_steps, console_every, cfg.progress_bar, flops_per_token, opts.peak_flops, title)?;
+        let flops_per_token =
+            model_config.flops_per_sequence(cfg.max_seq_len, true) / cfg.max_seq_len as f64;
+        let title = format!(
+            "{run_name}: {}M-parameter MPT",
+            model_config.num_params() / 1_000_000
+        );
+        let mut log = RunLog::open(
+            &dir,
+            resumed_from,
+            max_steps,
+            console_every,
+            cfg.progress_bar,
+            flops_per_token,
+            opts.peak_flops,
+            title,
+        )?;
         if let Some(w) = loaded.ignored_warning() {
             log.say(&format!("warning: {w}"));
         }
-        if cfg.precision != Precision::Fp32 {
-            log.say(&format!(
-                "warning: precision {:?}: tessera computes in fp32 on every backend for now (master weights and \
-                 optimizer state are fp32 either way)",
-                cfg.precision
-            ));
-        }
+        let model = model.with_compute_dtype(compute_dtype::<B>(cfg.precision, device, &log));
         for i in incidents {
             log.incident(i)?;
         }
         if let Some(step) = resumed_from {
-            log.incident(Incident::now(step, IncidentKind::Resume, format!("resumed from {}", save_folder.join(CheckpointStore::name(step)).display())))?;
+            log.incident(Incident::now(
+                step,
+                IncidentKind::Resume,
+                format!(
+                    "resumed from {}",
+                    save_folder.join(CheckpointStore::name(step)).display()
+                ),
+            ))?;
         }
-        std::fs::write(dir.config(), loaded.config.to_yaml().map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?)
-            .map_err(|source| TrainError::Io { path: dir.config(), source })?;
+        std::fs::write(
+            dir.config(),
+            loaded.config.to_yaml().map_err(|e| TrainError::Config {
+                key: "config".into(),
+                message: e.to_string(),
+            })?,
+        )
+        .map_err(|source| TrainError::Io {
+            path: dir.config(),
+            source,
+        })?;
 
         let nan = state.nan_guard.clone();
         let spike = state.spike.clone();
-        let eval_batches = (cfg.eval_subset_num_batches > 0).then_some(cfg.eval_subset_num_batches as usize);
+        let eval_batches =
+            (cfg.eval_subset_num_batches > 0).then_some(cfg.eval_subset_num_batches as usize);
         Ok(Self {
             model_config,
             dir,
@@ -259,22 +363,41 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
     match &cfg.model {
         ModelSource::Mpt(_) => cfg
             .mpt_config()
-            .map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?
-            .ok_or_else(|| TrainError::Config { key: "model".into(), message: "no MPT fields".into() }),
-        ModelSource::Pretrained { path, config_overrides, .. } => {
+            .map_err(|e| TrainError::Config {
+                key: "model".into(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| TrainError::Config {
+                key: "model".into(),
+                message: "no MPT fields".into(),
+            }),
+        ModelSource::Pretrained {
+            path,
+            config_overrides,
+            ..
+        } => {
             let file = Path::new(path).join("config.json");
-            let text = std::fs::read_to_string(&file).map_err(|source| TrainError::Io { path: file.clone(), source })?;
-            let mut json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", file.display())))?;
-            let obj = json
-                .as_object_mut()
-                .ok_or_else(|| TrainError::Model(format!("{}: expected a JSON object", file.display())))?;
+            let text = std::fs::read_to_string(&file).map_err(|source| TrainError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let mut json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| TrainError::Model(format!("{}: {e}", file.display())))?;
+            let obj = json.as_object_mut().ok_or_else(|| {
+                TrainError::Model(format!("{}: expected a JSON object", file.display()))
+            })?;
             for (k, v) in config_overrides {
                 obj.insert(k.clone(), v.clone());
             }
             let mpt = MptConfig::from_json_str(&json.to_string(), &file.display().to_string())
-                .map_err(|e| TrainError::Config { key: "model.config_overrides".into(), message: e.to_string() })?;
-            mpt.validate().map_err(|e| TrainError::Config { key: "model".into(), message: e.to_string() })?;
+                .map_err(|e| TrainError::Config {
+                    key: "model.config_overrides".into(),
+                    message: e.to_string(),
+                })?;
+            mpt.validate().map_err(|e| TrainError::Config {
+                key: "model".into(),
+                message: e.to_string(),
+            })?;
             Ok(mpt)
         }
     }
@@ -282,10 +405,21 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
 
 /// The weights a fresh run starts from: llm-foundry's init from the run seed, the pretrained
 /// folder's weights, or `load_path`'s.
-pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, device: &B::Device) -> Result<Mpt<B>, TrainError> {
+pub fn build_model<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    mpt: &MptConfig,
+    device: &B::Device,
+) -> Result<Mpt<B>, TrainError> {
     let path = match (&cfg.load_path, &cfg.model) {
         (Some(p), _) => Some(p.as_str()),
-        (None, ModelSource::Pretrained { path, load_weights: true, .. }) => Some(path.as_str()),
+        (
+            None,
+            ModelSource::Pretrained {
+                path,
+                load_weights: true,
+                ..
+            },
+        ) => Some(path.as_str()),
         _ => None,
     };
     match path {
@@ -296,11 +430,41 @@ pub fn build_model<B: AutodiffBackend>(cfg: &TrainConfig, mpt: &MptConfig, devic
 
 /// The tokenizer, when a `finetuning` loader needs it to tokenize its rows.
 pub fn finetune_tokenizer(cfg: &TrainConfig) -> Result<Option<FinetuneTokenizer>, TrainError> {
-    let needs = std::iter::once(&cfg.train_loader).chain(&cfg.eval_loader).any(|l| l.name == LoaderKind::Finetuning);
+    let needs = std::iter::once(&cfg.train_loader)
+        .chain(&cfg.eval_loader)
+        .any(|l| l.name == LoaderKind::Finetuning);
     if !needs {
         return Ok(None);
     }
     Ok(Some(FinetuneTokenizer::load(&cfg.tokenizer.name)?))
+}
+
+/// The dtype the model's matmuls run in for `precision` (parameters and optimizer state stay
+/// f32 whatever it is). A backend without arithmetic in that dtype computes in f32, with one
+/// warning naming it.
+fn compute_dtype<B: AutodiffBackend>(
+    precision: Precision,
+    device: &B::Device,
+    log: &RunLog,
+) -> Option<FloatDType> {
+    let (dtype, name) = match precision {
+        Precision::Fp32 => return None,
+        Precision::AmpBf16 => (FloatDType::BF16, "bf16"),
+        Precision::AmpFp16 => (FloatDType::F16, "f16"),
+    };
+    let backend = B::name(device);
+    if !B::supports_dtype(device, dtype.into()) {
+        log.say(&format!(
+            "warning: precision {precision:?}: the {backend} backend has no {name} arithmetic; computing in fp32 \
+             (master weights and optimizer state are fp32 either way)"
+        ));
+        return None;
+    }
+    if backend.contains("flex") && dtype == FloatDType::BF16 {
+        log.say("note: precision AmpBf16 on the CPU (flex) backend: its bf16 matmuls convert to f32 and back, so they \
+                 are slower than fp32 there; `precision: fp32` trains faster on a CPU");
+    }
+    Some(dtype)
 }
 
 /// How `sequence_id` is derived, when the model attends within documents only.
@@ -322,14 +486,22 @@ fn run_name(cfg: &TrainConfig, opts: &TrainOptions) -> String {
     cfg.run_name
         .clone()
         .or_else(|| std::env::var("RUN_NAME").ok())
-        .or_else(|| opts.config_path.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()))
+        .or_else(|| {
+            opts.config_path
+                .as_ref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "tessera".into())
 }
 
 /// sha256 of the config with the keys that may change across a resume removed (how long to
 /// train, how often to log, eval or save, and where).
 fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
-    let mut v = serde_json::to_value(cfg).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?;
+    let mut v = serde_json::to_value(cfg).map_err(|e| TrainError::Config {
+        key: "config".into(),
+        message: e.to_string(),
+    })?;
     if let Some(m) = v.as_object_mut() {
         for k in [
             "max_duration",
@@ -352,6 +524,12 @@ fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
             m.remove(k);
         }
     }
-    let bytes = serde_json::to_vec(&v).map_err(|e| TrainError::Config { key: "config".into(), message: e.to_string() })?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    let bytes = serde_json::to_vec(&v).map_err(|e| TrainError::Config {
+        key: "config".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
