@@ -5,9 +5,9 @@
 use burn::module::Module;
 use burn::nn::Dropout;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::FloatDType;
 
-use crate::linear::Linear;
+use crate::linear::{Linear, matmul_in};
 use crate::norm::Norm;
 use crate::rope::Rotary;
 
@@ -20,6 +20,8 @@ pub struct AttnOptions {
     pub softcap: Option<f64>,
     /// Dropout on the probabilities; active only on autodiff backends (training).
     pub dropout: f64,
+    /// Mixed precision: the dtype of the two products (the softmax stays f32).
+    pub compute: Option<FloatDType>,
 }
 
 /// `softmax(q k^T * scale + bias) v`, the whole attention computation.
@@ -40,29 +42,23 @@ pub fn attention<B: Backend>(
     bias: Option<Tensor<B, 4>>,
     opts: &AttnOptions,
 ) -> Tensor<B, 4> {
-    // Scaling q rather than the scores touches head_dim values per query instead of s_k.
-    let mut scores = (q * opts.scale).matmul(k.swap_dims(2, 3));
-    if let Some(c) = opts.softcap {
-        scores = (scores / c).tanh() * c;
-    }
-    if let Some(bias) = bias {
-        let [b, h, s_q, s_k] = scores.dims();
-        scores = if bias.dims()[0] == 1 && b > 1 && bias.dims()[1] == h {
-            // Broadcast over the batch as one shared row of h * s_q * s_k values: the layout
-            // backends add fastest (Flex's strided broadcast path is ~5x slower).
-            let n = h * s_q * s_k;
-            (scores.reshape([b, n]) + bias.reshape([1, n])).reshape([b, h, s_q, s_k])
-        } else {
-            scores + bias
-        };
-    }
-    let probs = softmax(scores, 3);
+    // The scale is applied to the scores (as llm-foundry and transformers do), inside the fused
+    // softmax when there is no soft-capping.
+    let scores = matmul_in(q, k.swap_dims(2, 3), opts.compute);
+    let probs = match opts.softcap {
+        Some(c) => {
+            let capped = ((scores * opts.scale) / c).tanh() * c;
+            crate::kernels::softmax_with_bias(capped, bias, 1.0)
+        }
+        // One fused node on Flex (scale, bias add, softmax); the composed ops elsewhere.
+        None => crate::kernels::softmax_with_bias(scores, bias, opts.scale),
+    };
     let probs = if opts.dropout > 0.0 {
         Dropout { prob: opts.dropout }.forward(probs)
     } else {
         probs
     };
-    probs.matmul(v)
+    matmul_in(probs, v, opts.compute)
 }
 
 /// Per-forward inputs shared by every layer.
@@ -72,6 +68,8 @@ pub struct LayerContext<B: Backend> {
     pub bias: Option<Tensor<B, 4>>,
     /// RoPE tables for the new tokens.
     pub rotary: Option<Rotary<B>>,
+    /// Mixed precision: the dtype every matmul runs in (`None`: f32 throughout).
+    pub compute: Option<FloatDType>,
 }
 
 /// Keys and values of one layer for the tokens seen so far (after RoPE, before GQA repeat).
@@ -126,28 +124,31 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.kv_n_heads, self.head_dim);
-        let mut qkv = self.wqkv.forward(x); // [b, s, (h + 2 kvh) hd]
-        if let Some(c) = self.clip_qkv {
-            qkv = qkv.clamp(-c, c);
-        }
-        let (q, k, v) = match (&self.q_ln, &self.k_ln) {
-            (Some(qn), Some(kn)) if !self.qk_gn => {
-                // qk_ln normalises the whole query / key vector, so split before reshaping.
-                let q = qn.forward(qkv.clone().narrow(2, 0, h * hd));
-                let k = kn.forward(qkv.clone().narrow(2, h * hd, kvh * hd));
-                let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
-                (
-                    q.reshape([b, s, h, hd]),
-                    k.reshape([b, s, kvh, hd]),
-                    v.reshape([b, s, kvh, hd]),
-                )
+        // The fused Wqkv is applied as three products over row blocks of its weight, so q, k
+        // and v come out contiguous and their gradients need no `[b, s, (h + 2 kvh) hd]`
+        // scatter (the backward of narrowing one big output).
+        let project = |start: usize, len: usize| {
+            let y = self
+                .wqkv
+                .forward_rows_in(x.clone(), start, len, ctx.compute); // [b, s, len]
+            match self.clip_qkv {
+                Some(c) => y.clamp(-c, c),
+                None => y,
             }
+        };
+        let q = project(0, h * hd);
+        let k = project(h * hd, kvh * hd);
+        let v = project((h + kvh) * hd, kvh * hd);
+        let (q, k, v) = match (&self.q_ln, &self.k_ln) {
+            // qk_ln normalises the whole query / key vector, before the split into heads.
+            (Some(qn), Some(kn)) if !self.qk_gn => (
+                qn.forward(q).reshape([b, s, h, hd]),
+                kn.forward(k).reshape([b, s, kvh, hd]),
+                v.reshape([b, s, kvh, hd]),
+            ),
             (qn, kn) => {
-                // [b, s, h + 2 kvh, hd]: a free reshape; the splits below are views.
-                let qkv = qkv.reshape([b, s, h + 2 * kvh, hd]);
-                let q = qkv.clone().narrow(2, 0, h);
-                let k = qkv.clone().narrow(2, h, kvh);
-                let v = qkv.narrow(2, h + kvh, kvh);
+                let q = q.reshape([b, s, h, hd]);
+                let k = k.reshape([b, s, kvh, hd]);
                 // qk_gn: one norm per head, over head_dim.
                 let q = match qn {
                     Some(n) => n.forward(q),
@@ -157,7 +158,7 @@ impl<B: Backend> Attention<B> {
                     Some(n) => n.forward(k),
                     None => k,
                 };
-                (q, k, v)
+                (q, k, v.reshape([b, s, kvh, hd]))
             }
         };
         // [b, heads, s, hd]
@@ -196,10 +197,11 @@ impl<B: Backend> Attention<B> {
             scale: self.softmax_scale,
             softcap: self.softcap,
             dropout: self.attn_pdrop,
+            compute: ctx.compute,
         };
         let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
         self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, h * hd]))
+            .forward_in(out.swap_dims(1, 2).reshape([b, s, h * hd]), ctx.compute)
     }
 }
 
@@ -220,6 +222,7 @@ mod tests {
             scale: 2.0,
             softcap: None,
             dropout: 0.0,
+            compute: None,
         };
         let out = attention(q, k, v, Some(bias), &opts)
             .into_data()
@@ -257,6 +260,7 @@ mod tests {
             scale: 0.3,
             softcap: None,
             dropout: 0.0,
+            compute: None,
         };
         let ours = attention(q.clone(), k.clone(), v.clone(), bias.clone(), &opts);
         let fused = burn::tensor::module::attention(

@@ -2,6 +2,7 @@
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation;
 
 use crate::config::Activation;
@@ -24,7 +25,8 @@ impl Activation {
     /// Applies the activation element-wise.
     pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Activation::Gelu => activation::gelu(x),
+            // Fused on Flex (one vectorised pass, one autodiff node); burn's gelu elsewhere.
+            Activation::Gelu => crate::kernels::gelu(x),
             Activation::GeluTanh => activation::gelu_approximate(x),
             Activation::Silu => activation::silu(x),
             Activation::Relu => activation::relu(x),
@@ -37,11 +39,23 @@ impl<B: Backend> Ffn<B> {
     /// # Shapes
     /// - `x`: `[batch, s, d_model]` -> `[batch, s, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_in(x, None)
+    }
+
+    /// [`Ffn::forward`] with the projections in `compute` (mixed precision); the activation
+    /// runs on their f32 outputs.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, s, d_model]` -> `[batch, s, d_model]`
+    pub fn forward_in(&self, x: Tensor<B, 3>, compute: Option<FloatDType>) -> Tensor<B, 3> {
         let h = match &self.gate_proj {
-            Some(gate) => self.activation.apply(gate.forward(x.clone())) * self.up_proj.forward(x),
-            None => self.activation.apply(self.up_proj.forward(x)),
+            Some(gate) => {
+                self.activation.apply(gate.forward_in(x.clone(), compute))
+                    * self.up_proj.forward_in(x, compute)
+            }
+            None => self.activation.apply(self.up_proj.forward_in(x, compute)),
         };
-        self.down_proj.forward(h)
+        self.down_proj.forward_in(h, compute)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 
 /// `y = x W^T + b` with `W: [d_out, d_in]` as in `torch.nn.Linear`.
 #[derive(Module, Debug)]
@@ -22,15 +23,30 @@ impl<B: Backend> Linear<B> {
     /// # Shapes
     /// - `x`: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.forward_in(x, None)
+    }
+
+    /// [`Linear::forward`] with the product (and the bias add) in `compute` (mixed precision:
+    /// see [`matmul_in`]); the output is f32 again.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]` -> `[..., d_out]`
+    pub fn forward_in<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        compute: Option<FloatDType>,
+    ) -> Tensor<B, D> {
         let dims = x.dims();
         let d_in = dims[D - 1];
         let [d_out, _] = self.weight.dims();
         let rows: usize = dims[..D - 1].iter().product();
         // One 2-D GEMM over all rows (forward and both backward products), rather than a
         // batched matmul whose weight gradient must then be summed over the batch.
-        let y = x
-            .reshape([rows, d_in])
-            .matmul(self.weight.val().transpose());
+        let y = matmul_in(
+            x.reshape([rows, d_in]),
+            self.weight.val().transpose(),
+            compute,
+        );
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
@@ -38,6 +54,56 @@ impl<B: Backend> Linear<B> {
         let mut out = dims;
         out[D - 1] = d_out;
         y.reshape(out)
+    }
+}
+
+impl<B: Backend> Linear<B> {
+    /// Output features `start..start + len` only: the layer restricted to those rows of its
+    /// weight (and bias), e.g. the query, key or value block of a fused `Wqkv`.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., d_in]` -> `[..., len]`
+    pub fn forward_rows_in<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        start: usize,
+        len: usize,
+        compute: Option<FloatDType>,
+    ) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let w = self.weight.val().narrow(0, start, len); // [len, d_in]
+        let y = matmul_in(x.reshape([rows, d_in]), w.transpose(), compute);
+        let y = match &self.bias {
+            Some(b) => y + b.val().narrow(0, start, len).unsqueeze_dim(0),
+            None => y,
+        };
+        let mut out = dims;
+        out[D - 1] = len;
+        y.reshape(out)
+    }
+}
+
+/// `a · b` computed in `compute` when given (mixed precision, as PyTorch autocast runs matmuls
+/// in bf16/f16), with the result cast back to `a`'s dtype; plain `a · b` otherwise.
+///
+/// Parameters stay f32 (the master weights): the casts are differentiable, so gradients reach
+/// them in f32, while the products (forward and backward) run in `compute`.
+///
+/// # Shapes
+/// - `a`: `[..., m, k]`, `b`: `[..., k, n]` -> `[..., m, n]`
+pub fn matmul_in<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    compute: Option<FloatDType>,
+) -> Tensor<B, D> {
+    match compute {
+        Some(dt) if FloatDType::from(a.dtype()) != dt => {
+            let out = FloatDType::from(a.dtype());
+            a.cast(dt).matmul(b.cast(dt)).cast(out)
+        }
+        _ => a.matmul(b),
     }
 }
 

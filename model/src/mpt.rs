@@ -7,6 +7,7 @@
 use burn::module::Module;
 use burn::nn::Dropout;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 
 use crate::alibi::gen_slopes;
 use crate::attention::{Attention, LayerContext};
@@ -14,7 +15,9 @@ use crate::block::MptBlock;
 use crate::cache::KvCache;
 use crate::config::{FfnType, MptConfig};
 use crate::ffn::Ffn;
-use crate::linear::{Embedding, Linear};
+use crate::linear::{Embedding, Linear, matmul_in};
+use crate::lm_loss::unembed_cross_entropy_sum;
+use crate::loss::{IGNORE_INDEX, token_cross_entropy};
 use crate::mask::attention_bias;
 use crate::norm::Norm;
 use crate::rope::Rotary;
@@ -58,6 +61,8 @@ pub struct Mpt<B: Backend> {
     /// Untied unembedding `[vocab, d_model]`.
     pub lm_head: Option<Linear<B>>,
     config: MptConfig,
+    /// Mixed precision (see [`Mpt::with_compute_dtype`]); not a parameter, never saved.
+    compute_dtype: Option<FloatDType>,
 }
 
 impl<B: Backend> Mpt<B> {
@@ -115,7 +120,25 @@ impl<B: Backend> Mpt<B> {
             norm_f,
             lm_head,
             config: config.clone(),
+            compute_dtype: None,
         }
+    }
+
+    /// Mixed precision: every matmul (forward and backward) runs in `dtype` (bf16 or f16) while
+    /// the parameters, the residual stream, norms, softmax and loss stay f32, as under PyTorch
+    /// autocast with fp32 master weights. `None` or f32: everything in f32.
+    ///
+    /// This is run-time configuration, not part of the model: it is not in the record, so a
+    /// checkpoint is the same whatever precision trained it, and a model loaded from one
+    /// computes in f32 until this is called again.
+    pub fn with_compute_dtype(mut self, dtype: Option<FloatDType>) -> Self {
+        self.compute_dtype = dtype.filter(|d| *d != FloatDType::F32);
+        self
+    }
+
+    /// The dtype matmuls run in, if not f32 (see [`Mpt::with_compute_dtype`]).
+    pub fn compute_dtype(&self) -> Option<FloatDType> {
+        self.compute_dtype
     }
 
     /// The configuration this model was built from.
@@ -199,13 +222,12 @@ impl<B: Backend> Mpt<B> {
     /// - `x`: `[batch, seq, d_model]` -> `[batch, seq, vocab_size]`
     pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let mut logits = match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => head.forward_in(x, self.compute_dtype),
             None => {
                 let [b, s, d] = x.dims();
                 let w = self.wte.weight.val(); // [vocab, d]
                 let v = w.dims()[0];
-                x.reshape([b * s, d])
-                    .matmul(w.transpose())
+                matmul_in(x.reshape([b * s, d]), w.transpose(), self.compute_dtype)
                     .reshape([b, s, v])
             }
         };
@@ -217,6 +239,38 @@ impl<B: Backend> Mpt<B> {
             logits = (logits / c).tanh() * c;
         }
         logits
+    }
+
+    /// `Σ` over the non-ignored targets ([`IGNORE_INDEX`]) of the next-token cross-entropy of
+    /// [`Mpt::forward`]'s logits: `token_cross_entropy(self.forward(input), targets).sum()`,
+    /// without ever holding the `[batch, seq, vocab]` logits or their gradient (see
+    /// [`crate::lm_loss`]). The trainer's loss; with `final_logit_softcapping` or an
+    /// `lm_head` bias it falls back to exactly that expression.
+    ///
+    /// # Shapes
+    /// - `input.input_ids`, `targets`: `[batch, seq]` -> `[1]`
+    ///
+    /// # Panics
+    /// As [`Mpt::forward`]; also if `targets` is not `[batch, seq]`.
+    pub fn loss_sum(&self, input: MptInput<B>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        let h = self.forward_features(input);
+        let fusable = self.config.final_logit_softcapping.is_none()
+            && self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
+        if !fusable {
+            return token_cross_entropy(self.logits(h), targets, IGNORE_INDEX).sum();
+        }
+        let w = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.wte.weight.val(),
+        };
+        unembed_cross_entropy_sum(
+            h,
+            w,
+            targets,
+            IGNORE_INDEX,
+            self.config.logit_scale_value(),
+            self.compute_dtype,
+        )
     }
 
     fn run(
@@ -313,7 +367,11 @@ impl<B: Backend> Mpt<B> {
             sequence_id,
             &device,
         );
-        let ctx = LayerContext { bias, rotary };
+        let ctx = LayerContext {
+            bias,
+            rotary,
+            compute: self.compute_dtype,
+        };
 
         for (i, block) in self.blocks.iter().enumerate() {
             if let Some(h) = hidden.as_deref_mut() {
@@ -335,4 +393,125 @@ enum Positions<B: Backend> {
     Range(usize),
     /// `[batch, s]`, counting only real tokens.
     PerToken(Tensor<B, 2, Int>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::token_cross_entropy;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::DType;
+
+    type AD = Autodiff<Flex>;
+
+    fn tiny<Bk: Backend>() -> Mpt<Bk> {
+        let json = r#"{"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": 96, "max_seq_len": 16,
+                       "attn_config": {"alibi": true}, "no_bias": true}"#;
+        MptConfig::from_json_str(json, "test")
+            .unwrap()
+            .init::<Bk>(&Default::default(), 5)
+    }
+
+    fn batch<Bk: Backend>() -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
+        let dev = Default::default();
+        let ids: Vec<i64> = (0..2 * 12).map(|i| (i * 37 % 96) as i64).collect();
+        let mut targets: Vec<i64> = (0..2 * 12).map(|i| ((i + 1) * 37 % 96) as i64).collect();
+        targets[11] = IGNORE_INDEX;
+        targets[23] = IGNORE_INDEX;
+        (
+            Tensor::from_data(TensorData::new(ids, [2, 12]), &dev),
+            Tensor::from_data(TensorData::new(targets, [2, 12]), &dev),
+        )
+    }
+
+    /// Collects the dtype of every parameter.
+    struct Dtypes(Vec<DType>);
+    impl<Bk: Backend> ModuleVisitor<Bk> for Dtypes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
+            self.0.push(param.val().dtype());
+        }
+    }
+
+    #[test]
+    fn loss_sum_equals_summed_token_cross_entropy() {
+        let model = tiny::<Flex>();
+        let (ids, targets) = batch::<Flex>();
+        let logits = model.forward(MptInput::new(ids.clone()));
+        let want = token_cross_entropy(logits, targets.clone(), IGNORE_INDEX)
+            .sum()
+            .into_scalar();
+        let got = model.loss_sum(MptInput::new(ids), targets).into_scalar();
+        assert!((got - want).abs() < 1e-5 * want.abs(), "{got} vs {want}");
+    }
+
+    #[test]
+    fn bf16_compute_stays_close_to_f32() {
+        let model = tiny::<Flex>();
+        let (ids, _) = batch::<Flex>();
+        let f32_logits = model.forward(MptInput::new(ids.clone()));
+        let bf16 = model.with_compute_dtype(Some(FloatDType::BF16));
+        assert_eq!(bf16.compute_dtype(), Some(FloatDType::BF16));
+        let bf16_logits = bf16.forward(MptInput::new(ids));
+        assert_eq!(bf16_logits.dtype(), DType::F32, "logits come back in f32");
+        let scale = f32_logits.clone().abs().max().into_scalar();
+        let diff = (bf16_logits - f32_logits).abs().max().into_scalar();
+        // bf16 keeps 8 bits of mantissa: 2^-8 relative per product, a few products deep.
+        assert!(diff > 0.0, "the bf16 path must actually round");
+        assert!(
+            diff < 0.05 * scale,
+            "bf16 logits off by {diff} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn bf16_gradients_land_on_f32_parameters_close_to_f32_gradients() {
+        let (ids, targets) = batch::<AD>();
+        let run = |dtype: Option<FloatDType>| {
+            let model = tiny::<AD>().with_compute_dtype(dtype);
+            let loss = model.loss_sum(MptInput::new(ids.clone()), targets.clone());
+            let grads = loss.backward();
+            let g = model.wte.weight.grad(&grads).expect("wte gradient");
+            let up = model.blocks[0]
+                .ffn
+                .up_proj
+                .weight
+                .grad(&grads)
+                .expect("up_proj gradient");
+            let mut dtypes = Dtypes(Vec::new());
+            model.visit(&mut dtypes);
+            (g, up, dtypes.0)
+        };
+        let (g32, up32, _) = run(None);
+        let (g16, up16, dtypes) = run(Some(FloatDType::BF16));
+        assert!(
+            dtypes.iter().all(|d| *d == DType::F32),
+            "parameters stay f32: {dtypes:?}"
+        );
+        assert_eq!(g16.dtype(), DType::F32);
+        assert_eq!(up16.dtype(), DType::F32);
+        for (a, b) in [(g16, g32), (up16, up32)] {
+            let scale = b.clone().abs().max().into_scalar();
+            let diff = (a - b).abs().max().into_scalar();
+            assert!(
+                diff < 0.05 * scale,
+                "bf16 gradient off by {diff} (scale {scale})"
+            );
+        }
+    }
+
+    #[test]
+    fn compute_dtype_is_not_part_of_the_record() {
+        let model = tiny::<Flex>().with_compute_dtype(Some(FloatDType::BF16));
+        let fresh = tiny::<Flex>();
+        let reloaded = fresh.load_record(model.clone().into_record());
+        assert_eq!(reloaded.compute_dtype(), None);
+        assert_eq!(
+            model
+                .clone()
+                .with_compute_dtype(Some(FloatDType::F32))
+                .compute_dtype(),
+            None
+        );
+    }
 }

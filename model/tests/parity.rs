@@ -162,6 +162,54 @@ fn every_gradient_matches_transformers_and_one_sgd_step_reproduces_the_loss() {
 }
 
 #[test]
+fn fused_loss_sum_matches_transformers_loss_and_every_gradient() {
+    // `Mpt::loss_sum` (the trainer's loss: unembedding and cross-entropy fused, see
+    // `lm_loss`) against the same fixtures as the unfused path above, at the same tolerances.
+    for name in FIXTURES {
+        let model = load::<AD>(name);
+        let (ids, shape) = npy_i64(name, "input_ids.npy");
+        let (m, _) = npy_i64(name, "attention_mask.npy");
+        let (t, tshape) = npy_i64(name, "target_ids.npy");
+        // Targets cover seq - 1 positions; the last position predicts nothing.
+        let mut full = vec![IGNORE_INDEX; shape[0] * shape[1]];
+        for r in 0..tshape[0] {
+            full[r * shape[1]..r * shape[1] + tshape[1]]
+                .copy_from_slice(&t[r * tshape[1]..(r + 1) * tshape[1]]);
+        }
+        let n_tokens = t.iter().filter(|&&x| x != IGNORE_INDEX).count() as f64;
+        let input = MptInput {
+            input_ids: common::ids::<AD>(&ids, [shape[0], shape[1]]),
+            attention_mask: Some(mask::<AD>(&m, [shape[0], shape[1]])),
+            sequence_id: None,
+        };
+        let sum = model.loss_sum(input, common::ids::<AD>(&full, [shape[0], shape[1]]));
+        let mean = sum / n_tokens;
+        let want_mean = index(name)["mean_loss"].as_f64().unwrap();
+        let got = mean.clone().into_scalar() as f64;
+        assert!(
+            (got - want_mean).abs() <= 1e-5,
+            "{name}: mean loss {got} vs {want_mean}"
+        );
+        let got = named_grads(&model, &mean.backward());
+        let want = read_safetensors(dir(name).join("grads.safetensors"));
+        let mut worst = (0f32, String::new());
+        for (pname, (w, _)) in &want {
+            let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
+            let rel = max_abs_diff(&got[pname], w) / scale;
+            if rel > worst.0 {
+                worst = (rel, pname.clone());
+            }
+        }
+        assert!(
+            worst.0 <= 1e-4,
+            "{name}: worst relative gradient error {} at {}",
+            worst.0,
+            worst.1
+        );
+    }
+}
+
+#[test]
 fn greedy_generation_matches_transformers_with_and_without_cache() {
     for name in FIXTURES {
         let model = load::<B>(name);

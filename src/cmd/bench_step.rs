@@ -30,9 +30,33 @@ pub struct Args {
     vocab_size: usize,
     #[arg(long)]
     json: bool,
+    /// Instead of a step: measure the backend's f32 matmul FLOP/s (1024³ products), the CPU
+    /// "peak" MFU is reported against (`cargo xtask bench train`).
+    #[arg(long)]
+    peak_flops: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.peak_flops {
+        anyhow::ensure!(
+            args.backend == "flex",
+            "--peak-flops measures the flex backend only"
+        );
+        let (n, reps) = (1024, 10);
+        let flops = tessera::train::metrics::measure_matmul_flops::<burn::backend::Flex>(
+            &Default::default(),
+            n,
+            reps,
+        );
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        println!(
+            "{}",
+            serde_json::json!({ "backend": "flex", "peak_flops": flops, "n": n, "reps": reps, "threads": threads })
+        );
+        return Ok(());
+    }
     match args.backend.as_str() {
         "flex" => bench::<burn::backend::Autodiff<burn::backend::Flex>>(&args, "flex"),
         #[cfg(feature = "bench-ndarray")]

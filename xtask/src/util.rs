@@ -7,8 +7,15 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The workspace root (xtask lives at `<root>/xtask`).
+///
+/// Taken from `CARGO_MANIFEST_DIR` at run time (`cargo xtask` runs through `cargo run`, which
+/// sets it): the target dir is shared between checkouts, so a compile-time path could name
+/// another checkout.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
         .expect("xtask sits one level below the workspace root")
         .to_path_buf()

@@ -17,8 +17,8 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
 use super::rows::{self, NormStats};
@@ -47,6 +47,12 @@ fn which<B: Backend>() -> Which {
     }
 }
 
+/// Whether `B` gets the fused kernels at all (for f32 tensors).
+#[cfg(test)]
+pub(super) fn specialised<B: Backend>() -> bool {
+    which::<B>() != Which::Other
+}
+
 /// Moves `value` to type `T`, which the caller has established it is (via [`which`]).
 fn give<S: 'static, T: 'static>(value: S) -> T {
     let mut slot = Some(value);
@@ -58,20 +64,40 @@ fn give<S: 'static, T: 'static>(value: S) -> T {
 
 /// `t` with contiguous f32 storage (a copy only when it is a strided view).
 fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// `t` laid out so that its whole buffer is exactly its elements, ready for
+/// [`FlexTensor::storage_mut`] (which then copies only if the buffer is shared).
+fn exact(t: FlexTensor) -> FlexTensor {
+    let n = t.shape().num_elements();
+    if t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == n * 4 {
+        t
+    } else {
+        t.to_contiguous()
+    }
 }
 
 fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("kernel inputs are made contiguous f32 first")
+    t.as_slice::<f32>()
+        .expect("kernel inputs are made contiguous f32 first")
 }
 
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
 }
 
-/// The gradient flowing into `ops.node`, contiguous.
+/// The gradient flowing into `ops.node`, ready to be overwritten in place.
 fn grad_of<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> FlexTensor {
-    contiguous(grads.consume::<Flex>(&ops.node))
+    exact(grads.consume::<Flex>(&ops.node))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,10 +115,10 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grad_of(&ops, grads);
+        let mut g = grad_of(&ops, grads);
         if let [Some(node)] = &ops.parents {
-            let dx = rows::gelu_backward(slice(&ops.state), slice(&g));
-            grads.register::<Flex>(node.id, tensor(dx, ops.state.shape()));
+            rows::gelu_backward(slice(&ops.state), g.storage_mut::<f32>());
+            grads.register::<Flex>(node.id, g);
         }
     }
 }
@@ -127,10 +153,13 @@ pub(super) fn gelu<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
 // ---------------------------------------------------------------------------------------------
 // softmax(x + bias) over the last axis
 
-fn softmax_flex(x: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
-    let shape = x.shape();
-    let n = shape.dims[shape.num_dims() - 1];
-    tensor(rows::softmax(slice(x), bias.map(slice), n), shape)
+/// `softmax(scale · x + bias)`, in `x`'s buffer when nothing else holds it.
+fn softmax_flex(x: FlexTensor, bias: Option<&FlexTensor>, scale: f64) -> FlexTensor {
+    let mut y = exact(x);
+    let shape = y.shape();
+    let n = shape[shape.num_dims() - 1];
+    rows::softmax(y.storage_mut::<f32>(), bias.map(slice), n, scale as f32);
+    y
 }
 
 /// `N` = 1 (scores) or 2 (scores, bias).
@@ -138,43 +167,52 @@ fn softmax_flex(x: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
 struct SoftmaxBackward<const N: usize>;
 
 impl<const N: usize> Backward<Flex, N> for SoftmaxBackward<N> {
-    /// The output (the probabilities) and the bias shape.
-    type State = (FlexTensor, Shape);
+    /// The output (the probabilities), the scale and the bias shape.
+    type State = (FlexTensor, f64, Shape);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grad_of(&ops, grads);
-        let (y, bias_shape) = ops.state;
+        let mut g = grad_of(&ops, grads);
+        let (y, scale, bias_shape) = ops.state;
         let mut parents = ops.parents.into_iter();
         let (x_node, bias_node) = (parents.next().flatten(), parents.next().flatten());
         let shape = y.shape();
-        let n = shape.dims[shape.num_dims() - 1];
-        let dx = tensor(rows::softmax_backward(slice(&y), slice(&g), n), shape);
+        let n = shape[shape.num_dims() - 1];
+        // g becomes the gradient of `scale · x + bias`: the bias's (summed over the batch it
+        // was broadcast over), and `scale` times it for x.
+        rows::softmax_backward(slice(&y), g.storage_mut::<f32>(), n);
         if let Some(node) = bias_node {
-            // The bias was broadcast over the leading axis: sum its gradient back.
             let len = bias_shape.num_elements();
             let mut db = vec![0.0f32; len];
-            for c in slice(&dx).chunks(len) {
+            for c in slice(&g).chunks(len) {
                 db.iter_mut().zip(c).for_each(|(a, v)| *a += v);
             }
             grads.register::<Flex>(node.id, tensor(db, bias_shape));
         }
         if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, dx);
+            if scale != 1.0 {
+                let s = scale as f32;
+                g.storage_mut::<f32>().iter_mut().for_each(|v| *v *= s);
+            }
+            grads.register::<Flex>(node.id, g);
         }
     }
 }
 
-/// `softmax(x + bias)` over the last axis for f32 Flex / Autodiff<Flex> tensors whose bias (if
-/// any) has `x`'s trailing axes and a leading axis of 1 or `x`'s; `Err` with the inputs
-/// otherwise.
+/// `softmax(scale · x + bias)` over the last axis for f32 Flex / Autodiff<Flex> tensors whose
+/// bias (if any) has `x`'s trailing axes and a leading axis of 1 or `x`'s; `Err` with the
+/// inputs otherwise.
 #[allow(clippy::type_complexity)]
-pub(super) fn softmax<B: Backend>(x: Prim<B>, bias: Option<Prim<B>>) -> Result<Prim<B>, (Prim<B>, Option<Prim<B>>)> {
+pub(super) fn softmax<B: Backend>(
+    x: Prim<B>,
+    bias: Option<Prim<B>>,
+    scale: f64,
+) -> Result<Prim<B>, (Prim<B>, Option<Prim<B>>)> {
     let fits = |b: &Prim<B>| {
         let (xs, bs) = (x.shape(), b.shape());
         b.dtype() == DType::F32
             && xs.num_dims() == bs.num_dims()
-            && xs.dims[1..] == bs.dims[1..]
-            && (bs.dims[0] == 1 || bs.dims[0] == xs.dims[0])
+            && xs.as_slice()[1..] == bs.as_slice()[1..]
+            && (bs[0] == 1 || bs[0] == xs[0])
     };
     if x.dtype() != DType::F32 || x.shape().num_dims() < 2 || !bias.as_ref().is_none_or(fits) {
         return Err((x, bias));
@@ -182,32 +220,33 @@ pub(super) fn softmax<B: Backend>(x: Prim<B>, bias: Option<Prim<B>>) -> Result<P
     match which::<B>() {
         Which::Flex => {
             let b = bias.map(|b| contiguous(give(b)));
-            Ok(give(softmax_flex(&contiguous(give(x)), b.as_ref())))
+            Ok(give(softmax_flex(give(x), b.as_ref(), scale)))
         }
         Which::AutodiffFlex => {
             let t: AdTensor = give(x);
-            let input = contiguous(t.primitive);
             let out = match bias.map(give::<_, AdTensor>) {
                 None => {
-                    let y = softmax_flex(&input, None);
+                    let y = softmax_flex(t.primitive, None, scale);
                     match SoftmaxBackward::<1>
                         .prepare::<NoCheckpointing>([t.node])
                         .compute_bound()
                         .stateful()
                     {
-                        OpsKind::Tracked(prep) => prep.finish((y.clone(), Shape::new([1])), y),
+                        OpsKind::Tracked(prep) => {
+                            prep.finish((y.clone(), scale, Shape::new([1])), y)
+                        }
                         OpsKind::UnTracked(prep) => prep.finish(y),
                     }
                 }
                 Some(b) => {
                     let bias = contiguous(b.primitive);
-                    let y = softmax_flex(&input, Some(&bias));
+                    let y = softmax_flex(t.primitive, Some(&bias), scale);
                     match SoftmaxBackward::<2>
                         .prepare::<NoCheckpointing>([t.node, b.node])
                         .compute_bound()
                         .stateful()
                     {
-                        OpsKind::Tracked(prep) => prep.finish((y.clone(), bias.shape()), y),
+                        OpsKind::Tracked(prep) => prep.finish((y.clone(), scale, bias.shape()), y),
                         OpsKind::UnTracked(prep) => prep.finish(y),
                     }
                 }
@@ -221,7 +260,13 @@ pub(super) fn softmax<B: Backend>(x: Prim<B>, bias: Option<Prim<B>>) -> Result<P
 // ---------------------------------------------------------------------------------------------
 // LayerNorm / RMSNorm over the last axis
 
-fn norm_flex(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>, eps: f64, rms: bool) -> (FlexTensor, NormStats) {
+fn norm_flex(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: Option<&FlexTensor>,
+    eps: f64,
+    rms: bool,
+) -> (FlexTensor, NormStats) {
     let (y, stats) = rows::norm(slice(x), slice(w), b.map(slice), eps as f32, rms);
     (tensor(y, x.shape()), stats)
 }
@@ -243,11 +288,21 @@ impl<const N: usize> Backward<Flex, N> for NormBackward<N> {
     type State = NormState;
 
     fn backward(self, ops: Ops<NormState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grad_of(&ops, grads);
+        let mut g = grad_of(&ops, grads);
         let s = ops.state;
-        let (dx, dw, db) = rows::norm_backward(slice(&s.x), slice(&g), slice(&s.w), &s.stats, s.rms);
+        let (dw, db) = rows::norm_backward(
+            slice(&s.x),
+            g.storage_mut::<f32>(),
+            slice(&s.w),
+            &s.stats,
+            s.rms,
+        );
         let mut parents = ops.parents.into_iter();
-        let (x_node, w_node, b_node) = (parents.next().flatten(), parents.next().flatten(), parents.next().flatten());
+        let (x_node, w_node, b_node) = (
+            parents.next().flatten(),
+            parents.next().flatten(),
+            parents.next().flatten(),
+        );
         if let Some(node) = b_node {
             grads.register::<Flex>(node.id, tensor(db, s.w.shape()));
         }
@@ -255,7 +310,7 @@ impl<const N: usize> Backward<Flex, N> for NormBackward<N> {
             grads.register::<Flex>(node.id, tensor(dw, s.w.shape()));
         }
         if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, tensor(dx, s.x.shape()));
+            grads.register::<Flex>(node.id, g);
         }
     }
 }
@@ -273,15 +328,22 @@ pub(super) fn norm<B: Backend>(
     let d = w.shape().num_elements();
     let ok = x.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && x.shape().dims.last() == Some(&d)
-        && b.as_ref().is_none_or(|b| b.dtype() == DType::F32 && b.shape().num_elements() == d);
+        && x.shape().as_slice().last() == Some(&d)
+        && b.as_ref()
+            .is_none_or(|b| b.dtype() == DType::F32 && b.shape().num_elements() == d);
     if !ok {
         return Err((x, w, b));
     }
     match which::<B>() {
         Which::Flex => {
             let b = b.map(|b| contiguous(give(b)));
-            let (y, _) = norm_flex(&contiguous(give(x)), &contiguous(give(w)), b.as_ref(), eps, rms);
+            let (y, _) = norm_flex(
+                &contiguous(give(x)),
+                &contiguous(give(w)),
+                b.as_ref(),
+                eps,
+                rms,
+            );
             Ok(give(y))
         }
         Which::AutodiffFlex => {
@@ -290,7 +352,12 @@ pub(super) fn norm<B: Backend>(
             let (xi, wi) = (contiguous(x.primitive), contiguous(w.primitive));
             let bi = b.as_ref().map(|b| contiguous(b.primitive.clone()));
             let (y, stats) = norm_flex(&xi, &wi, bi.as_ref(), eps, rms);
-            let state = NormState { x: xi, w: wi, stats, rms };
+            let state = NormState {
+                x: xi,
+                w: wi,
+                stats,
+                rms,
+            };
             let out = match b {
                 None => match NormBackward::<2>
                     .prepare::<NoCheckpointing>([x.node, w.node])
@@ -312,5 +379,133 @@ pub(super) fn norm<B: Backend>(
             Ok(give(out))
         }
         Which::Other => Err((x, w, b)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy rows (no graph node: the caller builds the gradient path)
+
+/// The primitive's raw Flex tensor when `B` is Flex or `Autodiff<Flex>` (dropping any graph).
+fn raw<B: Backend>(x: Prim<B>) -> FlexTensor {
+    match which::<B>() {
+        Which::Flex => give(x),
+        Which::AutodiffFlex => give::<_, AdTensor>(x).primitive,
+        Which::Other => unreachable!("raw() is only called on specialised backends"),
+    }
+}
+
+/// A raw Flex result as `B`'s primitive (untracked under autodiff).
+fn wrap<B: Backend>(t: FlexTensor) -> Prim<B> {
+    match which::<B>() {
+        Which::Flex => give(t),
+        Which::AutodiffFlex => give(<AdFlex as AutodiffBackend>::from_inner(t)),
+        Which::Other => unreachable!("wrap() is only called on specialised backends"),
+    }
+}
+
+/// Per-row cross-entropy `[rows, 1]` of f32 Flex / Autodiff<Flex> logits `[rows, v]` against
+/// `targets` `[rows, 1]` (negative = ignored), and with `grad` also `softmax - onehot`
+/// `[rows, v]`, computed in place in the logits' buffer when it is not shared.
+#[allow(clippy::type_complexity)]
+pub(super) fn cross_entropy<B: Backend>(
+    logits: Prim<B>,
+    targets: IntTensor<B>,
+    grad: bool,
+) -> Result<(Prim<B>, Option<Prim<B>>), (Prim<B>, IntTensor<B>)> {
+    if logits.dtype() != DType::F32
+        || logits.shape().num_dims() != 2
+        || which::<B>() == Which::Other
+    {
+        return Err((logits, targets));
+    }
+    let t: FlexTensor = give(targets);
+    let t = if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    let ids: Vec<i64> = match (t.as_slice::<i64>(), t.as_slice::<i32>()) {
+        (Some(v), _) => v.to_vec(),
+        (None, Some(v)) => v.iter().map(|&x| x as i64).collect(),
+        _ => return Err((logits, give(t))),
+    };
+    let mut x = raw::<B>(logits);
+    let shape = x.shape();
+    let n = shape[1];
+    if !x.is_contiguous() || x.layout().start_offset() != 0 {
+        x = x.to_contiguous();
+    }
+    // In place when `x` is not shared (the usual case: a fresh matmul output); else a copy.
+    let loss = rows::cross_entropy(&mut x.storage_mut::<f32>()[..ids.len() * n], &ids, n, grad);
+    let rows = ids.len();
+    let loss = wrap::<B>(tensor(loss, Shape::new([rows, 1])));
+    Ok((loss, grad.then(|| wrap::<B>(x))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scalar with precomputed gradients
+
+/// Backward of [`attach_gradients`]: the upstream scalar times each stored gradient.
+#[derive(Debug)]
+struct AttachBackward;
+
+impl Backward<Flex, 2> for AttachBackward {
+    /// `∂value/∂a`, `∂value/∂b`.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<Flex>(&ops.node);
+        let c = slice(&contiguous(g))[0];
+        let (da, db) = ops.state;
+        for (node, d) in ops.parents.into_iter().zip([da, db]) {
+            if let Some(node) = node {
+                let mut d = exact(d);
+                if c != 1.0 {
+                    rows::scale(d.storage_mut::<f32>(), c);
+                }
+                grads.register::<Flex>(node.id, d);
+            }
+        }
+    }
+}
+
+/// `value` (a constant `[1]`) as one graph node whose gradients with respect to `a` and `b` are
+/// `da`, `db`, for f32 Flex / Autodiff<Flex> tensors; `Err` with the inputs otherwise. (On plain
+/// Flex there is no graph: `value` is returned.)
+#[allow(clippy::type_complexity)]
+pub(super) fn attach_gradients<B: Backend>(
+    value: Prim<B>,
+    a: Prim<B>,
+    da: Prim<B>,
+    b: Prim<B>,
+    db: Prim<B>,
+) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>, Prim<B>, Prim<B>)> {
+    let f32s = [&value, &a, &da, &b, &db]
+        .iter()
+        .all(|t| t.dtype() == DType::F32);
+    if !f32s
+        || a.shape() != da.shape()
+        || b.shape() != db.shape()
+        || value.shape().num_elements() != 1
+    {
+        return Err((value, a, da, b, db));
+    }
+    match which::<B>() {
+        Which::Flex => Ok(value),
+        Which::AutodiffFlex => {
+            let (a, b): (AdTensor, AdTensor) = (give(a), give(b));
+            let (da, db): (AdTensor, AdTensor) = (give(da), give(db));
+            let value = give::<_, AdTensor>(value).primitive;
+            let out = match AttachBackward
+                .prepare::<NoCheckpointing>([a.node, b.node])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish((da.primitive, db.primitive), value),
+                OpsKind::UnTracked(prep) => prep.finish(value),
+            };
+            Ok(give(out))
+        }
+        Which::Other => Err((value, a, da, b, db)),
     }
 }

@@ -11,8 +11,8 @@ mod flex;
 pub mod rows;
 
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::activation;
+use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
 
 fn float<B: Backend, const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -29,17 +29,26 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// `softmax(x + bias)` over the last axis. The bias is broadcast over the leading axis (a
-/// `[1, h, s_q, s_k]` ALiBi/causal bias against `[b, h, s_q, s_k]` scores) and receives a
+/// `softmax(scale · x + bias)` over the last axis. The bias is broadcast over the leading axis
+/// (a `[1, h, s_q, s_k]` ALiBi/causal bias against `[b, h, s_q, s_k]` scores) and receives a
 /// gradient if it is tracked.
 ///
 /// # Shapes
 /// - `x`: `[b, ...]`; `bias`: `[b or 1, ...]` with `x`'s other axes; returns `x`'s shape
-pub fn softmax_with_bias<B: Backend, const D: usize>(x: Tensor<B, D>, bias: Option<Tensor<B, D>>) -> Tensor<B, D> {
-    let (x, bias) = match flex::softmax::<B>(x.into_primitive().tensor(), bias.map(|b| b.into_primitive().tensor())) {
+pub fn softmax_with_bias<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    bias: Option<Tensor<B, D>>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let (x, bias) = match flex::softmax::<B>(
+        x.into_primitive().tensor(),
+        bias.map(|b| b.into_primitive().tensor()),
+        scale,
+    ) {
         Ok(y) => return float(y),
         Err((x, b)) => (float::<B, D>(x), b.map(float::<B, D>)),
     };
+    let x = if scale != 1.0 { x * scale } else { x };
     let scores = match bias {
         Some(bias) if bias.dims()[0] == 1 && x.dims()[0] > 1 => {
             // Broadcast over the batch as one shared row of values: the layout backends add
@@ -52,6 +61,81 @@ pub fn softmax_with_bias<B: Backend, const D: usize>(x: Tensor<B, D>, bias: Opti
         None => x,
     };
     activation::softmax(scores, D - 1)
+}
+
+/// Per-row cross-entropy `logsumexp(x) - x[target]` of `logits` against `targets` (negative
+/// = ignored: loss 0), and, with `grad`, its gradient `softmax(x) - onehot(target)` (zero rows
+/// where ignored). No gradient flows through this function: it is the arithmetic of
+/// [`crate::lm_loss`], which builds the backward path itself.
+///
+/// # Shapes
+/// - `logits`: `[rows, v]`, `targets`: `[rows, 1]` -> `([rows, 1], Some([rows, v]))`
+pub fn cross_entropy_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    grad: bool,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
+    let logits = logits.set_require_grad(false);
+    let (x, t) = match flex::cross_entropy::<B>(
+        logits.into_primitive().tensor(),
+        targets.into_primitive(),
+        grad,
+    ) {
+        Ok((loss, g)) => return (float(loss), g.map(float)),
+        Err((x, t)) => (float::<B, 2>(x), Tensor::<B, 2, Int>::from_primitive(t)),
+    };
+    let valid = t.clone().greater_equal_elem(0);
+    let safe = t.clone().mask_fill(valid.clone().bool_not(), 0);
+    let valid = valid.float();
+    let logp = activation::log_softmax(x, 1);
+    let loss = logp.clone().gather(1, safe.clone()).neg() * valid.clone();
+    let g = grad.then(|| {
+        logp.exp()
+            .scatter(1, safe, valid.clone().neg(), IndexingUpdateOp::Add)
+            * valid
+    });
+    (loss, g)
+}
+
+/// `value` as a function of `a` and `b` whose gradients are the given constants `da`, `db`:
+/// the result equals `value`, and backpropagating `c` from it adds `c · da` to `a`'s gradient
+/// and `c · db` to `b`'s. This is how [`crate::lm_loss`] hands autodiff the cross-entropy's
+/// gradient it computed itself.
+///
+/// On Flex this is one graph node. Elsewhere it is the surrogate
+/// `value + (s - detach(s))` with `s = Σ a ⊙ da + Σ b ⊙ db`, whose value is exactly `value`
+/// (for finite `s`) and whose gradient is the same.
+///
+/// # Shapes
+/// - `value`: `[1]`; `da`, `db`: the shapes of `a`, `b`; returns `[1]`
+pub fn attach_gradients<B: Backend>(
+    value: Tensor<B, 1>,
+    a: Tensor<B, 2>,
+    da: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    db: Tensor<B, 2>,
+) -> Tensor<B, 1> {
+    let p1 = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    let p2 = |t: Tensor<B, 2>| t.into_primitive().tensor();
+    let constant = |t: Tensor<B, 2>| t.set_require_grad(false);
+    let (value, a, da, b, db) = match flex::attach_gradients::<B>(
+        p1(value),
+        p2(a),
+        p2(constant(da)),
+        p2(b),
+        p2(constant(db)),
+    ) {
+        Ok(v) => return float(v),
+        Err((v, a, da, b, db)) => (
+            float::<B, 1>(v),
+            float::<B, 2>(a),
+            float::<B, 2>(da),
+            float::<B, 2>(b),
+            float::<B, 2>(db),
+        ),
+    };
+    let surrogate = (a * da).sum() + (b * db).sum();
+    value + (surrogate.clone() - surrogate.detach())
 }
 
 /// LayerNorm (`rms = false`: two-pass, biased variance, as `torch.nn.functional.layer_norm`) or
@@ -67,7 +151,13 @@ pub fn norm<B: Backend, const D: usize>(
     rms: bool,
 ) -> Tensor<B, D> {
     let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
-    let (x, weight, bias) = match flex::norm::<B>(x.into_primitive().tensor(), prim(weight), bias.map(prim), eps, rms) {
+    let (x, weight, bias) = match flex::norm::<B>(
+        x.into_primitive().tensor(),
+        prim(weight),
+        bias.map(prim),
+        eps,
+        rms,
+    ) {
         Ok(y) => return float(y),
         Err((x, w, b)) => (float::<B, D>(x), float::<B, 1>(w), b.map(float::<B, 1>)),
     };
@@ -99,7 +189,8 @@ mod tests {
 
     /// A backend that is not Flex, so the generic path runs: Flex's own autodiff with a
     /// checkpointing strategy, which `flex.rs` does not specialise.
-    type Generic = Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
+    type Generic =
+        Autodiff<Flex, burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing>;
 
     fn rand<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
         let dev = Default::default();
@@ -108,7 +199,8 @@ mod tests {
     }
 
     fn close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, tol: f64) {
-        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(tol));
+        a.into_data()
+            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(tol));
     }
 
     /// Runs `f` on both backends from the same data, with a random cotangent, and compares the
@@ -120,38 +212,68 @@ mod tests {
         tol: f64,
     ) {
         let dev = Default::default();
-        let a: Vec<Tensor<AD, D>> = inputs.iter().map(|t| Tensor::from_data(t.to_data(), &dev).require_grad()).collect();
-        let g: Vec<Tensor<Generic, D>> = inputs.iter().map(|t| Tensor::from_data(t.to_data(), &dev).require_grad()).collect();
+        let a: Vec<Tensor<AD, D>> = inputs
+            .iter()
+            .map(|t| Tensor::from_data(t.to_data(), &dev).require_grad())
+            .collect();
+        let g: Vec<Tensor<Generic, D>> = inputs
+            .iter()
+            .map(|t| Tensor::from_data(t.to_data(), &dev).require_grad())
+            .collect();
         let ya = f_fused(&a);
         let yg = f_generic(&g);
         let cot = rand::<Flex, D>(ya.dims(), 99);
-        let ga = (ya.clone() * Tensor::from_data(cot.to_data(), &dev)).sum().backward();
-        let gg = (yg.clone() * Tensor::from_data(cot.to_data(), &dev)).sum().backward();
-        close(ya.inner(), Tensor::from_data(yg.inner().into_data(), &dev), tol);
-        for (ta, tg) in a.iter().zip(&g) {
-            let da = ta.grad(&ga).expect("fused gradient");
-            let dg = tg.grad(&gg).expect("generic gradient");
-            close(da, Tensor::from_data(dg.into_data(), &dev), tol);
+        let ga = (ya.clone() * Tensor::from_data(cot.to_data(), &dev))
+            .sum()
+            .backward();
+        let gg = (yg.clone() * Tensor::from_data(cot.to_data(), &dev))
+            .sum()
+            .backward();
+        close(
+            ya.inner(),
+            Tensor::from_data(yg.inner().into_data(), &dev),
+            tol,
+        );
+        for (i, (ta, tg)) in a.iter().zip(&g).enumerate() {
+            match (ta.grad(&ga), tg.grad(&gg)) {
+                (Some(da), Some(dg)) => close(da, Tensor::from_data(dg.into_data(), &dev), tol),
+                (None, None) => {}
+                (da, dg) => panic!(
+                    "input {i}: gradient present fused {} / generic {}",
+                    da.is_some(),
+                    dg.is_some()
+                ),
+            }
         }
     }
 
     #[test]
     fn fused_gelu_matches_burns_gelu_and_its_gradient() {
         let x = rand::<Flex, 3>([3, 5, 70], 1);
-        fused_matches_generic(vec![x], |t| gelu(t[0].clone()), |t| gelu(t[0].clone()), 2e-6);
+        fused_matches_generic(
+            vec![x],
+            |t| gelu(t[0].clone()),
+            |t| gelu(t[0].clone()),
+            2e-6,
+        );
     }
 
     #[test]
-    fn fused_softmax_with_a_shared_bias_matches_the_composed_one() {
+    fn fused_scaled_softmax_with_a_shared_bias_matches_the_composed_one() {
         let x = rand::<Flex, 4>([3, 2, 7, 7], 2);
         let bias = rand::<Flex, 4>([1, 2, 7, 7], 3);
         fused_matches_generic(
             vec![x.clone(), bias.clone()],
-            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone())),
-            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone())),
+            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone()), 0.3),
+            |t| softmax_with_bias(t[0].clone(), Some(t[1].clone()), 0.3),
             1e-6,
         );
-        fused_matches_generic(vec![x], |t| softmax_with_bias(t[0].clone(), None), |t| softmax_with_bias(t[0].clone(), None), 1e-6);
+        fused_matches_generic(
+            vec![x],
+            |t| softmax_with_bias(t[0].clone(), None, 1.0),
+            |t| softmax_with_bias(t[0].clone(), None, 1.0),
+            1e-6,
+        );
     }
 
     #[test]
@@ -170,6 +292,54 @@ mod tests {
             };
             fused_matches_generic(vec![x.clone(), w.clone(), b.clone()], run_ad, run_g, 2e-5);
         }
+    }
+
+    #[test]
+    fn fused_cross_entropy_rows_match_the_composed_ones() {
+        let dev = Default::default();
+        let x = rand::<Flex, 2>([5, 77], 8);
+        let t = Tensor::<Flex, 2, Int>::from_ints([[3], [-100], [76], [0], [40]], &dev);
+        let (l, g) = cross_entropy_rows(x.clone(), t.clone(), true);
+        let (lg, gg) = cross_entropy_rows(
+            Tensor::<Generic, 2>::from_data(x.to_data(), &dev),
+            Tensor::<Generic, 2, Int>::from_data(t.to_data(), &dev),
+            true,
+        );
+        close(l, Tensor::from_data(lg.inner().into_data(), &dev), 2e-6);
+        close(
+            g.unwrap(),
+            Tensor::from_data(gg.unwrap().inner().into_data(), &dev),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn attached_gradients_match_the_surrogate_and_scale_with_the_upstream_gradient() {
+        fn run<Bk: burn::tensor::backend::AutodiffBackend>() -> (f32, Vec<f32>, Vec<f32>) {
+            let dev = Default::default();
+            let a = Tensor::<Bk, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &dev).require_grad();
+            let b = Tensor::<Bk, 2>::from_floats([[0.5, -1.0, 2.0]], &dev).require_grad();
+            let da = Tensor::<Bk, 2>::from_floats([[0.1, 0.2], [0.3, 0.4]], &dev);
+            let db = Tensor::<Bk, 2>::from_floats([[1.0, 0.0, -1.0]], &dev);
+            let value = Tensor::<Bk, 1>::from_floats([7.0], &dev);
+            let out = attach_gradients(value, a.clone(), da, b.clone(), db);
+            let v = out.clone().into_scalar().elem::<f32>();
+            let grads = (out * 3.0).backward();
+            let ga = a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            let gb = b.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            (v, ga, gb)
+        }
+        let fused = run::<AD>();
+        assert_eq!(fused, run::<Generic>());
+        assert_eq!(fused.0, 7.0);
+        assert_eq!(fused.1, vec![0.3f32 * 1.0, 0.6, 0.90000004, 1.2]);
+        assert_eq!(fused.2, vec![3.0, 0.0, -3.0]);
+    }
+
+    #[test]
+    fn only_flex_and_its_default_autodiff_take_the_fused_path() {
+        assert!(flex::specialised::<Flex>() && flex::specialised::<AD>());
+        assert!(!flex::specialised::<Generic>());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod data;
 mod log;
 pub mod setup;
 pub mod state;
+pub mod timing;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use crate::step::{apply_update, eval_loss, forward_backward, mix};
 
 use checkpointing::{HostSnapshot, restore};
 use setup::Run;
+use timing::{Phase, Timing};
 
 /// Why a run could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -133,17 +135,24 @@ pub fn train<B: AutodiffBackend>(
     let started = Instant::now();
     let mut hook = hook;
     let mut run = Run::<B>::start(loaded, opts, device)?;
+    let mut timing = Timing::default();
+    timing.add(Phase::Setup, started);
     let elapsed_before = run.state.elapsed_s;
     let watchdog = spawn_watchdog(&run);
 
     if run.config.eval_first && run.state.step == 0 {
+        let t = Instant::now();
         evaluate(&mut run, &mut hook, device)?;
+        timing.add(Phase::Eval, t);
     }
     while run.state.step < run.max_steps {
         watchdog
             .as_ref()
             .inspect(|w| w.handle().heartbeat(run.state.step));
+        let t = Instant::now();
         let examples = run.train.next_batch()?;
+        timing.add(Phase::Data, t);
+        let step_started = Instant::now();
         let micro: Vec<Vec<Example>> = examples
             .chunks(run.microbatch)
             .map(<[Example]>::to_vec)
@@ -182,23 +191,34 @@ pub fn train<B: AutodiffBackend>(
                 continue;
             }
         }
+        timing.step(step_started.elapsed(), tokens as u64);
         run.state.step = step;
         run.state.samples += examples.len() as u64;
         run.state.tokens += tokens as u64;
         run.log.step(step, run.state.tokens, loss, lr, grad_norm)?;
 
         if run.eval_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+            let t = Instant::now();
             evaluate(&mut run, &mut hook, device)?;
+            timing.add(Phase::Eval, t);
         }
         if run.save_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+            let t = Instant::now();
             save(&mut run, elapsed_before + started.elapsed().as_secs_f64())?;
+            timing.add(Phase::Checkpoint, t);
         }
     }
     if let Some(w) = watchdog {
         w.stop();
     }
+    let t = Instant::now();
     run.checkpoints.wait()?;
-    finish(run, elapsed_before + started.elapsed().as_secs_f64(), opts)
+    timing.add(Phase::Checkpoint, t);
+    let dir = run.dir.root().to_path_buf();
+    let summary = finish(run, elapsed_before + started.elapsed().as_secs_f64(), opts)?;
+    timing.total_s = started.elapsed().as_secs_f64();
+    timing.write(&dir)?;
+    Ok(summary)
 }
 
 /// Purposes of derived random streams.

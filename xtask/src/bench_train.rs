@@ -1,0 +1,525 @@
+//! `cargo xtask bench train`: CPU training tokens/s of real `tessera` runs against PyTorch
+//! (transformers' `MptForCausalLM`, fp32, same threads, AdamW) on the same shapes, plus where
+//! a run's time goes (steps, data, checkpoints, eval) and the measured matmul peak for MFU.
+//!
+//! Two shapes, as the trainer issue asks:
+//! - the quickstart model (`tessera quickstart`: d_model 256, 6 layers, 4 heads, vocab 4096,
+//!   ALiBi, no biases; batch 16 × seq 128), trained by the quickstart itself;
+//! - llm-foundry's `mpt-small-cpu` (d_model 16, 4 heads, 4 layers, expansion 5, vocab 50368,
+//!   seq 128, global batch 256 in microbatches of 16), trained by `tessera train` from the YAML
+//!   in the shared fixtures, overriding only the data and tokenizer paths and the length.
+//!
+//! tessera's tokens/s comes from the run's `timing.json` (the step phase only, after `warmup`
+//! steps), PyTorch's from `xtask/python/torch_train_bench.py` (after as many warm-up steps).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::bench_data::{json_line, skipped};
+use crate::bench_env::{self, Scratch};
+use crate::{markdown, pyenv, util};
+
+const SMALL_YAML: &str = "llmfoundry_yamls/pretrain/mpt-small-cpu.yaml";
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct Args {
+    /// Optimizer steps of the quickstart run (16 sequences each).
+    #[arg(long, default_value_t = 12)]
+    pub quickstart_steps: u64,
+    /// Optimizer steps of the mpt-small-cpu run (256 sequences each, in 16 microbatches).
+    #[arg(long, default_value_t = 3)]
+    pub small_steps: u64,
+    /// Leading steps left out of tokens/s, on both sides (allocation, first-touch, caches).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
+    /// Threads for both frameworks (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not run the PyTorch side.
+    #[arg(long)]
+    pub no_torch: bool,
+}
+
+impl Args {
+    fn command_line(&self) -> String {
+        let mut s = format!(
+            "cargo xtask bench train --quickstart-steps {} --small-steps {} --warmup {}",
+            self.quickstart_steps, self.small_steps, self.warmup
+        );
+        if let Some(t) = self.threads {
+            let _ = write!(s, " --threads {t}");
+        }
+        if self.no_torch {
+            s.push_str(" --no-torch");
+        }
+        s
+    }
+}
+
+/// A training shape, as both sides run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub name: &'static str,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    pub expansion: usize,
+    pub vocab: usize,
+    pub seq: usize,
+    pub batch: usize,
+    pub microbatch: usize,
+}
+
+const QUICKSTART: Shape = Shape {
+    name: "quickstart",
+    d_model: 256,
+    n_heads: 4,
+    n_layers: 6,
+    expansion: 4,
+    vocab: 4096,
+    seq: 128,
+    batch: 16,
+    microbatch: 16,
+};
+
+const SMALL: Shape = Shape {
+    name: "mpt-small-cpu",
+    d_model: 16,
+    n_heads: 4,
+    n_layers: 4,
+    expansion: 5,
+    vocab: 50368,
+    seq: 128,
+    batch: 256,
+    microbatch: 16,
+};
+
+/// A run's `timing.json` (see `tessera_train::trainer::timing`).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub setup_s: f64,
+    pub data_s: f64,
+    pub step_s: f64,
+    pub eval_s: f64,
+    pub checkpoint_s: f64,
+    pub total_s: f64,
+    pub other_s: f64,
+    pub step_times_s: Vec<f64>,
+    pub step_tokens: Vec<u64>,
+}
+
+impl Timing {
+    /// Tokens/s of the steps after the first `skip`.
+    pub fn tokens_per_s(&self, skip: usize) -> Option<f64> {
+        let secs: f64 = self.step_times_s.iter().skip(skip).sum();
+        let tokens: u64 = self.step_tokens.iter().skip(skip).sum();
+        (secs > 0.0).then(|| tokens as f64 / secs)
+    }
+}
+
+/// `torch_train_bench.py`'s line.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct TorchRun {
+    pub torch: String,
+    pub transformers: String,
+    pub threads: usize,
+    pub params: u64,
+    pub tokens_per_s: f64,
+}
+
+/// One shape's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub shape: Shape,
+    pub params: u64,
+    pub flops_per_token: f64,
+    pub timing: Timing,
+    pub tessera_tokens_per_s: f64,
+    /// PyTorch's result, or why there is none.
+    pub torch: Result<TorchRun, String>,
+}
+
+/// Everything the section shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainReport {
+    pub rows: Vec<Row>,
+    pub peak_flops: f64,
+    pub threads: usize,
+    pub warmup: u64,
+    pub machine: String,
+    pub date: String,
+    pub command: String,
+    pub noise: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.quickstart_steps <= args.warmup || args.small_steps <= args.warmup {
+        bail!(
+            "each run needs more steps than --warmup {} (the warm-up steps are not timed)",
+            args.warmup
+        );
+    }
+    let fixtures = bench_env::shared_fixtures(&[SMALL_YAML])?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = args.threads.unwrap_or(cores);
+    let load_before = bench_env::load_average();
+    let bin = util::build_tessera(&[])?;
+    let scratch = Scratch::new("train")?;
+    let tessera = |args: &[&str]| -> Command {
+        let mut c = Command::new(&bin);
+        // rayon (Flex's element-wise kernels and gemm) sizes its pool from this.
+        c.env("RAYON_NUM_THREADS", threads.to_string()).args(args);
+        c
+    };
+
+    let peak: serde_json::Value = json_line(&util::output(&mut tessera(&[
+        "bench-step",
+        "--peak-flops",
+    ]))?)?;
+    let peak_flops = peak["peak_flops"]
+        .as_f64()
+        .context("bench-step --peak-flops printed no peak_flops")?;
+    println!("matmul peak: {:.1} GFLOP/s", peak_flops / 1e9);
+
+    // (a) The quickstart: tokenizer, data, then a real training run.
+    let qs = scratch.join("quickstart");
+    let steps = args.quickstart_steps.to_string();
+    let qs_dir = qs.display().to_string();
+    util::run(&mut tessera(&[
+        "quickstart",
+        "--run-dir",
+        &qs_dir,
+        "--steps",
+        &steps,
+    ]))?;
+    let qs_row = measure(&QUICKSTART, &qs.join("run"), &tessera, args.warmup)?;
+
+    // (b) mpt-small-cpu from llm-foundry's YAML, on the quickstart's data and tokenizer.
+    let small = scratch.join("small");
+    let sets = [
+        format!("variables.data_local={}", qs.join("data").display()),
+        format!("tokenizer.name={}", qs.join("tokenizer.json").display()),
+        format!("max_duration={}ba", args.small_steps),
+        "run_name=bench-mpt-small-cpu".to_string(),
+    ];
+    let mut cmd = tessera(&["train"]);
+    cmd.arg(fixtures.join(SMALL_YAML))
+        .arg("--run-dir")
+        .arg(&small);
+    for s in &sets {
+        cmd.arg("--set").arg(s);
+    }
+    util::run(&mut cmd)?;
+    let small_row = measure(&SMALL, &small, &tessera, args.warmup)?;
+
+    let mut rows = vec![qs_row, small_row];
+    for row in &mut rows {
+        row.torch = if args.no_torch {
+            Err("--no-torch given".into())
+        } else {
+            torch(&row.shape, threads, args)
+        };
+        match &row.torch {
+            Ok(t) => println!(
+                "{}: tessera {:.0} tokens/s, PyTorch {:.0}",
+                row.shape.name, row.tessera_tokens_per_s, t.tokens_per_s
+            ),
+            Err(why) => println!(
+                "{}: tessera {:.0} tokens/s; PyTorch skipped: {why}",
+                row.shape.name, row.tessera_tokens_per_s
+            ),
+        }
+    }
+    let report = TrainReport {
+        rows,
+        peak_flops,
+        threads,
+        warmup: args.warmup,
+        machine: util::machine(),
+        date: util::today(),
+        command: args.command_line(),
+        noise: bench_env::noise_note(cores, load_before, bench_env::load_average()),
+    };
+    let body = report.to_markdown();
+    println!("{body}");
+    markdown::replace_section(
+        &util::root().join("BENCHMARKS.md"),
+        "train",
+        "CPU training",
+        &body,
+    )
+}
+
+/// Reads a finished run's timing, and the model's size and FLOPs from its last checkpoint.
+fn measure(
+    shape: &Shape,
+    run_dir: &Path,
+    tessera: &dyn Fn(&[&str]) -> Command,
+    warmup: u64,
+) -> anyhow::Result<Row> {
+    let path = run_dir.join("timing.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let timing: Timing =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let tokens_per_s = timing.tokens_per_s(warmup as usize).with_context(|| {
+        format!(
+            "{}: no timed steps after {warmup} warm-up steps",
+            path.display()
+        )
+    })?;
+    let ckpt = last_checkpoint(&run_dir.join("checkpoints"))?;
+    let seq = shape.seq.to_string();
+    let ckpt_s = ckpt.display().to_string();
+    let info: serde_json::Value = json_line(&util::output(&mut tessera(&[
+        "inspect",
+        "--model",
+        &ckpt_s,
+        "--seq-len",
+        &seq,
+        "--json",
+    ]))?)?;
+    Ok(Row {
+        shape: shape.clone(),
+        params: info["n_params"].as_u64().context("inspect: n_params")?,
+        flops_per_token: info["flops_per_token_train"]
+            .as_f64()
+            .context("inspect: flops_per_token_train")?,
+        timing,
+        tessera_tokens_per_s: tokens_per_s,
+        torch: Err("not run".into()),
+    })
+}
+
+/// The newest `ba{N}` folder under `dir`.
+fn last_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        let n = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("ba"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n.filter(|_| p.join("config.json").exists())
+            && best.as_ref().is_none_or(|(b, _)| n > *b)
+        {
+            best = Some((n, p));
+        }
+    }
+    best.map(|(_, p)| p)
+        .with_context(|| format!("no checkpoint in {}", dir.display()))
+}
+
+/// Runs the PyTorch script for `shape` (the error is the reason it did not).
+fn torch(shape: &Shape, threads: usize, args: Args) -> Result<TorchRun, String> {
+    let python = pyenv::system();
+    let script = util::root().join("xtask/python/torch_train_bench.py");
+    // As many timed steps as tessera's, at most 10 (PyTorch is the slower side to wait for).
+    let steps = match shape.batch / shape.microbatch {
+        1 => (args.quickstart_steps - args.warmup).min(10),
+        _ => (args.small_steps - args.warmup).min(3),
+    };
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script);
+    for (flag, v) in [
+        ("--d-model", shape.d_model),
+        ("--n-heads", shape.n_heads),
+        ("--n-layers", shape.n_layers),
+        ("--expansion", shape.expansion),
+        ("--vocab", shape.vocab),
+        ("--seq", shape.seq),
+        ("--batch", shape.batch),
+        ("--microbatch", shape.microbatch),
+        ("--threads", threads),
+        ("--warmup", args.warmup as usize),
+        ("--steps", steps as usize),
+    ] {
+        cmd.arg(flag).arg(v.to_string());
+    }
+    let out = util::output(&mut cmd).map_err(|e| format!("{} failed: {e:#}", script.display()))?;
+    if let Some(why) = skipped(&out) {
+        return Err(why);
+    }
+    json_line(&out).map_err(|e| format!("{e:#}"))
+}
+
+impl TrainReport {
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(
+            md,
+            "Training tokens/s on the CPU, {} threads, fp32, tessera (flex backend, a real `tessera` run) \
+             against PyTorch (transformers `MptForCausalLM`, `torch.optim.AdamW`, grad-norm clipping) on the \
+             same shapes. Both exclude the first {} step(s). MFU is against the measured f32 matmul peak of \
+             this machine, {:.1} GFLOP/s (`tessera bench-step --peak-flops`: 1024³ products on flex).\n",
+            self.threads,
+            self.warmup,
+            self.peak_flops / 1e9
+        );
+        md.push_str("| model | params | tokens/step (micro) | tessera tok/s | PyTorch tok/s | tessera / PyTorch | tessera MFU | PyTorch MFU |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|\n");
+        for r in &self.rows {
+            let s = &r.shape;
+            let mfu = |tps: f64| 100.0 * r.flops_per_token * tps / self.peak_flops;
+            let (torch, ratio, torch_mfu) = match &r.torch {
+                Ok(t) => (
+                    format!("{:.0}", t.tokens_per_s),
+                    format!("**{:.2}×**", r.tessera_tokens_per_s / t.tokens_per_s),
+                    format!("{:.1}%", mfu(t.tokens_per_s)),
+                ),
+                Err(_) => ("–".into(), "–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                md,
+                "| {} (d {}, {} layers, {} heads, vocab {}) | {:.2}M | {} × {} ({}) | {:.0} | {torch} | {ratio} | {:.1}% | {torch_mfu} |",
+                s.name,
+                s.d_model,
+                s.n_layers,
+                s.n_heads,
+                s.vocab,
+                r.params as f64 / 1e6,
+                s.batch,
+                s.seq,
+                s.microbatch,
+                r.tessera_tokens_per_s,
+                mfu(r.tessera_tokens_per_s),
+            );
+        }
+        md.push_str(
+            "\nWhere each tessera run's wall time went (`timing.json` in the run folder):\n\n",
+        );
+        md.push_str("| run | steps | total | step | data | checkpoint | eval | setup | other | data + checkpoint |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in &self.rows {
+            let t = &r.timing;
+            let pct = |x: f64| {
+                if t.total_s > 0.0 {
+                    100.0 * x / t.total_s
+                } else {
+                    0.0
+                }
+            };
+            let io = pct(t.data_s + t.checkpoint_s);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} s | {:.1}% | {:.2}% | {:.2}% | {:.1}% | {:.1}% | {:.1}% | {:.2}% {} |",
+                r.shape.name,
+                t.step_times_s.len(),
+                t.total_s,
+                pct(t.step_s),
+                pct(t.data_s),
+                pct(t.checkpoint_s),
+                pct(t.eval_s),
+                pct(t.setup_s),
+                pct(t.other_s),
+                io,
+                if io < 5.0 { "(< 5%)" } else { "(**over 5%**)" },
+            );
+        }
+        md.push('\n');
+        let versions = self.rows.iter().find_map(|r| r.torch.as_ref().ok());
+        if let Some(t) = versions {
+            let _ = writeln!(
+                md,
+                "PyTorch {}, transformers {}, {} threads.",
+                t.torch, t.transformers, t.threads
+            );
+        }
+        for r in &self.rows {
+            if let Err(why) = &r.torch {
+                let _ = writeln!(md, "PyTorch was not run for {}: {why}.", r.shape.name);
+            }
+        }
+        let _ = writeln!(
+            md,
+            "Shapes differ where transformers' MPT cannot follow the config: it always uses ALiBi and no \
+             linear biases, so for mpt-small-cpu (learned positions, biases) the PyTorch model has ALiBi \
+             instead and no biases; its FFN width is patched to the same expansion. The data: the \
+             quickstart's corpus and tokenizer for both tessera runs (token ids do not change the cost); \
+             random ids for PyTorch."
+        );
+        let _ = writeln!(
+            md,
+            "\nMachine: {}. Date: {}. Command: `{}`.\n{}",
+            self.machine, self.date, self.command, self.noise
+        );
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            setup_s: 1.0,
+            data_s: 0.2,
+            step_s: 8.0,
+            eval_s: 0.5,
+            checkpoint_s: 0.1,
+            total_s: 10.0,
+            other_s: 0.2,
+            step_times_s: vec![4.0, 2.0, 2.0],
+            step_tokens: vec![2048, 2048, 2048],
+        }
+    }
+
+    #[test]
+    fn steady_tokens_per_s_skips_warm_up() {
+        assert_eq!(timing().tokens_per_s(1), Some(1024.0));
+        assert_eq!(timing().tokens_per_s(3), None);
+    }
+
+    #[test]
+    fn report_shows_ratio_mfu_and_the_time_split() {
+        let row = |torch: Result<TorchRun, String>| Row {
+            shape: QUICKSTART,
+            params: 5_770_496,
+            flops_per_token: 4e7,
+            timing: timing(),
+            tessera_tokens_per_s: 1000.0,
+            torch,
+        };
+        let report = TrainReport {
+            rows: vec![
+                row(Ok(TorchRun {
+                    torch: "2.15".into(),
+                    transformers: "4.57".into(),
+                    threads: 2,
+                    params: 5_770_496,
+                    tokens_per_s: 800.0,
+                })),
+                row(Err("torch/transformers not importable".into())),
+            ],
+            peak_flops: 1e11,
+            threads: 2,
+            warmup: 1,
+            machine: "AMD EPYC, 2 cores".into(),
+            date: "2026-11-27".into(),
+            command: "cargo xtask bench train".into(),
+            noise: "noisy".into(),
+        };
+        let md = report.to_markdown();
+        assert!(
+            md.contains("| 1000 | 800 | **1.25×** | 40.0% | 32.0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 80.0% | 2.00% | 1.00% | 5.0% | 10.0% | 2.0% | 3.00% (< 5%) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("PyTorch was not run for quickstart: torch/transformers not importable."),
+            "{md}"
+        );
+        assert!(md.contains("100.0 GFLOP/s"), "{md}");
+    }
+}
