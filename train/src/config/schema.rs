@@ -300,6 +300,17 @@ pub enum Precision {
     AmpFp16,
 }
 
+/// The YAML spelling (`fp32`, `amp_bf16`, `amp_fp16`), for logs and reports.
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::AmpBf16 => "amp_bf16",
+            Precision::AmpFp16 => "amp_fp16",
+        })
+    }
+}
+
 /// `device_train_microbatch_size`: a count, or `auto` (the trainer probes what fits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MicroBatchSize {

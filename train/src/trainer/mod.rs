@@ -442,7 +442,7 @@ fn finish<B: AutodiffBackend>(
             run.model_config.vocab_size
         ),
         device: opts.device_label.clone(),
-        precision: format!("{:?}", run.config.precision),
+        precision: run.config.precision.to_string(),
         max_steps: run.max_steps,
         wall_s,
         completed: run.state.step >= run.max_steps,

@@ -455,13 +455,13 @@ fn compute_dtype<B: AutodiffBackend>(
     let backend = B::name(device);
     if !B::supports_dtype(device, dtype.into()) {
         log.say(&format!(
-            "warning: precision {precision:?}: the {backend} backend has no {name} arithmetic; computing in fp32 \
+            "warning: precision {precision}: the {backend} backend has no {name} arithmetic; computing in fp32 \
              (master weights and optimizer state are fp32 either way)"
         ));
         return None;
     }
     if backend.contains("flex") && dtype == FloatDType::BF16 {
-        log.say("note: precision AmpBf16 on the CPU (flex) backend: its bf16 matmuls convert to f32 and back, so they \
+        log.say("note: precision amp_bf16 on the CPU (flex) backend: its bf16 matmuls convert to f32 and back, so they \
                  are slower than fp32 there; `precision: fp32` trains faster on a CPU");
     }
     Some(dtype)
