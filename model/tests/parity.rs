@@ -130,15 +130,7 @@ fn every_gradient_matches_transformers_and_one_sgd_step_reproduces_the_loss() {
             want.keys().collect::<Vec<_>>(),
             "{name}: parameter sets"
         );
-        let mut worst = (0f32, String::new());
-        for (pname, (w, _)) in &want {
-            let g = &got[pname];
-            let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
-            let rel = max_abs_diff(g, w) / scale;
-            if rel > worst.0 {
-                worst = (rel, pname.clone());
-            }
-        }
+        let worst = worst_relative_error(&got, &want);
         // Aim 1e-4 (issue 2); the fixtures README suggests 1e-3.
         assert!(
             worst.0 <= 1e-4,
@@ -192,14 +184,7 @@ fn fused_loss_sum_matches_transformers_loss_and_every_gradient() {
         );
         let got = named_grads(&model, &mean.backward());
         let want = read_safetensors(dir(name).join("grads.safetensors"));
-        let mut worst = (0f32, String::new());
-        for (pname, (w, _)) in &want {
-            let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
-            let rel = max_abs_diff(&got[pname], w) / scale;
-            if rel > worst.0 {
-                worst = (rel, pname.clone());
-            }
-        }
+        let worst = worst_relative_error(&got, &want);
         assert!(
             worst.0 <= 1e-4,
             "{name}: worst relative gradient error {} at {}",
@@ -320,4 +305,20 @@ fn icl_model_with_full_vocab_matches_transformers() {
     let (want, _) = tessera_testkit::read_npy_f32(dir.join("check_logits_last.npy"));
     let diff = max_abs_diff(&last, &want);
     assert!(diff <= LOGITS_TOL, "max |diff| {diff}");
+}
+
+/// The largest `max |got - want| / max |want|` over the parameters, and which one it is.
+fn worst_relative_error(
+    got: &std::collections::BTreeMap<String, Vec<f32>>,
+    want: &std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)>,
+) -> (f32, String) {
+    let mut worst = (0f32, String::new());
+    for (pname, (w, _)) in want {
+        let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
+        let rel = max_abs_diff(&got[pname], w) / scale;
+        if rel > worst.0 {
+            worst = (rel, pname.clone());
+        }
+    }
+    worst
 }

@@ -59,20 +59,24 @@ pub const IGNORED_LOADER: &[&str] = &[
     "timeout",
 ];
 
-/// Keys inside a loader's `dataset:` or one of its `streams:` (streaming download tuning).
+/// Keys inside a loader's `dataset:` that change nothing tessera computes (streaming's
+/// download and safety tuning). The ones that change the sample order (`partition_algo`,
+/// `sampling_method`, `batching_method`, `replication`…) are real fields of
+/// [`super::DatasetConfig`], honoured or refused there, never ignored.
 pub const IGNORED_DATASET: &[&str] = &[
-    "predownload",
-    "cache_limit",
-    "partition_algo",
+    "download_timeout",
+    "validate_hash",
+    "keep_zip",
+    "allow_unsafe_types",
+];
+
+/// Keys inside one of a dataset's `streams:` that tessera ignores (streaming's per-stream
+/// download tuning).
+pub const IGNORED_STREAM: &[&str] = &[
     "download_retry",
     "download_timeout",
     "validate_hash",
     "keep_zip",
-    "sampling_method",
-    "sampling_granularity",
-    "batching_method",
-    "allow_unsafe_types",
-    "replication",
 ];
 
 /// Removes every ignored key from `tree`, returning their paths (sorted, deduplicated).
@@ -136,7 +140,7 @@ fn strip_loader(loader: &mut Value, name: &str, found: &mut Vec<String>) {
     if let Some(Value::Object(streams)) = ds.get_mut("streams") {
         for stream in streams.values_mut() {
             if let Value::Object(s) = stream {
-                for k in IGNORED_DATASET {
+                for k in IGNORED_STREAM {
                     if s.remove(*k).is_some() {
                         found.push(format!("{name}.dataset.streams.*.{k}"));
                     }
@@ -158,7 +162,7 @@ mod tests {
             "callbacks": {"speed_monitor": {}},
             "algorithms": {"low_precision_layernorm": {}},
             "model": {"name": "mpt_causal_lm", "init_device": "meta", "d_model": 16},
-            "train_loader": {"num_workers": 8, "dataset": {"predownload": 8, "local": "x",
+            "train_loader": {"num_workers": 8, "dataset": {"keep_zip": true, "local": "x",
                 "streams": {"a": {"keep_zip": true, "local": "y"}, "b": {"keep_zip": false}}}},
             "eval_loader": [{"num_workers": 2}, {"num_workers": 2}],
             "seed": 1
@@ -172,7 +176,7 @@ mod tests {
                 "eval_loader.num_workers",
                 "fsdp_config",
                 "model.init_device",
-                "train_loader.dataset.predownload",
+                "train_loader.dataset.keep_zip",
                 "train_loader.dataset.streams.*.keep_zip",
                 "train_loader.num_workers",
             ]

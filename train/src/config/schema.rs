@@ -234,6 +234,30 @@ pub struct DatasetConfig {
     /// How the `tokens` column is stored when it is `bytes` (`int64`, `int32`, `uint16`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_encoding: Option<String>,
+    /// How samples are split over nodes (`relaxed`, streaming's default, or `orig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_algo: Option<String>,
+    /// How partial stream repeats are drawn (`balanced`, the default, or `fixed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_method: Option<String>,
+    /// Samples drawn at a time from a stream when mixing (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_granularity: Option<u64>,
+    /// streaming's batching: only `random` (the default) is implemented; others are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching_method: Option<String>,
+    /// Ranks sharing one sample stream (tensor parallelism): only 1 is implemented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<u64>,
+    /// Samples prepared ahead of the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predownload: Option<u64>,
+    /// Bytes of downloaded shards to keep: an integer or streaming's `"10gb"` form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_limit: Option<Value>,
+    /// Attempts per shard download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_retry: Option<u32>,
     /// Fine-tuning: concatenate prompt and response (the only mode tessera supports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder_only_format: Option<bool>,

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use tessera_data::stream::{
-    ShuffleAlgo, StreamConfig as DataStream, StreamState, StreamingConfig, StreamingDataset,
-    TokenLoader, World,
+    PartitionAlgo, SamplingMethod, ShuffleAlgo, StreamConfig as DataStream, StreamState,
+    StreamingConfig, StreamingDataset, TokenLoader, World,
 };
 
 use crate::batch::{Example, IGNORE, Separator};
@@ -261,6 +261,162 @@ fn streaming_config(
     if let Some(enc) = &ds.token_encoding {
         c.token_encoding_type = enc.clone();
     }
+    let field = |name: &str| format!("{key}.dataset.{name}");
+    if let Some(algo) = &ds.partition_algo {
+        c.partition_algo =
+            named::<PartitionAlgo>(algo, &field("partition_algo"), "relaxed or orig")?;
+    }
+    if let Some(method) = &ds.sampling_method {
+        c.sampling_method =
+            named::<SamplingMethod>(method, &field("sampling_method"), "balanced or fixed")?;
+    }
+    if let Some(g) = ds.sampling_granularity {
+        if g == 0 {
+            return Err(TrainError::Config {
+                key: field("sampling_granularity"),
+                message: "must be at least 1".into(),
+            });
+        }
+        c.sampling_granularity = g;
+    }
+    if let Some(method) = ds.batching_method.as_deref().filter(|m| *m != "random") {
+        return Err(TrainError::Config {
+            key: field("batching_method"),
+            message: format!(
+                "{method:?} is not implemented: tessera batches as streaming's `random` (the default)"
+            ),
+        });
+    }
+    if let Some(r) = ds.replication.filter(|r| *r != 1) {
+        return Err(TrainError::Config {
+            key: field("replication"),
+            message: format!("{r}: tessera trains one rank per sample stream (replication 1)"),
+        });
+    }
+    c.predownload = ds.predownload.or(c.predownload);
+    if let Some(limit) = &ds.cache_limit {
+        c.cache_limit = Some(byte_count(limit).map_err(|message| TrainError::Config {
+            key: field("cache_limit"),
+            message,
+        })?);
+    }
+    if let Some(retry) = ds.download_retry {
+        c.download_retry = retry;
+    }
     c.validate().map_err(|e| TrainError::data(key, e))?;
     Ok(c)
+}
+
+/// A streaming enum given by name (`partition_algo: orig`), or an error naming `key`.
+fn named<T: serde::de::DeserializeOwned>(
+    name: &str,
+    key: &str,
+    expected: &str,
+) -> Result<T, TrainError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        TrainError::Config {
+            key: key.to_string(),
+            message: format!("{name:?} is not one of {expected}"),
+        }
+    })
+}
+
+/// streaming's `bytes_to_int`: an integer, or a number with a `b`, `kb`, `mb`, `gb` or `tb`
+/// suffix in powers of 1024 (`"10gb"`, `"1.5 mb"`).
+fn byte_count(v: &serde_json::Value) -> Result<u64, String> {
+    if let Some(n) = v.as_u64() {
+        return Ok(n);
+    }
+    let text = v
+        .as_str()
+        .ok_or_else(|| format!("{v} is not a byte count (an integer or a string like \"10gb\")"))?;
+    let t = text.trim().to_ascii_lowercase();
+    let units = [
+        ("kb", 1u64 << 10),
+        ("mb", 1 << 20),
+        ("gb", 1 << 30),
+        ("tb", 1 << 40),
+        ("b", 1),
+    ];
+    let (number, scale) = units
+        .iter()
+        .find_map(|(suffix, scale)| t.strip_suffix(suffix).map(|n| (n.trim(), *scale)))
+        .unwrap_or((t.as_str(), 1));
+    match number.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok((x * scale as f64) as u64),
+        _ => Err(format!(
+            "{text:?} is not a byte count (an integer or a number with b, kb, mb, gb or tb)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatasetConfig;
+    use serde_json::json;
+
+    fn loader(dataset: serde_json::Value) -> LoaderConfig {
+        let mut ds = json!({"local": "/data/train"});
+        ds.as_object_mut()
+            .unwrap()
+            .extend(dataset.as_object().unwrap().clone());
+        LoaderConfig {
+            name: LoaderKind::Text,
+            dataset: serde_json::from_value::<DatasetConfig>(ds).unwrap(),
+            drop_last: true,
+            label: None,
+        }
+    }
+
+    #[test]
+    fn streaming_order_keys_reach_the_stream() {
+        let c = streaming_config(
+            "train_loader",
+            &loader(json!({"partition_algo": "orig", "sampling_method": "fixed",
+                "sampling_granularity": 4, "batching_method": "random", "replication": 1,
+                "predownload": 64, "cache_limit": "1.5mb", "download_retry": 7})),
+            8,
+        )
+        .unwrap();
+        assert_eq!(c.partition_algo, PartitionAlgo::Orig);
+        assert_eq!(c.sampling_method, SamplingMethod::Fixed);
+        assert_eq!(c.sampling_granularity, 4);
+        assert_eq!(c.predownload, Some(64));
+        assert_eq!(c.cache_limit, Some(1_572_864));
+        assert_eq!(c.download_retry, 7);
+        let defaults = streaming_config("train_loader", &loader(json!({})), 8).unwrap();
+        assert_eq!(defaults.partition_algo, PartitionAlgo::Relaxed);
+        assert_eq!(defaults.sampling_method, SamplingMethod::Balanced);
+    }
+
+    #[test]
+    fn unimplemented_or_invalid_order_keys_are_errors_naming_the_field() {
+        for (extra, field) in [
+            (json!({"batching_method": "stratified"}), "batching_method"),
+            (json!({"replication": 2}), "replication"),
+            (json!({"partition_algo": "fancy"}), "partition_algo"),
+            (json!({"sampling_method": "balance"}), "sampling_method"),
+            (json!({"sampling_granularity": 0}), "sampling_granularity"),
+            (json!({"cache_limit": "ten gb"}), "cache_limit"),
+        ] {
+            let err = streaming_config("eval_loader", &loader(extra.clone()), 8).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("eval_loader.dataset.{field}")),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_counts_follow_streamings_bytes_to_int() {
+        assert_eq!(byte_count(&json!(1000)).unwrap(), 1000);
+        assert_eq!(byte_count(&json!("10gb")).unwrap(), 10 << 30);
+        assert_eq!(byte_count(&json!("512 KB")).unwrap(), 512 << 10);
+        assert_eq!(byte_count(&json!("77b")).unwrap(), 77);
+        assert_eq!(byte_count(&json!("2tb")).unwrap(), 2 << 40);
+        assert!(byte_count(&json!(-1)).is_err());
+        assert!(byte_count(&json!("1.5xb")).is_err());
+    }
 }
