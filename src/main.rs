@@ -41,11 +41,9 @@ enum Command {
     },
     /// Pretrain or fine-tune from an llm-foundry-style YAML config.
     Train(cmd::train::Args),
-    /// Evaluate: sandboxed HumanEval (existing completions or generated ones).
-    Eval {
-        #[command(subcommand)]
-        command: cmd::eval::Command,
-    },
+    /// Evaluate a checkpoint: `tessera eval CONFIG` (llm-foundry ICL tasks, gauntlet, code eval),
+    /// vibe checks, and sandboxed HumanEval.
+    Eval(cmd::eval::Args),
     /// The pass/fail checklist to run before launching a training run.
     Preflight(cmd::preflight::Args),
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
@@ -73,7 +71,7 @@ fn main() {
         Command::Convert(args) => cmd::convert::run(args, cli.device),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),
-        Command::Eval { command } => cmd::eval::run(command, cli.device),
+        Command::Eval(args) => cmd::eval::run(args, cli.device),
         Command::Plan(args) => cmd::plan::run(args),
         Command::Preflight(args) => cmd::preflight::run(args, cli.device),
         Command::BenchStep(args) => cmd::bench_step::run(args),

@@ -1,5 +1,6 @@
-//! `tessera eval …`: HumanEval-style code evaluation in the sandbox (existing completions, or
-//! generated from a checkpoint first).
+//! `tessera eval …`: a checkpoint through an llm-foundry eval YAML (`tessera eval CONFIG`: ICL
+//! tasks, gauntlet, code eval), vibe checks, and HumanEval-style code evaluation in the sandbox
+//! (existing completions, or generated from a checkpoint first).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,20 @@ use tessera::eval::code::{
     evaluate_samples, parse_ks, results_path, write_results,
 };
 use tessera::model::{GenerationConfig, generate, hf};
+
+/// `tessera eval CONFIG [--out DIR]`, or one of the subcommands.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The eval YAML (llm-foundry's `icl_tasks`, `eval_gauntlet`, `models`, `code_eval`):
+    /// `tessera eval CONFIG` is `tessera eval run CONFIG`.
+    config: Option<PathBuf>,
+    /// Output folder (default: the config's, or `eval/` beside the model).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -127,7 +142,19 @@ pub struct VibesArgs {
     samples: usize,
 }
 
-pub fn run(cmd: Command, device: DeviceSpec) -> anyhow::Result<()> {
+pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
+    let cmd = match (args.command, args.config) {
+        (Some(cmd), _) => cmd,
+        (None, Some(config)) => Command::Run {
+            config,
+            out: args.out,
+        },
+        (None, None) => {
+            bail!(
+                "give an eval YAML (`tessera eval CONFIG`) or a subcommand (see `tessera eval --help`)"
+            )
+        }
+    };
     match cmd {
         Command::Run { config, out } => device.run(ConfigJob { config, out }),
         Command::Vibes(a) => device.run(VibesJob(a)),
@@ -307,5 +334,52 @@ impl Job for VibesJob {
         )?;
         println!("{md}\nwritten: {}", out.display());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::path::Path;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        eval: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("eval").chain(argv.iter().copied()))
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+            .eval
+    }
+
+    #[test]
+    fn a_bare_config_is_the_run_subcommand() {
+        let a = parse(&["eval.yaml", "--out", "o"]);
+        assert!(a.command.is_none());
+        assert_eq!(a.config, Some(PathBuf::from("eval.yaml")));
+        assert_eq!(a.out, Some(PathBuf::from("o")));
+
+        let a = parse(&["run", "eval.yaml"]);
+        assert!(a.config.is_none());
+        assert!(
+            matches!(a.command, Some(Command::Run { config, .. }) if config == Path::new("eval.yaml"))
+        );
+        assert!(matches!(
+            parse(&["config", "e.yaml"]).command,
+            Some(Command::Run { .. })
+        ));
+        assert!(matches!(
+            parse(&["vibes", "--model", "m"]).command,
+            Some(Command::Vibes(_))
+        ));
+    }
+
+    #[test]
+    fn neither_config_nor_subcommand_is_an_error() {
+        let err = run(parse(&[]), DeviceSpec::Cpu).unwrap_err();
+        assert!(err.to_string().contains("tessera eval CONFIG"), "{err}");
     }
 }

@@ -445,12 +445,55 @@ impl TrainReport {
              quickstart's corpus and tokenizer for both tessera runs (token ids do not change the cost); \
              random ids for PyTorch."
         );
+        let _ = writeln!(md, "\n{}", self.goal_verdict());
         let _ = writeln!(
             md,
             "\nMachine: {}. Date: {}. Command: `{}`.\n{}",
             self.machine, self.date, self.command, self.noise
         );
         md
+    }
+
+    /// The issue's goals, each said met or not from the rows: tessera ≥ 1.2× PyTorch on every
+    /// shape, and data loading plus checkpointing under 5% of each run.
+    fn goal_verdict(&self) -> String {
+        let ratios: Vec<(&str, f64)> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let t = r.torch.as_ref().ok()?;
+                Some((r.shape.name, r.tessera_tokens_per_s / t.tokens_per_s))
+            })
+            .collect();
+        let listed = ratios
+            .iter()
+            .map(|(n, x)| format!("{x:.2}× on {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let speed = if ratios.is_empty() {
+            "**Goal ≥ 1.2× PyTorch: not measured** (PyTorch did not run).".to_string()
+        } else if ratios.iter().all(|(_, x)| *x >= 1.2) {
+            format!("**Goal ≥ 1.2× PyTorch: met** ({listed}).")
+        } else {
+            format!("**Goal ≥ 1.2× PyTorch: not met** ({listed}).")
+        };
+        let worst = self
+            .rows
+            .iter()
+            .map(|r| (r.timing.data_s + r.timing.checkpoint_s) / r.timing.total_s.max(1e-9))
+            .fold(0.0, f64::max);
+        let split = if worst < 0.05 {
+            format!(
+                "**Data loading + checkpointing under 5% of each run: met** (at most {:.2}%).",
+                worst * 100.0
+            )
+        } else {
+            format!(
+                "**Data loading + checkpointing under 5% of each run: not met** ({:.2}% in the worst run).",
+                worst * 100.0
+            )
+        };
+        format!("{speed} {split}")
     }
 }
 
@@ -470,6 +513,57 @@ mod tests {
             step_times_s: vec![4.0, 2.0, 2.0],
             step_tokens: vec![2048, 2048, 2048],
         }
+    }
+
+    fn report(torch_tokens_per_s: f64) -> TrainReport {
+        TrainReport {
+            rows: vec![Row {
+                shape: QUICKSTART,
+                params: 5_770_000,
+                flops_per_token: 3.6e7,
+                timing: timing(),
+                tessera_tokens_per_s: 1200.0,
+                torch: Ok(TorchRun {
+                    torch: "2.x".into(),
+                    transformers: "4.x".into(),
+                    threads: 2,
+                    params: 5_770_000,
+                    tokens_per_s: torch_tokens_per_s,
+                }),
+            }],
+            peak_flops: 1e11,
+            threads: 2,
+            warmup: 1,
+            machine: "m".into(),
+            date: "d".into(),
+            command: "c".into(),
+            noise: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_measured_ratio_and_split() {
+        let met = report(900.0).goal_verdict();
+        assert!(
+            met.contains("1.2× PyTorch: met** (1.33× on quickstart)"),
+            "{met}"
+        );
+        assert!(
+            met.contains("under 5% of each run: met** (at most 3.00%)"),
+            "{met}"
+        );
+        let not_met = report(1100.0).goal_verdict();
+        assert!(
+            not_met.contains("1.2× PyTorch: not met** (1.09× on quickstart)"),
+            "{not_met}"
+        );
+        let mut slow_io = report(900.0);
+        slow_io.rows[0].timing.checkpoint_s = 1.0;
+        assert!(
+            slow_io
+                .goal_verdict()
+                .contains("under 5% of each run: not met** (12.00%")
+        );
     }
 
     #[test]
