@@ -39,7 +39,8 @@ const BLOCK_ELEMENTS: usize = 1 << 22;
 /// - `h`: `[batch, seq, d]`, `w`: `[vocab, d]`, `targets`: `[batch, seq]` -> `[1]`
 ///
 /// # Panics
-/// If the shapes disagree, or a target is `>= vocab` (on Flex).
+/// If the shapes disagree, a target is `>= vocab` (on Flex), or a target is negative but not
+/// `ignore_index`.
 pub fn unembed_cross_entropy_sum<B: Backend>(
     h: Tensor<B, 3>,
     w: Tensor<B, 2>,
@@ -54,7 +55,12 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     assert_eq!(targets.dims(), [b, s], "targets must be [batch, seq]");
     let n = b * s;
     let device = h.device();
-    let grad = B::ad_enabled(&device);
+    if n == 0 {
+        return Tensor::zeros([1], &device);
+    }
+    // Gradients only when autodiff tracks `h` or `W` (not, say, in an eval loop on an
+    // autodiff backend).
+    let grad = B::ad_enabled(&device) && (h.is_require_grad() || w.is_require_grad());
     let cast = |t: Tensor<B, 2>| match compute {
         Some(dt) => t.cast(dt),
         None => t,
@@ -71,6 +77,20 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     let hc = h.clone().reshape([n, d]).set_require_grad(false);
     let wc = cast(w.clone().set_require_grad(false));
     let ignored = targets.clone().equal_elem(ignore_index);
+    // Below, every negative target counts as ignored: any other negative id is bad data,
+    // which the unfused loss would reject too, so it must not quietly lower the loss.
+    let stray: i64 = targets
+        .clone()
+        .lower_elem(0)
+        .bool_and(ignored.clone().bool_not())
+        .int()
+        .sum()
+        .into_scalar()
+        .elem();
+    assert!(
+        stray == 0,
+        "targets hold {stray} negative id(s) other than ignore_index {ignore_index}"
+    );
     let targets = targets.mask_fill(ignored, -1).reshape([n, 1]);
 
     let rows = (BLOCK_ELEMENTS / v.max(1)).clamp(1, n);
@@ -197,6 +217,42 @@ mod tests {
         let want = reference(h.clone(), w.clone(), t.clone(), 1.0).into_scalar();
         let got = unembed_cross_entropy_sum(h.inner(), w.inner(), t.inner(), -100, 1.0, None)
             .into_scalar();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn an_empty_batch_has_zero_loss() {
+        let (_, w, _) = inputs(1, 6, 8, 21);
+        let h = Tensor::<AD, 3>::zeros([1, 0, 8], &Default::default()).require_grad();
+        let t = Tensor::<AD, 2, Int>::zeros([1, 0], &Default::default());
+        let got = unembed_cross_entropy_sum(h, w, t, -100, 1.0, None).into_scalar();
+        assert_eq!(got, 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "1 negative id(s) other than ignore_index -100")]
+    fn a_negative_target_other_than_ignore_index_is_refused() {
+        let (h, w, t) = inputs(1, 6, 8, 21);
+        let t = t.slice_assign(
+            [0..1, 2..3],
+            Tensor::from_data([[-1i64]], &Default::default()),
+        );
+        let _ = unembed_cross_entropy_sum(h, w, t, -100, 1.0, None);
+    }
+
+    #[test]
+    fn untracked_inputs_on_an_autodiff_backend_give_the_same_loss() {
+        let (h, w, t) = inputs(1, 6, 8, 21);
+        let want = reference(h.clone(), w.clone(), t.clone(), 1.0).into_scalar();
+        let got = unembed_cross_entropy_sum(
+            h.set_require_grad(false),
+            w.set_require_grad(false),
+            t,
+            -100,
+            1.0,
+            None,
+        )
+        .into_scalar();
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }

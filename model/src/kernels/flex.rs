@@ -431,6 +431,13 @@ pub(super) fn cross_entropy<B: Backend>(
     };
     let mut x = raw::<B>(logits);
     let shape = x.shape();
+    assert_eq!(
+        ids.len(),
+        shape[0],
+        "cross_entropy_rows: {} targets for {} rows of logits",
+        ids.len(),
+        shape[0]
+    );
     let n = shape[1];
     if !x.is_contiguous() || x.layout().start_offset() != 0 {
         x = x.to_contiguous();

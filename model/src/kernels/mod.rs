@@ -50,7 +50,9 @@ pub fn softmax_with_bias<B: Backend, const D: usize>(
     };
     let x = if scale != 1.0 { x * scale } else { x };
     let scores = match bias {
-        Some(bias) if bias.dims()[0] == 1 && x.dims()[0] > 1 => {
+        Some(bias)
+            if bias.dims()[0] == 1 && x.dims()[0] > 1 && bias.dims()[1..] == x.dims()[1..] =>
+        {
             // Broadcast over the batch as one shared row of values: the layout backends add
             // fastest (Flex's strided broadcast path is ~5x slower).
             let dims = x.dims();
@@ -99,7 +101,8 @@ pub fn cross_entropy_rows<B: Backend>(
 
 /// `value` as a function of `a` and `b` whose gradients are the given constants `da`, `db`:
 /// the result equals `value`, and backpropagating `c` from it adds `c · da` to `a`'s gradient
-/// and `c · db` to `b`'s. This is how [`crate::lm_loss`] hands autodiff the cross-entropy's
+/// and `c · db` to `b`'s. `value` itself is taken as a constant (any graph it carries is
+/// dropped, on every backend). This is how [`crate::lm_loss`] hands autodiff the cross-entropy's
 /// gradient it computed itself.
 ///
 /// On Flex this is one graph node. Elsewhere it is the surrogate
@@ -135,7 +138,7 @@ pub fn attach_gradients<B: Backend>(
         ),
     };
     let surrogate = (a * da).sum() + (b * db).sum();
-    value + (surrogate.clone() - surrogate.detach())
+    value.detach() + (surrogate.clone() - surrogate.detach())
 }
 
 /// LayerNorm (`rms = false`: two-pass, biased variance, as `torch.nn.functional.layer_norm`) or
@@ -274,6 +277,17 @@ mod tests {
             |t| softmax_with_bias(t[0].clone(), None, 1.0),
             1e-6,
         );
+    }
+
+    #[test]
+    fn a_bias_shared_over_batch_and_heads_broadcasts_on_the_composed_path() {
+        // [1, 1, s, s] against [2, 3, s, s] scores: the fused kernel declines this bias, and
+        // the composed path must broadcast it rather than reshape it to the wrong size.
+        let x = rand::<Flex, 4>([2, 3, 5, 5], 7);
+        let bias = rand::<Flex, 4>([1, 1, 5, 5], 8);
+        let got = softmax_with_bias(x.clone(), Some(bias.clone()), 1.0);
+        let want = activation::softmax(x + bias, 3);
+        close(got, want, 1e-6);
     }
 
     #[test]

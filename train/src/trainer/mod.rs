@@ -61,6 +61,32 @@ pub enum TrainError {
     },
     #[error("stopped at step {step}: {reason}")]
     Aborted { step: u64, reason: String },
+    #[error(
+        "{key}: token id {token} is outside the model's vocabulary ({vocab} ids); the data was \
+         tokenized with a larger vocabulary than `model.vocab_size`"
+    )]
+    TokenOutOfRange {
+        key: String,
+        token: u32,
+        vocab: usize,
+    },
+}
+
+/// Fails on the first input id the model has no embedding for (which would otherwise be an
+/// out-of-bounds panic, or a silent wrong lookup, deep inside a backend).
+fn check_vocab(examples: &[Example], vocab: usize, key: &str) -> Result<(), TrainError> {
+    let too_big = examples
+        .iter()
+        .flat_map(|e| e.input_ids.iter())
+        .find(|&&t| t as usize >= vocab);
+    match too_big {
+        Some(&token) => Err(TrainError::TokenOutOfRange {
+            key: key.to_string(),
+            token,
+            vocab,
+        }),
+        None => Ok(()),
+    }
 }
 
 // The sources are boxed to keep `Result<_, TrainError>` small on the hot path.
@@ -151,6 +177,7 @@ pub fn train<B: AutodiffBackend>(
             .inspect(|w| w.handle().heartbeat(run.state.step));
         let t = Instant::now();
         let examples = run.train.next_batch()?;
+        check_vocab(&examples, run.model_config.vocab_size, "train_loader")?;
         timing.add(Phase::Data, t);
         let step_started = Instant::now();
         let micro: Vec<Vec<Example>> = examples
@@ -362,6 +389,7 @@ fn evaluate<B: AutodiffBackend>(
         let (mut sum, mut n, mut batches) = (0.0, 0usize, 0usize);
         while data.remaining_in_epoch() > 0 && run.eval_batches.is_none_or(|m| batches < m) {
             let examples = data.next_eval_batch()?;
+            check_vocab(&examples, run.model_config.vocab_size, label)?;
             let (s, k) = eval_loss(&inner, &examples, &inner_device);
             sum += s;
             n += k;
@@ -477,4 +505,25 @@ fn finish<B: AutodiffBackend>(
 #[allow(dead_code)]
 fn store_of<B: AutodiffBackend>(run: &Run<B>) -> &CheckpointStore {
     run.checkpoints.store()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_beyond_the_vocabulary_is_an_error_naming_the_loader() {
+        let ok = vec![Example::packed(vec![0, 5, 99], None)];
+        assert!(check_vocab(&ok, 100, "train_loader").is_ok());
+        let bad = vec![ok[0].clone(), Example::packed(vec![3, 100, 7], None)];
+        let err = check_vocab(&bad, 100, "eval_loader")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "eval_loader: token id 100 is outside the model's vocabulary (100 ids)"
+            ),
+            "{err}"
+        );
+    }
 }
