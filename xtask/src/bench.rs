@@ -98,6 +98,24 @@ fn backends(steps: usize) -> anyhow::Result<()> {
             v["forward_ms"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    let tokens_per_s = |v: &serde_json::Value| v["tokens_per_s"].as_f64().unwrap_or(0.0);
+    let mut ranked: Vec<&(&str, serde_json::Value)> = rows.iter().collect();
+    ranked.sort_by(|a, b| tokens_per_s(&b.1).total_cmp(&tokens_per_s(&a.1)));
+    if let [best, next, ..] = ranked.as_slice() {
+        let ratio = tokens_per_s(&best.1) / tokens_per_s(&next.1).max(1e-9);
+        body.push_str(&format!(
+            "\nFastest: **{}**, {ratio:.2}× the next ({}). {}\n",
+            best.0,
+            next.0,
+            if best.0 == "flex" {
+                "flex is the default CPU backend: fastest end to end, pure Rust (no BLAS to install), \
+                 and it has f16. Its figures include tessera's fused CPU kernels (GELU, softmax, \
+                 norms, fused unembedding + cross-entropy), which run on flex only."
+            } else {
+                "flex is no longer the fastest here: revisit the default CPU backend."
+            }
+        ));
+    }
     body.push_str(&format!(
         "\nMachine: {}. Date: {}. Command: `cargo xtask bench backends --steps {steps}`.",
         util::machine(),
