@@ -28,8 +28,10 @@ pub struct TrainRecord {
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Training throughput over the recent window.
-    pub tokens_per_s: f64,
+    /// Training throughput over the recent window; `null` for the first step of a run, a
+    /// resume or after an eval, when no window exists yet (never a made-up 0).
+    #[serde(default)]
+    pub tokens_per_s: Option<f64>,
     /// Model FLOPs utilisation, if the device's peak is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
@@ -269,7 +271,7 @@ mod tests {
             loss: 10.0 / step as f64,
             lr: 1e-3,
             grad_norm: 0.5,
-            tokens_per_s: 2048.0,
+            tokens_per_s: Some(2048.0),
             mfu: Some(0.41),
             elapsed_s: step as f64,
         })
@@ -299,6 +301,20 @@ mod tests {
         let back: Vec<MetricsRecord> = read_jsonl(&p).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0], train(1));
+    }
+
+    #[test]
+    fn an_unknown_throughput_is_null_not_zero() {
+        let MetricsRecord::Train(mut r) = train(1) else {
+            unreachable!()
+        };
+        r.tokens_per_s = None;
+        r.mfu = None;
+        let line = serde_json::to_string(&MetricsRecord::Train(r.clone())).unwrap();
+        assert!(line.contains("\"tokens_per_s\":null"), "{line}");
+        assert!(!line.contains("mfu"), "{line}");
+        let back: MetricsRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, MetricsRecord::Train(r));
     }
 
     #[test]

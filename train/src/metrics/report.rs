@@ -77,10 +77,12 @@ pub fn render_report(
     let _ = writeln!(s, "| precision | {} |", facts.precision);
     let _ = writeln!(s, "| tokens | {} |", human(tokens as f64));
     let _ = writeln!(s, "| wall time | {} |", duration(facts.wall_s));
-    if !train.is_empty() {
-        let n = train.len() as f64;
-        let tps = train.iter().map(|t| t.tokens_per_s).sum::<f64>() / n;
+    let rates: Vec<f64> = train.iter().filter_map(|t| t.tokens_per_s).collect();
+    if !rates.is_empty() {
+        let tps = rates.iter().sum::<f64>() / rates.len() as f64;
         let _ = writeln!(s, "| mean throughput | {} tokens/s |", human(tps));
+    }
+    if !train.is_empty() {
         let mfus: Vec<f64> = train.iter().filter_map(|t| t.mfu).collect();
         if !mfus.is_empty() {
             let _ = writeln!(
@@ -228,7 +230,7 @@ mod tests {
             loss,
             lr: 1e-3,
             grad_norm: 1.0,
-            tokens_per_s: 1000.0,
+            tokens_per_s: Some(1000.0),
             mfu: Some(0.2),
             elapsed_s: 0.0,
         })

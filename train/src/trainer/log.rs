@@ -103,10 +103,11 @@ impl RunLog {
         grad_norm: f64,
     ) -> Result<(), TrainError> {
         self.throughput.record(Instant::now(), tokens);
-        let tokens_per_s = self.throughput.tokens_per_s().unwrap_or(0.0);
+        let tokens_per_s = self.throughput.tokens_per_s();
         let mfu = self
             .peak_flops
-            .map(|p| tokens_per_s * self.flops_per_token / p);
+            .zip(tokens_per_s)
+            .map(|(p, tps)| tps * self.flops_per_token / p);
         let record = TrainRecord {
             step,
             tokens,
@@ -118,12 +119,10 @@ impl RunLog {
             elapsed_s: self.started.elapsed().as_secs_f64(),
         };
         self.metrics.append(&MetricsRecord::Train(record.clone()))?;
-        let mut scalars = vec![
-            ("loss/train", loss),
-            ("lr", lr),
-            ("grad_norm", grad_norm),
-            ("throughput/tokens_per_s", tokens_per_s),
-        ];
+        let mut scalars = vec![("loss/train", loss), ("lr", lr), ("grad_norm", grad_norm)];
+        if let Some(tps) = tokens_per_s {
+            scalars.push(("throughput/tokens_per_s", tps));
+        }
         if let Some(m) = mfu {
             scalars.push(("throughput/mfu", m));
         }
@@ -131,7 +130,8 @@ impl RunLog {
         if loss.is_finite() {
             self.train_curve.push((step, loss));
         }
-        let msg = format!("loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s");
+        let rate = tokens_per_s.map_or("- tok/s".to_string(), |t| format!("{t:.0} tok/s"));
+        let msg = format!("loss {loss:.4}  lr {lr:.2e}  {rate}");
         match &self.bar {
             Some(bar) => {
                 bar.set_position(step);
