@@ -121,11 +121,5 @@ fn backends(steps: usize) -> anyhow::Result<()> {
         util::machine(),
         util::today()
     ));
-    println!("{body}");
-    markdown::replace_section(
-        &util::root().join("BENCHMARKS.md"),
-        "backends",
-        "CPU backends",
-        &body,
-    )
+    markdown::publish("backends", "CPU backends", &body)
 }

@@ -212,13 +212,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         command: args.command_line(),
         noise: bench_env::noise_note(cores(), load_before, bench_env::load_average()),
     };
-    let body = report.to_markdown();
-    println!("{body}");
-    markdown::replace_section(
-        &util::root().join("BENCHMARKS.md"),
+    markdown::publish(
         "data",
         "Data: prepare and read throughput",
-        &body,
+        &report.to_markdown(),
     )
 }
 

@@ -246,14 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         command: args.command_line(),
         noise: bench_env::noise_note(cores, load_before, bench_env::load_average()),
     };
-    let body = report.to_markdown();
-    println!("{body}");
-    markdown::replace_section(
-        &util::root().join("BENCHMARKS.md"),
-        "train",
-        "CPU training",
-        &body,
-    )
+    markdown::publish("train", "CPU training", &report.to_markdown())
 }
 
 /// Reads a finished run's timing, and the model's size and FLOPs from its last checkpoint.

@@ -5,6 +5,18 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// Prints a suite's section and writes it into the workspace's `BENCHMARKS.md` (see
+/// [`replace_section`]).
+pub fn publish(name: &str, heading: &str, body: &str) -> anyhow::Result<()> {
+    println!("{body}");
+    replace_section(
+        &crate::util::root().join("BENCHMARKS.md"),
+        name,
+        heading,
+        body,
+    )
+}
+
 /// Replaces the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in `path` (the
 /// markers are kept), or appends a new marked section with `heading` if there is none.
 pub fn replace_section(path: &Path, name: &str, heading: &str, body: &str) -> anyhow::Result<()> {
