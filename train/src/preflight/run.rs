@@ -14,6 +14,7 @@ use crate::config::{LoadedConfig, MicroBatchSize, TrainConfig};
 use crate::finetune::{FinetuneTokenizer, Packing, tokenizer_file};
 use crate::optim::OptimizerName;
 use crate::plan::{MemoryInput, OptimizerStateKind, memory_estimate};
+use crate::run_dir::{RunDir, SaveFolder, run_name};
 
 /// The checks in report order.
 pub(super) const ORDER: [&str; 10] = [
@@ -63,7 +64,7 @@ pub fn run_preflight<B: AutodiffBackend>(
     device: &B::Device,
 ) -> PreflightReport {
     let cfg = &loaded.config;
-    let run_name = run_name(cfg, opts);
+    let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
     let mut r = PreflightReport {
         subject: format!("{run_name} on {}", opts.device_label),
         ..Default::default()
@@ -442,28 +443,9 @@ fn failures(r: &mut PreflightReport, ctx: &Ctx, save_every: Option<u64>) {
     r.push(checks::failure_check(&input, &budget));
 }
 
-/// `run_name`, else `$RUN_NAME`, else the config file's stem, else "tessera" (as `train`).
-fn run_name(cfg: &TrainConfig, opts: &PreflightOptions) -> String {
-    cfg.run_name
-        .clone()
-        .or_else(|| std::env::var("RUN_NAME").ok())
-        .or_else(|| {
-            opts.config_path
-                .as_ref()
-                .and_then(|p| p.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "tessera".into())
-}
-
-/// Where the run will write checkpoints (as `train` resolves it).
+/// Where the run will write checkpoints on this machine (as `train` resolves it: the staging
+/// folder for a remote `save_folder`).
 fn save_folder(cfg: &TrainConfig, opts: &PreflightOptions, run_name: &str) -> PathBuf {
-    match &cfg.save_folder {
-        Some(f) => PathBuf::from(f.replace("{run_name}", run_name)),
-        None => opts
-            .run_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(run_name))
-            .join("checkpoints"),
-    }
+    let dir = RunDir::for_run(opts.run_dir.as_deref(), run_name);
+    SaveFolder::resolve(cfg.save_folder.as_deref(), run_name, &dir).local(&dir)
 }

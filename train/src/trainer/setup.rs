@@ -1,7 +1,7 @@
 //! Everything the loop needs, built once from the config: the run folder, the model (fresh,
 //! pretrained or resumed), the optimizer, the schedule, the data and the writers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
@@ -18,9 +18,8 @@ use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
 use crate::metrics::{Incident, IncidentKind};
 use crate::optim::{Optim, TrainOptimizer};
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, SaveFolder, run_name};
 use crate::schedule::LrSchedule;
-use tessera_data::remote::is_remote;
 
 use super::checkpointing::{Restored, param_ids, restore};
 use super::data::Loader;
@@ -61,21 +60,14 @@ impl<B: AutodiffBackend> Run<B> {
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let cfg = loaded.config.clone();
-        let run_name = run_name(&cfg, opts);
-        let dir = RunDir::new(
-            opts.run_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(&run_name)),
-        );
+        let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
+        let dir = RunDir::for_run(opts.run_dir.as_deref(), &run_name);
         // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
-        let (save_folder, remote) = match cfg
-            .save_folder
-            .as_deref()
-            .map(|f| f.replace("{run_name}", &run_name))
-        {
-            Some(f) if is_remote(&f) => (dir.checkpoints(), Some(RemoteCheckpoints::open(&f)?)),
-            Some(f) => (PathBuf::from(f), None),
-            None => (dir.checkpoints(), None),
+        let target = SaveFolder::resolve(cfg.save_folder.as_deref(), &run_name, &dir);
+        let save_folder = target.local(&dir);
+        let remote = match &target {
+            SaveFolder::Remote(url) => Some(RemoteCheckpoints::open(url)?),
+            SaveFolder::Local(_) => None,
         };
         let keep = (cfg.save_num_checkpoints_to_keep >= 0)
             .then_some(cfg.save_num_checkpoints_to_keep as usize);
@@ -479,20 +471,6 @@ pub fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
         // llm-foundry requires one of them; tessera defaults to the gpt-neox / tessera EOS.
         (None, None) => Some(Separator::Eos(0)),
     }
-}
-
-/// `run_name`, else `$RUN_NAME` (as llm-foundry), else the config file's stem, else "tessera".
-fn run_name(cfg: &TrainConfig, opts: &TrainOptions) -> String {
-    cfg.run_name
-        .clone()
-        .or_else(|| std::env::var("RUN_NAME").ok())
-        .or_else(|| {
-            opts.config_path
-                .as_ref()
-                .and_then(|p| p.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "tessera".into())
 }
 
 /// sha256 of the config with the keys that may change across a resume removed (how long to
