@@ -6,26 +6,27 @@ mod common;
 
 use common::{TempDir, run_ok, tessera};
 
+/// `tessera quickstart` into `dir` with a 2-layer, d_model 64 model for 16 steps.
+fn small_quickstart(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = tessera();
+    cmd.arg("quickstart").arg("--run-dir").arg(dir).args([
+        "--steps",
+        "16",
+        "--d-model",
+        "64",
+        "--n-layers",
+        "2",
+        "--vocab-size",
+        "512",
+    ]);
+    cmd
+}
+
 #[test]
 fn quickstart_runs_the_whole_pipeline_and_the_loss_falls() {
     let tmp = TempDir::new("quickstart");
     let dir = tmp.path().join("qs");
-    let out = run_ok(
-        tessera()
-            .arg("quickstart")
-            .arg("--run-dir")
-            .arg(&dir)
-            .args([
-                "--steps",
-                "16",
-                "--d-model",
-                "64",
-                "--n-layers",
-                "2",
-                "--vocab-size",
-                "512",
-            ]),
-    );
+    let out = run_ok(&mut small_quickstart(&dir));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for stage in ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "report:"] {
         assert!(stdout.contains(stage), "missing {stage}:\n{stdout}");
@@ -83,22 +84,7 @@ fn quickstart_runs_the_whole_pipeline_and_the_loss_falls() {
     assert!(v["text"].is_string());
 
     // Running it again resumes the finished run instead of redoing it.
-    let again = run_ok(
-        tessera()
-            .arg("quickstart")
-            .arg("--run-dir")
-            .arg(&dir)
-            .args([
-                "--steps",
-                "16",
-                "--d-model",
-                "64",
-                "--n-layers",
-                "2",
-                "--vocab-size",
-                "512",
-            ]),
-    );
+    let again = run_ok(&mut small_quickstart(&dir));
     let again = String::from_utf8_lossy(&again.stdout);
     assert!(again.contains("reusing"), "{again}");
 }
