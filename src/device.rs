@@ -89,6 +89,7 @@ fn run_wgpu<J: Job<Output = anyhow::Result<T>>, T>(
         None => WgpuDevice::DefaultDevice,
         Some(i) => WgpuDevice::DiscreteGpu(i),
     };
+    probe::<burn::backend::Wgpu>(&device, spec)?;
     job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, spec)
 }
 
@@ -110,6 +111,7 @@ fn run_cuda<J: Job<Output = anyhow::Result<T>>, T>(
     spec: DeviceSpec,
 ) -> anyhow::Result<T> {
     let device = burn::backend::cuda::CudaDevice { index };
+    probe::<burn::backend::Cuda>(&device, spec)?;
     job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(device, spec)
 }
 
@@ -122,6 +124,49 @@ fn run_cuda<J: Job<Output = anyhow::Result<T>>, T>(
     anyhow::bail!(
         "--device {spec}: this tessera was built without the `cuda` feature (cargo build --features cuda)"
     )
+}
+
+/// Touches the device once, so that a missing driver or adapter is an error naming the device.
+///
+/// cubecl reports those by panicking in its device thread (the main thread then panics on a
+/// closed channel). The probe runs under a panic hook that keeps the first message instead of
+/// printing it, and turns it into the error.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn probe<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    spec: DeviceSpec,
+) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = first.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown failure".into());
+            *slot = Some(msg);
+        }
+    }));
+    let touched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data()
+    }));
+    std::panic::set_hook(previous);
+    match touched {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let why = first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default();
+            anyhow::bail!("--device {spec}: the device could not be used: {why}")
+        }
+    }
 }
 
 #[cfg(test)]

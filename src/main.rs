@@ -46,9 +46,12 @@ enum Command {
     Eval(cmd::eval::Args),
     /// The pass/fail checklist to run before launching a training run.
     Preflight(cmd::preflight::Args),
+    /// Check this build on this device against transformers' reference outputs (the `mpt/`
+    /// fixtures): logits, loss, every gradient, greedy generation.
+    Parity(cmd::parity::Args),
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
     Plan(cmd::plan::Args),
-    /// Forward+backward timing of a tiny MPT on one backend (used by `cargo xtask bench backends`).
+    /// Forward+backward timing of an MPT shape on one backend (`cargo xtask bench backends`, GPU checks).
     #[command(hide = true)]
     BenchStep(cmd::bench_step::Args),
     /// One epoch of shuffled MDS reads through the token loader (used by `cargo xtask bench data`).
@@ -73,8 +76,9 @@ fn main() {
         Command::Train(args) => cmd::train::run(args, cli.device),
         Command::Eval(args) => cmd::eval::run(args, cli.device),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::Parity(args) => cmd::parity::run(args, cli.device),
         Command::Preflight(args) => cmd::preflight::run(args, cli.device),
-        Command::BenchStep(args) => cmd::bench_step::run(args),
+        Command::BenchStep(args) => cmd::bench_step::run(args, cli.device),
         Command::BenchStream(args) => cmd::bench_stream::run(args),
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),
         Command::BenchCode(args) => cmd::bench_code::run(args),

@@ -287,3 +287,43 @@ fn convert_rewrites_a_checkpoint_that_still_generates_the_same() {
     ]);
     assert!(err.contains("--out"), "{err}");
 }
+
+#[test]
+fn parity_passes_on_the_cpu_and_names_a_checkpoint_that_disagrees() {
+    // Every fixture checkpoint within the model tests' tolerances, as JSON lines.
+    let out = run_ok(
+        tessera()
+            .args(["parity", "--json", "--fixtures"])
+            .arg(repo_fixture("")),
+    );
+    let reports: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for r in &reports {
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["logits_max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+        assert!(r["grad_max_rel_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+        assert_eq!(r["greedy_generation_equal"], true, "{r}");
+    }
+
+    // A reference loss moved by 0.01: the command fails and names that checkpoint.
+    let tmp = TempDir::new("parity");
+    let dst = tmp.path().join("mpt/tiny_alibi_h4");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(repo_fixture("mpt/tiny_alibi_h4")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dst.join(path.file_name().unwrap())).unwrap();
+    }
+    let index_path = dst.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["mean_loss"] = serde_json::json!(index["mean_loss"].as_f64().unwrap() + 0.01);
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let err = fails(&["parity", "--fixtures", tmp.path().to_str().unwrap()]);
+    assert!(
+        err.contains("outside tolerance") && err.contains("tiny_alibi_h4"),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod parity;
 pub mod plan;
 pub mod preflight;
 pub mod quickstart;

@@ -15,6 +15,7 @@ use tessera::eval::run::{EvalSuite, evaluate_and_write};
 use tessera::model::Mpt;
 use tessera::train::config::{self, TrainConfig};
 use tessera::train::finetune::tokenizer_file;
+use tessera::train::metrics::Accelerator;
 use tessera::train::trainer::{TrainOptions, train};
 
 #[derive(clap::Args)]
@@ -27,16 +28,34 @@ pub struct Args {
     /// Run folder (default: runs/<run_name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// The accelerator, so that MFU is reported against its datasheet peak at the config's
+    /// precision: h100 (= h100-sxm), h100-pcie, h200 or a100.
+    #[arg(long)]
+    gpu: Option<String>,
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
     let loaded = config::load_file(&args.config, &args.overrides)?;
-    device.run(TrainJob { args, loaded })
+    let peak_flops = match &args.gpu {
+        None => None,
+        Some(name) => {
+            let gpu = Accelerator::from_name(name).with_context(|| {
+                format!("--gpu {name:?}: expected one of {}", Accelerator::NAMES)
+            })?;
+            Some(gpu.peak_flops(loaded.config.precision))
+        }
+    };
+    device.run(TrainJob {
+        args,
+        loaded,
+        peak_flops,
+    })
 }
 
 struct TrainJob {
     args: Args,
     loaded: config::LoadedConfig,
+    peak_flops: Option<f64>,
 }
 
 impl Job for TrainJob {
@@ -47,7 +66,7 @@ impl Job for TrainJob {
             config_path: Some(self.args.config.clone()),
             run_dir: self.args.run_dir.clone(),
             device_label: super::device_label(spec),
-            peak_flops: None,
+            peak_flops: self.peak_flops,
         };
         let icl = IclEvals::build(&self.loaded.config, &self.args.config)
             .context("preparing icl_tasks")?;

@@ -1,4 +1,5 @@
-"""Time PyTorch training of an MPT shape on the CPU: the reference side of `cargo xtask bench train`.
+"""Time PyTorch training of an MPT shape: the reference side of `cargo xtask bench train` (CPU)
+and of `xtask/scripts/gpu-check.sh` (`--device cuda`, optionally `--dtype bf16` autocast).
 
     python torch_train_bench.py --d-model 256 --n-heads 4 --n-layers 6 --expansion 4 \
         --vocab 4096 --seq 128 --batch 16 --microbatch 16 --threads 2 --warmup 2 --steps 5
@@ -41,6 +42,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=17)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 master weights")
+    p.add_argument("--tf32", action="store_true", help="let fp32 matmuls round through TF32 (as burn's CUDA backend does)")
     a = p.parse_args()
     if a.batch % a.microbatch != 0:
         print(json.dumps({"skipped": f"batch {a.batch} is not a multiple of microbatch {a.microbatch}"}))
@@ -55,6 +59,8 @@ def main() -> int:
         return 0
 
     torch.set_num_threads(a.threads)
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     torch.manual_seed(a.seed)
     cfg = MptConfig(
         d_model=a.d_model,
@@ -65,7 +71,8 @@ def main() -> int:
         vocab_size=a.vocab,
         resid_pdrop=0.0,
         emb_pdrop=0.0,
-        attn_config={"attn_pdrop": 0.0, "alibi": True},
+        # An int: transformers 5's strict config rejects the float 0.0 here.
+        attn_config={"attn_pdrop": 0, "alibi": True},
         use_cache=False,
     )
     model = MptForCausalLM(cfg)
@@ -74,6 +81,8 @@ def main() -> int:
         for block in model.transformer.blocks:
             block.ffn.up_proj = torch.nn.Linear(a.d_model, hidden, bias=False)
             block.ffn.down_proj = torch.nn.Linear(hidden, a.d_model, bias=False)
+    device = torch.device(a.device)
+    model.to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
@@ -81,11 +90,18 @@ def main() -> int:
     gen = torch.Generator().manual_seed(a.seed)
     accum = a.batch // a.microbatch
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def step() -> float:
         total = 0.0
         for _ in range(accum):
-            ids = torch.randint(0, a.vocab, (a.microbatch, a.seq), generator=gen)
-            out = model(input_ids=ids, labels=ids)
+            ids = torch.randint(0, a.vocab, (a.microbatch, a.seq), generator=gen).to(device)
+            with autocast:
+                out = model(input_ids=ids, labels=ids)
             (out.loss / accum).backward()
             total += float(out.loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -95,9 +111,11 @@ def main() -> int:
 
     for _ in range(a.warmup):
         step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         step()
+    sync()
     dt = (time.perf_counter() - t0) / a.steps
     print(
         json.dumps(
@@ -106,6 +124,9 @@ def main() -> int:
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "dtype": a.dtype,
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
                 "params": n_params,
                 "batch": a.batch,
                 "microbatch": a.microbatch,

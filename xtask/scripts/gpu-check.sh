@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one run on a lent NVIDIA machine (the `device` tool), which has CUDA but
+# no Rust. Build the binary here first, then carry it:
+#
+#   cargo build --features cuda --bin tessera
+#   mkdir -p .devrun && strip -o /tmp/t $CARGO_TARGET_DIR/debug/tessera && gzip -9c /tmp/t >.devrun/tessera.gz
+#   (on the device, from the repo root, carrying .devrun)
+#   gunzip -c .devrun/tessera.gz >/tmp/tessera && chmod +x /tmp/tessera && xtask/scripts/gpu-check.sh /tmp/tessera $OUT
+#
+# It runs, each under its own time limit so one failure does not cost the rest (STEPS="a b" runs
+# only the named steps):
+#   1. `tessera parity --device cuda`: logits, loss, every gradient and greedy generation against
+#      transformers' reference outputs (fixtures/mpt), and transformers itself on the same GPU
+#      with TF32 off and on as the yardstick (xtask/python/torch_fixture_parity.py);
+#   2. `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
+#   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
+#      at seq 2048 and 128, f32 and bf16;
+#   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
+#   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak.
+# Logs and JSON go to OUTDIR (and OUTDIR/logs.tgz); the last lines printed are a summary.
+set -u
+BIN=${1:?usage: gpu-check.sh TESSERA_BINARY OUTDIR}
+OUTDIR=${2:?usage: gpu-check.sh TESSERA_BINARY OUTDIR}
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d)
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUTDIR/gpu.txt"
+# The card's name for `tessera train --gpu` (its MFU peak).
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
+    *H200*) GPU_NAME=h200 ;;
+    *H100*PCIe*) GPU_NAME=h100-pcie ;;
+    *H100*) GPU_NAME=h100 ;;
+    *A100*) GPU_NAME=a100 ;;
+    *) GPU_NAME=h100 ;;
+esac
+# cubecl compiles its kernels at run time with NVRTC: put the toolkit's copy on the loader path.
+nvrtc=$(ldconfig -p | awk '/libnvrtc\.so/ {print $NF; exit}')
+[ -n "$nvrtc" ] || nvrtc=$(find /usr/local /opt -name 'libnvrtc.so*' 2>/dev/null | head -1)
+echo "nvrtc: ${nvrtc:-not found}" | tee -a "$OUTDIR/gpu.txt"
+export LD_LIBRARY_PATH="${nvrtc:+$(dirname "$nvrtc"):}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+
+step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record status and time
+    local name=$1 limit=$2; shift 2
+    case " ${STEPS:-all} " in *" all "*|*" $name "*) ;; *) return ;; esac
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc ${limit}s-limit $((SECONDS - t0))s" | tee -a "$OUTDIR/status.txt"
+}
+
+# Correctness: tessera against transformers' CPU outputs, and transformers itself on this GPU
+# with TF32 off and on (the yardstick: burn's CUDA matmuls always round f32 through TF32).
+step parity 90 "$BIN" --device cuda parity --fixtures fixtures --json
+step torch_parity 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda
+step torch_parity_tf32 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda --tf32
+# The whole pipeline on the GPU.
+step quickstart 120 "$BIN" --device cuda quickstart --run-dir "$WORK/qs"
+# Throughput: burn's matmul ceiling, then fwd+bwd of the mpt-125m shape at seq 2048 and 128.
+step peak 60 "$BIN" --device cuda bench-step --peak-flops --peak-n 8192
+LONG=(--d-model 768 --n-layers 12 --n-heads 12 --vocab-size 50368 --seq 2048 --batch 4 --steps 8 --json)
+SHORT=(--d-model 768 --n-layers 12 --n-heads 12 --vocab-size 50368 --seq 128 --batch 64 --steps 8 --json)
+step bench_f32 60 "$BIN" --device cuda bench-step "${LONG[@]}" --dtype f32
+step bench_bf16 60 "$BIN" --device cuda bench-step "${LONG[@]}" --dtype bf16
+step bench_short_f32 60 "$BIN" --device cuda bench-step "${SHORT[@]}" --dtype f32
+step bench_short_bf16 60 "$BIN" --device cuda bench-step "${SHORT[@]}" --dtype bf16
+TORCH=(--d-model 768 --n-layers 12 --n-heads 12 --vocab 50368 --seq 2048 --batch 4 --microbatch 4
+       --threads 8 --warmup 2 --steps 8 --device cuda)
+step torch_f32 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype fp32
+step torch_tf32 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype fp32 --tf32
+step torch_bf16 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype bf16
+# A real training run (loader, AdamW, clipping, eval) of a 125m-wide model on the quickstart data.
+if [ ! -f "$WORK/qs/quickstart.yaml" ]; then
+    STEPS="quickstart_data" step quickstart_data 120 "$BIN" --device cuda quickstart --run-dir "$WORK/qs" --steps 2
+fi
+step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-dir "$WORK/train" \
+    --gpu "$GPU_NAME" --set model.d_model=768 --set model.n_heads=12 --set model.n_layers=12 \
+    --set global_train_batch_size=64 --set device_train_microbatch_size=64 \
+    --set device_eval_batch_size=64 --set precision=amp_bf16 --set max_duration=30ba \
+    --set eval_interval=1000ba --set save_interval=1000ba --set progress_bar=false
+cat "$WORK"/train/metrics.jsonl >"$OUTDIR/train_metrics.jsonl" 2>/dev/null
+cat "$WORK"/qs/run/metrics.jsonl >"$OUTDIR/quickstart_metrics.jsonl" 2>/dev/null
+
+echo "== summary =="
+cat "$OUTDIR/status.txt"
+for f in parity torch_parity torch_parity_tf32; do cat "$OUTDIR/$f.log" 2>/dev/null; done
+tail -n 3 "$OUTDIR/quickstart.log" 2>/dev/null
+for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 torch_f32 torch_tf32 torch_bf16; do
+    tail -n 1 "$OUTDIR/$f.log" 2>/dev/null
+done
+tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null
+tail -n 3 "$OUTDIR/train_metrics.jsonl" 2>/dev/null
+# At most 8 files come back from the device tool: bundle the logs.
+tar -C "$OUTDIR" -czf "$OUTDIR/logs.tgz" --exclude logs.tgz . 2>/dev/null
