@@ -8,6 +8,8 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
+use crate::kernels;
+
 /// `y = x W^T + b` with `W: [d_out, d_in]` as in `torch.nn.Linear`.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -101,9 +103,9 @@ pub fn matmul_in<B: Backend, const D: usize>(
     match compute {
         Some(dt) if FloatDType::from(a.dtype()) != dt => {
             let out = FloatDType::from(a.dtype());
-            a.cast(dt).matmul(b.cast(dt)).cast(out)
+            kernels::matmul(a.cast(dt), b.cast(dt)).cast(out)
         }
-        _ => a.matmul(b),
+        _ => kernels::matmul(a, b),
     }
 }
 

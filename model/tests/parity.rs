@@ -216,28 +216,32 @@ fn incremental_decoding_matches_full_forward() {
         let row = &ids[shape[1]..2 * shape[1]]; // 33 real tokens
         let full = to_vec(model.forward(MptInput::new(common::ids::<B>(row, [1, shape[1]]))));
         let v = model.config().vocab_size;
-        let mut cache = model.new_cache();
-        // A 10-token prefill, then one token at a time.
-        let mut got =
-            to_vec(model.forward_cached(common::ids::<B>(&row[..10], [1, 10]), None, &mut cache));
-        for t in 10..row.len() {
-            got.extend(to_vec(model.forward_cached(
-                common::ids::<B>(&row[t..t + 1], [1, 1]),
+        // A 10-token prefill, or a single token, then one token at a time.
+        for prefill in [10, 1] {
+            let mut cache = model.new_cache();
+            let mut got = to_vec(model.forward_cached(
+                common::ids::<B>(&row[..prefill], [1, prefill]),
                 None,
                 &mut cache,
-            )));
+            ));
+            for t in prefill..row.len() {
+                got.extend(to_vec(model.forward_cached(
+                    common::ids::<B>(&row[t..t + 1], [1, 1]),
+                    None,
+                    &mut cache,
+                )));
+            }
+            assert_eq!(cache.len(), row.len());
+            // Issue 2 asks for 1e-5 (logits reach |24| here). Measured: 0, bit for bit, since
+            // every CPU product takes gemm's packed kernel whatever its row count and the fused
+            // softmax sums a masked row like its unmasked prefix (`kernels::matmul`,
+            // `kernels::rows::sum`). Before those two, 1.2e-5.
+            let diff = max_abs_diff(&got, &full);
+            assert!(
+                diff <= 1e-5,
+                "{name}, prefill {prefill}: cached vs full logits {diff} (vocab {v})"
+            );
         }
-        assert_eq!(cache.len(), row.len());
-        let diff = max_abs_diff(&got, &full);
-        // f32 kernels sum in a shape-dependent order (a 1-row matmul takes gemm's gemv path;
-        // forwards of a prefix without any cache already differ from the full forward by up to
-        // 7.7e-6 on h6_ffn3), so decoding one token at a time cannot be bit-identical. Logits
-        // reach |24| here; transformers itself differs by 1.3e-5 between its padded-batch and
-        // single-sequence forwards of these fixtures. Measured: 8.1e-6, 1.2e-5, <1e-5.
-        assert!(
-            diff <= 2e-5,
-            "{name}: cached vs full logits {diff} (vocab {v})"
-        );
     }
 }
 

@@ -47,6 +47,11 @@ fn which<B: Backend>() -> Which {
     }
 }
 
+/// Whether `B` is plain `Flex` (inference on the CPU, no autodiff).
+pub(super) fn is_plain_flex<B: Backend>() -> bool {
+    which::<B>() == Which::Flex
+}
+
 /// Whether `B` gets the fused kernels at all (for f32 tensors).
 #[cfg(test)]
 pub(super) fn specialised<B: Backend>() -> bool {

@@ -11,11 +11,55 @@ mod flex;
 pub mod rows;
 
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation;
 use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
 
 fn float<B: Backend, const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// `a × b` (batched over leading axes), computed so that each output row does not depend on how
+/// many rows are computed with it.
+///
+/// Why: cached decoding multiplies one new row at a time, the full forward all rows at once,
+/// and the two must give the same logits. gemm (behind Flex) sums each output element in one
+/// fixed order in its packed kernel, but it routes a single row to a matrix-vector kernel and
+/// products of at most 256 outputs to a "horizontal" kernel, which sum in other orders. So on
+/// plain Flex (inference; training never multiplies so few rows) a product with too few rows
+/// is padded with zero rows (and a contraction of 1 or 2 with zero columns), computed, and cut
+/// back: then every product takes the packed path and decoding reproduces the full forward bit
+/// for bit (`incremental_decoding_matches_full_forward`). The padding is at most 256 / n rows
+/// (2 for any matrix wider than 256); on other backends this is plain `a.matmul(b)`.
+///
+/// # Shapes
+/// - `a`: `[..., rows, k]`, `b`: `[..., k, n]` -> `[..., rows, n]`
+pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = a.dims();
+    let (rows, k, n) = (dims[D - 2], dims[D - 1], b.dims()[D - 1]);
+    // gemm: one row → matrix-vector kernel; rows · n ≤ 256 → horizontal kernel; k ≤ 2 → an
+    // outer-product kernel.
+    let min_rows = (256 / n.max(1) + 1).max(2);
+    let small = rows < min_rows || k <= 2;
+    if !small || rows == 0 || !flex::is_plain_flex::<B>() {
+        return a.matmul(b);
+    }
+    // Zero rows of `a` add rows that are cut off again; zero columns of `a` against zero rows
+    // of `b` add exact zeros to every sum.
+    let a = pad_axis(a, D - 2, min_rows);
+    let (a, b) = (pad_axis(a, D - 1, 3), pad_axis(b, D - 2, 3));
+    a.matmul(b).narrow(D - 2, 0, rows)
+}
+
+/// `x` with zeros appended along `axis` up to `len` (unchanged if already that long).
+fn pad_axis<B: Backend, const D: usize>(x: Tensor<B, D>, axis: usize, len: usize) -> Tensor<B, D> {
+    let mut pad = x.dims();
+    if pad[axis] >= len {
+        return x;
+    }
+    pad[axis] = len - pad[axis];
+    let zeros = Tensor::<B, D>::zeros(pad, &x.device()).cast(FloatDType::from(x.dtype()));
+    Tensor::cat(vec![x, zeros], axis)
 }
 
 /// The exact (erf) GELU, `x · Φ(x)`.
@@ -204,6 +248,56 @@ mod tests {
     fn close<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>, tol: f64) {
         a.into_data()
             .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(tol));
+    }
+
+    #[test]
+    fn a_products_rows_do_not_depend_on_how_many_rows_are_computed() {
+        // [40, k] x [k, n] at once, and each row alone, for shapes that would take each of
+        // gemm's special kernels (one row, few outputs, a contraction of 1 or 2), with `b`
+        // contiguous (attention's `p v`) and transposed (every linear layer's `x wᵀ`).
+        for (k, n) in [
+            (96, 288),
+            (288, 96),
+            (16, 7),
+            (16, 16),
+            (16, 33),
+            (1, 16),
+            (2, 33),
+        ] {
+            for transposed in [false, true] {
+                let a = rand::<Flex, 2>([40, k], 3);
+                let b = if transposed {
+                    rand::<Flex, 2>([n, k], 4).transpose()
+                } else {
+                    rand::<Flex, 2>([k, n], 4)
+                };
+                let all = matmul(a.clone(), b.clone())
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let case = format!("k {k}, n {n}, transposed {transposed}");
+                for r in [0, 1, 39] {
+                    let one = matmul(a.clone().narrow(0, r, 1), b.clone());
+                    let one = one.into_data().to_vec::<f32>().unwrap();
+                    assert!(
+                        one == all[r * n..(r + 1) * n],
+                        "{case}, row {r}: not bit-equal"
+                    );
+                }
+                // Batched, as attention's [b, h, s, d] products.
+                let a3 = a.clone().reshape([2, 20, k]);
+                let b3 = Tensor::stack::<3>(vec![b.clone(), b.clone()], 0);
+                let one = matmul(a3.narrow(1, 5, 1), b3)
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                assert!(
+                    one[..n] == all[5 * n..6 * n],
+                    "{case}, batched: not bit-equal"
+                );
+                close(matmul(a.clone(), b.clone()), a.matmul(b), 1e-4);
+            }
+        }
     }
 
     /// Runs `f` on both backends from the same data, with a random cotangent, and compares the

@@ -143,7 +143,10 @@ pub fn scale(x: &mut [f32], c: f32) {
     x.par_chunks_mut(BLOCK).for_each(|x| scale_block(x, c));
 }
 
-/// Σ x, in a fixed lane-wise order (vectorisable).
+/// Σ x, in a fixed lane-wise order (vectorisable): element `i` goes to lane `i % LANES`, the
+/// tail too. So trailing zeros change nothing, and a softmax row that a causal mask ends in
+/// zeros sums exactly like the same row without them: cached decoding reproduces the full
+/// forward's probabilities bit for bit.
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -154,7 +157,10 @@ fn sum(x: &[f32]) -> f32 {
             acc[l] += c[l];
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    for (a, &t) in acc.iter_mut().zip(tail) {
+        *a += t;
+    }
+    acc.iter().sum::<f32>()
 }
 
 /// Σ x in f64, in a fixed lane-wise order.
