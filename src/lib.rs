@@ -9,3 +9,4 @@ pub use tessera_model as model;
 pub use tessera_train as train;
 
 pub mod device;
+pub mod malloc;

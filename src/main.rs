@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() {
+    tessera::malloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Quickstart(args) => cmd::quickstart::run(args, cli.device),
