@@ -12,7 +12,8 @@
 #   1. `tessera parity --device cuda`: logits, loss, every gradient and greedy generation against
 #      transformers' reference outputs (fixtures/mpt), and transformers itself on the same GPU
 #      with TF32 off and on as the yardstick (xtask/python/torch_fixture_parity.py);
-#   2. `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
+#   2. `tessera generate --device cuda` on every fixture checkpoint (transformers' greedy tokens),
+#      and `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
 #   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
 #      at seq 2048 and 128, f32 and bf16;
 #   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
@@ -39,9 +40,10 @@ nvrtc=$(ldconfig -p | awk '/libnvrtc\.so/ {print $NF; exit}')
 echo "nvrtc: ${nvrtc:-not found}" | tee -a "$OUTDIR/gpu.txt"
 export LD_LIBRARY_PATH="${nvrtc:+$(dirname "$nvrtc"):}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 
+wanted() { case " ${STEPS:-all} " in *" all "*|*" $1 "*) return 0 ;; *) return 1 ;; esac; }
 step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record status and time
     local name=$1 limit=$2; shift 2
-    case " ${STEPS:-all} " in *" all "*|*" $name "*) ;; *) return ;; esac
+    wanted "$name" || return 0
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
     local rc=$?
@@ -53,6 +55,23 @@ step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record sta
 step parity 90 "$BIN" --device cuda parity --fixtures fixtures --json
 step torch_parity 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda
 step torch_parity_tf32 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda --tf32
+# `tessera generate` on the GPU prints transformers' greedy tokens for every fixture checkpoint.
+generate_check() {
+    for m in fixtures/mpt/*/; do
+        [ -f "$m/prompt_ids.npy" ] || continue
+        ids=$(python3 -c 'import numpy, sys; print(",".join(map(str, numpy.load(sys.argv[1]))))' "$m/prompt_ids.npy")
+        got=$("$BIN" --device cuda generate --model "$m" --prompt-ids "$ids" --max-new-tokens 24 --json) || return 1
+        python3 -c '
+import json, sys, numpy
+want = [int(x) for x in numpy.load(sys.argv[1])]
+got = json.loads(sys.argv[2])["generated_ids"]
+print(sys.argv[1], "equal" if got == want else f"DIFFERS: {got} vs {want}")
+sys.exit(got != want)' "$m/generated_ids.npy" "$got" || return 1
+    done
+}
+export -f generate_check
+export BIN
+step generate 90 bash -c generate_check
 # The whole pipeline on the GPU.
 step quickstart 120 "$BIN" --device cuda quickstart --run-dir "$WORK/qs"
 # Throughput: burn's matmul ceiling, then fwd+bwd of the mpt-125m shape at seq 2048 and 128.
@@ -69,7 +88,7 @@ step torch_f32 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtyp
 step torch_tf32 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype fp32 --tf32
 step torch_bf16 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype bf16
 # A real training run (loader, AdamW, clipping, eval) of a 125m-wide model on the quickstart data.
-if [ ! -f "$WORK/qs/quickstart.yaml" ]; then
+if wanted train_bf16 && [ ! -f "$WORK/qs/quickstart.yaml" ]; then
     STEPS="quickstart_data" step quickstart_data 120 "$BIN" --device cuda quickstart --run-dir "$WORK/qs" --steps 2
 fi
 step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-dir "$WORK/train" \
@@ -77,12 +96,13 @@ step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-d
     --set global_train_batch_size=64 --set device_train_microbatch_size=64 \
     --set device_eval_batch_size=64 --set precision=amp_bf16 --set max_duration=30ba \
     --set eval_interval=1000ba --set save_interval=1000ba --set progress_bar=false
-cat "$WORK"/train/metrics.jsonl >"$OUTDIR/train_metrics.jsonl" 2>/dev/null
-cat "$WORK"/qs/run/metrics.jsonl >"$OUTDIR/quickstart_metrics.jsonl" 2>/dev/null
+for f in train/metrics.jsonl:train_metrics.jsonl qs/run/metrics.jsonl:quickstart_metrics.jsonl; do
+    [ -f "$WORK/${f%%:*}" ] && cp "$WORK/${f%%:*}" "$OUTDIR/${f##*:}"
+done
 
 echo "== summary =="
 cat "$OUTDIR/status.txt"
-for f in parity torch_parity torch_parity_tf32; do cat "$OUTDIR/$f.log" 2>/dev/null; done
+for f in parity torch_parity torch_parity_tf32 generate; do cat "$OUTDIR/$f.log" 2>/dev/null; done
 tail -n 3 "$OUTDIR/quickstart.log" 2>/dev/null
 for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 torch_f32 torch_tf32 torch_bf16; do
     tail -n 1 "$OUTDIR/$f.log" 2>/dev/null
@@ -91,3 +111,5 @@ tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null
 tail -n 3 "$OUTDIR/train_metrics.jsonl" 2>/dev/null
 # At most 8 files come back from the device tool: bundle the logs.
 tar -C "$OUTDIR" -czf "$OUTDIR/logs.tgz" --exclude logs.tgz . 2>/dev/null
+# Exit status: 0 only if every step that ran passed.
+! grep -q " rc=[1-9]" "$OUTDIR/status.txt"
