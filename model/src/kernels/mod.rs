@@ -41,7 +41,7 @@ pub fn matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> T
     // outer-product kernel.
     let min_rows = (256 / n.max(1) + 1).max(2);
     let small = rows < min_rows || k <= 2;
-    if !small || rows == 0 || !flex::is_plain_flex::<B>() {
+    if !small || rows == 0 || n == 0 || !flex::is_plain_flex::<B>() {
         return a.matmul(b);
     }
     // Zero rows of `a` add rows that are cut off again; zero columns of `a` against zero rows
