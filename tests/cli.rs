@@ -104,6 +104,13 @@ fn bad_paths_and_configs_get_one_line_errors() {
     assert!(err.contains("/nonexistent/model"), "{err}");
     let err = fails(&["inspect", "--model", "/nonexistent/model"]);
     assert!(err.contains("/nonexistent/model/config.json"), "{err}");
+    let err = fails(&["train", "/nonexistent/train.yaml", "--gpu", "h900"]);
+    assert!(
+        err.contains("--gpu \"h900\"") && err.contains("h200"),
+        "{err}"
+    );
+    let err = fails(&["parity", "--fixtures", "/nonexistent/fixtures"]);
+    assert!(err.contains("/nonexistent/fixtures/mpt"), "{err}");
 
     let tmp = TempDir::new("cli-bad");
     let bad = tmp.path().join("model");

@@ -39,8 +39,8 @@ pub struct Args {
     dtype: String,
     #[arg(long)]
     json: bool,
-    /// Instead of a step: measure the backend's f32 matmul FLOP/s (1024³ products), the CPU
-    /// "peak" MFU is reported against (`cargo xtask bench train`).
+    /// Instead of a step: measure the backend's f32 matmul FLOP/s (`--peak-n`³ products), the
+    /// CPU "peak" MFU is reported against (`cargo xtask bench train`).
     #[arg(long)]
     peak_flops: bool,
     /// The matrix size of --peak-flops.

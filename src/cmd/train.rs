@@ -35,16 +35,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
-    let loaded = config::load_file(&args.config, &args.overrides)?;
-    let peak_flops = match &args.gpu {
-        None => None,
-        Some(name) => {
-            let gpu = Accelerator::from_name(name).with_context(|| {
+    let gpu =
+        match &args.gpu {
+            None => None,
+            Some(name) => Some(Accelerator::from_name(name).with_context(|| {
                 format!("--gpu {name:?}: expected one of {}", Accelerator::NAMES)
-            })?;
-            Some(gpu.peak_flops(loaded.config.precision))
-        }
-    };
+            })?),
+        };
+    let loaded = config::load_file(&args.config, &args.overrides)?;
+    let peak_flops = gpu.map(|g| g.peak_flops(loaded.config.precision));
     device.run(TrainJob {
         args,
         loaded,
