@@ -7,6 +7,7 @@ use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
+use crate::kernels;
 use crate::linear::{Linear, matmul_in};
 use crate::norm::Norm;
 use crate::rope::Rotary;
@@ -161,10 +162,10 @@ impl<B: Backend> Attention<B> {
                 (q, k, v.reshape([b, s, kvh, hd]))
             }
         };
-        // [b, heads, s, hd]
-        let mut q = q.swap_dims(1, 2);
-        let mut k = k.swap_dims(1, 2);
-        let mut v = v.swap_dims(1, 2);
+        // [b, heads, s, hd], contiguous on the CPU (see `kernels::swap_dims_12`)
+        let mut q = kernels::swap_dims_12(q);
+        let mut k = kernels::swap_dims_12(k);
+        let mut v = kernels::swap_dims_12(v);
         if let Some(rot) = &ctx.rotary {
             q = rot.apply(q);
             k = rot.apply(k);
@@ -200,8 +201,10 @@ impl<B: Backend> Attention<B> {
             compute: ctx.compute,
         };
         let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
-        self.out_proj
-            .forward_in(out.swap_dims(1, 2).reshape([b, s, h * hd]), ctx.compute)
+        self.out_proj.forward_in(
+            kernels::swap_dims_12(out).reshape([b, s, h * hd]),
+            ctx.compute,
+        )
     }
 }
 

@@ -156,6 +156,55 @@ pub(super) fn gelu<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// [a, b, c, d] -> [a, c, b, d]
+
+fn swap_middle_flex(x: &FlexTensor) -> FlexTensor {
+    let shape = x.shape();
+    let [a, b, c, d] = [shape[0], shape[1], shape[2], shape[3]];
+    tensor(
+        rows::swap_middle(slice(x), [a, b, c, d]),
+        Shape::from(vec![a, c, b, d]),
+    )
+}
+
+#[derive(Debug)]
+struct SwapMiddleBackward;
+
+impl Backward<Flex, 1> for SwapMiddleBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grad_of(&ops, grads);
+        if let [Some(node)] = &ops.parents {
+            grads.register::<Flex>(node.id, swap_middle_flex(&g));
+        }
+    }
+}
+
+/// `x.swap_dims(1, 2)` of a 4-D f32 Flex / Autodiff<Flex> tensor, materialised; `Err(x)`
+/// otherwise.
+pub(super) fn swap_middle<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
+    if x.dtype() != DType::F32 || x.shape().num_dims() != 4 {
+        return Err(x);
+    }
+    match which::<B>() {
+        Which::Flex => Ok(give(swap_middle_flex(&contiguous(give(x))))),
+        Which::AutodiffFlex => {
+            let t: AdTensor = give(x);
+            let y = swap_middle_flex(&contiguous(t.primitive));
+            // A copy, but registered as compute-bound: nothing to recompute it from under the
+            // (only specialised) no-checkpointing strategy.
+            let out = SwapMiddleBackward
+                .prepare::<NoCheckpointing>([t.node])
+                .compute_bound()
+                .stateless(y);
+            Ok(give(out))
+        }
+        Which::Other => Err(x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // softmax(x + bias) over the last axis
 
 /// `softmax(scale · x + bias)`, in `x`'s buffer when nothing else holds it.

@@ -1,5 +1,6 @@
-//! Fused kernels behind backend-generic signatures: GELU, `softmax(x + bias)` and
-//! LayerNorm/RMSNorm.
+//! Fused kernels behind backend-generic signatures: GELU, `softmax(x + bias)`,
+//! LayerNorm/RMSNorm, attention's head transpose, and a matmul whose rows do not depend on how
+//! many are computed together (for exact cached decoding).
 //!
 //! Each function here is what the model calls. On Flex and `Autodiff<Flex>` with f32 tensors it
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
@@ -60,6 +61,22 @@ fn pad_axis<B: Backend, const D: usize>(x: Tensor<B, D>, axis: usize, len: usize
     pad[axis] = len - pad[axis];
     let zeros = Tensor::<B, D>::zeros(pad, &x.device()).cast(FloatDType::from(x.dtype()));
     Tensor::cat(vec![x, zeros], axis)
+}
+
+/// `x.swap_dims(1, 2)`, as a contiguous tensor on Flex: attention's head transposes.
+///
+/// On Flex a swapped view is cheap here but costly later: a matmul or reshape that needs it
+/// contiguous (and, under autodiff, the backward of those reshapes) copies it element by element
+/// on one thread. This copies whole rows in parallel instead, and its backward is the same copy.
+/// Elsewhere it is the plain view.
+///
+/// # Shapes
+/// - `[a, b, c, d]` -> `[a, c, b, d]`
+pub fn swap_dims_12<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match flex::swap_middle::<B>(x.into_primitive().tensor()) {
+        Ok(y) => float(y),
+        Err(x) => float::<B, 4>(x).swap_dims(1, 2),
+    }
 }
 
 /// The exact (erf) GELU, `x · Φ(x)`.
@@ -342,6 +359,20 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn swap_dims_12_matches_the_view_and_its_gradient() {
+        let x = rand::<Flex, 4>([2, 5, 3, 4], 5);
+        fused_matches_generic(
+            vec![x.clone()],
+            |t| swap_dims_12(t[0].clone()) * 1.5,
+            |t| t[0].clone().swap_dims(1, 2) * 1.5,
+            0.0,
+        );
+        // Plain Flex, and a strided input.
+        let y = swap_dims_12(x.clone().swap_dims(0, 3));
+        close(y, x.swap_dims(0, 3).swap_dims(1, 2), 0.0);
     }
 
     #[test]

@@ -138,6 +138,31 @@ multiversion! {
     }
 }
 
+/// `[a, b, c, d]` → `[a, c, b, d]` (the two middle axes swapped), in parallel: one output block
+/// of `b · d` values per `(i, k)`, gathered as `b` rows of `d`. Attention's head transposes
+/// (`[batch, seq, heads, head_dim]` ↔ `[batch, heads, seq, head_dim]`); the operation is its own
+/// inverse, so it is its own backward too.
+///
+/// # Panics
+/// If `x` does not hold `a · b · c · d` values.
+pub fn swap_middle(x: &[f32], [a, b, c, d]: [usize; 4]) -> Vec<f32> {
+    assert_eq!(x.len(), a * b * c * d, "swap_middle: length");
+    let mut out = vec![0.0f32; x.len()];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(b * d)
+        .enumerate()
+        .for_each(|(ik, block)| {
+            let (i, k) = (ik / c, ik % c);
+            for (j, row) in block.chunks_exact_mut(d).enumerate() {
+                let src = ((i * b + j) * c + k) * d;
+                row.copy_from_slice(&x[src..src + d]);
+            }
+        });
+    out
+}
+
 /// `x ← c · x`, in parallel blocks.
 pub fn scale(x: &mut [f32], c: f32) {
     x.par_chunks_mut(BLOCK).for_each(|x| scale_block(x, c));
