@@ -44,11 +44,7 @@ impl<B: Backend> Linear<B> {
         let rows: usize = dims[..D - 1].iter().product();
         // One 2-D GEMM over all rows (forward and both backward products), rather than a
         // batched matmul whose weight gradient must then be summed over the batch.
-        let y = matmul_in(
-            x.reshape([rows, d_in]),
-            self.weight.val().transpose(),
-            compute,
-        );
+        let y = product(x.reshape([rows, d_in]), self.weight.val(), compute);
         let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze_dim(0),
             None => y,
@@ -76,7 +72,7 @@ impl<B: Backend> Linear<B> {
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
         let w = self.weight.val().narrow(0, start, len); // [len, d_in]
-        let y = matmul_in(x.reshape([rows, d_in]), w.transpose(), compute);
+        let y = product(x.reshape([rows, d_in]), w, compute);
         let y = match &self.bias {
             Some(b) => y + b.val().narrow(0, start, len).unsqueeze_dim(0),
             None => y,
@@ -84,6 +80,19 @@ impl<B: Backend> Linear<B> {
         let mut out = dims;
         out[D - 1] = len;
         y.reshape(out)
+    }
+}
+
+/// `x · wᵀ` (`x`: `[rows, d_in]`, `w`: `[d_out, d_in]`), in `compute` when given (see
+/// [`matmul_in`]); f32 products go through [`kernels::linear`].
+fn product<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    compute: Option<FloatDType>,
+) -> Tensor<B, 2> {
+    match compute {
+        Some(dt) if FloatDType::from(x.dtype()) != dt => matmul_in(x, w.transpose(), compute),
+        _ => kernels::linear(x, w),
     }
 }
 

@@ -156,6 +156,141 @@ pub(super) fn gelu<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Linear layers: x · wᵀ, straight through gemm
+
+/// A row-major matrix for [`gemm_new`]: its values and whether to read it transposed.
+struct Mat<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    fn of(t: &'a FlexTensor) -> Self {
+        let shape = t.shape();
+        Self {
+            values: slice(t),
+            rows: shape[0],
+            cols: shape[1],
+            transposed: false,
+        }
+    }
+    fn t(self) -> Self {
+        Self {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+    /// (rows, cols) as read.
+    fn dims(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+    /// (row stride, column stride) as read.
+    fn strides(&self) -> (isize, isize) {
+        let c = self.cols as isize;
+        if self.transposed { (1, c) } else { (c, 1) }
+    }
+}
+
+/// `lhs · rhs` into a new `[m, n]` tensor.
+///
+/// Why not Flex's matmul: Flex allocates every product's output zero-filled as bytes and then
+/// copies it once more into an aligned buffer, both on the calling thread while the other cores
+/// wait; in a CPU training step of the quickstart model that was ~6% of all CPU time, serial.
+/// Here gemm writes straight into a fresh `Vec<f32>` (which burn takes as it is).
+fn gemm_new(lhs: Mat, rhs: Mat) -> FlexTensor {
+    let ((m, k), (k2, n)) = (lhs.dims(), rhs.dims());
+    assert_eq!(k, k2, "gemm_new: inner dimensions");
+    let (lhs_rs, lhs_cs) = lhs.strides();
+    let (rhs_rs, rhs_cs) = rhs.strides();
+    // Flex's own rule: threads only from about 192³ multiply-adds.
+    let parallelism = if m * n * k >= 192 * 192 * 192 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // Zero-filled rather than uninitialised: gemm never uses the old values when `read_dst` is
+    // false, but its edge-tile path copies them around, and Rust forbids reading uninitialised
+    // memory even to discard it. One fill is still one pass fewer than Flex's matmul makes.
+    let mut values = vec![0.0f32; m * n];
+    // SAFETY: the pointers and strides describe `lhs` ([m, k]) and `rhs` ([k, n]) inside their
+    // slices, and a row-major [m, n] destination of exactly `values`' length.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            values.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.values.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.values.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    tensor(values, Shape::from(vec![m, n]))
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// `x` ([rows, d_in]) and `w` ([d_out, d_in]), contiguous.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = contiguous(grads.consume::<Flex>(&ops.node)); // [rows, d_out]
+        let (x, w) = &ops.state;
+        let [x_node, w_node] = &ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, gemm_new(Mat::of(&g), Mat::of(w)));
+        }
+        if let Some(node) = w_node {
+            grads.register::<Flex>(node.id, gemm_new(Mat::of(&g).t(), Mat::of(x)));
+        }
+    }
+}
+
+/// `x · wᵀ` for `x: [rows, d_in]` and `w: [d_out, d_in]` (f32) on Autodiff<Flex>, as one node
+/// whose forward and both backward products call gemm directly; `Err` otherwise (plain Flex
+/// keeps Flex's matmul, whose row-count behaviour `kernels::matmul` relies on).
+pub(super) fn linear<B: Backend>(x: Prim<B>, w: Prim<B>) -> Result<Prim<B>, (Prim<B>, Prim<B>)> {
+    let f32_matrices = [&x, &w]
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.shape().num_dims() == 2);
+    if !f32_matrices || which::<B>() != Which::AutodiffFlex {
+        return Err((x, w));
+    }
+    let (x, w): (AdTensor, AdTensor) = (give(x), give(w));
+    let (xp, wp) = (contiguous(x.primitive), contiguous(w.primitive));
+    let y = gemm_new(Mat::of(&xp), Mat::of(&wp).t());
+    let out = match LinearBackward
+        .prepare::<NoCheckpointing>([x.node, w.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((xp, wp), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Ok(give(out))
+}
+
+// ---------------------------------------------------------------------------------------------
 // [a, b, c, d] -> [a, c, b, d]
 
 fn swap_middle_flex(x: &FlexTensor) -> FlexTensor {

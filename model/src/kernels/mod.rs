@@ -63,6 +63,21 @@ fn pad_axis<B: Backend, const D: usize>(x: Tensor<B, D>, axis: usize, len: usize
     Tensor::cat(vec![x, zeros], axis)
 }
 
+/// `x · wᵀ`, a linear layer's product (`w` in PyTorch's `[d_out, d_in]` layout).
+///
+/// When training on the CPU (Autodiff<Flex>, f32) this is one graph node whose forward and
+/// backward products call gemm directly, writing into fresh buffers: Flex's matmul zero-fills
+/// and then re-copies every output on one thread. Elsewhere it is [`matmul`] of `x` and `wᵀ`.
+///
+/// # Shapes
+/// - `x`: `[rows, d_in]`, `w`: `[d_out, d_in]` -> `[rows, d_out]`
+pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    match flex::linear::<B>(x.into_primitive().tensor(), w.into_primitive().tensor()) {
+        Ok(y) => float(y),
+        Err((x, w)) => matmul(float(x), float::<B, 2>(w).transpose()),
+    }
+}
+
 /// `x.swap_dims(1, 2)`, as a contiguous tensor on Flex: attention's head transposes.
 ///
 /// On Flex a swapped view is cheap here but costly later: a matmul or reshape that needs it
@@ -359,6 +374,32 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn linear_matches_the_matmul_and_its_gradients() {
+        for (rows, d_in, d_out) in [(37, 24, 40), (1, 3, 5), (300, 200, 250)] {
+            let x = rand::<Flex, 2>([rows, d_in], 11);
+            let w = rand::<Flex, 2>([d_out, d_in], 12);
+            fused_matches_generic(
+                vec![x, w],
+                |t| linear(t[0].clone(), t[1].clone()),
+                |t| t[0].clone().matmul(t[1].clone().transpose()),
+                1e-3,
+            );
+        }
+        // A weight that is a row block of a larger one (the fused Wqkv's q, k and v).
+        let x = rand::<Flex, 2>([9, 8], 13);
+        let w = rand::<Flex, 2>([12, 8], 14);
+        fused_matches_generic(
+            vec![x, w],
+            |t| linear(t[0].clone(), t[1].clone().narrow(0, 4, 4)),
+            |t| {
+                t[0].clone()
+                    .matmul(t[1].clone().narrow(0, 4, 4).transpose())
+            },
+            1e-4,
+        );
     }
 
     #[test]
