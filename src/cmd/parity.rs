@@ -169,8 +169,8 @@ fn check<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> anyhow::Result<R
     let inference = model.valid();
 
     // Logits of each sequence alone, as transformers computed them (no padding).
-    let (ids, shape) = read_npy_i64(&dir.join("input_ids.npy"))?;
-    let (mask, _) = read_npy_i64(&dir.join("attention_mask.npy"))?;
+    let (ids, shape) = read_npy::<i64>(&dir.join("input_ids.npy"))?;
+    let (mask, _) = read_npy::<i64>(&dir.join("attention_mask.npy"))?;
     let (batch, seq) = (shape[0], shape[1]);
     let mut logits = 0f32;
     for row in 0..batch {
@@ -181,12 +181,12 @@ fn check<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> anyhow::Result<R
         let len = mask[row * seq..(row + 1) * seq].iter().sum::<i64>() as usize;
         let row_ids = &ids[row * seq..row * seq + len];
         let got = inference.forward(MptInput::new(int_tensor(row_ids, [1, len], device)));
-        let (want, _) = read_npy_f32(&file)?;
+        let (want, _) = read_npy::<f32>(&file)?;
         logits = logits.max(max_abs_diff(&to_vec(got), &want)?);
     }
 
     // The padded batch: mean loss, then every gradient of it.
-    let (targets, tshape) = read_npy_i64(&dir.join("target_ids.npy"))?;
+    let (targets, tshape) = read_npy::<i64>(&dir.join("target_ids.npy"))?;
     let out = model.forward(MptInput {
         input_ids: int_tensor(&ids, [batch, seq], device),
         attention_mask: Some(bool_tensor(&mask, [batch, seq], device)),
@@ -217,8 +217,8 @@ fn check<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> anyhow::Result<R
     }
 
     // Greedy generation with the KV cache: every token equal.
-    let (prompt, _) = read_npy_i64(&dir.join("prompt_ids.npy"))?;
-    let (want_ids, _) = read_npy_i64(&dir.join("generated_ids.npy"))?;
+    let (prompt, _) = read_npy::<i64>(&dir.join("prompt_ids.npy"))?;
+    let (want_ids, _) = read_npy::<i64>(&dir.join("generated_ids.npy"))?;
     let prompt: Vec<u32> = prompt.iter().map(|&x| x as u32).collect();
     let want_ids: Vec<u32> = want_ids.iter().map(|&x| x as u32).collect();
     let cfg = GenerationConfig {
@@ -309,23 +309,18 @@ fn named_grads<B: AutodiffBackend>(
     v.out
 }
 
-fn read_npy_f32(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+/// A `.npy` array of `T` (the fixtures' float32 and int64 arrays) and its shape.
+fn read_npy<T: npyz::Deserialize>(path: &Path) -> anyhow::Result<(Vec<T>, Vec<usize>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| path.display().to_string())?;
     let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    let values = npy
-        .into_vec::<f32>()
-        .with_context(|| format!("{}: expected float32", path.display()))?;
-    Ok((values, shape))
-}
-
-fn read_npy_i64(path: &Path) -> anyhow::Result<(Vec<i64>, Vec<usize>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| path.display().to_string())?;
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    let values = npy
-        .into_vec::<i64>()
-        .with_context(|| format!("{}: expected int64", path.display()))?;
+    let values = npy.into_vec::<T>().with_context(|| {
+        format!(
+            "{}: expected {}",
+            path.display(),
+            std::any::type_name::<T>()
+        )
+    })?;
     Ok((values, shape))
 }
 
