@@ -11,14 +11,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
 use tessera::device::{DeviceSpec, Job};
 use tessera::model::generate::{GenerationConfig, generate};
 use tessera::model::loss::{IGNORE_INDEX, mean_cross_entropy};
-use tessera::model::spec::hf_name;
-use tessera::model::{Mpt, MptInput, hf};
+use tessera::model::{MptInput, hf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -202,15 +201,16 @@ fn check<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> anyhow::Result<R
         .as_f64()
         .context("index.json: mean_loss")?;
     let loss = (mean.clone().into_scalar().elem::<f64>() - want_loss).abs() as f32;
-    let got = named_grads(&model, &mean.backward());
+    let got = hf::named_gradients(&model, &mean.backward());
     let want = read_safetensors(&dir.join("grads.safetensors"))?;
     let mut grad = (0f32, String::new());
     for (param, w) in &want {
         let g = got
             .get(param)
             .with_context(|| format!("grads.safetensors names {param}, which the model lacks"))?;
+        let g = values(g.clone());
         let scale = w.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1e-12);
-        let rel = max_abs_diff(g, w)? / scale;
+        let rel = max_abs_diff(&g, w)? / scale;
         if rel > grad.0 {
             grad = (rel, param.clone());
         }
@@ -256,10 +256,11 @@ fn bool_tensor<B: Backend>(
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default()
+    values(t.into_data())
+}
+
+fn values(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>().to_vec::<f32>().unwrap_or_default()
 }
 
 fn max_abs_diff(got: &[f32], want: &[f32]) -> anyhow::Result<f32> {
@@ -275,38 +276,6 @@ fn max_abs_diff(got: &[f32], want: &[f32]) -> anyhow::Result<f32> {
         let d = (g - w).abs();
         m.max(if d.is_nan() { f32::INFINITY } else { d })
     }))
-}
-
-/// The gradient of every float parameter, by its transformers name.
-fn named_grads<B: AutodiffBackend>(
-    model: &Mpt<B>,
-    grads: &B::Gradients,
-) -> BTreeMap<String, Vec<f32>> {
-    struct Visitor<'a, B: AutodiffBackend> {
-        path: Vec<String>,
-        grads: &'a B::Gradients,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Visitor<'_, B> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.into());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = param.val().grad(self.grads) {
-                self.out.insert(hf_name(&self.path.join(".")), to_vec(g));
-            }
-        }
-    }
-    let mut v = Visitor::<B> {
-        path: Vec::new(),
-        grads,
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut v);
-    v.out
 }
 
 /// A `.npy` array of `T` (the fixtures' float32 and int64 arrays) and its shape.

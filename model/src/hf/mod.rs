@@ -29,7 +29,7 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 mod save;
 
-pub use save::{SaveOptions, named_parameters, save, save_with};
+pub use save::{SaveOptions, named_gradients, named_parameters, save, save_with};
 
 /// Storage dtype for [`save`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use safetensors::Dtype;
 
 use super::{
@@ -72,6 +73,40 @@ pub fn named_parameters<B: Backend>(model: &Mpt<B>) -> BTreeMap<String, TensorDa
         .map(|s| s.name)
         .collect();
     collect(model, &wanted)
+}
+
+/// The gradient of every float parameter that has one, by checkpoint name (for parity checks
+/// against transformers' `grads.safetensors`: `tessera parity` and the model tests).
+pub fn named_gradients<B: AutodiffBackend>(
+    model: &Mpt<B>,
+    grads: &B::Gradients,
+) -> BTreeMap<String, TensorData> {
+    struct Grads<'a, B: AutodiffBackend> {
+        path: Vec<String>,
+        grads: &'a B::Gradients,
+        out: BTreeMap<String, TensorData>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = param.val().grad(self.grads) {
+                self.out
+                    .insert(hf_name(&self.path.join(".")), g.into_data());
+            }
+        }
+    }
+    let mut v = Grads::<B> {
+        path: Vec::new(),
+        grads,
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut v);
+    v.out
 }
 
 /// Options for [`save_with`].

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use tessera_model::spec::hf_name;
 
 pub type B = Flex;
 pub type AD = Autodiff<Flex>;
@@ -53,38 +52,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Gradient of every float parameter of an autodiff module, by checkpoint name.
-pub fn named_grads<M: burn::module::Module<AD>>(
-    model: &M,
+/// Gradient of every float parameter, by checkpoint name (the library's
+/// [`tessera_model::hf::named_gradients`], as f32 vectors).
+pub fn named_grads(
+    model: &tessera_model::Mpt<AD>,
     grads: &<AD as AutodiffBackend>::Gradients,
 ) -> BTreeMap<String, Vec<f32>> {
-    struct V<'a> {
-        path: Vec<String>,
-        grads: &'a <AD as AutodiffBackend>::Gradients,
-        out: BTreeMap<String, Vec<f32>>,
-    }
-    impl ModuleVisitor<AD> for V<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.into());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
-            let g = param
-                .val()
-                .grad(self.grads)
-                .expect("every parameter has a gradient");
-            self.out.insert(hf_name(&self.path.join(".")), to_vec(g));
-        }
-    }
-    let mut v = V {
-        path: Vec::new(),
-        grads,
-        out: BTreeMap::new(),
-    };
-    model.visit(&mut v);
-    v.out
+    tessera_model::hf::named_gradients(model, grads)
+        .into_iter()
+        .map(|(name, g)| (name, g.convert::<f32>().to_vec::<f32>().unwrap()))
+        .collect()
 }
 
 /// `param -= lr * grad` for every parameter (one plain SGD step).
