@@ -392,8 +392,10 @@ fn check_basename(b: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// streaming's `bytes_to_int` for the string form of `size_limit` (`"100kb"`, `"64mb"`, `"123"`).
-fn bytes_to_int(s: &str) -> Option<u64> {
+/// streaming's `bytes_to_int` for a byte count written as a string (`size_limit`, a loader's
+/// `cache_limit`): an integer with an optional `b`, or a number with `kb` … `eb` in powers of
+/// 1024 (`"100kb"`, `"1.5 mb"`, `"123"`). `None` for anything else or a count past `u64`.
+pub fn bytes_to_int(s: &str) -> Option<u64> {
     let t = s.trim().to_ascii_lowercase();
     let units = [
         ("kb", 1u64 << 10),

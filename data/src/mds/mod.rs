@@ -51,7 +51,7 @@ pub use compression::{Compression, CompressionAlgo};
 pub use encoding::{DType, Encoding, EncodingError};
 pub use error::{MdsError, Result};
 pub use hashing::HashAlgo;
-pub use index::{FileInfo, INDEX_BASENAME, Index, ShardInfo};
+pub use index::{FileInfo, INDEX_BASENAME, Index, ShardInfo, bytes_to_int};
 pub use inspect::{
     ColumnSummary, DatasetSummary, SampleRange, TokenStats, dump_jsonl, sample_to_json, summarize,
     value_to_json,

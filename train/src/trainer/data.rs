@@ -321,33 +321,19 @@ fn named<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// streaming's `bytes_to_int`: an integer, or a number with a `b`, `kb`, `mb`, `gb` or `tb`
-/// suffix in powers of 1024 (`"10gb"`, `"1.5 mb"`).
+/// A byte count as streaming takes it: an integer, or a string for
+/// [`tessera_data::mds::bytes_to_int`] (`"10gb"`, `"512 KB"`).
 fn byte_count(v: &serde_json::Value) -> Result<u64, String> {
     if let Some(n) = v.as_u64() {
         return Ok(n);
     }
-    let text = v
-        .as_str()
-        .ok_or_else(|| format!("{v} is not a byte count (an integer or a string like \"10gb\")"))?;
-    let t = text.trim().to_ascii_lowercase();
-    let units = [
-        ("kb", 1u64 << 10),
-        ("mb", 1 << 20),
-        ("gb", 1 << 30),
-        ("tb", 1 << 40),
-        ("b", 1),
-    ];
-    let (number, scale) = units
-        .iter()
-        .find_map(|(suffix, scale)| t.strip_suffix(suffix).map(|n| (n.trim(), *scale)))
-        .unwrap_or((t.as_str(), 1));
-    match number.parse::<f64>() {
-        Ok(x) if x.is_finite() && x >= 0.0 => Ok((x * scale as f64) as u64),
-        _ => Err(format!(
-            "{text:?} is not a byte count (an integer or a number with b, kb, mb, gb or tb)"
-        )),
-    }
+    v.as_str()
+        .and_then(tessera_data::mds::bytes_to_int)
+        .ok_or_else(|| {
+            format!(
+                "{v} is not a byte count (an integer, or a string like \"10gb\": b, kb, mb, gb, tb, pb or eb)"
+            )
+        })
 }
 
 #[cfg(test)]
