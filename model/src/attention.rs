@@ -1,6 +1,6 @@
 //! MPT self-attention (llm-foundry `GroupedQueryAttention` with `attn_impl: torch`): one fused
 //! `Wqkv`, `clip_qkv` on its output before the split, optional `qk_ln`/`qk_gn`, RoPE, GQA/MQA,
-//! and [`attention`], the single entry point that a fused kernel can later replace.
+//! and [`attention`], the composed computation that [`kernels::attention`] fuses where it can.
 
 use burn::module::Module;
 use burn::nn::Dropout;
@@ -161,6 +161,24 @@ impl<B: Backend> Attention<B> {
                 };
                 (q, k, v.reshape([b, s, kvh, hd]))
             }
+        };
+        // Training on the CPU: the whole attention as one fused kernel, in this layout.
+        let plain = ctx.rotary.is_none()
+            && kv.is_none()
+            && self.softcap.is_none()
+            && self.attn_pdrop == 0.0
+            && ctx.compute.is_none();
+        let (q, k, v) = if plain {
+            match kernels::attention(q, k, v, ctx.bias.clone(), self.softmax_scale) {
+                Ok(out) => {
+                    return self
+                        .out_proj
+                        .forward_in(out.reshape([b, s, h * hd]), ctx.compute);
+                }
+                Err((q, k, v, _)) => (q, k, v),
+            }
+        } else {
+            (q, k, v)
         };
         // [b, heads, s, hd], contiguous on the CPU (see `kernels::swap_dims_12`)
         let mut q = kernels::swap_dims_12(q);

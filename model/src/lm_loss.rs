@@ -22,7 +22,7 @@
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
-use crate::kernels::{attach_gradients, cross_entropy_rows};
+use crate::kernels::{attach_gradients, cross_entropy_rows, linear, linear_backward};
 
 /// Logits per block (~16 MB of f32).
 const BLOCK_ELEMENTS: usize = 1 << 22;
@@ -100,16 +100,16 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
         let hb = hc.clone().narrow(0, start, len); // [len, d]
-        let mut logits = f32(cast(hb.clone()).matmul(wc.clone().transpose())); // [len, v]
+        let mut logits = f32(linear(cast(hb.clone()), wc.clone())); // [len, v]
         if logit_scale != 1.0 {
             logits = logits * logit_scale;
         }
         let (loss, g) = cross_entropy_rows(logits, targets.clone().narrow(0, start, len), grad);
         losses.push(loss);
         if let Some(g) = g {
-            let g = cast(g); // [len, v]
-            let mut gh = f32(g.clone().matmul(wc.clone())); // [len, d]
-            let mut gw = f32(g.transpose().matmul(cast(hb))); // [v, d]
+            // The unembedding's backward: [len, d] and [v, d].
+            let (gh, gw) = linear_backward(cast(hb), wc.clone(), cast(g));
+            let (mut gh, mut gw) = (f32(gh), f32(gw));
             if logit_scale != 1.0 {
                 gh = gh * logit_scale;
                 gw = gw * logit_scale;

@@ -11,6 +11,8 @@
 
 use std::any::{Any, TypeId};
 
+use rayon::prelude::*;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -21,7 +23,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
+use super::gemm::{MatRef, Threads, product};
 use super::rows::{self, NormStats};
+use super::sdpa;
 
 type AdFlex = Autodiff<Flex>;
 type AdTensor = FloatTensor<AdFlex>;
@@ -158,43 +162,10 @@ pub(super) fn gelu<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
 // ---------------------------------------------------------------------------------------------
 // Linear layers: x · wᵀ, straight through gemm
 
-/// A row-major matrix for [`gemm_new`]: its values and whether to read it transposed.
-struct Mat<'a> {
-    values: &'a [f32],
-    rows: usize,
-    cols: usize,
-    transposed: bool,
-}
-
-impl<'a> Mat<'a> {
-    fn of(t: &'a FlexTensor) -> Self {
-        let shape = t.shape();
-        Self {
-            values: slice(t),
-            rows: shape[0],
-            cols: shape[1],
-            transposed: false,
-        }
-    }
-    fn t(self) -> Self {
-        Self {
-            transposed: !self.transposed,
-            ..self
-        }
-    }
-    /// (rows, cols) as read.
-    fn dims(&self) -> (usize, usize) {
-        if self.transposed {
-            (self.cols, self.rows)
-        } else {
-            (self.rows, self.cols)
-        }
-    }
-    /// (row stride, column stride) as read.
-    fn strides(&self) -> (isize, isize) {
-        let c = self.cols as isize;
-        if self.transposed { (1, c) } else { (c, 1) }
-    }
+/// A contiguous f32 matrix tensor as a gemm view.
+fn mat(t: &FlexTensor) -> MatRef<'_> {
+    let shape = t.shape();
+    MatRef::rows(slice(t), shape[0], shape[1])
 }
 
 /// `lhs · rhs` into a new `[m, n]` tensor.
@@ -202,48 +173,16 @@ impl<'a> Mat<'a> {
 /// Why not Flex's matmul: Flex allocates every product's output zero-filled as bytes and then
 /// copies it once more into an aligned buffer, both on the calling thread while the other cores
 /// wait; in a CPU training step of the quickstart model that was ~6% of all CPU time, serial.
-/// Here gemm writes straight into a fresh `Vec<f32>` (which burn takes as it is).
-fn gemm_new(lhs: Mat, rhs: Mat) -> FlexTensor {
-    let ((m, k), (k2, n)) = (lhs.dims(), rhs.dims());
-    assert_eq!(k, k2, "gemm_new: inner dimensions");
-    let (lhs_rs, lhs_cs) = lhs.strides();
-    let (rhs_rs, rhs_cs) = rhs.strides();
-    // Flex's own rule: threads only from about 192³ multiply-adds.
-    let parallelism = if m * n * k >= 192 * 192 * 192 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // Zero-filled rather than uninitialised: gemm never uses the old values when `read_dst` is
-    // false, but its edge-tile path copies them around, and Rust forbids reading uninitialised
-    // memory even to discard it. One fill is still one pass fewer than Flex's matmul makes.
-    let mut values = vec![0.0f32; m * n];
-    // SAFETY: the pointers and strides describe `lhs` ([m, k]) and `rhs` ([k, n]) inside their
-    // slices, and a row-major [m, n] destination of exactly `values`' length.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            values.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.values.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.values.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-    tensor(values, Shape::from(vec![m, n]))
+/// Here gemm writes straight into fresh memory (which burn takes as it is).
+fn gemm_new(lhs: MatRef, rhs: MatRef) -> FlexTensor {
+    let shape = Shape::from(vec![lhs.shape()[0], rhs.shape()[1]]);
+    tensor(product(lhs, rhs, 1.0, Threads::Pool), shape)
+}
+
+/// A linear layer's two backward products for `y = x · wᵀ` and upstream gradient `g`:
+/// `(∂/∂x, ∂/∂w) = (g · w, gᵀ · x)`. All three contiguous.
+fn linear_grads(x: &FlexTensor, w: &FlexTensor, g: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    (gemm_new(mat(g), mat(w)), gemm_new(mat(g).t(), mat(x)))
 }
 
 #[derive(Debug)]
@@ -257,11 +196,15 @@ impl Backward<Flex, 2> for LinearBackward {
         let g = contiguous(grads.consume::<Flex>(&ops.node)); // [rows, d_out]
         let (x, w) = &ops.state;
         let [x_node, w_node] = &ops.parents;
-        if let Some(node) = x_node {
-            grads.register::<Flex>(node.id, gemm_new(Mat::of(&g), Mat::of(w)));
-        }
-        if let Some(node) = w_node {
-            grads.register::<Flex>(node.id, gemm_new(Mat::of(&g).t(), Mat::of(x)));
+        match (x_node, w_node) {
+            (Some(xn), Some(wn)) => {
+                let (dx, dw) = linear_grads(x, w, &g);
+                grads.register::<Flex>(xn.id, dx);
+                grads.register::<Flex>(wn.id, dw);
+            }
+            (Some(node), None) => grads.register::<Flex>(node.id, gemm_new(mat(&g), mat(w))),
+            (None, Some(node)) => grads.register::<Flex>(node.id, gemm_new(mat(&g).t(), mat(x))),
+            (None, None) => {}
         }
     }
 }
@@ -278,7 +221,7 @@ pub(super) fn linear<B: Backend>(x: Prim<B>, w: Prim<B>) -> Result<Prim<B>, (Pri
     }
     let (x, w): (AdTensor, AdTensor) = (give(x), give(w));
     let (xp, wp) = (contiguous(x.primitive), contiguous(w.primitive));
-    let y = gemm_new(Mat::of(&xp), Mat::of(&wp).t());
+    let y = gemm_new(mat(&xp), mat(&wp).t());
     let out = match LinearBackward
         .prepare::<NoCheckpointing>([x.node, w.node])
         .compute_bound()
@@ -288,6 +231,25 @@ pub(super) fn linear<B: Backend>(x: Prim<B>, w: Prim<B>) -> Result<Prim<B>, (Pri
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Ok(give(out))
+}
+
+/// [`linear_grads`] of f32 Flex / Autodiff<Flex> matrices as constants (no graph); `Err`
+/// with the inputs otherwise.
+#[allow(clippy::type_complexity)]
+pub(super) fn linear_backward<B: Backend>(
+    x: Prim<B>,
+    w: Prim<B>,
+    g: Prim<B>,
+) -> Result<(Prim<B>, Prim<B>), (Prim<B>, Prim<B>, Prim<B>)> {
+    let f32_matrices = [&x, &w, &g]
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.shape().num_dims() == 2);
+    if !f32_matrices || which::<B>() == Which::Other {
+        return Err((x, w, g));
+    }
+    let [x, w, g] = [x, w, g].map(|t| contiguous(raw::<B>(t)));
+    let (dx, dw) = linear_grads(&x, &w, &g);
+    Ok((wrap::<B>(dx), wrap::<B>(dw)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +299,150 @@ pub(super) fn swap_middle<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
         }
         Which::Other => Err(x),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: softmax(scale · q kᵀ + bias) v, in the [batch, seq, heads, head_dim] layout
+
+/// What the attention backward keeps: the sizes, the inputs, the probabilities and the scale.
+#[derive(Clone, Debug)]
+struct SdpaState {
+    dims: sdpa::Dims,
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    probs: FlexTensor,
+    scale: f32,
+}
+
+#[derive(Debug)]
+struct SdpaBackward;
+
+impl Backward<Flex, 3> for SdpaBackward {
+    type State = SdpaState;
+
+    fn backward(self, ops: Ops<SdpaState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+        let s = ops.state;
+        let g = sdpa::backward(
+            &s.dims,
+            slice(&s.q),
+            slice(&s.k),
+            slice(&s.v),
+            slice(&s.probs),
+            slice(&d_out),
+            s.scale,
+        );
+        for (node, (values, like)) in
+            ops.parents
+                .iter()
+                .zip([(g.q, &s.q), (g.k, &s.k), (g.v, &s.v)])
+        {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, tensor(values, like.shape()));
+            }
+        }
+    }
+}
+
+/// The sizes of an attention call if the shapes fit one: `q` `[b, s_q, h, hd]`, `k` and `v`
+/// `[b, s_k, kvh, hd]` with `kvh` dividing `h`, and a bias `[b or 1, h or 1, s_q, s_k]`.
+fn sdpa_dims(q: &Shape, k: &Shape, v: &Shape, bias: Option<&Shape>) -> Option<sdpa::Dims> {
+    if q.num_dims() != 4 || k.num_dims() != 4 || k != v {
+        return None;
+    }
+    let d = sdpa::Dims {
+        batch: q[0],
+        seq_q: q[1],
+        seq_k: k[1],
+        heads: q[2],
+        kv_heads: k[2],
+        head_dim: q[3],
+    };
+    let kv_fits = k[0] == d.batch && k[3] == d.head_dim && d.kv_heads > 0;
+    let bias_fits = bias.is_none_or(|b| {
+        b.num_dims() == 4
+            && (b[0] == 1 || b[0] == d.batch)
+            && (b[1] == 1 || b[1] == d.heads)
+            && b[2] == d.seq_q
+            && b[3] == d.seq_k
+    });
+    (kv_fits && bias_fits && d.heads.is_multiple_of(d.kv_heads)).then_some(d)
+}
+
+/// Attention as one graph node on `Autodiff<Flex>` (f32, an untracked bias); `Err` with the
+/// inputs otherwise. Plain Flex is left to the composed path, whose row-independent products
+/// cached decoding relies on (see `kernels::matmul`).
+#[allow(clippy::type_complexity)]
+pub(super) fn attention<B: Backend>(
+    q: Prim<B>,
+    k: Prim<B>,
+    v: Prim<B>,
+    bias: Option<Prim<B>>,
+    scale: f64,
+) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>, Option<Prim<B>>)> {
+    let f32s = [Some(&q), Some(&k), Some(&v), bias.as_ref()]
+        .into_iter()
+        .flatten()
+        .all(|t| t.dtype() == DType::F32);
+    let dims = sdpa_dims(
+        &q.shape(),
+        &k.shape(),
+        &v.shape(),
+        bias.as_ref().map(|b| b.shape()).as_ref(),
+    );
+    let (Some(dims), true, Which::AutodiffFlex) = (dims, f32s, which::<B>()) else {
+        return Err((q, k, v, bias));
+    };
+    let bias: Option<AdTensor> = bias.map(give);
+    if bias.as_ref().is_some_and(|b| b.is_tracked()) {
+        // The bias would need a gradient, which this kernel does not compute.
+        return Err((q, k, v, bias.map(give)));
+    }
+    let (q, k, v): (AdTensor, AdTensor, AdTensor) = (give(q), give(k), give(v));
+    let (qp, kp, vp) = (
+        contiguous(q.primitive),
+        contiguous(k.primitive),
+        contiguous(v.primitive),
+    );
+    let bias = bias.map(|b| contiguous(b.primitive));
+    let sdpa_bias = bias.as_ref().map(|b| sdpa::Bias {
+        values: slice(b),
+        batch: b.shape()[0],
+        heads: b.shape()[1],
+    });
+    let (out, probs) = sdpa::forward(
+        &dims,
+        slice(&qp),
+        slice(&kp),
+        slice(&vp),
+        sdpa_bias,
+        scale as f32,
+    );
+    let out = tensor(out, qp.shape());
+    let out = match SdpaBackward
+        .prepare::<NoCheckpointing>([q.node, k.node, v.node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let probs = tensor(
+                probs,
+                Shape::from(vec![dims.batch, dims.heads, dims.seq_q, dims.seq_k]),
+            );
+            let state = SdpaState {
+                dims,
+                q: qp,
+                k: kp,
+                v: vp,
+                probs,
+                scale: scale as f32,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Ok(give(out))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,6 +742,41 @@ pub(super) fn cross_entropy<B: Backend>(
     let rows = ids.len();
     let loss = wrap::<B>(tensor(loss, Shape::new([rows, 1])));
     Ok((loss, grad.then(|| wrap::<B>(x))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-place element-wise updates of several tensors
+
+/// Elements per block of [`zip_mut`].
+const ZIP_BLOCK: usize = 1 << 14;
+
+/// Runs `f` on aligned blocks of `N` f32 tensors of one shape on plain Flex, in place and in
+/// parallel; `Err` with the tensors otherwise.
+pub(super) fn zip_mut<B: Backend, const N: usize>(
+    tensors: [Prim<B>; N],
+    f: impl Fn([&mut [f32]; N]) + Sync,
+) -> Result<[Prim<B>; N], [Prim<B>; N]> {
+    let Some(first) = tensors.first() else {
+        return Ok(tensors);
+    };
+    let shape = first.shape();
+    let fits = tensors
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.shape() == shape);
+    if !fits || which::<B>() != Which::Flex {
+        return Err(tensors);
+    }
+    // Each buffer made unique (copied only if shared), then split into the same blocks.
+    let mut flex: [FlexTensor; N] = tensors.map(|t| exact(give(t)));
+    let blocks = shape.num_elements().div_ceil(ZIP_BLOCK);
+    let mut chunks = flex
+        .each_mut()
+        .map(|t| t.storage_mut::<f32>().chunks_mut(ZIP_BLOCK));
+    let per_block: Vec<[&mut [f32]; N]> = (0..blocks)
+        .map(|_| std::array::from_fn(|i| chunks[i].next().unwrap_or_default()))
+        .collect();
+    per_block.into_par_iter().for_each(&f);
+    Ok(flex.map(give))
 }
 
 // ---------------------------------------------------------------------------------------------

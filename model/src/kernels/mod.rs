@@ -1,6 +1,6 @@
 //! Fused kernels behind backend-generic signatures: GELU, `softmax(x + bias)`,
-//! LayerNorm/RMSNorm, attention's head transpose, and a matmul whose rows do not depend on how
-//! many are computed together (for exact cached decoding).
+//! LayerNorm/RMSNorm, attention (whole, and its head transpose), linear layers, and a matmul
+//! whose rows do not depend on how many are computed together (for exact cached decoding).
 //!
 //! Each function here is what the model calls. On Flex and `Autodiff<Flex>` with f32 tensors it
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
@@ -9,7 +9,9 @@
 //! tested against. A CubeCL kernel for CUDA would slot in the same way.
 
 mod flex;
+mod gemm;
 pub mod rows;
+mod sdpa;
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -75,6 +77,85 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     match flex::linear::<B>(x.into_primitive().tensor(), w.into_primitive().tensor()) {
         Ok(y) => float(y),
         Err((x, w)) => matmul(float(x), float::<B, 2>(w).transpose()),
+    }
+}
+
+/// The backward products of a linear layer `y = x · wᵀ` for the upstream gradient `g`:
+/// `(∂/∂x, ∂/∂w) = (g · w, gᵀ · x)`, as constants (no graph is built). For code that
+/// differentiates a layer itself ([`crate::lm_loss`]); on Flex both products go straight
+/// through gemm as [`linear`]'s do.
+///
+/// # Shapes
+/// - `x`: `[rows, d_in]`, `w`: `[d_out, d_in]`, `g`: `[rows, d_out]`
+/// - returns `([rows, d_in], [d_out, d_in])`
+pub fn linear_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let p = |t: Tensor<B, 2>| t.set_require_grad(false).into_primitive().tensor();
+    match flex::linear_backward::<B>(p(x), p(w), p(g)) {
+        Ok((dx, dw)) => (float(dx), float(dw)),
+        Err((x, w, g)) => {
+            let (x, w, g) = (float::<B, 2>(x), float::<B, 2>(w), float::<B, 2>(g));
+            (g.clone().matmul(w), g.transpose().matmul(x))
+        }
+    }
+}
+
+/// Runs `f` over `N` f32 tensors of one shape in place: on plain Flex in parallel blocks (block
+/// `i` of every tensor at once, as `[&mut [f32]; N]`), and `Ok` with the updated tensors;
+/// elsewhere `Err` with the tensors untouched, and the caller runs its tensor-op formulation.
+///
+/// For element-wise updates that tensor ops would spell as a dozen full passes over memory,
+/// each allocating, and each on one thread on Flex (an optimizer's update of a parameter and its
+/// moments). `f` must treat every element alike: how the tensors are cut into blocks is not
+/// part of the contract.
+#[allow(clippy::type_complexity)]
+pub fn zip_mut<B: Backend, const D: usize, const N: usize>(
+    tensors: [Tensor<B, D>; N],
+    f: impl Fn([&mut [f32]; N]) + Sync,
+) -> Result<[Tensor<B, D>; N], [Tensor<B, D>; N]> {
+    let prims = tensors.map(|t| t.into_primitive().tensor());
+    flex::zip_mut::<B, N>(prims, f)
+        .map(|ts| ts.map(float))
+        .map_err(|ts| ts.map(float))
+}
+
+/// The inputs of [`attention`], handed back when no fused kernel takes them.
+pub type AttentionInputs<B> = (
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Option<Tensor<B, 4>>,
+);
+
+/// `softmax(scale · q kᵀ + bias) v` for every head, in the `[batch, seq, heads, head_dim]`
+/// layout the projections produce, with grouped-query heads (query head `j` reads key/value
+/// head `j / (heads / kv_heads)`).
+///
+/// When training on the CPU (`Autodiff<Flex>`, f32, an untracked bias) this is one graph node
+/// (`sdpa`): no head transposes, and gemm reads each head where it lies and writes the output
+/// and the gradients into place. Elsewhere it hands the inputs back, and the caller runs the
+/// composed path (head transposes, then [`crate::attention::attention`]), the reference this
+/// kernel is tested against. Plain Flex stays composed because cached decoding relies on its
+/// row-independent products ([`matmul`]).
+///
+/// # Shapes
+/// - `q`: `[batch, s_q, heads, head_dim]`; `k`, `v`: `[batch, s_k, kv_heads, head_dim]`
+/// - `bias`: `[batch or 1, heads or 1, s_q, s_k]`
+/// - returns `[batch, s_q, heads, head_dim]`
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
+    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    match flex::attention::<B>(p(q), p(k), p(v), bias.map(p), scale) {
+        Ok(out) => Ok(float(out)),
+        Err((q, k, v, bias)) => Err((float(q), float(k), float(v), bias.map(float))),
     }
 }
 
@@ -414,6 +495,69 @@ mod tests {
         // Plain Flex, and a strided input.
         let y = swap_dims_12(x.clone().swap_dims(0, 3));
         close(y, x.swap_dims(0, 3).swap_dims(1, 2), 0.0);
+    }
+
+    /// Attention composed as the model does without the fused kernel: head transposes, the
+    /// grouped-query expansion, then [`crate::attention::attention`].
+    fn composed_attention<Bk: Backend>(
+        q: Tensor<Bk, 4>,
+        k: Tensor<Bk, 4>,
+        v: Tensor<Bk, 4>,
+        bias: Tensor<Bk, 4>,
+        scale: f64,
+    ) -> Tensor<Bk, 4> {
+        let [b, s_k, kvh, hd] = k.dims();
+        let h = q.dims()[2];
+        let expand = |t: Tensor<Bk, 4>| {
+            t.swap_dims(1, 2)
+                .unsqueeze_dim::<5>(2)
+                .expand([b, kvh, h / kvh, s_k, hd])
+                .reshape([b, h, s_k, hd])
+        };
+        let opts = crate::attention::AttnOptions {
+            scale,
+            softcap: None,
+            dropout: 0.0,
+            compute: None,
+        };
+        crate::attention::attention(q.swap_dims(1, 2), expand(k), expand(v), Some(bias), &opts)
+            .swap_dims(1, 2)
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composed_one_and_its_gradients() {
+        // [batch, seq, heads, head_dim] with 4 query heads over 2 key/value heads, and 4 over 4;
+        // the bias is ALiBi + causal as the model builds it ([1, heads, s, s]).
+        for kv_heads in [2, 4] {
+            let q = rand::<Flex, 4>([3, 6, 4, 5], 21);
+            let k = rand::<Flex, 4>([3, 6, kv_heads, 5], 22);
+            let v = rand::<Flex, 4>([3, 6, kv_heads, 5], 23);
+            fn bias<Bk: Backend>(dev: &Bk::Device) -> Tensor<Bk, 4> {
+                let slopes = [0.5, 0.25, 0.125, 0.0625];
+                crate::mask::attention_bias(4, Some(&slopes), 6, 0, None, None, dev).unwrap()
+            }
+            fused_matches_generic(
+                vec![q, k, v],
+                |t| {
+                    let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
+                    attention(q, k, v, Some(bias::<AD>(&t[0].device())), 0.4)
+                        .expect("Autodiff<Flex> takes the fused path")
+                },
+                |t| {
+                    let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
+                    assert!(attention(q.clone(), k.clone(), v.clone(), None, 0.4).is_err());
+                    composed_attention(q, k, v, bias::<Generic>(&t[0].device()), 0.4)
+                },
+                2e-5,
+            );
+        }
+        // A tracked bias needs a gradient the kernel does not compute: declined.
+        let x = rand::<AD, 4>([1, 2, 1, 3], 1);
+        let tracked = rand::<AD, 4>([1, 1, 2, 2], 2).require_grad();
+        assert!(attention(x.clone(), x.clone(), x.clone(), Some(tracked), 1.0).is_err());
+        // Plain Flex (inference) stays composed.
+        let x = rand::<Flex, 4>([1, 2, 1, 3], 1);
+        assert!(attention(x.clone(), x.clone(), x, None, 1.0).is_err());
     }
 
     #[test]

@@ -87,6 +87,39 @@ pub fn erf(z: f32) -> f32 {
     erf_with(z, exp(-z * z))
 }
 
+/// A new buffer of `len` values, computed in parallel blocks of `block` by `fill(i, out)` for
+/// block `i`, and what each call returned, in block order. Each block is zeroed just before, by
+/// the thread that fills it.
+///
+/// Why: a kernel's output allocated as `vec![0.0; len]` is zeroed in one pass on the calling
+/// thread while the other cores wait (glibc's calloc clears recycled memory); zeroed block by
+/// block in the parallel loop, the clearing is spread over the threads and the block is still in
+/// cache when `fill` overwrites it.
+pub fn par_fill<T: Send>(
+    len: usize,
+    block: usize,
+    fill: impl Fn(usize, &mut [f32]) -> T + Sync,
+) -> (Vec<f32>, Vec<T>) {
+    let mut out = Vec::<f32>::with_capacity(len);
+    let results = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block.max(1))
+        .enumerate()
+        .map(|(i, chunk)| fill(i, zeroed(chunk)))
+        .collect();
+    // SAFETY: every one of the `len` values was initialised by `zeroed` above.
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
+/// `chunk` set to zeros, as initialised values.
+pub fn zeroed(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for v in chunk.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(chunk as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 multiversion! {
     /// `y = x · Φ(x)`, the exact (erf) GELU, on a block.
     fn gelu_block(x: &[f32], y: &mut [f32]) {
@@ -113,11 +146,10 @@ multiversion! {
 
 /// GELU over a whole buffer, in parallel blocks.
 pub fn gelu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(BLOCK)
-        .zip(x.par_chunks(BLOCK))
-        .for_each(|(y, x)| gelu_block(x, y));
-    y
+    par_fill(x.len(), BLOCK, |i, y| {
+        gelu_block(&x[i * BLOCK..i * BLOCK + y.len()], y)
+    })
+    .0
 }
 
 /// The GELU backward over a whole buffer: `g` (the incoming gradient) becomes `∂/∂x`.
@@ -147,20 +179,17 @@ multiversion! {
 /// If `x` does not hold `a · b · c · d` values.
 pub fn swap_middle(x: &[f32], [a, b, c, d]: [usize; 4]) -> Vec<f32> {
     assert_eq!(x.len(), a * b * c * d, "swap_middle: length");
-    let mut out = vec![0.0f32; x.len()];
-    if out.is_empty() {
-        return out;
+    if x.is_empty() {
+        return Vec::new();
     }
-    out.par_chunks_mut(b * d)
-        .enumerate()
-        .for_each(|(ik, block)| {
-            let (i, k) = (ik / c, ik % c);
-            for (j, row) in block.chunks_exact_mut(d).enumerate() {
-                let src = ((i * b + j) * c + k) * d;
-                row.copy_from_slice(&x[src..src + d]);
-            }
-        });
-    out
+    par_fill(x.len(), b * d, |ik, block| {
+        let (i, k) = (ik / c, ik % c);
+        for (j, row) in block.chunks_exact_mut(d).enumerate() {
+            let src = ((i * b + j) * c + k) * d;
+            row.copy_from_slice(&x[src..src + d]);
+        }
+    })
+    .0
 }
 
 /// `x ← c · x`, in parallel blocks.
@@ -498,14 +527,16 @@ pub fn norm(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, rms: bool) -> (Ve
         x.len()
     );
     assert!(b.is_none_or(|b| b.len() == n), "norm: bias length");
-    let rows = x.len() / n;
-    let mut y = vec![0.0; x.len()];
-    let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
     let per = rows_per_block(n);
-    y.par_chunks_mut(per * n)
-        .zip(x.par_chunks(per * n))
-        .zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per)))
-        .for_each(|((y, x), (mean, rstd))| norm_block(x, w, b, eps, rms, y, mean, rstd));
+    let (y, stats) = par_fill(x.len(), per * n, |i, y| {
+        let rows = y.len() / n;
+        let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+        let x = &x[i * per * n..i * per * n + y.len()];
+        norm_block(x, w, b, eps, rms, y, &mut mean, &mut rstd);
+        (mean, rstd)
+    });
+    let (mean, rstd): (Vec<_>, Vec<_>) = stats.into_iter().unzip();
+    let (mean, rstd) = (mean.concat(), rstd.concat());
     (y, NormStats { mean, rstd })
 }
 

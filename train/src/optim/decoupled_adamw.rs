@@ -6,7 +6,7 @@
 //! ```text
 //! p ← p · (1 − (lr_t / initial_lr) · wd)     # wd = 1e-5 means "shrink 1e-5 per step at peak lr"
 //! ```
-//! (and `1 − wd` when `initial_lr` is 0). The Adam part is [`adam_direction`]. So `weight_decay`
+//! (and `1 − wd` when `initial_lr` is 0). The Adam part is [`adam_update`]'s. So `weight_decay`
 //! values are ~lr× smaller than AdamW's for the same effect, and decay follows warmup and decay
 //! of the schedule instead of being multiplied by it twice.
 
@@ -16,7 +16,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use super::adamw::{AdamState, adam_direction};
+use super::adamw::{AdamState, adam_update};
 
 /// composer's DecoupledAdamW.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,13 +67,9 @@ impl<B: Backend> SimpleOptimizer<B> for DecoupledAdamW {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let tensor = if self.weight_decay != 0.0 {
-            tensor.mul_scalar(1.0 - decay_factor(lr, self.initial_lr) * self.weight_decay)
-        } else {
-            tensor
-        };
-        let (direction, state) = adam_direction(grad, state, self.betas, self.eps);
-        (tensor.sub(direction.mul_scalar(lr)), Some(state))
+        let keep = 1.0 - decay_factor(lr, self.initial_lr) * self.weight_decay;
+        let (tensor, state) = adam_update(tensor, grad, state, self.betas, self.eps, keep, lr);
+        (tensor, Some(state))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {

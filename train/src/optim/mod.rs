@@ -343,11 +343,22 @@ pub(crate) mod test_util {
         grads: &[Vec<f64>],
         lrs: &[f64],
     ) -> Vec<f64> {
+        run_steps_on::<TB, O>(o, p0, grads, lrs)
+    }
+
+    /// [`run_steps`] on backend `B` (plain Flex takes the optimizers' fused CPU update; any
+    /// other backend their tensor-op formulation).
+    pub fn run_steps_on<B: burn::tensor::backend::Backend, O: SimpleOptimizer<B>>(
+        o: O,
+        p0: &[f64],
+        grads: &[Vec<f64>],
+        lrs: &[f64],
+    ) -> Vec<f64> {
         let device = Default::default();
-        let (mut p, _) = params::<TB>(p0, p0, &device);
+        let (mut p, _) = params::<B>(p0, p0, &device);
         let mut state = None;
         for (g, lr) in grads.iter().zip(lrs) {
-            let (_, gt) = params::<TB>(g, g, &device);
+            let (_, gt) = params::<B>(g, g, &device);
             let (np, ns) = o.step(*lr, p, gt, state);
             p = np;
             state = ns;

@@ -1,0 +1,360 @@
+//! Strided f32 matrix views over plain slices, and one checked entry point into the `gemm`
+//! crate (the matmul library behind burn's Flex backend) for the fused kernels.
+//!
+//! Why views: the fused kernels multiply blocks that sit inside larger buffers (one head's
+//! queries are every `heads · head_dim`-th run of `head_dim` values of a `[seq, heads ·
+//! head_dim]` activation), and gemm reads and writes such strided blocks directly, so nothing is
+//! copied into place first. Each view checks on construction that all its elements lie inside
+//! its slice, which is what makes the one `unsafe` call below sound.
+
+/// A read-only `rows × cols` matrix inside `data`: element `(i, j)` is
+/// `data[offset + i·rs + j·cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// A writable `rows × cols` matrix inside `data`, laid out as [`MatRef`].
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// The largest index a `rows × cols` view touches (`None` for an empty view).
+fn last_index(offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
+    (rows > 0 && cols > 0).then(|| offset + (rows - 1) * rs + (cols - 1) * cs)
+}
+
+impl<'a> MatRef<'a> {
+    /// A strided view.
+    ///
+    /// # Panics
+    /// If an element would lie outside `data`.
+    pub fn new(
+        data: &'a [f32],
+        offset: usize,
+        [rows, cols]: [usize; 2],
+        [rs, cs]: [usize; 2],
+    ) -> Self {
+        if let Some(last) = last_index(offset, rows, cols, rs, cs) {
+            assert!(
+                last < data.len(),
+                "MatRef: a {rows}×{cols} view at {offset} with strides ({rs}, {cs}) overruns {} values",
+                data.len()
+            );
+        }
+        Self {
+            data,
+            offset,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A contiguous row-major `rows × cols` matrix (all of `data`).
+    ///
+    /// # Panics
+    /// If `data` does not hold exactly `rows · cols` values.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "MatRef::rows: length");
+        Self::new(data, 0, [rows, cols], [cols, 1])
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// The transpose (a view of the same values).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// A strided writable view.
+    ///
+    /// # Panics
+    /// If an element would lie outside `data`, or if two elements would share a place (the
+    /// strides must keep rows, or columns, apart).
+    pub fn new(
+        data: &'a mut [f32],
+        offset: usize,
+        [rows, cols]: [usize; 2],
+        [rs, cs]: [usize; 2],
+    ) -> Self {
+        if let Some(last) = last_index(offset, rows, cols, rs, cs) {
+            assert!(
+                last < data.len(),
+                "MatMut: a {rows}×{cols} view at {offset} with strides ({rs}, {cs}) overruns {} values",
+                data.len()
+            );
+            // Row-major-like (each row's span ends before the next begins) or column-major-like.
+            let rows_apart = rows == 1 || rs > (cols - 1) * cs;
+            let cols_apart = cols == 1 || cs > (rows - 1) * rs;
+            let distinct =
+                (rows_apart && (cols == 1 || cs > 0)) || (cols_apart && (rows == 1 || rs > 0));
+            assert!(
+                distinct,
+                "MatMut: strides ({rs}, {cs}) overlap in a {rows}×{cols} view"
+            );
+        }
+        Self {
+            data,
+            offset,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A contiguous row-major `rows × cols` matrix (all of `data`).
+    ///
+    /// # Panics
+    /// If `data` does not hold exactly `rows · cols` values.
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "MatMut::rows: length");
+        Self::new(data, 0, [rows, cols], [cols, 1])
+    }
+}
+
+/// How gemm may spread one product over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// On the calling thread (the caller already runs products in parallel).
+    One,
+    /// On rayon's pool, when the product is large enough to gain from it.
+    Pool,
+}
+
+/// `dst ← c · lhs · rhs`, or with `accumulate`, `dst ← dst + c · lhs · rhs`.
+///
+/// # Panics
+/// If the shapes do not chain: `lhs` is `m × k`, `rhs` `k × n`, `dst` `m × n`.
+pub fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, c: f32, accumulate: bool, threads: Threads) {
+    assert!(
+        dst.rows == lhs.rows && dst.cols == rhs.cols,
+        "gemm: a {}×{} product into {}×{}",
+        lhs.rows,
+        rhs.cols,
+        dst.rows,
+        dst.cols
+    );
+    let ptr = dst.data.as_mut_ptr().wrapping_add(dst.offset);
+    // SAFETY: `dst` was checked on construction to lie inside its slice and not to overlap
+    // itself, and it is borrowed mutably, so it aliases neither input; its values are
+    // initialised, so gemm may read them.
+    unsafe { call(ptr, [dst.rs, dst.cs], lhs, rhs, c, accumulate, threads) }
+}
+
+/// `c · lhs · rhs` as a new row-major `m × n` buffer.
+///
+/// Large products are written straight into fresh memory, with no zero-fill first: that fill
+/// was a serial pass over every output on the calling thread while the others waited (~5% of a
+/// CPU training step of the quickstart model).
+///
+/// # Panics
+/// If the shapes do not chain.
+pub fn product(lhs: MatRef, rhs: MatRef, c: f32, threads: Threads) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    // Small products, empty contractions and vectors take gemm's special kernels; those are not
+    // worth auditing for whether they read the destination, so they get a zeroed one.
+    if m * n <= 16 * 16 || m <= 1 || n <= 1 || k == 0 {
+        let mut out = vec![0.0f32; m * n];
+        gemm(MatMut::rows(&mut out, m, n), lhs, rhs, c, false, threads);
+        return out;
+    }
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: `out` has room for the `m × n` row-major destination, which aliases nothing.
+    // Without `accumulate` (read_dst = false), gemm 0.19.0 (pinned in model/Cargo.toml) sets its
+    // alpha to zero and its packed kernel's stores for alpha status 0 only write, full tiles and
+    // edge tiles alike (gemm-common `microkernel!`), and every output belongs to one tile, so
+    // afterwards all `m · n` values are initialised and none was read before being written.
+    unsafe {
+        call(out.as_mut_ptr(), [n, 1], lhs, rhs, c, false, threads);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The one call into the gemm crate.
+///
+/// # Safety
+/// `dst` must point at an `lhs.rows × rhs.cols` matrix with strides `[rs, cs]` that is valid
+/// for writes (and for reads when `accumulate`), overlaps neither input, and has no two
+/// elements in one place.
+unsafe fn call(
+    dst: *mut f32,
+    [rs, cs]: [usize; 2],
+    lhs: MatRef,
+    rhs: MatRef,
+    c: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "gemm: {m}×{k} · {}×{n}", rhs.rows);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Flex's rule: threads only from about 192³ multiply-adds.
+    let parallelism = match threads {
+        Threads::Pool if m * n * k >= 192 * 192 * 192 => gemm::Parallelism::Rayon(0),
+        _ => gemm::Parallelism::None,
+    };
+    let st = |s: usize| s as isize;
+    // SAFETY: the inputs were checked on construction to lie inside their slices (with k = 0
+    // gemm reads none of them); the destination is the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            st(cs),
+            st(rs),
+            accumulate,
+            lhs.data.as_ptr().wrapping_add(lhs.offset),
+            st(lhs.cs),
+            st(lhs.rs),
+            rhs.data.as_ptr().wrapping_add(rhs.offset),
+            st(rhs.cs),
+            st(rhs.rs),
+            1.0,
+            c,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook triple loop over the same views.
+    fn naive(a: &[f32], [m, k]: [usize; 2], b: &[f32], n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 97) as f32 / 48.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn strided_views_multiply_like_the_triple_loop() {
+        let (m, k, n) = (70, 33, 9);
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let want = naive(&a, [m, k], &b, n);
+        // a as the first head of a [m, 2k] buffer, b stored transposed, dst strided too.
+        let mut a2 = vec![9.0f32; m * 2 * k];
+        for i in 0..m {
+            a2[i * 2 * k..i * 2 * k + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+        }
+        let mut bt = vec![0.0f32; n * k];
+        for p in 0..k {
+            for j in 0..n {
+                bt[j * k + p] = b[p * n + j];
+            }
+        }
+        let mut out = vec![5.0f32; m * 3 * n];
+        gemm(
+            MatMut::new(&mut out, n, [m, n], [3 * n, 1]),
+            MatRef::new(&a2, 0, [m, k], [2 * k, 1]),
+            MatRef::rows(&bt, n, k).t(),
+            2.0,
+            false,
+            Threads::Pool,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let got = out[i * 3 * n + n + j];
+                assert!((got - 2.0 * want[i * n + j]).abs() < 1e-4, "({i}, {j})");
+                assert_eq!(out[i * 3 * n + j], 5.0, "outside the view");
+            }
+        }
+        // Accumulating adds to what is there.
+        let mut acc = vec![1.0f32; m * n];
+        gemm(
+            MatMut::rows(&mut acc, m, n),
+            MatRef::rows(&a, m, k),
+            MatRef::rows(&b, k, n),
+            1.0,
+            true,
+            Threads::One,
+        );
+        for (g, w) in acc.iter().zip(&want) {
+            assert!((g - (1.0 + w)).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn a_product_into_fresh_memory_equals_one_into_zeros() {
+        // Shapes with edge tiles in both directions, a vector and a tiny one.
+        for (m, k, n) in [
+            (130, 70, 13),
+            (64, 256, 6),
+            (1, 5, 40),
+            (3, 4, 5),
+            (200, 0, 30),
+        ] {
+            let a = values(m * k, 3);
+            let b = values(k * n, 4);
+            let (lhs, rhs) = (MatRef::rows(&a, m, k), MatRef::rows(&b, k, n).t().t());
+            let mut want = vec![0.0f32; m * n];
+            gemm(
+                MatMut::rows(&mut want, m, n),
+                lhs,
+                rhs,
+                0.5,
+                false,
+                Threads::Pool,
+            );
+            assert_eq!(product(lhs, rhs, 0.5, Threads::Pool), want, "{m}×{k}×{n}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "overruns")]
+    fn a_view_past_the_end_is_refused() {
+        let v = vec![0.0f32; 10];
+        MatRef::new(&v, 2, [3, 3], [3, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn an_overlapping_destination_is_refused() {
+        let mut v = vec![0.0f32; 10];
+        MatMut::new(&mut v, 0, [3, 3], [1, 1]);
+    }
+}
