@@ -5,8 +5,8 @@
 //! five to ten graph nodes, each a full pass over memory and a fresh allocation, and Flex's GELU
 //! calls a scalar `erff` per element. Here each op is one pass over its rows, with the arithmetic
 //! written so that LLVM vectorises it (branch-free bodies, lane-wise accumulators instead of
-//! serial float reductions), compiled twice: for AVX2+FMA (picked at run time) and for the
-//! baseline target. Rows are split over rayon's threads in fixed-size blocks, and every
+//! serial float reductions), compiled three times: for AVX-512 and for AVX2+FMA (picked at run
+//! time) and for the baseline target ([`multiversion!`](crate::multiversion)). Rows are split over rayon's threads in fixed-size blocks, and every
 //! reduction runs in a fixed order, so results do not depend on the thread count.
 //!
 //! Numerics: `exp` is Cephes' `expf` (range reduction by `ln 2`, degree-6 polynomial; within
@@ -20,20 +20,37 @@ const BLOCK: usize = 1 << 14;
 /// Lanes of the lane-wise accumulators (two AVX2 registers).
 const LANES: usize = 16;
 
-/// Runs `body` compiled for AVX2+FMA when the CPU has them, else for the baseline target.
+/// Defines `pub fn $name` whose `body` is compiled three times: for AVX-512 (F, BW, DQ, VL) and
+/// for AVX2+FMA, each picked at run time when the CPU has them, and for the baseline target.
+///
+/// The bodies are written without floating-point contractions or reassociation (Rust allows
+/// neither), so all three compute the same values; only the vector width differs.
+#[macro_export]
 macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx512($($arg: $ty),*) { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) { generic($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports every feature enabled for `avx512`, checked above.
+                    return unsafe { avx512($($arg),*) };
+                }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
@@ -122,7 +139,7 @@ pub fn zeroed(chunk: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
 
 multiversion! {
     /// `y = x · Φ(x)`, the exact (erf) GELU, on a block.
-    fn gelu_block(x: &[f32], y: &mut [f32]) {
+    pub fn gelu_block(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             let z = x * std::f32::consts::FRAC_1_SQRT_2;
             *y = 0.5 * x * (1.0 + erf_with(z, exp(-z * z)));
@@ -132,7 +149,7 @@ multiversion! {
 
 multiversion! {
     /// `g ← g · (Φ(x) + x φ(x))`: the GELU derivative times the incoming gradient, in place.
-    fn gelu_backward_block(x: &[f32], g: &mut [f32]) {
+    pub fn gelu_backward_block(x: &[f32], g: &mut [f32]) {
         // 1 / sqrt(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
         for (g, &x) in g.iter_mut().zip(x) {
@@ -165,7 +182,7 @@ pub fn gelu_backward(x: &[f32], g: &mut [f32]) {
 
 multiversion! {
     /// `x ← c · x` on a block.
-    fn scale_block(x: &mut [f32], c: f32) {
+    pub fn scale_block(x: &mut [f32], c: f32) {
         x.iter_mut().for_each(|v| *v *= c);
     }
 }
@@ -285,7 +302,7 @@ fn max(x: &[f32]) -> f32 {
 multiversion! {
     /// `x ← softmax(scale · x + bias)` over rows of `n`, in place, where row `r` uses bias row
     /// `r % bias_rows`.
-    fn softmax_block(x: &mut [f32], bias: Option<&[f32]>, n: usize, scale: f32, first_row: usize) {
+    pub fn softmax_block(x: &mut [f32], bias: Option<&[f32]>, n: usize, scale: f32, first_row: usize) {
         for (i, y) in x.chunks_exact_mut(n).enumerate() {
             match bias {
                 Some(b) => {
@@ -313,7 +330,7 @@ multiversion! {
 multiversion! {
     /// `g ← y ⊙ (g - Σ g ⊙ y)` over rows of `n`: the softmax backward (before the input scale),
     /// in place.
-    fn softmax_backward_block(y: &[f32], g: &mut [f32], n: usize) {
+    pub fn softmax_backward_block(y: &[f32], g: &mut [f32], n: usize) {
         for (g, y) in g.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
             let s = dot(g, y);
             for (g, &y) in g.iter_mut().zip(y) {
@@ -374,7 +391,7 @@ multiversion! {
     /// Cross-entropy of rows of `n` logits against `targets` (negative = ignored), in place:
     /// `loss[r] = logsumexp(x_r) - x_r[t_r]`, and with `grad` the rows become
     /// `softmax(x_r) - onehot(t_r)` (zero for ignored rows).
-    fn xent_block(x: &mut [f32], targets: &[i64], n: usize, grad: bool, loss: &mut [f32]) {
+    pub fn xent_block(x: &mut [f32], targets: &[i64], n: usize, grad: bool, loss: &mut [f32]) {
         for ((x, &t), loss) in x.chunks_exact_mut(n).zip(targets).zip(loss.iter_mut()) {
             if t < 0 {
                 *loss = 0.0;
@@ -450,7 +467,7 @@ pub struct NormStats {
 
 multiversion! {
     /// Normalises rows of `n = w.len()`: LayerNorm (two-pass, biased variance) or RMSNorm.
-    fn norm_block(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, rms: bool, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
+    pub fn norm_block(x: &[f32], w: &[f32], b: Option<&[f32]>, eps: f32, rms: bool, y: &mut [f32], mean: &mut [f32], rstd: &mut [f32]) {
         let n = w.len();
         for (((y, x), mean), rstd) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
             // Statistics in f64 (then rounded once), so the result is the correctly rounded
@@ -483,7 +500,7 @@ multiversion! {
 multiversion! {
     /// The norm backward on a block of rows: `g` becomes `∂/∂x` in place, and this block's
     /// `Σ g·x̂` and `Σ g` are added into `dw`, `db`.
-    fn norm_backward_block(x: &[f32], g: &mut [f32], w: &[f32], mean: &[f32], rstd: &[f32], rms: bool, dw: &mut [f32], db: &mut [f32]) {
+    pub fn norm_backward_block(x: &[f32], g: &mut [f32], w: &[f32], mean: &[f32], rstd: &[f32], rms: bool, dw: &mut [f32], db: &mut [f32]) {
         let n = w.len();
         let rows = g.chunks_exact_mut(n).zip(x.chunks_exact(n));
         for ((g, x), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {

@@ -86,6 +86,37 @@ pub(crate) fn adam_direction<B: Backend, const D: usize>(
     )
 }
 
+/// The per-step scalars of [`adam_block`], as f32 (what the tensor ops would convert them to).
+#[derive(Clone, Copy, Debug)]
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    bias1: f32,
+    bias2_sqrt: f32,
+    eps: f32,
+    /// The decay factor, when it is not 1.
+    keep: Option<f32>,
+    lr: f32,
+}
+
+tessera_model::multiversion! {
+    /// The Adam(W) update of one block of a parameter `p`, its gradient `g` and moments `m`, `v`,
+    /// in the tensor ops' order (see [`adam_update`]).
+    fn adam_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamConsts) {
+        let keep = c.keep.unwrap_or(1.0);
+        let decays = c.keep.is_some();
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * c.b1 + g * c.c1;
+            *v = *v * c.b2 + g * g * c.c2;
+            let direction = *m / (v.sqrt() / c.bias2_sqrt + c.eps) / c.bias1;
+            let kept = if decays { *p * keep } else { *p };
+            *p = kept - direction * c.lr;
+        }
+    }
+}
+
 /// One whole Adam(W) step of a parameter: `p ← keep · p − lr · m̂ / (√v̂ + ε)` with the moments
 /// updated first, where `keep` is the optimizer's decay factor (1 − lr·wd for AdamW).
 ///
@@ -107,27 +138,18 @@ pub(crate) fn adam_update<B: Backend, const D: usize>(
         Some(s) => (s.exp_avg.clone(), s.exp_avg_sq.clone()),
         None => (grad.zeros_like(), grad.zeros_like()),
     };
-    let (b1, b2) = (betas.0 as f32, betas.1 as f32);
-    let (c1, c2) = ((1.0 - betas.0) as f32, (1.0 - betas.1) as f32);
-    let bias1 = (1.0 - betas.0.powf(step as f64)) as f32;
-    let bias2_sqrt = (1.0 - betas.1.powf(step as f64)).sqrt() as f32;
-    let (keep32, lr32, eps32) = (keep as f32, lr as f32, eps as f32);
-    let update = |[p, g, m, v]: [&mut [f32]; 4]| {
-        for (((p, &g), m), v) in p
-            .iter_mut()
-            .zip(g.iter())
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-        {
-            *m = *m * b1 + g * c1;
-            *v = *v * b2 + g * g * c2;
-            let direction = *m / (v.sqrt() / bias2_sqrt + eps32) / bias1;
-            if keep != 1.0 {
-                *p *= keep32;
-            }
-            *p -= direction * lr32;
-        }
+    let c = AdamConsts {
+        b1: betas.0 as f32,
+        b2: betas.1 as f32,
+        c1: (1.0 - betas.0) as f32,
+        c2: (1.0 - betas.1) as f32,
+        bias1: (1.0 - betas.0.powf(step as f64)) as f32,
+        bias2_sqrt: (1.0 - betas.1.powf(step as f64)).sqrt() as f32,
+        eps: eps as f32,
+        keep: (keep != 1.0).then_some(keep as f32),
+        lr: lr as f32,
     };
+    let update = |[p, g, m, v]: [&mut [f32]; 4]| adam_block(p, g, m, v, &c);
     match tessera_model::kernels::zip_mut([param, grad, exp_avg, exp_avg_sq], update) {
         Ok([param, _, exp_avg, exp_avg_sq]) => (
             param,
