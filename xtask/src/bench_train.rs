@@ -11,6 +11,10 @@
 //!
 //! tessera's tokens/s comes from the run's `timing.json` (the step phase only, after `warmup`
 //! steps), PyTorch's from `xtask/python/torch_train_bench.py` (after as many warm-up steps).
+//!
+//! A shared machine's speed drifts by tens of percent from one minute to the next, so the two
+//! sides run in `--rounds` alternating rounds (tessera, PyTorch, tessera, PyTorch, ... per
+//! shape), and each side's figure is the median of its rounds; every round is shown.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,9 @@ pub struct Args {
     /// Leading steps left out of tokens/s, on both sides (allocation, first-touch, caches).
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
+    /// Alternating rounds of both frameworks; each side reports its median round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u64,
     /// Threads for both frameworks (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -47,8 +54,8 @@ pub struct Args {
 impl Args {
     fn command_line(&self) -> String {
         let mut s = format!(
-            "cargo xtask bench train --quickstart-steps {} --small-steps {} --warmup {}",
-            self.quickstart_steps, self.small_steps, self.warmup
+            "cargo xtask bench train --quickstart-steps {} --small-steps {} --warmup {} --rounds {}",
+            self.quickstart_steps, self.small_steps, self.warmup, self.rounds
         );
         if let Some(t) = self.threads {
             let _ = write!(s, " --threads {t}");
@@ -137,10 +144,47 @@ pub struct Row {
     pub shape: Shape,
     pub params: u64,
     pub flops_per_token: f64,
+    /// The first round's run.
     pub timing: Timing,
+    /// The median of `tessera_rounds`.
     pub tessera_tokens_per_s: f64,
-    /// PyTorch's result, or why there is none.
+    /// PyTorch's result (its tokens/s the median of `torch_rounds`), or why there is none.
     pub torch: Result<TorchRun, String>,
+    /// Each round's tokens/s, in run order.
+    pub tessera_rounds: Vec<f64>,
+    pub torch_rounds: Vec<f64>,
+}
+
+impl Row {
+    /// Adds one round: `run` (a fresh measurement of this shape) and PyTorch's result.
+    fn add_round(&mut self, run: Row, torch: Result<TorchRun, String>) {
+        self.tessera_rounds.push(run.tessera_tokens_per_s);
+        self.tessera_tokens_per_s = median(&self.tessera_rounds);
+        match torch {
+            Ok(t) => {
+                self.torch_rounds.push(t.tokens_per_s);
+                let tokens_per_s = median(&self.torch_rounds);
+                self.torch = Ok(TorchRun {
+                    tokens_per_s,
+                    ..self.torch.clone().unwrap_or(t)
+                });
+            }
+            // A later failure does not undo earlier rounds.
+            Err(why) if self.torch_rounds.is_empty() => self.torch = Err(why),
+            Err(_) => {}
+        }
+    }
+}
+
+/// The median (the mean of the middle two for an even count; 0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Everything the section shows.
@@ -187,53 +231,78 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("bench-step --peak-flops printed no peak_flops")?;
     println!("matmul peak: {:.1} GFLOP/s", peak_flops / 1e9);
 
-    // (a) The quickstart: tokenizer, data, then a real training run.
-    let qs = scratch.join("quickstart");
-    let steps = args.quickstart_steps.to_string();
-    let qs_dir = qs.display().to_string();
-    util::run(&mut tessera(&[
-        "quickstart",
-        "--run-dir",
-        &qs_dir,
-        "--steps",
-        &steps,
-    ]))?;
-    let qs_row = measure(&QUICKSTART, &qs.join("run"), &tessera, args.warmup)?;
-
-    // (b) mpt-small-cpu from llm-foundry's YAML, on the quickstart's data and tokenizer.
-    let small = scratch.join("small");
-    let sets = [
-        format!("variables.data_local={}", qs.join("data").display()),
-        format!("tokenizer.name={}", qs.join("tokenizer.json").display()),
-        format!("max_duration={}ba", args.small_steps),
-        "run_name=bench-mpt-small-cpu".to_string(),
-    ];
-    let mut cmd = tessera(&["train"]);
-    cmd.arg(fixtures.join(SMALL_YAML))
-        .arg("--run-dir")
-        .arg(&small);
-    for s in &sets {
-        cmd.arg("--set").arg(s);
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
-    util::run(&mut cmd)?;
-    let small_row = measure(&SMALL, &small, &tessera, args.warmup)?;
-
-    let mut rows = vec![qs_row, small_row];
-    for row in &mut rows {
-        row.torch = if args.no_torch {
-            Err("--no-torch given".into())
+    let torch_side = |shape: &Shape| {
+        if args.no_torch {
+            Err("--no-torch given".to_string())
         } else {
-            torch(&row.shape, threads, args)
-        };
-        match &row.torch {
-            Ok(t) => println!(
-                "{}: tessera {:.0} tokens/s, PyTorch {:.0}",
-                row.shape.name, row.tessera_tokens_per_s, t.tokens_per_s
-            ),
-            Err(why) => println!(
-                "{}: tessera {:.0} tokens/s; PyTorch skipped: {why}",
-                row.shape.name, row.tessera_tokens_per_s
-            ),
+            torch(shape, threads, args)
+        }
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..args.rounds {
+        println!("round {} of {}", round + 1, args.rounds);
+        // (a) The quickstart: tokenizer, data, then a real training run.
+        let qs = scratch.join(format!("quickstart-{round}"));
+        let steps = args.quickstart_steps.to_string();
+        let qs_dir = qs.display().to_string();
+        util::run(&mut tessera(&[
+            "quickstart",
+            "--run-dir",
+            &qs_dir,
+            "--steps",
+            &steps,
+        ]))?;
+        let qs_row = measure(&QUICKSTART, &qs.join("run"), &tessera, args.warmup)?;
+        let qs_torch = torch_side(&QUICKSTART);
+
+        // (b) mpt-small-cpu from llm-foundry's YAML, on the quickstart's data and tokenizer.
+        let small = scratch.join(format!("small-{round}"));
+        let sets = [
+            format!("variables.data_local={}", qs.join("data").display()),
+            format!("tokenizer.name={}", qs.join("tokenizer.json").display()),
+            format!("max_duration={}ba", args.small_steps),
+            "run_name=bench-mpt-small-cpu".to_string(),
+        ];
+        let mut cmd = tessera(&["train"]);
+        cmd.arg(fixtures.join(SMALL_YAML))
+            .arg("--run-dir")
+            .arg(&small);
+        for s in &sets {
+            cmd.arg("--set").arg(s);
+        }
+        util::run(&mut cmd)?;
+        let small_row = measure(&SMALL, &small, &tessera, args.warmup)?;
+        let small_torch = torch_side(&SMALL);
+
+        for (i, (run, torch)) in [(qs_row, qs_torch), (small_row, small_torch)]
+            .into_iter()
+            .enumerate()
+        {
+            match &torch {
+                Ok(t) => println!(
+                    "{}: tessera {:.0} tokens/s, PyTorch {:.0}",
+                    run.shape.name, run.tessera_tokens_per_s, t.tokens_per_s
+                ),
+                Err(why) => println!(
+                    "{}: tessera {:.0} tokens/s; PyTorch skipped: {why}",
+                    run.shape.name, run.tessera_tokens_per_s
+                ),
+            }
+            match rows.get_mut(i) {
+                Some(row) => row.add_round(run, torch),
+                None => {
+                    let mut row = Row {
+                        tessera_rounds: Vec::new(),
+                        torch: Err("not run".into()),
+                        ..run.clone()
+                    };
+                    row.add_round(run, torch);
+                    rows.push(row);
+                }
+            }
         }
     }
     let report = TrainReport {
@@ -287,6 +356,8 @@ fn measure(
         timing,
         tessera_tokens_per_s: tokens_per_s,
         torch: Err("not run".into()),
+        tessera_rounds: vec![tokens_per_s],
+        torch_rounds: Vec::new(),
     })
 }
 
@@ -385,8 +456,33 @@ impl TrainReport {
                 mfu(r.tessera_tokens_per_s),
             );
         }
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            md,
+            "\nEach figure is the median of {} alternating rounds (tessera, then PyTorch, per shape); \
+             tokens/s of every round, in run order:\n",
+            self.rows.first().map_or(0, |r| r.tessera_rounds.len())
+        );
+        for r in &self.rows {
+            let torch = if r.torch_rounds.is_empty() {
+                "–".to_string()
+            } else {
+                list(&r.torch_rounds)
+            };
+            let _ = writeln!(
+                md,
+                "- {}: tessera {}; PyTorch {torch}",
+                r.shape.name,
+                list(&r.tessera_rounds)
+            );
+        }
         md.push_str(
-            "\nWhere each tessera run's wall time went (`timing.json` in the run folder):\n\n",
+            "\nWhere each tessera run's wall time went (`timing.json` in the first round's run folder):\n\n",
         );
         md.push_str("| run | steps | total | step | data | checkpoint | eval | setup | other | data + checkpoint |\n");
         md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -523,6 +619,8 @@ mod tests {
                     params: 5_770_000,
                     tokens_per_s: torch_tokens_per_s,
                 }),
+                tessera_rounds: vec![1200.0],
+                torch_rounds: vec![torch_tokens_per_s],
             }],
             peak_flops: 1e11,
             threads: 2,
@@ -560,6 +658,34 @@ mod tests {
     }
 
     #[test]
+    fn rounds_report_each_sides_median() {
+        let torch = |tps: f64| TorchRun {
+            torch: "2".into(),
+            transformers: "4".into(),
+            threads: 2,
+            params: 1,
+            tokens_per_s: tps,
+        };
+        let mut row = report(900.0).rows.remove(0);
+        for (tessera, pytorch) in [
+            (1000.0, Err("broke".to_string())),
+            (3000.0, Ok(torch(700.0))),
+        ] {
+            let run = Row {
+                tessera_tokens_per_s: tessera,
+                ..row.clone()
+            };
+            row.add_round(run, pytorch);
+        }
+        assert_eq!(row.tessera_rounds, vec![1200.0, 1000.0, 3000.0]);
+        assert_eq!(row.tessera_tokens_per_s, 1200.0);
+        // PyTorch's failed round is left out, not counted as zero.
+        assert_eq!(row.torch_rounds, vec![900.0, 700.0]);
+        assert_eq!(row.torch.as_ref().unwrap().tokens_per_s, 800.0);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
     fn steady_tokens_per_s_skips_warm_up() {
         assert_eq!(timing().tokens_per_s(1), Some(1024.0));
         assert_eq!(timing().tokens_per_s(3), None);
@@ -573,7 +699,9 @@ mod tests {
             flops_per_token: 4e7,
             timing: timing(),
             tessera_tokens_per_s: 1000.0,
+            torch_rounds: torch.iter().map(|t| t.tokens_per_s).collect(),
             torch,
+            tessera_rounds: vec![1000.0],
         };
         let report = TrainReport {
             rows: vec![

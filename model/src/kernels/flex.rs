@@ -750,6 +750,21 @@ pub(super) fn cross_entropy<B: Backend>(
 /// Elements per block of [`zip_mut`].
 const ZIP_BLOCK: usize = 1 << 14;
 
+/// `t`'s values in a contiguous buffer that nothing else holds, so that writing to it in place
+/// changes no other tensor. A shared buffer (an optimizer's parameter is usually still held by
+/// the module) is copied in parallel blocks, not by Flex's serial copy-on-write.
+fn owned(t: FlexTensor) -> FlexTensor {
+    let t = exact(t);
+    if t.is_unique() {
+        return t;
+    }
+    let src = slice(&t);
+    let (values, _) = rows::par_fill(src.len(), ZIP_BLOCK, |i, out| {
+        out.copy_from_slice(&src[i * ZIP_BLOCK..i * ZIP_BLOCK + out.len()]);
+    });
+    tensor(values, t.shape())
+}
+
 /// Runs `f` on aligned blocks of `N` f32 tensors of one shape on plain Flex, in place and in
 /// parallel; `Err` with the tensors otherwise.
 pub(super) fn zip_mut<B: Backend, const N: usize>(
@@ -766,8 +781,8 @@ pub(super) fn zip_mut<B: Backend, const N: usize>(
     if !fits || which::<B>() != Which::Flex {
         return Err(tensors);
     }
-    // Each buffer made unique (copied only if shared), then split into the same blocks.
-    let mut flex: [FlexTensor; N] = tensors.map(|t| exact(give(t)));
+    // Each buffer made its own (copied only if shared), then split into the same blocks.
+    let mut flex: [FlexTensor; N] = tensors.map(|t| owned(give(t)));
     let blocks = shape.num_elements().div_ceil(ZIP_BLOCK);
     let mut chunks = flex
         .each_mut()

@@ -661,6 +661,32 @@ mod tests {
     }
 
     #[test]
+    fn zip_mut_updates_in_place_and_leaves_shared_copies_alone() {
+        // More values than one block; `x` is also held by `held`, as a module holds a parameter
+        // that the optimizer updates.
+        let x = rand::<Flex, 1>([40_000], 1);
+        let y = rand::<Flex, 1>([40_000], 2);
+        let held = x.clone();
+        let (x0, y0) = (x.to_data(), y.to_data());
+        let [x, y] = zip_mut([x, y], |[a, b]| {
+            for (a, b) in a.iter_mut().zip(b.iter_mut()) {
+                *a += *b;
+                *b = 0.0;
+            }
+        })
+        .expect("plain Flex takes the fused path");
+        let dev = Default::default();
+        let want = Tensor::<Flex, 1>::from_data(x0.clone(), &dev) + Tensor::from_data(y0, &dev);
+        close(x, want, 0.0);
+        close(y, Tensor::zeros([40_000], &dev), 0.0);
+        assert_eq!(held.to_data(), x0, "the shared copy changed");
+        // Elsewhere the tensors come back untouched.
+        let g = rand::<Generic, 1>([10], 3);
+        let back = zip_mut([g.clone()], |[a]| a.fill(0.0)).expect_err("not plain Flex");
+        assert_eq!(back[0].to_data(), g.to_data());
+    }
+
+    #[test]
     fn only_flex_and_its_default_autodiff_take_the_fused_path() {
         assert!(flex::specialised::<Flex>() && flex::specialised::<AD>());
         assert!(!flex::specialised::<Generic>());
