@@ -17,7 +17,9 @@
 #   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
 #      at seq 2048 and 128, f32 and bf16;
 #   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
-#   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak.
+#   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak;
+#   6. wgpu (a binary built with `--features cuda,wgpu`): whether the machine offers a Vulkan
+#      adapter, then `tessera parity --device wgpu` and a short `tessera quickstart --device wgpu`.
 # Logs and JSON go to OUTDIR (and OUTDIR/logs.tgz); the last lines printed are a summary.
 set -u
 BIN=${1:?usage: gpu-check.sh TESSERA_BINARY OUTDIR}
@@ -96,7 +98,15 @@ step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-d
     --set global_train_batch_size=64 --set device_train_microbatch_size=64 \
     --set device_eval_batch_size=64 --set precision=amp_bf16 --set max_duration=30ba \
     --set eval_interval=1000ba --set save_interval=1000ba --set progress_bar=false
-for f in train/metrics.jsonl:train_metrics.jsonl qs/run/metrics.jsonl:quickstart_metrics.jsonl; do
+# wgpu: the Vulkan loader and drivers this machine has (wgpu needs both), then the same checks.
+# A machine without the loader can be lent one: carry Debian's libvulkan1 `libvulkan.so.1` in
+# .devrun/vulkan/ (`apt-get download libvulkan1`, then `dpkg-deb -x`).
+[ -d .devrun/vulkan ] && export LD_LIBRARY_PATH="$PWD/.devrun/vulkan:$LD_LIBRARY_PATH"
+step wgpu_info 20 bash -c 'ldconfig -p | grep -i vulkan; ls -l /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1; true'
+step wgpu_parity 150 "$BIN" --device wgpu parity --fixtures fixtures --json
+step wgpu_quickstart 180 "$BIN" --device wgpu quickstart --run-dir "$WORK/qs_wgpu" --steps 60
+for f in train/metrics.jsonl:train_metrics.jsonl qs/run/metrics.jsonl:quickstart_metrics.jsonl \
+    qs_wgpu/run/metrics.jsonl:wgpu_quickstart_metrics.jsonl; do
     [ -f "$WORK/${f%%:*}" ] && cp "$WORK/${f%%:*}" "$OUTDIR/${f##*:}"
 done
 
@@ -109,6 +119,8 @@ for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 torch_f32 to
 done
 tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null
 tail -n 3 "$OUTDIR/train_metrics.jsonl" 2>/dev/null
+for f in wgpu_info wgpu_parity; do tail -n 12 "$OUTDIR/$f.log" 2>/dev/null; done
+tail -n 4 "$OUTDIR/wgpu_quickstart.log" 2>/dev/null
 # At most 8 files come back from the device tool: bundle the logs.
 tar -C "$OUTDIR" -czf "$OUTDIR/logs.tgz" --exclude logs.tgz . 2>/dev/null
 # Exit status: 0 only if every step that ran passed.

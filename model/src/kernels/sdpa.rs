@@ -120,8 +120,9 @@ impl Bias<'_> {
     /// The `[seq_q, seq_k]` block for batch element `b`, head `j`.
     fn block(&self, d: &Dims, b: usize, j: usize) -> &[f32] {
         let n = d.seq_q * d.seq_k;
-        let i =
-            if self.batch == 1 { 0 } else { b } * self.heads + if self.heads == 1 { 0 } else { j };
+        let b = if self.batch == 1 { 0 } else { b };
+        let j = if self.heads == 1 { 0 } else { j };
+        let i = b * self.heads + j;
         &self.values[i * n..(i + 1) * n]
     }
 }
