@@ -179,10 +179,14 @@ fn gemm_new(lhs: MatRef, rhs: MatRef) -> FlexTensor {
     tensor(product(lhs, rhs, 1.0, Threads::Pool), shape)
 }
 
-/// A linear layer's two backward products for `y = x · wᵀ` and upstream gradient `g`:
-/// `(∂/∂x, ∂/∂w) = (g · w, gᵀ · x)`. All three contiguous.
-fn linear_grads(x: &FlexTensor, w: &FlexTensor, g: &FlexTensor) -> (FlexTensor, FlexTensor) {
-    (gemm_new(mat(g), mat(w)), gemm_new(mat(g).t(), mat(x)))
+/// `∂/∂x = g · w` of a linear layer `y = x · wᵀ` for the upstream gradient `g` (contiguous).
+fn input_grad(g: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    gemm_new(mat(g), mat(w))
+}
+
+/// `∂/∂w = gᵀ · x` of a linear layer `y = x · wᵀ` for the upstream gradient `g` (contiguous).
+fn weight_grad(g: &FlexTensor, x: &FlexTensor) -> FlexTensor {
+    gemm_new(mat(g).t(), mat(x))
 }
 
 #[derive(Debug)]
@@ -196,15 +200,11 @@ impl Backward<Flex, 2> for LinearBackward {
         let g = contiguous(grads.consume::<Flex>(&ops.node)); // [rows, d_out]
         let (x, w) = &ops.state;
         let [x_node, w_node] = &ops.parents;
-        match (x_node, w_node) {
-            (Some(xn), Some(wn)) => {
-                let (dx, dw) = linear_grads(x, w, &g);
-                grads.register::<Flex>(xn.id, dx);
-                grads.register::<Flex>(wn.id, dw);
-            }
-            (Some(node), None) => grads.register::<Flex>(node.id, gemm_new(mat(&g), mat(w))),
-            (None, Some(node)) => grads.register::<Flex>(node.id, gemm_new(mat(&g).t(), mat(x))),
-            (None, None) => {}
+        if let Some(node) = x_node {
+            grads.register::<Flex>(node.id, input_grad(&g, w));
+        }
+        if let Some(node) = w_node {
+            grads.register::<Flex>(node.id, weight_grad(&g, x));
         }
     }
 }
@@ -233,8 +233,8 @@ pub(super) fn linear<B: Backend>(x: Prim<B>, w: Prim<B>) -> Result<Prim<B>, (Pri
     Ok(give(out))
 }
 
-/// [`linear_grads`] of f32 Flex / Autodiff<Flex> matrices as constants (no graph); `Err`
-/// with the inputs otherwise.
+/// A linear layer's [`input_grad`] and [`weight_grad`] for f32 Flex / Autodiff<Flex> matrices,
+/// as constants (no graph); `Err` with the inputs otherwise.
 #[allow(clippy::type_complexity)]
 pub(super) fn linear_backward<B: Backend>(
     x: Prim<B>,
@@ -248,8 +248,10 @@ pub(super) fn linear_backward<B: Backend>(
         return Err((x, w, g));
     }
     let [x, w, g] = [x, w, g].map(|t| contiguous(raw::<B>(t)));
-    let (dx, dw) = linear_grads(&x, &w, &g);
-    Ok((wrap::<B>(dx), wrap::<B>(dw)))
+    Ok((
+        wrap::<B>(input_grad(&g, &w)),
+        wrap::<B>(weight_grad(&g, &x)),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
