@@ -7,11 +7,9 @@
 //! copied into place first. Each view checks on construction that all its elements lie inside
 //! its slice, which is what makes the one `unsafe` call below sound.
 
-/// A read-only `rows × cols` matrix inside `data`: element `(i, j)` is
-/// `data[offset + i·rs + j·cs]`.
-#[derive(Clone, Copy, Debug)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
+/// Where a `rows × cols` matrix lies in a slice: element `(i, j)` at `offset + i·rs + j·cs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
     offset: usize,
     rows: usize,
     cols: usize,
@@ -19,48 +17,74 @@ pub struct MatRef<'a> {
     cs: usize,
 }
 
-/// A writable `rows × cols` matrix inside `data`, laid out as [`MatRef`].
-#[derive(Debug)]
-pub struct MatMut<'a> {
-    data: &'a mut [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-/// The largest index a `rows × cols` view touches (`None` for an empty view).
-fn last_index(offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
-    (rows > 0 && cols > 0).then(|| offset + (rows - 1) * rs + (cols - 1) * cs)
-}
-
-impl<'a> MatRef<'a> {
-    /// A strided view.
+impl Layout {
+    /// The layout, checked to lie inside a slice of `len` values.
     ///
     /// # Panics
-    /// If an element would lie outside `data`.
-    pub fn new(
-        data: &'a [f32],
-        offset: usize,
-        [rows, cols]: [usize; 2],
-        [rs, cs]: [usize; 2],
-    ) -> Self {
-        if let Some(last) = last_index(offset, rows, cols, rs, cs) {
+    /// If an element would lie at or past `len`.
+    fn inside(len: usize, offset: usize, [rows, cols]: [usize; 2], [rs, cs]: [usize; 2]) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * rs + (cols - 1) * cs;
             assert!(
-                last < data.len(),
-                "MatRef: a {rows}×{cols} view at {offset} with strides ({rs}, {cs}) overruns {} values",
-                data.len()
+                last < len,
+                "a {rows}×{cols} matrix view at {offset} with strides ({rs}, {cs}) overruns {len} values"
             );
         }
         Self {
-            data,
             offset,
             rows,
             cols,
             rs,
             cs,
         }
+    }
+
+    /// Whether no two elements share a place: rows, or columns, kept apart by the strides.
+    fn distinct(&self) -> bool {
+        let Self {
+            rows, cols, rs, cs, ..
+        } = *self;
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let rows_apart = rows == 1 || rs > (cols - 1) * cs;
+        let cols_apart = cols == 1 || cs > (rows - 1) * rs;
+        (rows_apart && (cols == 1 || cs > 0)) || (cols_apart && (rows == 1 || rs > 0))
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// A read-only strided matrix inside a slice.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    at: Layout,
+}
+
+/// A writable strided matrix inside a slice.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    at: Layout,
+}
+
+impl<'a> MatRef<'a> {
+    /// The `rows × cols` matrix whose element `(i, j)` is `data[offset + i·rs + j·cs]`.
+    ///
+    /// # Panics
+    /// If an element would lie outside `data`.
+    pub fn new(data: &'a [f32], offset: usize, shape: [usize; 2], strides: [usize; 2]) -> Self {
+        let at = Layout::inside(data.len(), offset, shape, strides);
+        Self { data, at }
     }
 
     /// A contiguous row-major `rows × cols` matrix (all of `data`).
@@ -74,57 +98,31 @@ impl<'a> MatRef<'a> {
 
     /// `[rows, cols]`.
     pub fn shape(&self) -> [usize; 2] {
-        [self.rows, self.cols]
+        [self.at.rows, self.at.cols]
     }
 
     /// The transpose (a view of the same values).
     pub fn t(self) -> Self {
         Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
+            at: self.at.transposed(),
             ..self
         }
     }
 }
 
 impl<'a> MatMut<'a> {
-    /// A strided writable view.
+    /// The writable `rows × cols` matrix whose element `(i, j)` is
+    /// `data[offset + i·rs + j·cs]`.
     ///
     /// # Panics
-    /// If an element would lie outside `data`, or if two elements would share a place (the
-    /// strides must keep rows, or columns, apart).
-    pub fn new(
-        data: &'a mut [f32],
-        offset: usize,
-        [rows, cols]: [usize; 2],
-        [rs, cs]: [usize; 2],
-    ) -> Self {
-        if let Some(last) = last_index(offset, rows, cols, rs, cs) {
-            assert!(
-                last < data.len(),
-                "MatMut: a {rows}×{cols} view at {offset} with strides ({rs}, {cs}) overruns {} values",
-                data.len()
-            );
-            // Row-major-like (each row's span ends before the next begins) or column-major-like.
-            let rows_apart = rows == 1 || rs > (cols - 1) * cs;
-            let cols_apart = cols == 1 || cs > (rows - 1) * rs;
-            let distinct =
-                (rows_apart && (cols == 1 || cs > 0)) || (cols_apart && (rows == 1 || rs > 0));
-            assert!(
-                distinct,
-                "MatMut: strides ({rs}, {cs}) overlap in a {rows}×{cols} view"
-            );
-        }
-        Self {
-            data,
-            offset,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
+    /// If an element would lie outside `data`, or if two elements would share a place.
+    pub fn new(data: &'a mut [f32], offset: usize, shape: [usize; 2], strides: [usize; 2]) -> Self {
+        let at = Layout::inside(data.len(), offset, shape, strides);
+        assert!(
+            at.distinct(),
+            "MatMut: strides {strides:?} overlap in a {shape:?} view"
+        );
+        Self { data, at }
     }
 
     /// A contiguous row-major `rows × cols` matrix (all of `data`).
@@ -152,18 +150,28 @@ pub enum Threads {
 /// If the shapes do not chain: `lhs` is `m × k`, `rhs` `k × n`, `dst` `m × n`.
 pub fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, c: f32, accumulate: bool, threads: Threads) {
     assert!(
-        dst.rows == lhs.rows && dst.cols == rhs.cols,
+        dst.at.rows == lhs.at.rows && dst.at.cols == rhs.at.cols,
         "gemm: a {}×{} product into {}×{}",
-        lhs.rows,
-        rhs.cols,
-        dst.rows,
-        dst.cols
+        lhs.at.rows,
+        rhs.at.cols,
+        dst.at.rows,
+        dst.at.cols
     );
-    let ptr = dst.data.as_mut_ptr().wrapping_add(dst.offset);
+    let ptr = dst.data.as_mut_ptr().wrapping_add(dst.at.offset);
     // SAFETY: `dst` was checked on construction to lie inside its slice and not to overlap
     // itself, and it is borrowed mutably, so it aliases neither input; its values are
     // initialised, so gemm may read them.
-    unsafe { call(ptr, [dst.rs, dst.cs], lhs, rhs, c, accumulate, threads) }
+    unsafe {
+        call(
+            ptr,
+            [dst.at.rs, dst.at.cs],
+            lhs,
+            rhs,
+            c,
+            accumulate,
+            threads,
+        )
+    }
 }
 
 /// `c · lhs · rhs` as a new row-major `m × n` buffer.
@@ -175,7 +183,7 @@ pub fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, c: f32, accumulate: bool, thr
 /// # Panics
 /// If the shapes do not chain.
 pub fn product(lhs: MatRef, rhs: MatRef, c: f32, threads: Threads) -> Vec<f32> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let (m, k, n) = (lhs.at.rows, lhs.at.cols, rhs.at.cols);
     // Small products, empty contractions and vectors take gemm's special kernels; those are not
     // worth auditing for whether they read the destination, so they get a zeroed one.
     if m * n <= 16 * 16 || m <= 1 || n <= 1 || k == 0 {
@@ -211,8 +219,8 @@ unsafe fn call(
     accumulate: bool,
     threads: Threads,
 ) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "gemm: {m}×{k} · {}×{n}", rhs.rows);
+    let (m, k, n) = (lhs.at.rows, lhs.at.cols, rhs.at.cols);
+    assert_eq!(rhs.at.rows, k, "gemm: {m}×{k} · {}×{n}", rhs.at.rows);
     if m == 0 || n == 0 {
         return;
     }
@@ -233,12 +241,12 @@ unsafe fn call(
             st(cs),
             st(rs),
             accumulate,
-            lhs.data.as_ptr().wrapping_add(lhs.offset),
-            st(lhs.cs),
-            st(lhs.rs),
-            rhs.data.as_ptr().wrapping_add(rhs.offset),
-            st(rhs.cs),
-            st(rhs.rs),
+            lhs.data.as_ptr().wrapping_add(lhs.at.offset),
+            st(lhs.at.cs),
+            st(lhs.at.rs),
+            rhs.data.as_ptr().wrapping_add(rhs.at.offset),
+            st(rhs.at.cs),
+            st(rhs.at.rs),
             1.0,
             c,
             false,
