@@ -67,7 +67,7 @@ fn pad_axis<B: Backend, const D: usize>(x: Tensor<B, D>, axis: usize, len: usize
 
 /// `x · wᵀ`, a linear layer's product (`w` in PyTorch's `[d_out, d_in]` layout).
 ///
-/// When training on the CPU (Autodiff<Flex>, f32) this is one graph node whose forward and
+/// When training on the CPU (`Autodiff<Flex>`, f32) this is one graph node whose forward and
 /// backward products call gemm directly, writing into fresh buffers: Flex's matmul zero-fills
 /// and then re-copies every output on one thread. Elsewhere it is [`matmul`] of `x` and `wᵀ`.
 ///
