@@ -6,7 +6,7 @@
 //! ```text
 //! p ← p · (1 − (lr_t / initial_lr) · wd)     # wd = 1e-5 means "shrink 1e-5 per step at peak lr"
 //! ```
-//! (and `1 − wd` when `initial_lr` is 0). The Adam part is [`adam_update`]'s. So `weight_decay`
+//! (and `1 − wd` when `initial_lr` is 0). The Adam part is `adamw::adam_update`'s. So `weight_decay`
 //! values are ~lr× smaller than AdamW's for the same effect, and decay follows warmup and decay
 //! of the schedule instead of being multiplied by it twice.
 
