@@ -207,6 +207,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.warmup
         );
     }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let fixtures = bench_env::shared_fixtures(&[SMALL_YAML])?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -231,9 +234,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("bench-step --peak-flops printed no peak_flops")?;
     println!("matmul peak: {:.1} GFLOP/s", peak_flops / 1e9);
 
-    if args.rounds == 0 {
-        bail!("--rounds must be at least 1");
-    }
     let torch_side = |shape: &Shape| {
         if args.no_torch {
             Err("--no-torch given".to_string())

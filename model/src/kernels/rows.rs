@@ -6,8 +6,9 @@
 //! calls a scalar `erff` per element. Here each op is one pass over its rows, with the arithmetic
 //! written so that LLVM vectorises it (branch-free bodies, lane-wise accumulators instead of
 //! serial float reductions), compiled three times: for AVX-512 and for AVX2+FMA (picked at run
-//! time) and for the baseline target ([`multiversion!`](crate::multiversion)). Rows are split over rayon's threads in fixed-size blocks, and every
-//! reduction runs in a fixed order, so results do not depend on the thread count.
+//! time) and for the baseline target ([`multiversion!`](crate::multiversion)). Rows are split
+//! over rayon's threads in fixed-size blocks, and every reduction runs in a fixed order, so
+//! results do not depend on the thread count.
 //!
 //! Numerics: `exp` is Cephes' `expf` (range reduction by `ln 2`, degree-6 polynomial; within
 //! 2 ulp); `erf` is Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), the same
