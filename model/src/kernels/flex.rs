@@ -749,9 +749,6 @@ pub(super) fn cross_entropy<B: Backend>(
 // ---------------------------------------------------------------------------------------------
 // In-place element-wise updates of several tensors
 
-/// Elements per block of [`zip_mut`].
-const ZIP_BLOCK: usize = 1 << 14;
-
 /// `t`'s values in a contiguous buffer that nothing else holds, so that writing to it in place
 /// changes no other tensor. A shared buffer (an optimizer's parameter is usually still held by
 /// the module) is copied in parallel blocks, not by Flex's serial copy-on-write.
@@ -761,8 +758,8 @@ fn owned(t: FlexTensor) -> FlexTensor {
         return t;
     }
     let src = slice(&t);
-    let (values, _) = rows::par_fill(src.len(), ZIP_BLOCK, |i, out| {
-        out.copy_from_slice(&src[i * ZIP_BLOCK..i * ZIP_BLOCK + out.len()]);
+    let (values, _) = rows::par_fill(src.len(), rows::BLOCK, |i, out| {
+        out.copy_from_slice(&src[i * rows::BLOCK..i * rows::BLOCK + out.len()]);
     });
     tensor(values, t.shape())
 }
@@ -785,10 +782,10 @@ pub(super) fn zip_mut<B: Backend, const N: usize>(
     }
     // Each buffer made its own (copied only if shared), then split into the same blocks.
     let mut flex: [FlexTensor; N] = tensors.map(|t| owned(give(t)));
-    let blocks = shape.num_elements().div_ceil(ZIP_BLOCK);
+    let blocks = shape.num_elements().div_ceil(rows::BLOCK);
     let mut chunks = flex
         .each_mut()
-        .map(|t| t.storage_mut::<f32>().chunks_mut(ZIP_BLOCK));
+        .map(|t| t.storage_mut::<f32>().chunks_mut(rows::BLOCK));
     let per_block: Vec<[&mut [f32]; N]> = (0..blocks)
         .map(|_| std::array::from_fn(|i| chunks[i].next().unwrap_or_default()))
         .collect();

@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 /// Elements per parallel block of an element-wise kernel.
-const BLOCK: usize = 1 << 14;
+pub(crate) const BLOCK: usize = 1 << 14;
 /// Lanes of the lane-wise accumulators (two AVX2 registers).
 const LANES: usize = 16;
 

@@ -45,43 +45,29 @@ impl Dims {
     fn probs_len(&self) -> usize {
         self.heads * self.seq_q * self.seq_k
     }
-    /// One query head of batch element `data` (`[seq_q, heads · head_dim]`).
-    fn q_head<'a>(&self, data: &'a [f32], j: usize) -> MatRef<'a> {
-        let row = self.heads * self.head_dim;
-        MatRef::new(
-            data,
-            j * self.head_dim,
-            [self.seq_q, self.head_dim],
-            [row, 1],
-        )
+    /// Where head `i` lies in one batch element's `[seq, heads · head_dim]` buffer: its
+    /// offset, shape and strides.
+    fn head(&self, seq: usize, heads: usize, i: usize) -> (usize, [usize; 2], [usize; 2]) {
+        let d = self.head_dim;
+        (i * d, [seq, d], [heads * d, 1])
     }
-    /// One key/value head of batch element `data` (`[seq_k, kv_heads · head_dim]`).
+    /// Query head `j` of batch element `data` (`[seq_q, heads · head_dim]`).
+    fn q_head<'a>(&self, data: &'a [f32], j: usize) -> MatRef<'a> {
+        let (offset, shape, strides) = self.head(self.seq_q, self.heads, j);
+        MatRef::new(data, offset, shape, strides)
+    }
+    /// Key/value head `g` of batch element `data` (`[seq_k, kv_heads · head_dim]`).
     fn kv_head<'a>(&self, data: &'a [f32], g: usize) -> MatRef<'a> {
-        let row = self.kv_heads * self.head_dim;
-        MatRef::new(
-            data,
-            g * self.head_dim,
-            [self.seq_k, self.head_dim],
-            [row, 1],
-        )
+        let (offset, shape, strides) = self.head(self.seq_k, self.kv_heads, g);
+        MatRef::new(data, offset, shape, strides)
     }
     fn q_head_mut<'a>(&self, data: &'a mut [f32], j: usize) -> MatMut<'a> {
-        let row = self.heads * self.head_dim;
-        MatMut::new(
-            data,
-            j * self.head_dim,
-            [self.seq_q, self.head_dim],
-            [row, 1],
-        )
+        let (offset, shape, strides) = self.head(self.seq_q, self.heads, j);
+        MatMut::new(data, offset, shape, strides)
     }
     fn kv_head_mut<'a>(&self, data: &'a mut [f32], g: usize) -> MatMut<'a> {
-        let row = self.kv_heads * self.head_dim;
-        MatMut::new(
-            data,
-            g * self.head_dim,
-            [self.seq_k, self.head_dim],
-            [row, 1],
-        )
+        let (offset, shape, strides) = self.head(self.seq_k, self.kv_heads, g);
+        MatMut::new(data, offset, shape, strides)
     }
     /// The key/value head that query head `j` reads.
     fn group(&self, j: usize) -> usize {
