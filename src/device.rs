@@ -60,6 +60,30 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+impl DeviceSpec {
+    /// Bytes of memory available for training on this device, when the machine says:
+    /// `MemAvailable` of `/proc/meminfo` for the CPU. GPU backends do not report theirs
+    /// through burn 0.21, so `None` there (`device_train_microbatch_size: auto` then asks for a
+    /// number).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        match self {
+            Self::Cpu => {
+                let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+                let kib: u64 = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("MemAvailable:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(kib * 1024)
+            }
+            Self::Wgpu(_) | Self::Cuda(_) => None,
+        }
+    }
+}
+
 /// A command that runs on any training-capable backend. Inference-only work uses
 /// `B::InnerBackend` (or `model.valid()`).
 pub trait Job {

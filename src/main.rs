@@ -87,8 +87,33 @@ fn main() {
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".
         eprintln!("error: {}", format_chain(&err));
-        std::process::exit(1);
+        std::process::exit(exit_code(&err));
     }
+}
+
+/// The exit status launchers decide on (`cargo xtask launch`, the Slurm script): 2 bad config
+/// or input (never retried), 3 a run the guards stopped as diverged (never retried), 75 a
+/// transient failure such as a stall or a remote that did not answer (retried), 1 anything else
+/// (retried).
+fn exit_code(err: &anyhow::Error) -> i32 {
+    use tessera::train::trainer::{Failure, TrainError};
+    for cause in err.chain() {
+        if let Some(t) = cause.downcast_ref::<TrainError>() {
+            return match t.failure() {
+                Failure::BadInput => 2,
+                Failure::Diverged => 3,
+                Failure::Transient => tessera::train::guard::WATCHDOG_EXIT_CODE,
+                Failure::Other => 1,
+            };
+        }
+        if cause
+            .downcast_ref::<tessera::train::config::ConfigError>()
+            .is_some()
+        {
+            return 2;
+        }
+    }
+    1
 }
 
 /// `outer: inner: …`, skipping a cause whose text its parent already printed (many library

@@ -1,5 +1,6 @@
 //! The `tessera` command line, end to end: every command a user types first, and what bad input
-//! gets back (one line naming the file or field, exit code 1, never a panic).
+//! gets back (one line naming the file or field, exit code 1 — or 2 for a training config that
+//! cannot run, which launchers never retry — never a panic).
 
 mod common;
 
@@ -14,12 +15,17 @@ fn stdout(o: &Output) -> String {
 
 /// Runs a command that must fail cleanly and returns its stderr.
 fn fails(args: &[&str]) -> String {
+    fails_with(args, 1)
+}
+
+/// Runs a command that must fail cleanly with exit code `code` and returns its stderr.
+fn fails_with(args: &[&str], code: i32) -> String {
     let out = tessera().args(args).output().expect("starting tessera");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "{args:?} should fail with exit code 1:\n{err}"
+        Some(code),
+        "{args:?} should fail with exit code {code}:\n{err}"
     );
     assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
     assert!(err.starts_with("error: "), "{args:?}: {err}");
@@ -156,7 +162,7 @@ fn bad_paths_and_configs_get_one_line_errors() {
         err.contains("--device") && err.contains("tpu") && !err.contains("panicked"),
         "{err}"
     );
-    let err = fails(&["train", "/nonexistent/train.yaml"]);
+    let err = fails_with(&["train", "/nonexistent/train.yaml"], 2);
     assert!(err.contains("/nonexistent/train.yaml"), "{err}");
 }
 

@@ -5,6 +5,11 @@
 //! Cloud credentials come from the environment, as each store's `from_env()` builder reads
 //! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), the same variables mosaicml-streaming and composer use.
 //! All calls run on one small tokio runtime per folder; callers stay synchronous.
+//!
+//! Every request has a time limit and a retry budget ([`RemoteOptions`]; streaming's
+//! `download_timeout` and `download_retry`), so a server that accepts a connection and never
+//! answers ends in an error naming the URL instead of a silent stall. While a request waits
+//! longer than a few seconds, a line on stderr says what it waits for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,12 +54,47 @@ pub fn is_remote(location: &str) -> bool {
     })
 }
 
+/// Time limit and retry budget of remote requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RemoteOptions {
+    /// The longest one request (connect, send, the whole answer) may take.
+    pub timeout: Duration,
+    /// Retries after a failed or timed-out request (a missing object is not retried).
+    pub retries: u32,
+}
+
+impl Default for RemoteOptions {
+    /// mosaicml-streaming's defaults: `download_timeout: 60`, `download_retry: 2`.
+    fn default() -> Self {
+        RemoteOptions {
+            timeout: Duration::from_secs(60),
+            retries: 2,
+        }
+    }
+}
+
+/// Set by [`cancel_waits`]: every remote request in this process fails at once.
+static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every remote request of this process, in flight or future, fail at once with an error
+/// naming its URL. A trainer whose watchdog has declared a stall calls this so that a thread
+/// blocked on a silent server returns and the run can stop; it is not undone.
+pub fn cancel_waits() {
+    CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// After this long without an answer, a request says on stderr what it waits for (then again
+/// every [`NOTICE_EVERY`]).
+const NOTICE_AFTER: Duration = Duration::from_secs(5);
+const NOTICE_EVERY: Duration = Duration::from_secs(10);
+
 /// A remote prefix with its store and the runtime that drives it.
 pub struct RemoteDir {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     runtime: tokio::runtime::Runtime,
+    options: RemoteOptions,
 }
 
 impl std::fmt::Debug for RemoteDir {
@@ -64,8 +104,13 @@ impl std::fmt::Debug for RemoteDir {
 }
 
 impl RemoteDir {
-    /// Opens `location` (a URL with a scheme).
+    /// Opens `location` (a URL with a scheme) with the default [`RemoteOptions`].
     pub fn open(location: &str) -> Result<Self, RemoteError> {
+        Self::open_with(location, RemoteOptions::default())
+    }
+
+    /// Opens `location` (a URL with a scheme); every request obeys `options`.
+    pub fn open_with(location: &str, options: RemoteOptions) -> Result<Self, RemoteError> {
         let bad = |reason: String| RemoteError::Location {
             location: location.to_string(),
             reason,
@@ -77,33 +122,49 @@ impl RemoteDir {
         }
         let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
         let (scheme, prefix) = ObjectStoreScheme::parse(&url).map_err(|e| bad(e.to_string()))?;
+        // Time limits on every request; retries are this module's (below), not the store's own
+        // (object_store's default retries for up to three minutes).
+        let client = object_store::ClientOptions::new()
+            .with_timeout(options.timeout)
+            .with_connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            .with_allow_http(url.scheme() == "http");
+        let no_retry = object_store::RetryConfig {
+            max_retries: 0,
+            ..Default::default()
+        };
         let store: Arc<dyn ObjectStore> = match scheme {
             ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
             ObjectStoreScheme::AmazonS3 => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(location)
+                    .with_client_options(client)
+                    .with_retry(no_retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             ObjectStoreScheme::GoogleCloudStorage => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(location)
+                    .with_client_options(client)
+                    .with_retry(no_retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             ObjectStoreScheme::MicrosoftAzure => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(location)
+                    .with_client_options(client)
+                    .with_retry(no_retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
             ObjectStoreScheme::Http => Arc::new(
                 object_store::http::HttpBuilder::new()
                     .with_url(&url[..url::Position::BeforePath])
-                    // A plain `http://` location is an explicit choice (e.g. an in-cluster server).
-                    .with_client_options(
-                        object_store::ClientOptions::new().with_allow_http(url.scheme() == "http"),
-                    )
+                    // A plain `http://` location is an explicit choice (e.g. an in-cluster
+                    // server): `client` allows it for that scheme only.
+                    .with_client_options(client)
+                    .with_retry(no_retry)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             ),
@@ -120,7 +181,13 @@ impl RemoteDir {
             store,
             prefix,
             runtime,
+            options,
         })
+    }
+
+    /// The time limit and retry budget of this folder's requests.
+    pub fn options(&self) -> RemoteOptions {
+        self.options
     }
 
     /// The URL of this folder.
@@ -164,13 +231,9 @@ impl RemoteDir {
     /// The names of the immediate sub-folders (common prefixes) of `relative`.
     pub fn list_dirs(&self, relative: &str) -> Result<Vec<String>, RemoteError> {
         let location = self.location(relative);
-        let listed = self
-            .runtime
-            .block_on(self.store.list_with_delimiter(Some(&location)))
-            .map_err(|source| RemoteError::Store {
-                url: self.url_of(relative),
-                source,
-            })?;
+        let listed = self.retrying(relative, self.options.retries, || {
+            self.store.list_with_delimiter(Some(&location))
+        })?;
         Ok(listed
             .common_prefixes
             .iter()
@@ -185,10 +248,12 @@ impl RemoteDir {
     {
         let mut attempt = 0;
         loop {
-            match self.runtime.block_on(op()) {
+            match self.one_request(relative, attempt, retries, op()) {
                 Ok(v) => return Ok(v),
                 Err(e)
-                    if matches!(e, object_store::Error::NotFound { .. }) || attempt >= retries =>
+                    if matches!(e, object_store::Error::NotFound { .. })
+                        || attempt >= retries
+                        || CANCELLED.load(std::sync::atomic::Ordering::SeqCst) =>
                 {
                     return Err(RemoteError::Store {
                         url: self.url_of(relative),
@@ -201,6 +266,56 @@ impl RemoteDir {
                 }
             }
         }
+    }
+
+    /// Runs one request under the time limit, saying on stderr what it waits for when it takes
+    /// longer than [`NOTICE_AFTER`].
+    fn one_request<T>(
+        &self,
+        relative: &str,
+        attempt: u32,
+        retries: u32,
+        request: impl std::future::Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, object_store::Error> {
+        let url = self.url_of(relative);
+        let limit = self.options.timeout;
+        let notice = self.runtime.spawn(async move {
+            tokio::time::sleep(NOTICE_AFTER).await;
+            let mut waited = NOTICE_AFTER;
+            loop {
+                eprintln!(
+                    "waiting on {url}: no answer for {:.0} s (timeout {:.0} s, attempt {} of {})",
+                    waited.as_secs_f64(),
+                    limit.as_secs_f64(),
+                    attempt + 1,
+                    retries + 1
+                );
+                tokio::time::sleep(NOTICE_EVERY).await;
+                waited += NOTICE_EVERY;
+            }
+        });
+        let failed = |why: String| object_store::Error::Generic {
+            store: "remote",
+            source: why.into(),
+        };
+        let cancelled = async {
+            while !CANCELLED.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let result = self.runtime.block_on(async {
+            tokio::select! {
+                r = tokio::time::timeout(limit, request) => r.unwrap_or_else(|_| Err(failed(format!(
+                    "no answer within {:.0} s (download_timeout)",
+                    limit.as_secs_f64()
+                )))),
+                () = cancelled => Err(failed(
+                    "cancelled: the run was declared stalled while waiting for this".into(),
+                )),
+            }
+        });
+        notice.abort();
+        result
     }
 }
 
@@ -215,6 +330,46 @@ mod tests {
         assert!(!is_remote("/tmp/x"));
         assert!(!is_remote("data/train"));
         assert!(RemoteDir::open("data/train").is_err());
+    }
+
+    /// A server that accepts connections and never answers; dropped, it stops accepting.
+    fn silent_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < until {
+                if let Ok((s, _)) = listener.accept() {
+                    held.push(s);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out_naming_the_url() {
+        let (addr, _server) = silent_server();
+        let url = format!("http://{addr}/data");
+        let r = RemoteDir::open_with(
+            &url,
+            RemoteOptions {
+                timeout: Duration::from_millis(400),
+                retries: 1,
+            },
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let err = r.fetch("index.json", r.options().retries).unwrap_err();
+        let took = t.elapsed();
+        // Two attempts of 0.4 s plus a 0.2 s backoff, with slack for a loaded machine.
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert!(took >= Duration::from_millis(800), "took {took:?}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("{url}/index.json")), "{text}");
     }
 
     #[test]

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -184,36 +183,18 @@ pub fn render_markdown(report: &EvalReport) -> String {
     md
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsynced, then
-/// renamed over `path`, then the directory fsynced.
+/// Writes `bytes` to `path` atomically and durably (creating the folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    fn io(p: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-        move |source| ReportError::Io {
-            path: p.to_path_buf(),
-            source,
-        }
-    }
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ReportError::Io { path: p, source }
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Directory fsync is best effort: some filesystems refuse it.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    tessera_fs::atomic_write(path, bytes).map_err(io(path))
 }
 
 /// Paths of a written report.

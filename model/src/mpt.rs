@@ -253,7 +253,11 @@ impl<B: Backend> Mpt<B> {
     /// # Panics
     /// As [`Mpt::forward`]; also if `targets` is not `[batch, seq]`.
     pub fn loss_sum(&self, input: MptInput<B>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-        let h = self.forward_features(input);
+        self.features_loss_sum(self.forward_features(input), targets)
+    }
+
+    /// [`Mpt::loss_sum`] from the normalised final hidden states `h`.
+    fn features_loss_sum(&self, h: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let fusable = self.config.final_logit_softcapping.is_none()
             && self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
         if !fusable {
@@ -273,6 +277,34 @@ impl<B: Backend> Mpt<B> {
         )
     }
 
+    /// The first step of a full forward done in steps: the embeddings (the input of block 0)
+    /// and the context every block shares (attention bias, RoPE tables, compute dtype).
+    ///
+    /// `loss_sum(input, targets)` is `head_loss_sum(b_{n-1}(…b_0(x, ctx)…), targets)` with
+    /// `(x, ctx) = embed(input)` and `b_i = blocks[i].forward(·, &ctx, None)`. A trainer that
+    /// shards parameters or recomputes activations drives that block loop itself (FSDP,
+    /// activation checkpointing); the model needs to know nothing about it.
+    ///
+    /// # Shapes
+    /// - `input.input_ids`: `[batch, seq]` -> `[batch, seq, d_model]`
+    pub fn embed(&self, input: MptInput<B>) -> (Tensor<B, 3>, LayerContext<B>) {
+        self.prepare(
+            input.input_ids,
+            input.attention_mask,
+            input.sequence_id,
+            None,
+        )
+    }
+
+    /// The last step of a forward done in steps (see [`Mpt::embed`]): `norm_f`, then
+    /// [`Mpt::loss_sum`]'s loss, from the last block's output.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]`, `targets`: `[batch, seq]` -> `[1]`
+    pub fn head_loss_sum(&self, x: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+        self.features_loss_sum(self.norm_f.forward(x), targets)
+    }
+
     fn run(
         &self,
         ids: Tensor<B, 2, Int>,
@@ -281,6 +313,29 @@ impl<B: Backend> Mpt<B> {
         mut cache: Option<&mut KvCache<B>>,
         mut hidden: Option<&mut Vec<Tensor<B, 3>>>,
     ) -> Tensor<B, 3> {
+        let (mut x, ctx) = self.prepare(ids, attention_mask, sequence_id, cache.as_deref_mut());
+        for (i, block) in self.blocks.iter().enumerate() {
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+            let kv = cache.as_deref_mut().map(|k| k.layer(i));
+            x = block.forward(x, &ctx, kv);
+        }
+        if let Some(k) = cache {
+            let [_, s, _] = x.dims();
+            k.advance(s);
+        }
+        self.norm_f.forward(x)
+    }
+
+    /// Embeddings plus everything that depends only on the input's shape and masks.
+    fn prepare(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+        sequence_id: Option<Tensor<B, 2, Int>>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> (Tensor<B, 3>, LayerContext<B>) {
         let c = &self.config;
         let device = ids.device();
         let [batch, s] = ids.dims();
@@ -301,7 +356,7 @@ impl<B: Backend> Mpt<B> {
             k.begin(c.n_layers, batch);
         }
         // Key mask over all keys (cached + new); `None` when nothing is padded.
-        let key_mask = match cache.as_deref_mut() {
+        let key_mask = match cache {
             Some(k) => k.extend_mask(attention_mask.clone(), batch, s, &device),
             None => attention_mask.clone(),
         };
@@ -372,18 +427,7 @@ impl<B: Backend> Mpt<B> {
             rotary,
             compute: self.compute_dtype,
         };
-
-        for (i, block) in self.blocks.iter().enumerate() {
-            if let Some(h) = hidden.as_deref_mut() {
-                h.push(x.clone());
-            }
-            let kv = cache.as_deref_mut().map(|k| k.layer(i));
-            x = block.forward(x, &ctx, kv);
-        }
-        if let Some(k) = cache {
-            k.advance(s);
-        }
-        self.norm_f.forward(x)
+        (x, ctx)
     }
 }
 
@@ -431,6 +475,28 @@ mod tests {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Bk, D>>) {
             self.0.push(param.val().dtype());
         }
+    }
+
+    #[test]
+    fn the_forward_in_steps_is_the_forward_bit_for_bit_values_and_gradients() {
+        let (ids, targets) = batch::<AD>();
+        let model = tiny::<AD>();
+        let whole = model.loss_sum(MptInput::new(ids.clone()), targets.clone());
+        let (mut x, ctx) = model.embed(MptInput::new(ids));
+        for block in &model.blocks {
+            x = block.forward(x, &ctx, None);
+        }
+        let steps = model.head_loss_sum(x, targets);
+        assert_eq!(
+            whole.clone().into_data().to_vec::<f32>().unwrap(),
+            steps.clone().into_data().to_vec::<f32>().unwrap()
+        );
+        let (g1, g2) = (whole.backward(), steps.backward());
+        let grad = |g: &<AD as burn::tensor::backend::AutodiffBackend>::Gradients| {
+            let w = model.blocks[1].ffn.up_proj.weight.grad(g).unwrap();
+            w.into_data().to_vec::<f32>().unwrap()
+        };
+        assert_eq!(grad(&g1), grad(&g2));
     }
 
     #[test]

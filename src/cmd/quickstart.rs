@@ -133,6 +133,8 @@ impl Job for Quickstart {
             run_dir: Some(dir.join("run")),
             device_label: super::device_label(spec),
             peak_flops: None,
+            device_memory: spec.memory_bytes(),
+            on_stall: None,
         };
         let summary = train::<B>(&loaded, &opts, None, &device)?;
 
@@ -253,12 +255,5 @@ progress_bar: true
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    tessera_fs::atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

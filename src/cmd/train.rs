@@ -16,7 +16,7 @@ use tessera::model::Mpt;
 use tessera::train::config::{self, TrainConfig};
 use tessera::train::finetune::tokenizer_file;
 use tessera::train::metrics::Accelerator;
-use tessera::train::trainer::{TrainOptions, train};
+use tessera::train::trainer::{StallHook, TrainOptions, train};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,6 +66,8 @@ impl Job for TrainJob {
             run_dir: self.args.run_dir.clone(),
             device_label: super::device_label(spec),
             peak_flops: self.peak_flops,
+            device_memory: spec.memory_bytes(),
+            on_stall: Some(exit_if_stuck()),
         };
         let icl = IclEvals::build(&self.loaded.config, &self.args.config)
             .context("preparing icl_tasks")?;
@@ -90,6 +92,26 @@ impl Job for TrainJob {
         );
         Ok(())
     }
+}
+
+/// After a stall the trainer returns an error at its next check; if its thread is stuck for
+/// good (a hung device kernel) and has not returned within this grace period, the process ends
+/// itself with the stall exit code so that a launcher restarts it.
+const STALL_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn exit_if_stuck() -> StallHook {
+    StallHook(std::sync::Arc::new(|report| {
+        std::thread::spawn(move || {
+            std::thread::sleep(STALL_GRACE);
+            eprintln!(
+                "error: stalled (no step for {:.0} s) and the trainer did not stop within {} s; exiting with code {}",
+                report.stalled_for.as_secs_f64(),
+                STALL_GRACE.as_secs(),
+                tessera::train::guard::WATCHDOG_EXIT_CODE
+            );
+            std::process::exit(tessera::train::guard::WATCHDOG_EXIT_CODE);
+        });
+    }))
 }
 
 /// ICL tasks (and the gauntlet) prepared once, run at every eval.

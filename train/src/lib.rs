@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod run_dir;
+pub mod run_lock;
 
 pub mod batch;
 pub mod config;

@@ -1,6 +1,5 @@
 //! Small process and file helpers shared by the xtask commands.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -92,19 +91,9 @@ pub fn today() -> String {
         .unwrap_or_else(|_| "unknown date".into())
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
+/// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".xtask.{}.tmp", std::process::id()));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
-    Ok(())
+    tessera_fs::atomic_write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Builds the tessera binary in release mode with `features` and returns its path.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::atomic::{TEMP_PREFIX, sync_dir, write_atomic};
+use super::atomic::{is_temporary, sync_dir, write_atomic};
 use super::codec;
 use super::columns::Columns;
 use super::compression::Compression;
@@ -440,7 +440,7 @@ fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
     }
     for name in entries
         .iter()
-        .filter(|n| is_shard_name(n) || n.starts_with(TEMP_PREFIX))
+        .filter(|n| is_shard_name(n) || is_temporary(n))
     {
         let p = dir.join(name);
         std::fs::remove_file(&p).map_err(|e| MdsError::io(&p, "removing", e))?;

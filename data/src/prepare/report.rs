@@ -2,7 +2,6 @@
 //! (after every `index.json`), atomically, so it doubles as the run's completion marker.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -153,31 +152,12 @@ impl PrepareReport {
     }
 }
 
-/// Writes `bytes` to `path` through a temp file in the same folder, so readers see the old file
-/// or the whole new one.
+/// Writes `bytes` to `path` atomically and durably, so readers see the old file or the whole
+/// new one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PrepareError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".tessera-tmp-{}-{name}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        std::fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        PrepareError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
+    tessera_fs::atomic_write(path, bytes).map_err(|source| PrepareError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

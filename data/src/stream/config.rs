@@ -79,6 +79,9 @@ fn default_one() -> u64 {
 fn default_retry() -> u32 {
     2
 }
+fn default_timeout_s() -> f64 {
+    60.0
+}
 fn default_threads() -> usize {
     4
 }
@@ -125,8 +128,13 @@ pub struct StreamingConfig {
     /// Bytes of downloaded (raw) shards to keep; `None` keeps everything.
     #[serde(default)]
     pub cache_limit: Option<u64>,
+    /// Retries of a failed or timed-out download (streaming's `download_retry`).
     #[serde(default = "default_retry")]
     pub download_retry: u32,
+    /// Seconds one download may take before it counts as failed (streaming's
+    /// `download_timeout`, default 60).
+    #[serde(default = "default_timeout_s")]
+    pub download_timeout: f64,
     /// Check shard hashes (default: on for remote downloads, off for local folders).
     #[serde(default)]
     pub validate_hash: Option<bool>,
@@ -164,6 +172,7 @@ impl StreamingConfig {
             predownload: None,
             cache_limit: None,
             download_retry: default_retry(),
+            download_timeout: default_timeout_s(),
             validate_hash: None,
             prefetch_threads: default_threads(),
             token_column: default_column(),
@@ -193,6 +202,13 @@ impl StreamingConfig {
         }
         if self.batch_size == 0 {
             return Err(bad("batch_size", "0".into(), "> 0"));
+        }
+        if !(self.download_timeout.is_finite() && self.download_timeout > 0.0) {
+            return Err(bad(
+                "download_timeout",
+                self.download_timeout.to_string(),
+                "a positive number of seconds",
+            ));
         }
         if self.sampling_granularity == 0 {
             return Err(bad("sampling_granularity", "0".into(), "> 0"));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::mds::{INDEX_BASENAME, Index, Sample, TokenSpec};
+use crate::remote::RemoteOptions;
 
 use super::cache::{Cache, CacheOptions, CachedShard, StreamFiles, write_atomic};
 use super::config::StreamingConfig;
@@ -146,7 +147,11 @@ impl StreamingDataset {
                         Some(l) => split.map_or_else(|| l.clone(), |sp| l.join(sp)),
                         None => default_cache_dir(url, split),
                     };
-                    let Source::Remote(remote) = Source::parse(&remote_url)? else {
+                    let options = RemoteOptions {
+                        timeout: std::time::Duration::from_secs_f64(config.download_timeout),
+                        retries: config.download_retry,
+                    };
+                    let Source::Remote(remote) = Source::parse_with(&remote_url, options)? else {
                         return Err(StreamError::Location {
                             location: remote_url,
                             reason: "a remote needs a URL scheme (s3://, gs://, az://, https://, file://)".into(),

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 pub(crate) use crate::remote::is_remote;
-use crate::remote::{RemoteDir, RemoteError};
+use crate::remote::{RemoteDir, RemoteError, RemoteOptions};
 
 use super::error::{Result, StreamError};
 
@@ -31,12 +31,18 @@ impl std::fmt::Debug for Source {
 
 impl Source {
     /// Parse a location: a URL with a scheme is remote, anything else a local folder.
+    #[cfg(test)]
     pub(crate) fn parse(location: &str) -> Result<Source> {
+        Self::parse_with(location, RemoteOptions::default())
+    }
+
+    /// Like `parse`; remote requests obey `options` (time limit, retries).
+    pub(crate) fn parse_with(location: &str, options: RemoteOptions) -> Result<Source> {
         if !is_remote(location) {
             return Ok(Source::Local(PathBuf::from(location)));
         }
         Ok(Source::Remote(Box::new(Remote(
-            RemoteDir::open(location).map_err(stream_error)?,
+            RemoteDir::open_with(location, options).map_err(stream_error)?,
         ))))
     }
 }

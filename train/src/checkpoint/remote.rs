@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tessera_data::remote::{RemoteDir, RemoteError};
+use tessera_data::remote::{RemoteDir, RemoteError, RemoteOptions};
 
 use super::{CheckpointError, CheckpointStore, MANIFEST_FILE, Manifest, Rejected};
 
@@ -17,6 +17,9 @@ pub type Downloaded = (u64, PathBuf);
 
 /// Upload retries for transient store errors.
 const RETRIES: u32 = 3;
+/// The longest one file's upload or download may take: a checkpoint file is one request, and
+/// a 7B model's weights are tens of gigabytes.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A remote checkpoint folder.
 #[derive(Debug)]
@@ -28,7 +31,14 @@ impl RemoteCheckpoints {
     /// Opens `url` (s3://, gs://, az://, http(s)://, file://).
     pub fn open(url: &str) -> Result<Self, CheckpointError> {
         Ok(Self {
-            dir: RemoteDir::open(url).map_err(remote_err)?,
+            dir: RemoteDir::open_with(
+                url,
+                RemoteOptions {
+                    timeout: TIMEOUT,
+                    retries: RETRIES,
+                },
+            )
+            .map_err(remote_err)?,
         })
     }
 

@@ -63,12 +63,7 @@ pub const IGNORED_LOADER: &[&str] = &[
 /// download and safety tuning). The ones that change the sample order (`partition_algo`,
 /// `sampling_method`, `batching_method`, `replication`…) are real fields of
 /// [`super::DatasetConfig`], honoured or refused there, never ignored.
-pub const IGNORED_DATASET: &[&str] = &[
-    "download_timeout",
-    "validate_hash",
-    "keep_zip",
-    "allow_unsafe_types",
-];
+pub const IGNORED_DATASET: &[&str] = &["validate_hash", "keep_zip", "allow_unsafe_types"];
 
 /// Keys inside one of a dataset's `streams:` that tessera ignores (streaming's per-stream
 /// download tuning).

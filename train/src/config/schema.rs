@@ -255,9 +255,12 @@ pub struct DatasetConfig {
     /// Bytes of downloaded shards to keep: an integer or streaming's `"10gb"` form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_limit: Option<Value>,
-    /// Attempts per shard download.
+    /// Retries per shard download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_retry: Option<u32>,
+    /// Seconds a shard download may take (streaming's default: 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_timeout: Option<f64>,
     /// Fine-tuning: concatenate prompt and response (the only mode tessera supports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder_only_format: Option<bool>,

@@ -3,7 +3,12 @@
 //! "rollback" means for its data and checkpoints):
 //! - [`nan`]: a non-finite loss or gradient norm skips the step and is counted;
 //! - [`spike`]: a loss far above its recent mean triggers log, skip or rollback;
-//! - [`watchdog`]: no progress for T seconds dumps state and exits with a distinct code.
+//! - [`watchdog`]: no progress for T seconds marks the run stalled (the loop then stops it).
+//!
+//! When the NaN guard or the spike detector says the run is diverging (too many bad steps in a
+//! row), the loop escalates: it rolls back to the newest checkpoint while `max_rollbacks` allows
+//! (rollbacks count until the run gets past the step where the last one was triggered), and
+//! then stops the run with a "diverged" error naming the step and the losses.
 //!
 //! Their settings live under a tessera-only `guards:` key of the training YAML.
 
@@ -30,6 +35,14 @@ pub struct GuardsConfig {
     /// Stall watchdog; `null` turns it off.
     #[serde(default = "some_default")]
     pub watchdog: Option<WatchdogConfig>,
+    /// Rollbacks in a row (without getting past the step that triggered the last one) before a
+    /// diverging run is stopped.
+    #[serde(default = "default_max_rollbacks")]
+    pub max_rollbacks: u32,
+}
+
+fn default_max_rollbacks() -> u32 {
+    3
 }
 
 fn some_default<T: Default>() -> Option<T> {
@@ -42,6 +55,7 @@ impl Default for GuardsConfig {
             nan: NanConfig::default(),
             spike: some_default(),
             watchdog: some_default(),
+            max_rollbacks: default_max_rollbacks(),
         }
     }
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NanConfig {
-    /// Consecutive non-finite steps before the run aborts; 0 never aborts.
+    /// Consecutive non-finite steps before the run escalates (rolls back, or stops as diverged);
+    /// 0 never escalates.
     #[serde(default = "twenty")]
     pub max_consecutive: u32,
 }
@@ -40,8 +41,9 @@ pub enum NanVerdict {
         /// Steps skipped in the whole run.
         total: u64,
     },
-    /// Not finite `max_consecutive` times in a row: stop the run.
-    Abort {
+    /// Not finite `max_consecutive` times in a row: the run is diverging (the loop rolls back
+    /// or stops).
+    Escalate {
         /// Non-finite steps in a row.
         consecutive: u32,
     },
@@ -77,9 +79,9 @@ impl NanGuard {
         self.consecutive += 1;
         self.total_skipped += 1;
         if self.config.max_consecutive > 0 && self.consecutive >= self.config.max_consecutive {
-            return NanVerdict::Abort {
-                consecutive: self.consecutive,
-            };
+            let consecutive = self.consecutive;
+            self.consecutive = 0;
+            return NanVerdict::Escalate { consecutive };
         }
         NanVerdict::Skip {
             consecutive: self.consecutive,
@@ -124,7 +126,7 @@ mod tests {
         ));
         assert_eq!(
             g.check(f64::NAN, f64::NAN),
-            NanVerdict::Abort { consecutive: 2 }
+            NanVerdict::Escalate { consecutive: 2 }
         );
     }
 

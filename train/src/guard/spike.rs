@@ -9,6 +9,12 @@
 //! Outliers never enter the window, so a spike cannot raise the mean it is judged against.
 //! Detection starts once the window is full, so the steep early descent is never a spike. The
 //! whole state is serde, so checkpoints carry it and a resumed run judges identically.
+//!
+//! A run that has diverged produces nothing but outliers, and since outliers never move the
+//! window, `skip` alone would skip every batch forever. So outliers in a row are counted, and
+//! after `escalate_after` of them the detector says [`SpikeVerdict::Escalate`] whatever the
+//! action: the trainer then rolls back if a checkpoint and its rollback budget allow, and
+//! otherwise stops the run as diverged.
 
 use std::collections::VecDeque;
 
@@ -42,6 +48,9 @@ pub struct SpikeConfig {
     /// What to do then.
     #[serde(default = "default_action")]
     pub action: SpikeAction,
+    /// Outliers in a row after which the run is treated as diverging (see the module docs).
+    #[serde(default = "default_escalate_after")]
+    pub escalate_after: u32,
 }
 
 fn default_window() -> usize {
@@ -56,6 +65,9 @@ fn one() -> u32 {
 fn default_action() -> SpikeAction {
     SpikeAction::Log
 }
+fn default_escalate_after() -> u32 {
+    10
+}
 
 impl Default for SpikeConfig {
     fn default() -> Self {
@@ -64,6 +76,7 @@ impl Default for SpikeConfig {
             factor: default_factor(),
             patience: one(),
             action: default_action(),
+            escalate_after: default_escalate_after(),
         }
     }
 }
@@ -83,12 +96,21 @@ impl SpikeConfig {
         if self.patience == 0 {
             return Err(("patience".into(), "must be at least 1".into()));
         }
+        if self.escalate_after < self.patience {
+            return Err((
+                "escalate_after".into(),
+                format!(
+                    "{} must be at least patience ({})",
+                    self.escalate_after, self.patience
+                ),
+            ));
+        }
         Ok(())
     }
 }
 
 /// The detector's judgement of one loss.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SpikeVerdict {
     /// Not a spike (or still filling the window, or not finite: the NaN guard owns those).
     Normal,
@@ -101,7 +123,7 @@ pub enum SpikeVerdict {
         /// Outliers in a row, this one included.
         consecutive: u32,
     },
-    /// `patience` outliers in a row: act.
+    /// `patience` outliers in a row (or more): act.
     Triggered {
         /// The configured action.
         action: SpikeAction,
@@ -109,8 +131,15 @@ pub enum SpikeVerdict {
         loss: f64,
         /// The window mean it was compared with.
         mean: f64,
-        /// Outliers in a row.
+        /// Outliers in a row, this one included.
         consecutive: u32,
+    },
+    /// `escalate_after` outliers in a row: the run is diverging; roll back or stop.
+    Escalate {
+        /// The outlying losses of the streak, oldest first.
+        losses: Vec<f64>,
+        /// The window mean they were compared with.
+        mean: f64,
     },
 }
 
@@ -123,6 +152,9 @@ pub struct SpikeDetector {
     pub recent: VecDeque<f64>,
     /// Outliers in a row so far.
     pub consecutive: u32,
+    /// The losses of the current streak of outliers (at most `escalate_after`).
+    #[serde(default)]
+    pub streak: Vec<f64>,
 }
 
 impl SpikeDetector {
@@ -132,6 +164,7 @@ impl SpikeDetector {
             config,
             recent: VecDeque::with_capacity(config.window),
             consecutive: 0,
+            streak: Vec::new(),
         }
     }
 
@@ -150,14 +183,18 @@ impl SpikeDetector {
             && loss > self.config.factor * mean
         {
             self.consecutive += 1;
-            if self.consecutive >= self.config.patience {
-                let consecutive = self.consecutive;
+            self.streak.push(loss);
+            if self.consecutive >= self.config.escalate_after {
+                let losses = std::mem::take(&mut self.streak);
                 self.consecutive = 0;
+                return SpikeVerdict::Escalate { losses, mean };
+            }
+            if self.consecutive >= self.config.patience {
                 return SpikeVerdict::Triggered {
                     action: self.config.action,
                     loss,
                     mean,
-                    consecutive,
+                    consecutive: self.consecutive,
                 };
             }
             return SpikeVerdict::Outlier {
@@ -167,6 +204,7 @@ impl SpikeDetector {
             };
         }
         self.consecutive = 0;
+        self.streak.clear();
         if self.recent.len() == self.config.window {
             self.recent.pop_front();
         }
@@ -185,6 +223,7 @@ mod tests {
             factor,
             patience,
             action,
+            escalate_after: 100,
         })
     }
 
@@ -255,10 +294,40 @@ mod tests {
                 ..
             }
         ));
-        // The streak restarts after acting.
+        // The streak goes on counting after acting: each further spike says how many.
         assert!(matches!(
             d.observe(9.0),
-            SpikeVerdict::Outlier { consecutive: 1, .. }
+            SpikeVerdict::Triggered { consecutive: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn a_diverged_run_escalates_instead_of_skipping_forever() {
+        let mut d = SpikeDetector::new(SpikeConfig {
+            window: 2,
+            factor: 1.5,
+            patience: 1,
+            action: SpikeAction::Skip,
+            escalate_after: 4,
+        });
+        d.observe(1.0);
+        d.observe(1.0);
+        for k in 1..4 {
+            assert!(
+                matches!(d.observe(10.0 * k as f64), SpikeVerdict::Triggered { consecutive, .. } if consecutive == k)
+            );
+        }
+        assert_eq!(
+            d.observe(40.0),
+            SpikeVerdict::Escalate {
+                losses: vec![10.0, 20.0, 30.0, 40.0],
+                mean: 1.0
+            }
+        );
+        // After escalating, a new streak starts from scratch.
+        assert!(matches!(
+            d.observe(50.0),
+            SpikeVerdict::Triggered { consecutive: 1, .. }
         ));
     }
 
@@ -314,6 +383,17 @@ mod tests {
             .unwrap_err()
             .0,
             "patience"
+        );
+        assert_eq!(
+            SpikeConfig {
+                patience: 3,
+                escalate_after: 2,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .0,
+            "escalate_after"
         );
     }
 }

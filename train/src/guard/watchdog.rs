@@ -1,11 +1,15 @@
-//! The stall watchdog: a thread that ends the process when training stops making progress.
+//! The stall watchdog: a thread that notices when training stops making progress.
 //!
 //! A hung collective, a wedged storage mount or a driver fault can freeze a run without killing
 //! it; on a cluster that burns GPU-hours until someone notices. The loop calls
-//! [`WatchdogHandle::heartbeat`] after every step; if none arrives for `timeout`, the watchdog
-//! calls the `on_stall` callback (the trainer dumps its state and an incident there), then exits
-//! with [`WATCHDOG_EXIT_CODE`] so a launcher (`cargo xtask launch`, Slurm `--requeue`, a k8s
-//! restart policy) restarts the run, which then autoresumes from its last checkpoint.
+//! [`WatchdogHandle::heartbeat`] after every step (and it is armed before setup, so a stuck
+//! start or data fetch counts too); if none arrives for `timeout`, the watchdog marks the run
+//! stalled and calls the `on_stall` callback once (the trainer dumps its state and an incident
+//! there). The library never ends the process: the loop sees [`WatchdogHandle::stalled`] at its
+//! next check and returns an error, which the `tessera` binary turns into
+//! [`WATCHDOG_EXIT_CODE`] so that a launcher (`cargo xtask launch`, Slurm `--requeue`, a k8s
+//! restart policy) restarts the run from its last checkpoint. A program that embeds the trainer
+//! decides for itself what a stall means.
 //! Long operations that are not steps (evaluation, a blocking save) bracket themselves with
 //! [`WatchdogHandle::pause`] / [`WatchdogHandle::resume`].
 
@@ -16,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Exit status after a stall: `EX_TEMPFAIL` from sysexits.h ("temporary failure, retry"), which
-/// no other tessera failure uses, so a launcher can restart on exactly this code.
+/// The exit status the `tessera` binary uses after a stall (and any other transient failure):
+/// `EX_TEMPFAIL` from sysexits.h ("temporary failure, retry"), so a launcher can restart on
+/// exactly this code.
 pub const WATCHDOG_EXIT_CODE: i32 = 75;
 
 /// `guards.watchdog`.
@@ -66,6 +71,8 @@ struct Shared {
     /// `u64::MAX` until the first heartbeat.
     last_step: AtomicU64,
     paused: AtomicBool,
+    /// Set once, by the watchdog thread, when it declares a stall.
+    stalled: Mutex<Option<StallReport>>,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -95,6 +102,14 @@ impl WatchdogHandle {
             .store(s.start.elapsed().as_millis() as u64, Ordering::SeqCst);
         s.paused.store(false, Ordering::SeqCst);
     }
+
+    /// The stall, once the watchdog has declared one (it stays declared).
+    pub fn stalled(&self) -> Option<StallReport> {
+        match self.0.stalled.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
 }
 
 /// The running watchdog thread. Dropping it (or [`Watchdog::stop`]) ends the thread.
@@ -104,23 +119,15 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Starts watching: on a stall, `on_stall` runs on the watchdog thread and the process exits
-    /// with [`WATCHDOG_EXIT_CODE`].
+    /// Starts watching. On a stall the watchdog records it (see [`WatchdogHandle::stalled`]),
+    /// calls `on_stall` once on its own thread, and stops watching.
     pub fn spawn(timeout: Duration, on_stall: impl FnOnce(StallReport) + Send + 'static) -> Self {
-        Self::spawn_with_exit(timeout, on_stall, |code| std::process::exit(code))
-    }
-
-    /// As [`Watchdog::spawn`], with the exit injected (tests record the code instead of exiting).
-    pub fn spawn_with_exit(
-        timeout: Duration,
-        on_stall: impl FnOnce(StallReport) + Send + 'static,
-        exit: impl FnOnce(i32) + Send + 'static,
-    ) -> Self {
         let shared = Arc::new(Shared {
             start: Instant::now(),
             last_beat_ms: AtomicU64::new(0),
             last_step: AtomicU64::new(u64::MAX),
             paused: AtomicBool::new(false),
+            stalled: Mutex::new(None),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
@@ -146,12 +153,16 @@ impl Watchdog {
                         if since >= timeout {
                             drop(stopped);
                             let step = s.last_step.load(Ordering::SeqCst);
-                            on_stall(StallReport {
+                            let report = StallReport {
                                 last_step: (step != u64::MAX).then_some(step),
                                 stalled_for: since,
                                 timeout,
-                            });
-                            exit(WATCHDOG_EXIT_CODE);
+                            };
+                            match s.stalled.lock() {
+                                Ok(mut g) => *g = Some(report),
+                                Err(p) => *p.into_inner() = Some(report),
+                            }
+                            on_stall(report);
                             return;
                         }
                     }
@@ -200,37 +211,30 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    /// Spawns a watchdog whose exit sends the code (and whose callback sends the report) down a
-    /// channel.
-    fn watch(timeout_ms: u64) -> (Watchdog, mpsc::Receiver<(StallReport, i32)>) {
+    /// Spawns a watchdog whose callback sends the report down a channel.
+    fn watch(timeout_ms: u64) -> (Watchdog, mpsc::Receiver<StallReport>) {
         let (tx, rx) = mpsc::channel();
-        let report = Arc::new(Mutex::new(None));
-        let r2 = report.clone();
-        let w = Watchdog::spawn_with_exit(
-            Duration::from_millis(timeout_ms),
-            move |r| *r2.lock().unwrap() = Some(r),
-            move |code| {
-                let r = report
-                    .lock()
-                    .unwrap()
-                    .take()
-                    .expect("callback ran before exit");
-                let _ = tx.send((r, code));
-            },
-        );
+        let w = Watchdog::spawn(Duration::from_millis(timeout_ms), move |r| {
+            let _ = tx.send(r);
+        });
         (w, rx)
     }
 
     #[test]
-    fn a_stall_dumps_then_exits_with_the_distinct_code() {
+    fn a_stall_is_reported_to_the_callback_and_to_the_loop_without_exiting() {
         let (w, rx) = watch(50);
-        w.handle().heartbeat(7);
-        let (report, code) = rx
+        let h = w.handle();
+        h.heartbeat(7);
+        assert_eq!(h.stalled(), None);
+        let report = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("watchdog fired");
-        assert_eq!(code, WATCHDOG_EXIT_CODE);
         assert_eq!(report.last_step, Some(7));
         assert!(report.stalled_for >= Duration::from_millis(50));
+        // The loop sees it too, and the process is still here to see it.
+        assert_eq!(h.stalled(), Some(report));
+        // It fires once.
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
     }
 
     #[test]
@@ -257,7 +261,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert!(rx.try_recv().is_err(), "fired while paused");
         h.resume();
-        let (report, _) = rx
+        let report = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("fires after resume");
         assert_eq!(report.last_step, None);

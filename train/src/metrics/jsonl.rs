@@ -15,7 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{MetricsError, atomic_write};
 
-/// One training step's numbers (a `metrics.jsonl` line with `"kind": "train"`).
+/// JSON has no NaN or infinity: serde_json writes a non-finite number as `null`, and this reads
+/// `null` back as NaN, so every record the trainer writes it can read again.
+fn nullable_f64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// One training step's numbers (a `metrics.jsonl` line with `"kind": "train"`). A value that
+/// is not finite, or was not computed (the gradient norm of a step a guard skipped), is `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainRecord {
     /// Optimizer steps completed (1 after the first step).
@@ -23,10 +30,13 @@ pub struct TrainRecord {
     /// Training tokens consumed so far.
     pub tokens: u64,
     /// Mean loss per loss-generating token of this step.
+    #[serde(deserialize_with = "nullable_f64")]
     pub loss: f64,
     /// Learning rate used by this step.
+    #[serde(deserialize_with = "nullable_f64")]
     pub lr: f64,
     /// Global gradient norm before clipping.
+    #[serde(deserialize_with = "nullable_f64")]
     pub grad_norm: f64,
     /// Training throughput over the recent window; `null` for the first step of a run, a
     /// resume or after an eval, when no window exists yet (never a made-up 0).
@@ -50,8 +60,10 @@ pub struct EvalRecord {
     /// Which eval set (`eval` when there is one).
     pub label: String,
     /// Mean loss per token.
+    #[serde(deserialize_with = "nullable_f64")]
     pub loss: f64,
     /// `exp(loss)`.
+    #[serde(deserialize_with = "nullable_f64")]
     pub perplexity: f64,
 }
 
@@ -93,6 +105,19 @@ pub enum IncidentKind {
     Stall,
     /// The run stopped on an unrecoverable error.
     Abort,
+    /// The guards gave up: the loss stayed non-finite or far above its recent mean through
+    /// every rollback allowed.
+    Diverged,
+    /// A stale lock on the run folder (its holder had died) was taken over.
+    LockTakeover,
+    /// A rank failed or hung (written by the trainer or by a launcher).
+    RankFailure,
+    /// A launcher restarted the job (written by `cargo xtask launch` or the Slurm script).
+    Restart,
+    /// A kind this version does not know (written by a newer tessera or another tool): kept
+    /// readable so that one line never stops a report or a resume.
+    #[serde(other)]
+    Other,
 }
 
 /// An `incidents.jsonl` line.
@@ -110,6 +135,9 @@ pub struct Incident {
     /// Tokens of work lost.
     #[serde(default)]
     pub lost_tokens: u64,
+    /// The rank it concerns, when it concerns one (a failed or hung rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u64>,
     /// Unix time in seconds.
     pub unix_time: f64,
 }
@@ -127,6 +155,7 @@ impl Incident {
             detail: detail.into(),
             lost_steps: 0,
             lost_tokens: 0,
+            rank: None,
             unix_time,
         }
     }
@@ -263,6 +292,61 @@ pub fn read_jsonl<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Vec<T>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_with_non_finite_or_missing_values_read_back() {
+        // A step a guard skipped: its loss was NaN and its gradient norm never computed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let mut w = JsonlWriter::open(&path).unwrap();
+        let skipped = MetricsRecord::Train(TrainRecord {
+            step: 7,
+            tokens: 7,
+            loss: f64::NAN,
+            lr: 1e-3,
+            grad_norm: f64::NAN,
+            tokens_per_s: None,
+            mfu: None,
+            elapsed_s: 1.0,
+        });
+        let eval = MetricsRecord::Eval(EvalRecord {
+            step: 7,
+            tokens: 7,
+            label: "eval".into(),
+            loss: 800.0,
+            perplexity: f64::INFINITY,
+        });
+        w.append(&skipped).unwrap();
+        w.append(&eval).unwrap();
+        let back: Vec<MetricsRecord> = read_jsonl(&path).unwrap();
+        match &back[..] {
+            [MetricsRecord::Train(t), MetricsRecord::Eval(e)] => {
+                assert!(t.loss.is_nan() && t.grad_norm.is_nan() && t.lr == 1e-3);
+                assert!(e.perplexity.is_nan() && e.loss == 800.0);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn incidents_of_unknown_kinds_and_extra_fields_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"step":3,"kind":"restart","detail":"attempt 2","rank":1,"exit_code":137,"unix_time":1.0}"#,
+                "\n",
+                r#"{"step":4,"kind":"from_the_future","detail":"x","unix_time":2.0}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let back: Vec<Incident> = read_jsonl(&path).unwrap();
+        assert_eq!(back[0].kind, IncidentKind::Restart);
+        assert_eq!(back[0].rank, Some(1));
+        assert_eq!(back[1].kind, IncidentKind::Other);
+    }
 
     fn train(step: u64) -> MetricsRecord {
         MetricsRecord::Train(TrainRecord {

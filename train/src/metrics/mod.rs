@@ -11,7 +11,6 @@ pub mod plot;
 pub mod report;
 pub mod tensorboard;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use jsonl::{
@@ -61,41 +60,10 @@ pub enum MetricsError {
     },
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename, then
-/// fsync of the folder so the rename itself is durable.
+/// Writes `bytes` to `path` atomically and durably (see `tessera_fs`).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), MetricsError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| MetricsError::Io { path: p, source }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    fsync_dir(dir)
-}
-
-/// fsyncs a directory (a no-op where directories cannot be opened, e.g. on Windows).
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), MetricsError> {
-    #[cfg(unix)]
-    {
-        let d = std::fs::File::open(dir).map_err(|source| MetricsError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        d.sync_all().map_err(|source| MetricsError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    tessera_fs::atomic_write(path, bytes).map_err(|source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

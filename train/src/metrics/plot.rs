@@ -11,7 +11,9 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::{MetricsError, fsync_dir};
+use image::ImageEncoder as _;
+
+use super::{MetricsError, atomic_write};
 
 /// Picture size in pixels.
 pub const SIZE: (u32, u32) = (960, 540);
@@ -62,17 +64,10 @@ pub fn plot_loss(
     let pad = ((y_max - y_min) * 0.05).max(1e-3);
     let (y_lo, y_hi) = ((y_min - pad).max(0.0), y_max + pad);
 
-    // plotters picks the encoder from the extension, so the temporary name ends in `.png` too.
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("loss")
-    ));
+    // Drawn into memory, encoded, then written atomically (a reader never sees half a picture).
+    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
-        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 24))
@@ -128,19 +123,11 @@ pub fn plot_loss(
         }
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
-    let f = std::fs::File::open(&tmp).map_err(|source| MetricsError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    f.sync_all().map_err(|source| MetricsError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| MetricsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    fsync_dir(dir)
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, SIZE.0, SIZE.1, image::ColorType::Rgb8)
+        .map_err(|e| plot_err(e.to_string()))?;
+    atomic_write(path, &png)
 }
 
 #[cfg(test)]
@@ -169,7 +156,15 @@ mod tests {
         // Text was rendered: dark anti-aliased pixels exist outside the curves (axis labels).
         let dark = img.pixels().filter(|p| p.0.iter().all(|c| *c < 90)).count();
         assert!(dark > 500, "no text drawn ({dark} dark pixels)");
-        assert!(!dir.path().join(".loss.png.tmp.png").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("loss.png")],
+            "no temporary left"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct RunFacts {
     pub wall_s: f64,
     /// Did the run reach `max_steps`?
     pub completed: bool,
+    /// Why the run stopped early (the error), when it did.
+    pub stop_reason: Option<String>,
     /// Where the final checkpoint is, if one was written.
     pub final_checkpoint: Option<String>,
 }
@@ -58,10 +60,10 @@ pub fn render_report(
         .collect();
     let mut s = String::new();
     let _ = writeln!(s, "# Training report: {}\n", facts.run_name);
-    let status = if facts.completed {
-        "completed"
-    } else {
-        "stopped early"
+    let status = match (&facts.stop_reason, facts.completed) {
+        (Some(_), _) => "stopped",
+        (None, true) => "completed",
+        (None, false) => "stopped early",
     };
     let last = train.last();
     let steps = last.map(|t| t.step).unwrap_or(0);
@@ -72,6 +74,9 @@ pub fn render_report(
         "| status | {status} ({steps} of {} steps) |",
         facts.max_steps
     );
+    if let Some(why) = &facts.stop_reason {
+        let _ = writeln!(s, "| stopped because | {} |", why.replace('|', "\\|"));
+    }
     let _ = writeln!(s, "| model | {} |", facts.model);
     let _ = writeln!(s, "| device | {} |", facts.device);
     let _ = writeln!(s, "| precision | {} |", facts.precision);
@@ -219,6 +224,7 @@ mod tests {
             max_steps: 3,
             wall_s: 125.0,
             completed: true,
+            stop_reason: None,
             final_checkpoint: Some("checkpoints/ba3".into()),
         }
     }
@@ -271,6 +277,7 @@ mod tests {
         let r = render_report(
             &RunFacts {
                 completed: false,
+                stop_reason: None,
                 ..facts()
             },
             &[],

@@ -300,6 +300,9 @@ fn streaming_config(
             message,
         })?);
     }
+    if let Some(timeout) = ds.download_timeout {
+        c.download_timeout = timeout;
+    }
     if let Some(retry) = ds.download_retry {
         c.download_retry = retry;
     }

@@ -23,8 +23,8 @@ use tessera_data::stream::StreamError;
 use tessera_model::Mpt;
 
 use crate::batch::Example;
-use crate::checkpoint::{CheckpointError, CheckpointStore};
-use crate::guard::{NanVerdict, SpikeAction, SpikeVerdict, WATCHDOG_EXIT_CODE, Watchdog};
+use crate::checkpoint::CheckpointError;
+use crate::guard::{NanVerdict, SpikeAction, SpikeVerdict, Watchdog};
 use crate::metrics::{Incident, IncidentKind, MetricsError, RunFacts, read_jsonl, write_report};
 use crate::schedule::lr_at;
 use crate::step::{apply_update, eval_loss, forward_backward, mix};
@@ -61,6 +61,20 @@ pub enum TrainError {
     },
     #[error("stopped at step {step}: {reason}")]
     Aborted { step: u64, reason: String },
+    /// The guards gave up on a diverging run (see [`crate::guard`]).
+    #[error("diverged at step {step}: {detail}")]
+    Diverged { step: u64, detail: String },
+    /// The watchdog saw no progress (a hung data source, collective or device).
+    #[error(
+        "stalled: no step finished for {stalled_for_s:.0} s (guards.watchdog.timeout_s {timeout_s:.0}); last step {last_step}"
+    )]
+    Stalled {
+        last_step: String,
+        stalled_for_s: f64,
+        timeout_s: f64,
+    },
+    #[error(transparent)]
+    Lock(#[from] crate::run_lock::LockError),
     #[error(
         "{key}: token id {token} is outside the model's vocabulary ({vocab} ids); the data was \
          tokenized with a larger vocabulary than `model.vocab_size`"
@@ -105,7 +119,41 @@ impl From<MetricsError> for TrainError {
         TrainError::Metrics(Box::new(e))
     }
 }
+/// What kind of failure an error is, for whoever decides whether to retry the run (the
+/// `tessera` binary maps these to exit codes, and launchers restart on the transient ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The config or the data is wrong: running again changes nothing.
+    BadInput,
+    /// The guards stopped a diverging run: running again would diverge again.
+    Diverged,
+    /// Something outside the run failed and may not fail next time: a stall, a remote that did
+    /// not answer, a lost peer.
+    Transient,
+    /// Anything else (a full disk, a corrupt file…).
+    Other,
+}
+
 impl TrainError {
+    /// The kind of failure (see [`Failure`]).
+    pub fn failure(&self) -> Failure {
+        match self {
+            TrainError::Config { .. }
+            | TrainError::TokenOutOfRange { .. }
+            | TrainError::Finetune(_)
+            | TrainError::Lock(_) => Failure::BadInput,
+            TrainError::Diverged { .. } | TrainError::Aborted { .. } => Failure::Diverged,
+            TrainError::Stalled { .. } => Failure::Transient,
+            TrainError::Data { source, .. } => match **source {
+                StreamError::Remote { .. } => Failure::Transient,
+                StreamError::Config { .. } | StreamError::Location { .. } => Failure::BadInput,
+                _ => Failure::Other,
+            },
+            TrainError::Store(e) if matches!(**e, CheckpointError::Remote(_)) => Failure::Transient,
+            _ => Failure::Other,
+        }
+    }
+
     /// A data error for the loader named `key`.
     pub fn data(key: impl Into<String>, source: StreamError) -> Self {
         TrainError::Data {
@@ -126,6 +174,24 @@ pub struct TrainOptions {
     pub device_label: String,
     /// Peak FLOP/s of the devices, for MFU (none: MFU is not reported).
     pub peak_flops: Option<f64>,
+    /// Bytes of memory the device has for training, for `device_train_microbatch_size: auto`
+    /// (the binary reads it from the OS or the driver).
+    pub device_memory: Option<u64>,
+    /// Called (on the watchdog's thread) when the watchdog declares a stall, besides the loop
+    /// returning [`TrainError::Stalled`] at its next check. A program whose main thread may be
+    /// stuck for good (a hung GPU kernel) can end itself here after a grace period; the library
+    /// never does.
+    pub on_stall: Option<StallHook>,
+}
+
+/// See [`TrainOptions::on_stall`].
+#[derive(Clone)]
+pub struct StallHook(pub std::sync::Arc<dyn Fn(crate::guard::StallReport) + Send + Sync>);
+
+impl std::fmt::Debug for StallHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StallHook")
+    }
 }
 
 /// How a run ended.
@@ -152,6 +218,9 @@ pub type EvalHook<'a, B> = &'a mut dyn FnMut(
 ) -> Vec<(String, f64)>;
 
 /// Trains until `max_duration`, resuming first if the config says so.
+///
+/// However the run ends, once it has started it leaves a complete `report.md` that says how
+/// it ended; an error is returned after the report is written.
 pub fn train<B: AutodiffBackend>(
     loaded: &crate::config::LoadedConfig,
     opts: &TrainOptions,
@@ -159,90 +228,150 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
-    let mut hook = hook;
+    // Armed before setup: a data source or device that hangs while the run starts is a stall
+    // too. It only marks the stall; the loop below turns it into an error.
+    let watchdog = loaded.config.guards.watchdog.map(|cfg| {
+        let hook = opts.on_stall.clone();
+        Watchdog::spawn(Duration::from_secs_f64(cfg.timeout_s), move |r| {
+            // A thread blocked on a silent remote returns now, and the loop stops the run.
+            tessera_data::remote::cancel_waits();
+            if let Some(h) = hook {
+                (h.0)(r)
+            }
+        })
+    });
+    let check_stall = |w: &Option<Watchdog>| match w.as_ref().and_then(|w| w.handle().stalled()) {
+        Some(r) => Err(stall_error(&r)),
+        None => Ok(()),
+    };
     let mut run = Run::<B>::start(loaded, opts, device)?;
+    check_stall(&watchdog)?;
     let mut timing = Timing::default();
     timing.add(Phase::Setup, started);
     let elapsed_before = run.state.elapsed_s;
-    let watchdog = spawn_watchdog(&run);
+    let mut hook = hook;
+    let elapsed = || elapsed_before + started.elapsed().as_secs_f64();
 
-    if run.config.eval_first && run.state.step == 0 {
-        let t = Instant::now();
-        evaluate(&mut run, &mut hook, device)?;
-        timing.add(Phase::Eval, t);
-    }
-    while run.state.step < run.max_steps {
-        watchdog
-            .as_ref()
-            .inspect(|w| w.handle().heartbeat(run.state.step));
-        let t = Instant::now();
-        let examples = run.train.next_batch()?;
-        check_vocab(&examples, run.model_config.vocab_size, "train_loader")?;
-        timing.add(Phase::Data, t);
-        let step_started = Instant::now();
-        let micro: Vec<Vec<Example>> = examples
-            .chunks(run.microbatch)
-            .map(<[Example]>::to_vec)
-            .collect();
-        let lr = lr_at(run.state.step, &run.schedule);
-        let dropout_seed = mix(mix(run.state.seed, DROPOUT), run.state.step);
-        let grads = forward_backward(&run.model, &micro, dropout_seed, device);
-
-        let step = run.state.step + 1;
-        let (loss, tokens) = grads.as_ref().map_or((f64::NAN, 0), |g| (g.loss, g.tokens));
-        let mut grad_norm = f64::NAN;
-        match judge(&mut run, step, loss)? {
-            Judgement::Apply => {
-                if let Some(g) = grads {
-                    let model = run.model.clone();
-                    let (model, norm, applied) = apply_update(
-                        model,
-                        &mut run.optim,
-                        g,
-                        lr,
-                        run.config
-                            .gradient_clipping
-                            .as_ref()
-                            .map(|c| c.clipping_threshold),
-                    );
-                    run.model = model;
-                    grad_norm = norm;
-                    if !applied {
-                        nan_step(&mut run, step, loss, norm)?;
-                    }
-                }
-            }
-            Judgement::Skip => {}
-            Judgement::Rollback => {
-                rollback(&mut run, step, device)?;
-                continue;
-            }
-        }
-        timing.step(step_started.elapsed(), tokens as u64);
-        run.state.step = step;
-        run.state.samples += examples.len() as u64;
-        run.state.tokens += tokens as u64;
-        run.log.step(step, run.state.tokens, loss, lr, grad_norm)?;
-
-        if run.eval_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+    let outcome = (|| -> Result<(), TrainError> {
+        if run.config.eval_first && run.state.step == 0 {
             let t = Instant::now();
             evaluate(&mut run, &mut hook, device)?;
             timing.add(Phase::Eval, t);
         }
-        if run.save_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+        while run.state.step < run.max_steps {
+            if let Some(w) = &watchdog {
+                w.handle().heartbeat(run.state.step);
+            }
             let t = Instant::now();
-            save(&mut run, elapsed_before + started.elapsed().as_secs_f64())?;
-            timing.add(Phase::Checkpoint, t);
+            let examples = run.train.next_batch()?;
+            check_stall(&watchdog)?;
+            check_vocab(&examples, run.model_config.vocab_size, "train_loader")?;
+            timing.add(Phase::Data, t);
+            let step_started = Instant::now();
+            let micro: Vec<Vec<Example>> = examples
+                .chunks(run.microbatch)
+                .map(<[Example]>::to_vec)
+                .collect();
+            let lr = lr_at(run.state.step, &run.schedule);
+            let dropout_seed = mix(mix(run.state.seed, DROPOUT), run.state.step);
+            let grads = forward_backward(&run.model, &micro, dropout_seed, device);
+            check_stall(&watchdog)?;
+
+            let step = run.state.step + 1;
+            let (loss, tokens) = grads.as_ref().map_or((f64::NAN, 0), |g| (g.loss, g.tokens));
+            let mut grad_norm = f64::NAN;
+            let judgement = judge(&mut run, step, loss, tokens as u64)?;
+            let normal = matches!(judgement, Judgement::Apply)
+                && run.spike.as_ref().is_none_or(|s| s.consecutive == 0);
+            match judgement {
+                Judgement::Apply => {
+                    if let Some(g) = grads {
+                        let model = run.model.clone();
+                        let (model, norm, applied) = apply_update(
+                            model,
+                            &mut run.optim,
+                            g,
+                            lr,
+                            run.config
+                                .gradient_clipping
+                                .as_ref()
+                                .map(|c| c.clipping_threshold),
+                        );
+                        run.model = model;
+                        grad_norm = norm;
+                        if !applied
+                            && let Some(ck) = nan_step(&mut run, step, loss, norm, tokens as u64)?
+                        {
+                            rollback(&mut run, step, ck, device)?;
+                            continue;
+                        }
+                    }
+                }
+                Judgement::Skip => {}
+                Judgement::Rollback(ck) => {
+                    rollback(&mut run, step, ck, device)?;
+                    continue;
+                }
+            }
+            timing.step(step_started.elapsed(), tokens as u64);
+            run.state.step = step;
+            run.state.samples += examples.len() as u64;
+            run.state.tokens += tokens as u64;
+            if run.state.rollbacks_in_a_row > 0 {
+                // The budget is whole again once the run has trained a whole spike window of
+                // normal steps past the step that triggered the last rollback.
+                let healthy = &mut run.state.healthy_past_trigger;
+                *healthy = if normal && step > run.state.rollback_trigger_step {
+                    *healthy + 1
+                } else {
+                    0
+                };
+                let window = run.spike.as_ref().map_or(10, |s| s.config.window as u32);
+                if *healthy >= window {
+                    run.state.rollbacks_in_a_row = 0;
+                    *healthy = 0;
+                }
+            }
+            run.log.step(step, run.state.tokens, loss, lr, grad_norm)?;
+
+            if run.eval_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+                let t = Instant::now();
+                evaluate(&mut run, &mut hook, device)?;
+                timing.add(Phase::Eval, t);
+            }
+            if run.save_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
+                let t = Instant::now();
+                save(&mut run, elapsed())?;
+                timing.add(Phase::Checkpoint, t);
+            }
         }
-    }
+        Ok(())
+    })();
     if let Some(w) = watchdog {
         w.stop();
     }
+    if let Err(e) = &outcome {
+        let kind = match e {
+            TrainError::Diverged { .. } => IncidentKind::Diverged,
+            TrainError::Stalled { .. } => IncidentKind::Stall,
+            _ => IncidentKind::Abort,
+        };
+        let step = match e {
+            TrainError::Diverged { step, .. } => *step,
+            _ => run.state.step,
+        };
+        // Best effort: the run is already failing, and the original error is what to report.
+        let _ = run.log.note(step, kind, e.to_string());
+    }
     let t = Instant::now();
-    run.checkpoints.wait()?;
+    let saved = run.checkpoints.wait();
     timing.add(Phase::Checkpoint, t);
     let dir = run.dir.root().to_path_buf();
-    let summary = finish(run, elapsed_before + started.elapsed().as_secs_f64(), opts)?;
+    let stop_reason = outcome.as_ref().err().map(ToString::to_string);
+    let summary = finish(run, elapsed(), opts, stop_reason);
+    outcome?;
+    saved?;
+    let summary = summary?;
     timing.total_s = started.elapsed().as_secs_f64();
     timing.write(&dir)?;
     Ok(summary)
@@ -254,7 +383,8 @@ const DROPOUT: u64 = 0xd20;
 enum Judgement {
     Apply,
     Skip,
-    Rollback,
+    /// Restore this checkpoint (from before the trouble began) and go on reading new data.
+    Rollback(crate::checkpoint::Resumable),
 }
 
 /// Consults the NaN guard and the spike detector about a step's loss, before its update.
@@ -262,16 +392,29 @@ fn judge<B: AutodiffBackend>(
     run: &mut Run<B>,
     step: u64,
     loss: f64,
+    tokens: u64,
 ) -> Result<Judgement, TrainError> {
     if !loss.is_finite() {
-        nan_step(run, step, loss, f64::NAN)?;
-        return Ok(Judgement::Skip);
+        return Ok(match nan_step(run, step, loss, f64::NAN, tokens)? {
+            Some(ck) => Judgement::Rollback(ck),
+            None => Judgement::Skip,
+        });
     }
     let Some(spike) = run.spike.as_mut() else {
         return Ok(Judgement::Apply);
     };
+    let factor = spike.config.factor;
     match spike.observe(loss) {
         SpikeVerdict::Normal | SpikeVerdict::Outlier { .. } => Ok(Judgement::Apply),
+        SpikeVerdict::Escalate { losses, mean } => {
+            let what = format!(
+                "{} losses in a row above {factor:.1}× the recent mean {mean:.4}: {}",
+                losses.len(),
+                format_losses(&losses)
+            );
+            let ck = escalate(run, step, losses.len() as u64, what)?;
+            Ok(Judgement::Rollback(ck))
+        }
         SpikeVerdict::Triggered {
             action,
             loss,
@@ -279,8 +422,7 @@ fn judge<B: AutodiffBackend>(
             consecutive,
         } => {
             let what = format!(
-                "loss {loss:.4} is above {:.1}× the recent mean {mean:.4} ({consecutive} in a row)",
-                spike.config.factor
+                "loss {loss:.4} is above {factor:.1}× the recent mean {mean:.4} ({consecutive} in a row)"
             );
             match action {
                 SpikeAction::Log => {
@@ -288,66 +430,135 @@ fn judge<B: AutodiffBackend>(
                     Ok(Judgement::Apply)
                 }
                 SpikeAction::Skip => {
-                    run.log.note(
+                    skipped(
+                        run,
                         step,
+                        tokens,
                         IncidentKind::LossSpike,
                         format!("{what}; batch skipped"),
                     )?;
                     Ok(Judgement::Skip)
                 }
                 SpikeAction::Rollback => {
-                    run.log.note(
-                        step,
-                        IncidentKind::LossSpike,
-                        format!("{what}; rolling back"),
-                    )?;
-                    Ok(Judgement::Rollback)
+                    let ck = escalate(run, step, consecutive.into(), what)?;
+                    Ok(Judgement::Rollback(ck))
                 }
             }
         }
     }
 }
 
-/// A non-finite loss or gradient: the update was skipped; stop after too many in a row.
+/// Records a step whose update was not applied: one step and its tokens lost.
+fn skipped<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    step: u64,
+    tokens: u64,
+    kind: IncidentKind,
+    detail: String,
+) -> Result<(), TrainError> {
+    let mut incident = Incident::now(step, kind, detail);
+    incident.lost_steps = 1;
+    incident.lost_tokens = tokens;
+    run.log.incident(incident)
+}
+
+/// A non-finite loss or gradient: the update was skipped; after too many in a row the run
+/// escalates. Returns the checkpoint to roll back to, if it must.
 fn nan_step<B: AutodiffBackend>(
     run: &mut Run<B>,
     step: u64,
     loss: f64,
     norm: f64,
-) -> Result<(), TrainError> {
+    tokens: u64,
+) -> Result<Option<crate::checkpoint::Resumable>, TrainError> {
     match run.nan.check(loss, norm) {
-        NanVerdict::Ok => Ok(()),
-        NanVerdict::Skip { consecutive, total } => run.log.note(
+        NanVerdict::Ok => Ok(None),
+        NanVerdict::Skip { consecutive, total } => {
+            skipped(
+                run,
+                step,
+                tokens,
+                IncidentKind::SkippedStep,
+                format!(
+                    "loss {loss}, grad norm {norm}: update skipped ({consecutive} in a row, {total} in the run)"
+                ),
+            )?;
+            Ok(None)
+        }
+        NanVerdict::Escalate { consecutive } => escalate(
+            run,
             step,
-            IncidentKind::SkippedStep,
-            format!("loss {loss}, grad norm {norm}: update skipped ({consecutive} in a row, {total} in the run)"),
-        ),
-        NanVerdict::Abort { consecutive } => {
-            let reason = format!("{consecutive} non-finite steps in a row");
-            run.log.note(step, IncidentKind::Abort, reason.clone())?;
-            Err(TrainError::Aborted { step, reason })
+            consecutive.into(),
+            format!("{consecutive} non-finite steps in a row (last loss {loss}, grad norm {norm})"),
+        )
+        .map(Some),
+    }
+}
+
+/// The run is diverging (the last `streak` steps were bad): returns the newest checkpoint from
+/// before the streak began, while the rollback budget allows, else stops the run with
+/// [`TrainError::Diverged`].
+fn escalate<B: AutodiffBackend>(
+    run: &mut Run<B>,
+    step: u64,
+    streak: u64,
+    what: String,
+) -> Result<crate::checkpoint::Resumable, TrainError> {
+    let budget = run.config.guards.max_rollbacks;
+    let used = run.state.rollbacks_in_a_row;
+    let began = step.saturating_sub(streak.saturating_sub(1));
+    run.checkpoints.wait()?;
+    let (before, _) = run.checkpoints.store().newest_verified_before(began)?;
+    match before {
+        Some(ck) if used < budget => {
+            run.log.note(
+                step,
+                IncidentKind::LossSpike,
+                format!(
+                    "{what}; rolling back to ba{} from before step {began} (rollback {} of {budget} in a row)",
+                    ck.step,
+                    used + 1
+                ),
+            )?;
+            run.state.rollbacks_in_a_row = used + 1;
+            run.state.rollback_trigger_step = run.state.rollback_trigger_step.max(step);
+            Ok(ck)
+        }
+        found => {
+            let why = match found {
+                Some(_) => {
+                    format!("after {used} rollbacks in a row (guards.max_rollbacks: {budget})")
+                }
+                None => format!("with no checkpoint from before step {began} to roll back to"),
+            };
+            Err(TrainError::Diverged {
+                step,
+                detail: format!("{what}; stopping {why}"),
+            })
         }
     }
 }
 
+/// Up to the last 8 of `losses`, for messages.
+fn format_losses(losses: &[f64]) -> String {
+    let tail = &losses[losses.len().saturating_sub(8)..];
+    let shown: Vec<String> = tail.iter().map(|l| format!("{l:.4}")).collect();
+    if tail.len() < losses.len() {
+        format!("…, {}", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// Restores the newest checkpoint's model and optimizer but keeps reading data from here, so
-/// the batches that caused the spike are skipped (as PaLM's recovery does).
+/// the batches that caused the trouble are skipped (as PaLM's recovery does). The guards'
+/// rollback budget carries over.
 fn rollback<B: AutodiffBackend>(
     run: &mut Run<B>,
     step: u64,
+    ck: crate::checkpoint::Resumable,
     device: &B::Device,
 ) -> Result<(), TrainError> {
-    run.checkpoints.wait()?;
-    let (newest, _) = run.checkpoints.store().newest_verified()?;
-    let Some(ck) = newest else {
-        run.log.note(
-            step,
-            IncidentKind::Rollback,
-            "no checkpoint to roll back to; the batch is skipped instead",
-        )?;
-        run.state.step = step;
-        return Ok(());
-    };
     let r = restore::<B>(
         &ck.dir,
         &run.model_config,
@@ -366,12 +577,29 @@ fn rollback<B: AutodiffBackend>(
     let compute = run.model.compute_dtype(); // run-time setting, not in the checkpoint
     run.model = r.model.with_compute_dtype(compute);
     run.optim = r.optim;
+    // The guards judge from the checkpoint's window again (from before the trouble), and keep
+    // counting rollbacks.
+    run.spike = r.state.spike.clone();
+    run.nan = r.state.nan_guard.clone();
     run.state = crate::trainer::state::TrainState {
         data: run.train.state(),
+        rollbacks_in_a_row: run.state.rollbacks_in_a_row,
+        rollback_trigger_step: run.state.rollback_trigger_step,
+        healthy_past_trigger: 0,
         ..r.state
     };
     run.log.pause_throughput();
     Ok(())
+}
+
+fn stall_error(r: &crate::guard::StallReport) -> TrainError {
+    TrainError::Stalled {
+        last_step: r
+            .last_step
+            .map_or("none (stalled during setup)".into(), |s| s.to_string()),
+        stalled_for_s: r.stalled_for.as_secs_f64(),
+        timeout_s: r.timeout.as_secs_f64(),
+    }
 }
 
 /// Eval loss and perplexity on every eval set, then the caller's hook.
@@ -418,38 +646,12 @@ fn save<B: AutodiffBackend>(run: &mut Run<B>, elapsed_s: f64) -> Result<(), Trai
     Ok(())
 }
 
-fn spawn_watchdog<B: AutodiffBackend>(run: &Run<B>) -> Option<Watchdog> {
-    let cfg = run.config.guards.watchdog?;
-    let dump = run.dir.stall_dump();
-    let incidents = run.dir.incidents();
-    Some(Watchdog::spawn(
-        Duration::from_secs_f64(cfg.timeout_s),
-        move |report| {
-            let detail = format!(
-                "no step finished for {:.0} s (timeout {:.0} s); last step {:?}; exiting with code {WATCHDOG_EXIT_CODE} so a launcher restarts the run",
-                report.stalled_for.as_secs_f64(),
-                report.timeout.as_secs_f64(),
-                report.last_step
-            );
-            eprintln!("{detail}");
-            let incident =
-                Incident::now(report.last_step.unwrap_or(0), IncidentKind::Stall, detail);
-            let _ = std::fs::write(
-                &dump,
-                serde_json::to_vec_pretty(&incident).unwrap_or_default(),
-            );
-            if let Ok(mut w) = crate::metrics::JsonlWriter::open(&incidents) {
-                let _ = w.append(&incident);
-            }
-        },
-    ))
-}
-
 /// Writes the final plot and report.
 fn finish<B: AutodiffBackend>(
     run: Run<B>,
     wall_s: f64,
     opts: &TrainOptions,
+    stop_reason: Option<String>,
 ) -> Result<TrainSummary, TrainError> {
     run.log.finish();
     run.log.plot()?;
@@ -473,7 +675,8 @@ fn finish<B: AutodiffBackend>(
         precision: run.config.precision.to_string(),
         max_steps: run.max_steps,
         wall_s,
-        completed: run.state.step >= run.max_steps,
+        completed: run.state.step >= run.max_steps && stop_reason.is_none(),
+        stop_reason,
         final_checkpoint: final_checkpoint.as_ref().map(|p| p.display().to_string()),
     };
     let metrics = read_jsonl(run.dir.metrics())?;
@@ -500,11 +703,6 @@ fn finish<B: AutodiffBackend>(
         final_checkpoint,
         report: run.dir.report(),
     })
-}
-
-#[allow(dead_code)]
-fn store_of<B: AutodiffBackend>(run: &Run<B>) -> &CheckpointStore {
-    run.checkpoints.store()
 }
 
 #[cfg(test)]

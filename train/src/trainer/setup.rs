@@ -19,6 +19,7 @@ use crate::guard::{NanGuard, SpikeDetector};
 use crate::metrics::{Incident, IncidentKind};
 use crate::optim::{Optim, TrainOptimizer};
 use crate::run_dir::{RunDir, SaveFolder, run_name};
+use crate::run_lock::RunLock;
 use crate::schedule::LrSchedule;
 
 use super::checkpointing::{Restored, param_ids, restore};
@@ -50,6 +51,8 @@ pub struct Run<B: AutodiffBackend> {
     pub save_every: Option<u64>,
     pub eval_batches: Option<usize>,
     pub resumed_from: Option<u64>,
+    /// Held for the run's life: no second trainer writes to this run folder.
+    pub lock: RunLock,
 }
 
 impl<B: AutodiffBackend> Run<B> {
@@ -62,6 +65,7 @@ impl<B: AutodiffBackend> Run<B> {
         let cfg = loaded.config.clone();
         let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
         let dir = RunDir::for_run(opts.run_dir.as_deref(), &run_name);
+        let lock = RunLock::acquire(dir.root())?;
         // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
         let target = SaveFolder::resolve(cfg.save_folder.as_deref(), &run_name, &dir);
         let save_folder = target.local(&dir);
@@ -86,25 +90,54 @@ impl<B: AutodiffBackend> Run<B> {
         }
         let world = World::new(0, 1, 1).map_err(|e| TrainError::data("world", e))?;
         let device_batch = cfg.global_train_batch_size / world.world_size as usize;
-        let microbatch = match cfg.device_train_microbatch_size {
-            MicroBatchSize::Fixed(m) => m.min(device_batch),
-            // tessera's `auto`: the whole device batch in one microbatch. (llm-foundry probes
-            // for out-of-memory errors; burn reports those as panics, so tessera does not.)
-            MicroBatchSize::Auto => device_batch,
+        let (microbatch, microbatch_note) = match cfg.device_train_microbatch_size {
+            MicroBatchSize::Fixed(m) => (m.min(device_batch), None),
+            MicroBatchSize::Auto => {
+                let (m, why) = auto_microbatch(
+                    &cfg,
+                    &model_config,
+                    device_batch,
+                    world.world_size as usize,
+                    opts.device_memory,
+                )?;
+                (m, Some(why))
+            }
         };
         let optim_kind = cfg.optimizer.build();
         let hash = config_hash(&cfg)?;
 
         let mut incidents = Vec::new();
+        if let Some(h) = &lock.took_over {
+            incidents.push(Incident::now(
+                0,
+                IncidentKind::LockTakeover,
+                format!(
+                    "took over the lock on {} left by {h}, which is no longer running",
+                    dir.root().display()
+                ),
+            ));
+        }
+        for r in store.recover(None)? {
+            incidents.push(Incident::now(
+                0,
+                IncidentKind::CorruptCheckpoint,
+                format!("repaired an interrupted save: {r:?}"),
+            ));
+        }
         let mut resumed: Option<Restored<B>> = None;
         if cfg.autoresume {
             let (mut newest, corrupt) = store.newest_verified()?;
+            let resumable_step = newest.as_ref().map_or(0, |c| c.step);
             for (path, why) in corrupt {
-                incidents.push(Incident::now(
-                    0,
+                let step = CheckpointStore::step_of(&path).unwrap_or(0);
+                let mut incident = Incident::now(
+                    step,
                     IncidentKind::CorruptCheckpoint,
                     format!("{} skipped: {why}", path.display()),
-                ));
+                );
+                // The steps between the checkpoint resumed from and this one are trained again.
+                incident.lost_steps = step.saturating_sub(resumable_step);
+                incidents.push(incident);
             }
             // A newer checkpoint on the remote (another machine wrote it): download and verify it.
             if let Some(r) = &remote {
@@ -182,6 +215,9 @@ impl<B: AutodiffBackend> Run<B> {
                     nan_guard: NanGuard::new(cfg.guards.nan),
                     spike: cfg.guards.spike.map(SpikeDetector::new),
                     elapsed_s: 0.0,
+                    rollbacks_in_a_row: 0,
+                    rollback_trigger_step: 0,
+                    healthy_past_trigger: 0,
                 };
                 (model, optim, state)
             }
@@ -278,6 +314,9 @@ impl<B: AutodiffBackend> Run<B> {
         if let Some(w) = loaded.ignored_warning() {
             log.say(&format!("warning: {w}"));
         }
+        if let Some(why) = microbatch_note {
+            log.say(&why);
+        }
         let model = model.with_compute_dtype(compute_dtype::<B>(cfg.precision, device, &log));
         for i in incidents {
             log.incident(i)?;
@@ -332,6 +371,7 @@ impl<B: AutodiffBackend> Run<B> {
             save_every,
             eval_batches,
             resumed_from,
+            lock,
             config: cfg,
         })
     }
@@ -347,6 +387,80 @@ impl<B: AutodiffBackend> Run<B> {
             ..self.state.clone()
         }
     }
+}
+
+/// `device_train_microbatch_size: auto`: the largest microbatch whose predicted peak memory
+/// ([`crate::plan::memory_estimate`], the model `tessera plan --memory` prints) fits in 90% of
+/// the device's memory. burn reports an out-of-memory error as a panic from deep inside a
+/// backend, so probing with trial steps is not reliable; the memory model is used instead, and
+/// the choice and its numbers are returned for the log. Without a known memory size this is an
+/// error, never a silent fallback to the whole batch.
+pub fn auto_microbatch(
+    cfg: &TrainConfig,
+    model: &MptConfig,
+    device_batch: usize,
+    world_size: usize,
+    device_memory: Option<u64>,
+) -> Result<(usize, String), TrainError> {
+    let key = "device_train_microbatch_size";
+    let Some(capacity) = device_memory else {
+        return Err(TrainError::Config {
+            key: key.into(),
+            message: "auto needs the device's memory size, which this backend does not report; \
+                      set a number instead"
+                .into(),
+        });
+    };
+    let budget = 0.9 * capacity as f64;
+    let optimizer = match cfg.optimizer.name {
+        crate::optim::OptimizerName::DecoupledLionw => crate::plan::OptimizerStateKind::Lion,
+        _ => crate::plan::OptimizerStateKind::Adam,
+    };
+    let need = |m: usize| {
+        crate::plan::memory_estimate(&crate::plan::MemoryInput::from_mpt(
+            model,
+            cfg.max_seq_len,
+            m,
+            cfg.precision,
+            optimizer,
+            world_size,
+            false,
+        ))
+        .total()
+    };
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    // Candidates: divisors of the device batch, largest first, so that microbatches are equal.
+    let fits = (1..=device_batch.max(1))
+        .rev()
+        .filter(|m| device_batch.is_multiple_of(*m))
+        .find(|m| need(*m) <= budget);
+    let Some(m) = fits else {
+        return Err(TrainError::Config {
+            key: key.into(),
+            message: format!(
+                "auto: even a microbatch of 1 needs {:.2} GiB by the memory model, more than 90% of \
+                 the device's {:.2} GiB",
+                gib(need(1)),
+                gib(capacity as f64)
+            ),
+        });
+    };
+    let next = (m < device_batch).then(|| {
+        let bigger = (m + 1..=device_batch)
+            .find(|k| device_batch.is_multiple_of(*k))
+            .unwrap_or(device_batch);
+        format!("; {bigger} would need {:.2} GiB", gib(need(bigger)))
+    });
+    Ok((
+        m,
+        format!(
+            "{key}: auto → {m} of the device batch of {device_batch} (memory model: {:.2} GiB of the \
+             {:.2} GiB available{})",
+            gib(need(m)),
+            gib(capacity as f64),
+            next.unwrap_or_default()
+        ),
+    ))
 }
 
 /// The architecture the run builds: the `model:` fields, or a pretrained folder's `config.json`
@@ -510,4 +624,70 @@ fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(microbatch: &str) -> TrainConfig {
+        let yaml = format!(
+            r#"
+max_seq_len: 128
+model: {{name: mpt_causal_lm, d_model: 128, n_heads: 4, n_layers: 4, max_seq_len: 128, vocab_size: 1024}}
+tokenizer: {{name: unused}}
+train_loader: {{name: text, dataset: {{local: /nowhere}}}}
+optimizer: {{name: decoupled_adamw, lr: 1.0e-3}}
+scheduler: {{name: constant_with_warmup, t_warmup: 0ba}}
+max_duration: 10ba
+global_train_batch_size: 64
+device_train_microbatch_size: {microbatch}
+"#
+        );
+        crate::config::load_str(&yaml, "auto.yaml", &[])
+            .unwrap()
+            .config
+    }
+
+    #[test]
+    fn auto_microbatch_picks_the_largest_that_fits_and_says_why() {
+        let cfg = config("auto");
+        let model = resolve_model(&cfg).unwrap();
+        let gib = 1u64 << 30;
+        // Plenty of memory: the whole device batch.
+        let (m, why) = auto_microbatch(&cfg, &model, 64, 1, Some(64 * gib)).unwrap();
+        assert_eq!(m, 64, "{why}");
+        assert!(
+            why.contains("auto → 64") && why.contains("memory model"),
+            "{why}"
+        );
+        // Less memory: a smaller divisor of the device batch, never the whole batch.
+        let need = |m: usize| {
+            crate::plan::memory_estimate(&crate::plan::MemoryInput::from_mpt(
+                &model,
+                128,
+                m,
+                cfg.precision,
+                crate::plan::OptimizerStateKind::Adam,
+                1,
+                false,
+            ))
+            .total()
+        };
+        let budget = (need(8) + need(16)) / 2.0 / 0.9;
+        let (m, why) = auto_microbatch(&cfg, &model, 64, 1, Some(budget as u64)).unwrap();
+        assert_eq!(m, 8, "{why}");
+        assert!(why.contains("16 would need"), "{why}");
+        // Not even one sequence fits: an error with the numbers, not a silent fallback.
+        let err = auto_microbatch(&cfg, &model, 64, 1, Some(1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("device_train_microbatch_size:"), "{err}");
+        assert!(err.contains("GiB"), "{err}");
+        // A device that does not report its memory: asked for a number.
+        let err = auto_microbatch(&cfg, &model, 64, 1, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set a number"), "{err}");
+    }
 }

@@ -32,6 +32,15 @@ pub struct TrainState {
     pub spike: Option<SpikeDetector>,
     /// Wall-clock seconds spent training before this checkpoint, resumes included.
     pub elapsed_s: f64,
+    /// Guard rollbacks since the run last got past the step that triggered one.
+    #[serde(default)]
+    pub rollbacks_in_a_row: u32,
+    /// The step at which the last guard rollback was triggered.
+    #[serde(default)]
+    pub rollback_trigger_step: u64,
+    /// Normal steps in a row since the run got past `rollback_trigger_step`.
+    #[serde(default)]
+    pub healthy_past_trigger: u32,
 }
 
 impl TrainState {

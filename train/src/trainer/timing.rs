@@ -105,18 +105,7 @@ impl Timing {
             key: "timing".into(),
             message: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        let io = |source| TrainError::Io {
-            path: path.clone(),
-            source,
-        };
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)
+        tessera_fs::atomic_write(&path, &bytes).map_err(|source| TrainError::Io { path, source })
     }
 }
 
