@@ -357,7 +357,7 @@ impl Vars<'_> {
     ) -> Result<(String, u16), DistError> {
         let slurm = slurm_host.is_some() || self.get("SLURM_PROCID").is_some();
         let addr = match (self.get("MASTER_ADDR"), slurm_host) {
-            (Some(addr), _) if addr.is_empty() => {
+            (Some(""), _) => {
                 return Err(DistError::Env("MASTER_ADDR is set but empty".into()));
             }
             (Some(addr), _) => addr.to_string(),

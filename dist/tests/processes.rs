@@ -159,11 +159,12 @@ fn run_children(
             "children still running after {limit:?}"
         );
         for (i, child) in children.0.iter_mut().enumerate() {
-            if !done[i] {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    codes[i] = status.code();
-                    done[i] = true;
-                }
+            if done[i] {
+                continue;
+            }
+            if let Some(status) = child.try_wait().expect("wait") {
+                codes[i] = status.code();
+                done[i] = true;
             }
         }
         std::thread::sleep(Duration::from_millis(20));

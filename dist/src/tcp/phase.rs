@@ -197,10 +197,8 @@ pub(crate) fn run_phase<R>(
                 }
             }
             for (peer, _) in &senders {
-                if !finished[*peer] {
-                    if let Some(control) = controls[*peer] {
-                        let _ = control.shutdown(Shutdown::Write);
-                    }
+                if let (false, Some(control)) = (finished[*peer], controls[*peer]) {
+                    let _ = control.shutdown(Shutdown::Write);
                 }
             }
         }
