@@ -98,6 +98,7 @@ enum Reply {
 /// Meets the other ranks of `env` (world size 2 or more). Rank 0 binds `MASTER_ADDR:MASTER_PORT`
 /// itself; see [`rendezvous_on`] to hand it a bound listener instead.
 pub fn rendezvous(env: &RankEnv, cfg: &RendezvousConfig) -> Result<Rendezvous, DistError> {
+    check_env(env)?;
     if env.rank == 0 {
         let listener = bind_master(env)?;
         rendezvous_on(env, cfg, listener)
@@ -113,12 +114,24 @@ pub fn rendezvous_on(
     cfg: &RendezvousConfig,
     listener: TcpListener,
 ) -> Result<Rendezvous, DistError> {
+    check_env(env)?;
     let deadline = Instant::now() + cfg.timeout;
     if env.rank != 0 {
         drop(listener);
         return join(env, cfg, deadline);
     }
     host(env, cfg, listener, deadline)
+}
+
+/// A hand-built `RankEnv` gets the checks `RankEnv::from_vars` makes on the rank.
+fn check_env(env: &RankEnv) -> Result<(), DistError> {
+    if env.world_size < 2 || env.rank >= env.world_size {
+        return Err(DistError::Env(format!(
+            "a rendezvous needs rank < world size >= 2, not rank {} of {}",
+            env.rank, env.world_size
+        )));
+    }
+    Ok(())
 }
 
 fn master_label(env: &RankEnv) -> String {

@@ -366,3 +366,21 @@ fn ranks_out_of_step_get_an_error_naming_the_peer_then_a_poisoned_communicator()
         assert!(r == 2 || blamed == 2, "rank {r} blames {blamed}: {err}");
     }
 }
+
+#[test]
+fn a_communicator_can_move_to_another_thread() {
+    // The trainer may own it on a worker thread; this fails to compile if it cannot.
+    fn send<T: Send + 'static>(_: T) {}
+    send(tessera_dist::Communicator::single());
+    let sums = with_ranks(2, |comm| {
+        std::thread::spawn(move || {
+            let mut comm = comm;
+            let mut x = [1u64];
+            comm.all_reduce(&mut x).unwrap();
+            x[0]
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(sums, [2, 2]);
+}

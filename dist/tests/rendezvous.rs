@@ -251,3 +251,58 @@ fn without_rank_0_the_others_time_out_naming_its_address() {
         "{elapsed:?}"
     );
 }
+
+#[test]
+fn a_rank_that_meets_but_never_joins_the_mesh_is_named() {
+    // Rank 2 passes the rendezvous, then never connects its data links (as if it died there).
+    let (listener, port) = master_listener();
+    let cfg = || RendezvousConfig {
+        timeout: Duration::from_millis(1500),
+        ..RendezvousConfig::new("hash-a")
+    };
+    let results = std::thread::scope(|s| {
+        let zero = s.spawn(|| {
+            let start = Instant::now();
+            let err = tessera_dist::Communicator::connect_on(&env(0, 3, port), &cfg(), listener)
+                .err()
+                .expect("rank 0 cannot finish the mesh");
+            (err, start.elapsed())
+        });
+        let one = s.spawn(|| {
+            tessera_dist::Communicator::connect(&env(1, 3, port), &cfg())
+                .err()
+                .expect("rank 1 cannot finish the mesh")
+        });
+        let two = s.spawn(|| {
+            let rdv = rendezvous(&env(2, 3, port), &cfg()).expect("rank 2 meets");
+            std::thread::sleep(Duration::from_millis(2500));
+            drop(rdv);
+        });
+        two.join().unwrap();
+        (zero.join().unwrap(), one.join().unwrap())
+    });
+    let ((zero, elapsed), one) = results;
+    for err in [&zero, &one] {
+        assert!(
+            matches!(err, DistError::MeshIncomplete { missing, .. } if missing == &[2]),
+            "{err}"
+        );
+    }
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+}
+
+#[test]
+fn a_stranger_on_the_master_port_does_not_stop_the_run() {
+    use std::io::Write;
+    let (listener, port) = master_listener();
+    let results = std::thread::scope(|s| {
+        let zero = s.spawn(|| rendezvous_on(&env(0, 2, port), &config(10_000), listener));
+        // Not a tessera rank: garbage, then silence.
+        let mut stranger = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stranger.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let one = s.spawn(|| rendezvous(&env(1, 2, port), &config(10_000)));
+        (zero.join().unwrap(), one.join().unwrap())
+    });
+    assert!(results.0.is_ok(), "{:?}", results.0.err());
+    assert!(results.1.is_ok(), "{:?}", results.1.err());
+}
