@@ -90,7 +90,14 @@ impl RankEnv {
     ///   layout, where `RANK` and `WORLD_SIZE` are required, the three local variables come all
     ///   together or not at all (absent: one node), and
     ///   `RANK = NODE_RANK × LOCAL_WORLD_SIZE + LOCAL_RANK`;
-    /// - else `SLURM_PROCID` set: Slurm's (see [`RankEnv::from_slurm`]);
+    /// - else `SLURM_PROCID` set: Slurm's under `srun`, step variables winning over job
+    ///   variables (a step may use part of the allocation): rank `SLURM_PROCID`; world
+    ///   `SLURM_STEP_NUM_TASKS`, else `SLURM_NTASKS`, else `SLURM_NPROCS`; `SLURM_LOCALID`;
+    ///   `SLURM_NODEID`; tasks on this node from `SLURM_STEP_TASKS_PER_NODE`, else
+    ///   `SLURM_TASKS_PER_NODE` (`2(x3),1` syntax), else `SLURM_NTASKS_PER_NODE`; `MASTER_ADDR`
+    ///   if set, else the first host of `SLURM_STEP_NODELIST`, else of `SLURM_JOB_NODELIST` (task
+    ///   0 runs on the step's first node); `MASTER_PORT` if set, else
+    ///   `12000 + SLURM_JOB_ID % 20000`, else 29500;
     /// - else a single process.
     ///
     /// `MASTER_ADDR` and `MASTER_PORT` are required when the world has more than one process
@@ -190,15 +197,7 @@ impl RankEnv {
         })
     }
 
-    /// Slurm's layout under `srun`. Step variables win over job variables, since a step may use
-    /// part of the allocation:
-    /// - rank `SLURM_PROCID`; world `SLURM_STEP_NUM_TASKS`, else `SLURM_NTASKS`, else
-    ///   `SLURM_NPROCS`; `SLURM_LOCALID`; `SLURM_NODEID`;
-    /// - tasks on this node from `SLURM_STEP_TASKS_PER_NODE`, else `SLURM_TASKS_PER_NODE` (both
-    ///   `2(x3),1` syntax), else `SLURM_NTASKS_PER_NODE`;
-    /// - `MASTER_ADDR` if set, else the first host of `SLURM_STEP_NODELIST`, else of
-    ///   `SLURM_JOB_NODELIST` (task 0 runs on the step's first node);
-    /// - `MASTER_PORT` if set, else `12000 + SLURM_JOB_ID % 20000`, else 29500.
+    /// Slurm's layout under `srun` (the rules are on [`RankEnv::from_vars`]).
     fn from_slurm(vars: &Vars) -> Result<RankEnv, DistError> {
         let rank = vars.number("SLURM_PROCID")?;
         let (world_var, world_size) = vars
