@@ -133,6 +133,8 @@ impl Job for Quickstart {
             run_dir: Some(dir.join("run")),
             device_label: super::device_label(spec),
             peak_flops: None,
+            ranks: None,
+            sample_log: None,
             device_memory: spec.memory_bytes(),
             on_stall: None,
         };

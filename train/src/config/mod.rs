@@ -15,6 +15,7 @@
 
 pub mod de;
 pub mod duration;
+pub mod fsdp;
 pub mod ignored;
 pub mod interpolate;
 pub mod model;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use duration::{Duration, DurationError, TimeContext};
+pub use fsdp::{FsdpConfig, FsdpPrecision, StateDictType};
 pub use interpolate::InterpolationError;
 pub use model::ModelSource;
 pub use schema::{

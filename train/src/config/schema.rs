@@ -112,6 +112,10 @@ pub struct TrainConfig {
     /// tessera's NaN, loss-spike and stall guards.
     #[serde(default)]
     pub guards: GuardsConfig,
+    /// How data-parallel training shards its state (llm-foundry's `fsdp_config`); absent, the
+    /// state is replicated on every rank (DDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp_config: Option<super::FsdpConfig>,
     /// In-context-learning tasks run at `eval_interval`: a tasks YAML path or an inline list, in
     /// llm-foundry's format. The trainer passes them to tessera-eval through its eval hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]

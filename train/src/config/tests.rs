@@ -163,15 +163,19 @@ fn ignored_keys_are_listed_once_in_one_warning() {
         vec![
             "callbacks",
             "eval_loader.num_workers",
-            "fsdp_config",
             "model.init_device",
             "model.loss_fn",
             "train_loader.num_workers"
         ]
     );
     let w = l.ignored_warning().unwrap();
-    assert_eq!(w.matches("fsdp_config").count(), 1);
-    assert!(w.contains("callbacks"));
+    assert_eq!(w.matches("callbacks").count(), 1);
+    // fsdp_config is a real key now.
+    let f = l.config.fsdp_config.unwrap();
+    assert_eq!(
+        f.sharding_strategy,
+        crate::parallel::ShardingStrategy::FullShard
+    );
 }
 
 #[test]
@@ -434,7 +438,17 @@ fn loads_llm_foundry_mpt_125m_yaml() {
     assert_eq!(c.precision, Precision::AmpBf16);
     assert_eq!(c.global_train_batch_size, 256);
     assert_eq!(c.run_name, None);
-    assert!(l.ignored_keys.contains(&"fsdp_config".to_string()));
+    let f = c.fsdp_config.expect("fsdp_config");
+    assert_eq!(
+        f.sharding_strategy,
+        crate::parallel::ShardingStrategy::FullShard
+    );
+    assert_eq!(f.mixed_precision, crate::config::FsdpPrecision::Pure);
+    assert!(!f.activation_checkpointing);
+    assert_eq!(
+        f.inert_keys(),
+        vec!["activation_checkpointing_reentrant", "limit_all_gathers"]
+    );
     assert!(matches!(c.model, ModelSource::Mpt(ref m) if m["d_model"] == 768));
 }
 

@@ -45,6 +45,9 @@ pub struct TrainRecord {
     /// Model FLOPs utilisation, if the device's peak is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// Seconds of the step spent in collectives (gradient sync, gathers), on rank 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
     /// Seconds since the run (or resume) started.
     #[serde(default)]
     pub elapsed_s: f64,
@@ -307,6 +310,7 @@ mod tests {
             grad_norm: f64::NAN,
             tokens_per_s: None,
             mfu: None,
+            comm_s: None,
             elapsed_s: 1.0,
         });
         let eval = MetricsRecord::Eval(EvalRecord {
@@ -357,6 +361,7 @@ mod tests {
             grad_norm: 0.5,
             tokens_per_s: Some(2048.0),
             mfu: Some(0.41),
+            comm_s: None,
             elapsed_s: step as f64,
         })
     }
