@@ -10,8 +10,10 @@ mod bench_env;
 mod bench_eval;
 mod bench_train;
 mod cold_build;
+mod launch;
 mod markdown;
 mod pyenv;
+mod run_paths;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -35,11 +37,15 @@ enum Command {
     },
     /// Measure a cold CI run: a fresh clone and an empty target dir, timed end to end.
     ColdBuild(cold_build::Args),
+    /// Start N ranks of a training job on this host and restart them together after a
+    /// retryable failure: `cargo xtask launch --nproc 2 -- tessera train CONFIG`.
+    Launch(launch::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench { suite } => bench::run(suite),
         Command::ColdBuild(args) => cold_build::run(args),
+        Command::Launch(args) => std::process::exit(launch::run(args)?),
     }
 }
