@@ -56,14 +56,17 @@ pub struct LaunchIncident {
 }
 
 impl LaunchIncident {
-    /// A line of `kind` at `position`, stamped now, with its losses filled in.
+    /// A line of `kind` at `position`, stamped now. Only the line of the failure itself carries
+    /// the work lost (a `restart` or `recovered` line after it has 0), so summing `lost_steps`
+    /// over the file counts each loss once.
     pub fn new(kind: &'static str, attempt: u32, position: &Position, detail: String) -> Self {
+        let failure = matches!(kind, "rank_failure" | "hang" | "launcher_stopped");
         LaunchIncident {
             step: position.reached_step,
             kind,
             detail,
-            lost_steps: position.lost_steps(),
-            lost_tokens: position.lost_tokens(),
+            lost_steps: if failure { position.lost_steps() } else { 0 },
+            lost_tokens: if failure { position.lost_tokens() } else { 0 },
             unix_time: unix_now(),
             source: "launcher",
             attempt,
@@ -196,6 +199,7 @@ mod tests {
             "{\"step\":3,\"kind\":\"resume\"}\n{\"step\":7,\"ki",
         )
         .unwrap();
+        assert_eq!(LaunchIncident::new("restart", 1, &pos, String::new()).lost_steps, 0);
         let mut i = LaunchIncident::new("rank_failure", 0, &pos, "rank 1 died".into());
         i.rank = Some(1);
         append(&paths.incidents(), &i).unwrap();

@@ -13,7 +13,7 @@
 //! the run's `latest` checkpoint, until `--max-restarts` are used. Each attempt leaves lines in
 //! the run's `incidents.jsonl` (`incidents.rs`).
 
-mod exit;
+pub mod exit;
 mod incidents;
 mod progress;
 mod rank_env;
