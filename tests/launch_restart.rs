@@ -22,7 +22,14 @@ fn launch(dir: &Path, nproc: usize, tag: &str) -> Child {
         .args(["launch", "--nproc", &nproc.to_string()])
         // A stopped rank is noticed after 5 s of silence (this job steps in ~0.1 s); a restart
         // may take a few seconds to log its first step.
-        .args(["--max-restarts", "12", "--hang-floor-s", "5", "--grace-s", "5"])
+        .args([
+            "--max-restarts",
+            "12",
+            "--hang-floor-s",
+            "5",
+            "--grace-s",
+            "5",
+        ])
         .args(["--start-timeout-s", "120", "--"])
         .args(["tessera", "train"])
         .arg(dir.join("train.yaml"))
@@ -102,11 +109,17 @@ fn kills_and_a_stall_leave_the_result_bit_identical(nproc: usize) {
         if kills < KILLS {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             kills += 1;
-            eprintln!("SIGKILL rank {rank} (pid {pid}) at step {}", last_logged_step(&run));
+            eprintln!(
+                "SIGKILL rank {rank} (pid {pid}) at step {}",
+                last_logged_step(&run)
+            );
         } else {
             unsafe { libc::kill(pid, libc::SIGSTOP) };
             stopped = true;
-            eprintln!("SIGSTOP rank {rank} (pid {pid}) at step {}", last_logged_step(&run));
+            eprintln!(
+                "SIGSTOP rank {rank} (pid {pid}) at step {}",
+                last_logged_step(&run)
+            );
         }
         // Let the launcher notice and restart before the next blow.
         let seen = kills + usize::from(stopped);
@@ -167,12 +180,12 @@ fn kills_and_a_stall_leave_the_result_bit_identical(nproc: usize) {
 }
 
 #[test]
-fn launch_survives_rank_kills_and_a_stall_bit_identically_with_one_rank() {
+fn launch_survives_rank_kills_and_a_stall_bit_identically() {
     kills_and_a_stall_leave_the_result_bit_identical(1);
 }
 
 #[test]
 #[ignore = "needs multi-rank training (issue #10)"]
-fn launch_survives_rank_kills_and_a_stall_bit_identically_with_two_ranks() {
+fn multi_rank_launch_survives_rank_kills_and_a_stall_bit_identically() {
     kills_and_a_stall_leave_the_result_bit_identical(2);
 }

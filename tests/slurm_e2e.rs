@@ -41,16 +41,31 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     let a = setup("a");
     let started = Instant::now();
     if tasks == 1 {
-        run_ok(tessera().current_dir(&a).args(["train", "train.yaml", "--run-dir", "run"]));
+        run_ok(
+            tessera()
+                .current_dir(&a)
+                .args(["train", "train.yaml", "--run-dir", "run"]),
+        );
     } else {
         let out = cargo_xtask()
-            .args(["launch", "--nproc", &tasks.to_string(), "--", "tessera", "train"])
+            .args([
+                "launch",
+                "--nproc",
+                &tasks.to_string(),
+                "--",
+                "tessera",
+                "train",
+            ])
             .arg(a.join("train.yaml"))
             .arg("--run-dir")
             .arg(a.join("run"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let uninterrupted = started.elapsed();
 
@@ -61,9 +76,29 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     let started = Instant::now();
     let mut submit = cargo_xtask()
         .current_dir(&b)
-        .args(["slurm", "submit", "train.yaml", "--nodes", "1", "--gpus-per-node", "0"])
-        .args(["--ntasks-per-node", &tasks.to_string(), "--cpus-per-task", "1"])
-        .args(["--max-restarts", "2", "--run-dir", "run", "--job-name", &name])
+        .args([
+            "slurm",
+            "submit",
+            "train.yaml",
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "0",
+        ])
+        .args([
+            "--ntasks-per-node",
+            &tasks.to_string(),
+            "--cpus-per-task",
+            "1",
+        ])
+        .args([
+            "--max-restarts",
+            "2",
+            "--run-dir",
+            "run",
+            "--job-name",
+            &name,
+        ])
         .args(["--timeout-s", "900"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,7 +112,10 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
             submit.try_wait().unwrap().is_none(),
             "the job ended before the kill"
         );
-        assert!(Instant::now() < deadline, "the job never reached step {kill_at}");
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached step {kill_at}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let ranks = cluster::tessera_ranks("SLURM_JOB_NAME", &name);
@@ -137,7 +175,7 @@ fn slurm_job_requeues_after_a_killed_task_and_finishes_bit_identically() {
 
 #[test]
 #[ignore = "needs multi-rank training (issue #10) and a local Slurm cluster (xtask/scripts/slurm-up.sh)"]
-fn slurm_two_task_job_requeues_after_a_killed_task_and_finishes_bit_identically() {
+fn multi_rank_slurm_job_requeues_after_a_killed_task_and_finishes_bit_identically() {
     killed_task_requeues_and_matches_an_uninterrupted_run(2);
 }
 
@@ -147,12 +185,13 @@ fn slurm_prepare_runs_slices_as_an_array_then_merges_them() {
     let tmp = TempDir::new("slurm-prepare");
     let dir = tmp.path();
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/corpus/slice.jsonl.zst");
-    run_ok(tessera().current_dir(dir).args(["data", "train-tokenizer", "--input"]).arg(&corpus).args([
-        "--out",
-        "tok.json",
-        "--vocab-size",
-        "300",
-    ]));
+    run_ok(
+        tessera()
+            .current_dir(dir)
+            .args(["data", "train-tokenizer", "--input"])
+            .arg(&corpus)
+            .args(["--out", "tok.json", "--vocab-size", "300"]),
+    );
     let prepare_args = |out: &str| -> Vec<String> {
         vec![
             "--input".into(),
@@ -166,12 +205,23 @@ fn slurm_prepare_runs_slices_as_an_array_then_merges_them() {
         ]
     };
     // The same input in one process, for the totals.
-    run_ok(tessera().current_dir(dir).args(["data", "prepare"]).args(prepare_args("whole")));
+    run_ok(
+        tessera()
+            .current_dir(dir)
+            .args(["data", "prepare"])
+            .args(prepare_args("whole")),
+    );
 
     let out = cargo_xtask()
         .current_dir(dir)
         .args(["slurm", "prepare", "--slices", "2", "--cpus-per-task", "1"])
-        .args(["--job-name", &job_name("prepare"), "--timeout-s", "300", "--"])
+        .args([
+            "--job-name",
+            &job_name("prepare"),
+            "--timeout-s",
+            "300",
+            "--",
+        ])
         .args(prepare_args("sliced"))
         .output()
         .unwrap();
@@ -196,5 +246,9 @@ fn slurm_prepare_runs_slices_as_an_array_then_merges_them() {
         .arg(dir.join("sliced/train"))
         .output()
         .unwrap();
-    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
 }

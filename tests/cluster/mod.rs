@@ -132,7 +132,7 @@ pub fn tessera_ranks(key: &str, value: &str) -> Vec<(i32, usize)> {
             .split(|b| *b == 0)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        if !vars.iter().any(|v| *v == want) {
+        if !vars.contains(&want) {
             continue;
         }
         let rank = vars
@@ -173,7 +173,10 @@ pub fn numbers(run_dir: &Path) -> BTreeMap<(String, u64, String), [String; 3]> {
             v["lr"].to_string(),
             v["grad_norm"].to_string(),
         ];
-        assert!(out.insert(key.clone(), vals).is_none(), "{key:?} logged twice");
+        assert!(
+            out.insert(key.clone(), vals).is_none(),
+            "{key:?} logged twice"
+        );
     }
     out
 }

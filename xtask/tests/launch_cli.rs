@@ -18,10 +18,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "xtask-launch-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("xtask-launch-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -39,7 +37,16 @@ fn launch(dir: &Path, args: &[&str], script: &str) -> Output {
         .current_dir(dir)
         .arg("launch")
         .args(args)
-        .args(["--run-dir", "run", "--grace-s", "2", "--", "sh", "-c", script])
+        .args([
+            "--run-dir",
+            "run",
+            "--grace-s",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .output()
         .expect("starting xtask")
 }
@@ -92,7 +99,10 @@ fn every_rank_gets_composers_environment_and_a_prefixed_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     for r in 0..3 {
         let line = format!("[rank {r}] env {r} 3 {r} 3 0 127.0.0.1 29577");
-        assert!(stdout.lines().any(|l| l == line), "{line:?} not in:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} not in:\n{stdout}"
+        );
         assert!(
             stderr.lines().any(|l| l == format!("[rank {r}] oops")),
             "{stderr}"
@@ -112,7 +122,10 @@ fn a_config_error_stops_every_rank_and_is_never_retried() {
         "if [ $RANK = 1 ]; then exit 2; fi; exec sleep 60",
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(20), "rank 0 was not stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "rank 0 was not stopped"
+    );
     let inc = incidents(&tmp.0);
     assert_eq!(kinds(&inc), ["rank_failure"]);
     assert_eq!(inc[0]["rank"], 1);
@@ -137,7 +150,13 @@ fn retryable_failures_restart_the_whole_job_until_the_budget_is_spent() {
     assert!(out.status.success(), "{out:?}");
     let rank0_starts = std::fs::read_dir(tmp.0.join("run-marks"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("r0-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("r0-")
+        })
         .count();
     assert_eq!(rank0_starts, 3, "3 attempts");
     let inc = incidents(&tmp.0);
@@ -180,7 +199,11 @@ fn a_stopped_rank_is_a_hang_and_the_job_restarts() {
         script,
     );
     assert!(out.status.success(), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     let inc = incidents(&tmp.0);
     assert_eq!(kinds(&inc), ["hang", "restart", "recovered"], "{inc:?}");
     assert_eq!(inc[0]["rank"], 1, "the stopped rank is named");
@@ -197,7 +220,15 @@ fn sigterm_to_the_launcher_stops_every_rank_and_leaves_nothing_behind() {
     let script = format!("{marker} & {marker}; wait");
     let mut child = xtask()
         .current_dir(&tmp.0)
-        .args(["launch", "--nproc", "2", "--run-dir", "run", "--grace-s", "2"])
+        .args([
+            "launch",
+            "--nproc",
+            "2",
+            "--run-dir",
+            "run",
+            "--grace-s",
+            "2",
+        ])
         .args(["--", "sh", "-c", &script])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -240,7 +271,10 @@ fn sigkill_to_the_launcher_takes_its_ranks_with_it() {
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_with(&marker).is_empty() {
-        assert!(Instant::now() < deadline, "ranks outlived a SIGKILLed launcher");
+        assert!(
+            Instant::now() < deadline,
+            "ranks outlived a SIGKILLed launcher"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -256,5 +290,8 @@ fn a_missing_tessera_binary_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("TESSERA_BIN") && stderr.contains("nope"), "{stderr}");
+    assert!(
+        stderr.contains("TESSERA_BIN") && stderr.contains("nope"),
+        "{stderr}"
+    );
 }

@@ -228,9 +228,10 @@ pub fn objects(a: &RenderArgs) -> anyhow::Result<(Service, Job)> {
             ..Default::default()
         },
     ];
-    let device = a.device.clone().unwrap_or_else(|| {
-        if a.gpus_per_node > 0 { "cuda" } else { "cpu" }.into()
-    });
+    let device = a
+        .device
+        .clone()
+        .unwrap_or_else(|| if a.gpus_per_node > 0 { "cuda" } else { "cpu" }.into());
     let mut args = vec![
         "tessera-entrypoint".to_string(), // $0 of the entrypoint
         a.tessera_bin.clone(),

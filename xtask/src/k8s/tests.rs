@@ -39,7 +39,10 @@ fn parse(text: &str) -> (Service, Job) {
 fn the_rendered_yaml_reads_back_as_a_headless_service_and_an_indexed_job() {
     let args = h100_args();
     let text = render(&args).unwrap();
-    assert!(text.contains("apiVersion: v1\n") && text.contains("kind: Service\n"), "{text}");
+    assert!(
+        text.contains("apiVersion: v1\n") && text.contains("kind: Service\n"),
+        "{text}"
+    );
     assert!(text.contains("apiVersion: batch/v1\n") && text.contains("kind: Job\n"));
     let (service, job) = parse(&text);
     assert_eq!((service.clone(), job.clone()), objects(&args).unwrap());
@@ -66,7 +69,10 @@ fn the_rendered_yaml_reads_back_as_a_headless_service_and_an_indexed_job() {
     assert_eq!(rules[0].action, "FailJob");
     let codes = rules[0].on_exit_codes.as_ref().unwrap();
     assert_eq!(codes.container_name.as_deref(), Some("trainer"));
-    assert_eq!((codes.operator.as_str(), codes.values.clone()), ("In", vec![2, 3]));
+    assert_eq!(
+        (codes.operator.as_str(), codes.values.clone()),
+        ("In", vec![2, 3])
+    );
     assert_eq!(rules[1].action, "Ignore");
     assert_eq!(
         rules[1].on_pod_conditions.as_ref().unwrap()[0].type_,
@@ -75,7 +81,11 @@ fn the_rendered_yaml_reads_back_as_a_headless_service_and_an_indexed_job() {
 
     let pod = spec.template.spec.unwrap();
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
-    assert_eq!(pod.subdomain.as_deref(), Some(name), "pods resolve as <job>-<i>.<service>");
+    assert_eq!(
+        pod.subdomain.as_deref(),
+        Some(name),
+        "pods resolve as <job>-<i>.<service>"
+    );
     let c = &pod.containers[0];
     assert_eq!(c.name, "trainer");
     assert_eq!(c.image.as_deref(), Some(args.image.as_str()));
@@ -124,7 +134,11 @@ fn the_rendered_yaml_reads_back_as_a_headless_service_and_an_indexed_job() {
     assert_eq!(shm.medium.as_deref(), Some("Memory"));
     assert_eq!(shm.size_limit.as_ref().unwrap().0, "64Gi");
     assert_eq!(
-        volumes[1].persistent_volume_claim.as_ref().unwrap().claim_name,
+        volumes[1]
+            .persistent_volume_claim
+            .as_ref()
+            .unwrap()
+            .claim_name,
         "llm-shared"
     );
     assert_eq!(
@@ -207,6 +221,9 @@ fn the_pods_entrypoint_numbers_ranks_by_node_and_ends_with_the_first_failure() {
         let line = format!(
             "rank {rank} local {local} of 6: --device cuda train /workspace/yamls/mpt-7b.yaml"
         );
-        assert!(stdout.lines().any(|l| l.starts_with(&line)), "{line:?} in {stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&line)),
+            "{line:?} in {stdout}"
+        );
     }
 }

@@ -122,6 +122,9 @@ mod tests {
             assert!(end.retryable(), "{end:?}");
         }
         assert_eq!(RankEnd::Signal(9).shell_code(), 137);
-        assert_eq!(RankEnd::Signal(9).describe(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            RankEnd::Signal(9).describe(),
+            "killed by signal 9 (SIGKILL)"
+        );
     }
 }

@@ -106,13 +106,8 @@ impl Position {
         let checkpoint_step = std::fs::read_to_string(paths.latest())
             .ok()
             .and_then(|s| s.trim().strip_prefix("ba")?.parse::<u64>().ok());
-        let checkpoint_tokens = checkpoint_step.and_then(|c| {
-            train
-                .iter()
-                .rev()
-                .find(|(s, _)| *s == c)
-                .map(|(_, t)| *t)
-        });
+        let checkpoint_tokens = checkpoint_step
+            .and_then(|c| train.iter().rev().find(|(s, _)| *s == c).map(|(_, t)| *t));
         Position {
             reached_step,
             reached_tokens,
@@ -199,7 +194,10 @@ mod tests {
             "{\"step\":3,\"kind\":\"resume\"}\n{\"step\":7,\"ki",
         )
         .unwrap();
-        assert_eq!(LaunchIncident::new("restart", 1, &pos, String::new()).lost_steps, 0);
+        assert_eq!(
+            LaunchIncident::new("restart", 1, &pos, String::new()).lost_steps,
+            0
+        );
         let mut i = LaunchIncident::new("rank_failure", 0, &pos, "rank 1 died".into());
         i.rank = Some(1);
         append(&paths.incidents(), &i).unwrap();

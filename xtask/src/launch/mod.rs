@@ -69,9 +69,17 @@ static STOP_SIGNAL: AtomicUsize = AtomicUsize::new(0);
 /// How one attempt ended.
 enum AttemptEnd {
     Done,
-    Failed { rank: usize, end: RankEnd },
-    Hung { silent: Duration, stopped: Vec<usize> },
-    Interrupted { signal: i32 },
+    Failed {
+        rank: usize,
+        end: RankEnd,
+    },
+    Hung {
+        silent: Duration,
+        stopped: Vec<usize>,
+    },
+    Interrupted {
+        signal: i32,
+    },
 }
 
 /// Runs the job; returns the launcher's exit code.

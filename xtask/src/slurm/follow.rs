@@ -12,8 +12,13 @@ use crate::util;
 
 /// `sbatch --parsable [extra] script` → the job id.
 pub fn submit(script: &Path, extra: &[String]) -> anyhow::Result<String> {
-    let out = util::output(Command::new("sbatch").arg("--parsable").args(extra).arg(script))
-        .with_context(|| format!("submitting {}", script.display()))?;
+    let out = util::output(
+        Command::new("sbatch")
+            .arg("--parsable")
+            .args(extra)
+            .arg(script),
+    )
+    .with_context(|| format!("submitting {}", script.display()))?;
     // `--parsable` prints `id` or `id;cluster`.
     let id = out.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
@@ -60,7 +65,13 @@ pub fn state(id: &str) -> Option<JobState> {
         return Some(s);
     }
     if let Ok(text) = util::output(Command::new("sacct").args([
-        "-n", "-X", "-P", "-j", id, "-o", "State,ExitCode",
+        "-n",
+        "-X",
+        "-P",
+        "-j",
+        id,
+        "-o",
+        "State,ExitCode",
     ])) && let Some(line) = text.lines().next()
     {
         let mut parts = line.split('|');
@@ -83,7 +94,8 @@ fn parse_scontrol(text: &str) -> Option<JobState> {
                 state: state.to_string(),
                 exit_code: None,
             });
-        } else if let (Some(code), Some(last)) = (word.strip_prefix("ExitCode="), tasks.last_mut()) {
+        } else if let (Some(code), Some(last)) = (word.strip_prefix("ExitCode="), tasks.last_mut())
+        {
             last.exit_code = Some(code.to_string());
         }
     }
@@ -94,7 +106,10 @@ fn parse_scontrol(text: &str) -> Option<JobState> {
 
 /// Follows the jobs in `ids` (id, log) until every one is final, printing the logs as they grow.
 /// `timeout` bounds the wait (the jobs are cancelled when it passes).
-pub fn follow(ids: &[(String, PathBuf)], timeout: Option<Duration>) -> anyhow::Result<Vec<JobState>> {
+pub fn follow(
+    ids: &[(String, PathBuf)],
+    timeout: Option<Duration>,
+) -> anyhow::Result<Vec<JobState>> {
     let started = Instant::now();
     let mut offsets = vec![0u64; ids.len()];
     let mut last_state: Vec<Option<String>> = vec![None; ids.len()];
@@ -107,13 +122,17 @@ pub fn follow(ids: &[(String, PathBuf)], timeout: Option<Duration>) -> anyhow::R
             if name != last_state[i] {
                 eprintln!(
                     "slurm: job {id}: {}",
-                    name.as_deref().unwrap_or("unknown to squeue/scontrol/sacct")
+                    name.as_deref()
+                        .unwrap_or("unknown to squeue/scontrol/sacct")
                 );
                 last_state[i] = name;
             }
             states.push(s);
         }
-        if states.iter().all(|s| s.as_ref().is_some_and(JobState::is_final)) {
+        if states
+            .iter()
+            .all(|s| s.as_ref().is_some_and(JobState::is_final))
+        {
             for (i, (_, log)) in ids.iter().enumerate() {
                 print_new(log, &mut offsets[i]);
             }
@@ -171,8 +190,13 @@ mod tests {
         let array = "JobId=9 ArrayTaskId=0 JobState=COMPLETED ExitCode=0:0\n\
                      JobId=10 ArrayTaskId=1 JobState=RUNNING ExitCode=0:0\n";
         assert_eq!(parse_scontrol(array).unwrap().state, "RUNNING");
-        let array = array.replace("RUNNING", "FAILED").replace("=0:0\n", "=1:0\n");
+        let array = array
+            .replace("RUNNING", "FAILED")
+            .replace("=0:0\n", "=1:0\n");
         let s = parse_scontrol(&array).unwrap();
-        assert_eq!((s.state.as_str(), s.exit_code.as_deref()), ("FAILED", Some("1:0")));
+        assert_eq!(
+            (s.state.as_str(), s.exit_code.as_deref()),
+            ("FAILED", Some("1:0"))
+        );
     }
 }

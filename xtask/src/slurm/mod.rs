@@ -120,13 +120,21 @@ pub fn run(command: Command) -> anyhow::Result<i32> {
             println!("{}", file.display());
             Ok(0)
         }
-        Command::Submit { job: args, timeout_s } => {
+        Command::Submit {
+            job: args,
+            timeout_s,
+        } => {
             let (job, file) = train_job(&args, "submit")?;
             write_script(&file, &script::render(&job))?;
             let id = follow::submit(&file, &[])?;
             let log = PathBuf::from(job.log.display().to_string().replace("%j", &id));
-            eprintln!("slurm: submitted {} as job {id}; log {}", file.display(), log.display());
-            let states = follow::follow(&[(id.clone(), log)], timeout_s.map(Duration::from_secs_f64))?;
+            eprintln!(
+                "slurm: submitted {} as job {id}; log {}",
+                file.display(),
+                log.display()
+            );
+            let states =
+                follow::follow(&[(id.clone(), log)], timeout_s.map(Duration::from_secs_f64))?;
             finish(&[id], &states)
         }
         Command::Prepare(args) => prepare_jobs(args),
@@ -144,9 +152,9 @@ fn train_job(a: &JobArgs, verb: &str) -> anyhow::Result<(TrainJob, PathBuf)> {
         (0, Some(n)) => n,
         (g, None) => g,
         (g, Some(n)) if n == g => n,
-        (g, Some(n)) => bail!(
-            "--ntasks-per-node {n} with --gpus-per-node {g}: a GPU job runs one rank per GPU"
-        ),
+        (g, Some(n)) => {
+            bail!("--ntasks-per-node {n} with --gpus-per-node {g}: a GPU job runs one rank per GPU")
+        }
     };
     let workdir = std::env::current_dir().context("reading the current folder")?;
     let config = prepare::absolute(&workdir, &a.config);
@@ -162,9 +170,10 @@ fn train_job(a: &JobArgs, verb: &str) -> anyhow::Result<(TrainJob, PathBuf)> {
         .paths()?;
     let run_dir = prepare::absolute(&workdir, &paths.run_dir);
     let save_folder = prepare::absolute(&workdir, &paths.save_folder);
-    let device = a.device.clone().unwrap_or_else(|| {
-        if a.gpus_per_node > 0 { "cuda" } else { "cpu" }.to_string()
-    });
+    let device = a
+        .device
+        .clone()
+        .unwrap_or_else(|| if a.gpus_per_node > 0 { "cuda" } else { "cpu" }.to_string());
     // The script names the run folder explicitly, so it and the ranks agree on it.
     let mut tessera_args = vec!["--device".to_string(), device, "train".into()];
     tessera_args.push(config.display().to_string());
@@ -223,6 +232,9 @@ fn rendered_flags(a: &JobArgs) -> String {
         if let Some(v) = v {
             s.push_str(&format!(" --{flag} {v}"));
         }
+    }
+    if let Some(c) = a.cpus_per_task {
+        s.push_str(&format!(" --cpus-per-task {c}"));
     }
     s.push_str(&format!(" --max-restarts {}", a.max_restarts));
     s

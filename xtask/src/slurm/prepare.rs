@@ -62,7 +62,11 @@ fn header(job: &PrepareJob, name: &str, log: &str) -> String {
 
 /// The array script: task `i` prepares slice `i/N` (0-based, as `--slice` counts).
 pub fn render_array(job: &PrepareJob) -> String {
-    let mut s = header(job, &format!("{}-slices", job.job_name), "prepare-%A_%a.log");
+    let mut s = header(
+        job,
+        &format!("{}-slices", job.job_name),
+        "prepare-%A_%a.log",
+    );
     let _ = writeln!(s, "#SBATCH --array=0-{}", job.slices - 1);
     let _ = writeln!(s, "set -euo pipefail");
     let args: Vec<String> = job.prepare_args.iter().map(|a| sh_quote(a)).collect();
@@ -106,7 +110,8 @@ pub fn out_dir(args: &[String]) -> Option<PathBuf> {
 
 /// Whether `args` already choose a slice (the array chooses it).
 pub fn has_slice(args: &[String]) -> bool {
-    args.iter().any(|a| a == "--slice" || a.starts_with("--slice="))
+    args.iter()
+        .any(|a| a == "--slice" || a.starts_with("--slice="))
 }
 
 /// `path` made absolute against `base` (scripts run in `--chdir`, and logs must be absolute).
@@ -132,9 +137,16 @@ mod tests {
             account: None,
             tessera: "/shared/bin/tessera".into(),
             workdir: "/shared/work".into(),
-            prepare_args: ["--input", "c4/*.jsonl.zst", "--tokenizer", "tok.json", "--out", "data"]
-                .map(String::from)
-                .to_vec(),
+            prepare_args: [
+                "--input",
+                "c4/*.jsonl.zst",
+                "--tokenizer",
+                "tok.json",
+                "--out",
+                "data",
+            ]
+            .map(String::from)
+            .to_vec(),
             out: "data".into(),
             log_dir: "/shared/work/logs".into(),
             rendered_by: "test".into(),
@@ -150,7 +162,11 @@ mod tests {
         ), "{a}");
         assert!(a.contains("#SBATCH --output=/shared/work/logs/prepare-%A_%a.log"));
         let m = render_merge(&job());
-        assert!(m.lines().any(|l| l == "exec /shared/bin/tessera data merge data"), "{m}");
+        assert!(
+            m.lines()
+                .any(|l| l == "exec /shared/bin/tessera data merge data"),
+            "{m}"
+        );
         assert!(m.lines().any(|l| l == "#SBATCH --kill-on-invalid-dep=yes"));
     }
 

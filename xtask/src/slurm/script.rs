@@ -121,8 +121,11 @@ pub fn render(job: &TrainJob) -> String {
     let _ = writeln!(w, "export MASTER_PORT={}", job.master_port);
     let _ = writeln!(w, "export WORLD_SIZE=$SLURM_NTASKS");
     let _ = writeln!(w, "export LOCAL_WORLD_SIZE={}", job.tasks_per_node);
-    s.push_str(&BODY.replace("@CONFIG_ERROR@", &exit::CONFIG_ERROR.to_string())
-        .replace("@DIVERGED@", &exit::DIVERGED.to_string()));
+    s.push_str(
+        &BODY
+            .replace("@CONFIG_ERROR@", &exit::CONFIG_ERROR.to_string())
+            .replace("@DIVERGED@", &exit::DIVERGED.to_string()),
+    );
     s
 }
 
@@ -282,7 +285,9 @@ mod tests {
             assert!(s.lines().any(|l| l == line), "{line:?} missing:\n{s}");
         }
         assert!(s.contains("scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1"));
-        assert!(s.contains("export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID"));
+        assert!(s.contains(
+            "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID"
+        ));
         assert!(s.contains("scontrol requeue \"$SLURM_JOB_ID\""));
         assert!(s.contains("case \"$c\" in 2|3) FATAL=$c"));
         assert!(!s.contains("@CONFIG_ERROR@") && !s.contains("@DIVERGED@"));
@@ -310,7 +315,11 @@ mod tests {
             .output()
             .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
