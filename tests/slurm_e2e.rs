@@ -1,8 +1,8 @@
 //! A real Slurm cluster (Debian's slurm-wlm, started on this machine by
 //! `xtask/scripts/slurm-up.sh`, which `.ci/run` calls): a CPU training job submitted through
-//! `cargo xtask slurm submit` loses a task to SIGKILL mid-run, requeues itself, resumes from
-//! `latest` and finishes with the same weights as a run that never failed; and data preparation
-//! as a job array plus a dependent merge job.
+//! `cargo xtask slurm submit` loses a task to SIGKILL mid-run, then has a task stopped (SIGSTOP,
+//! a hang), requeues itself each time, resumes from `latest` and finishes with the same weights
+//! as a run that never failed; and data preparation as a job array plus a dependent merge job.
 
 mod cluster;
 mod common;
@@ -91,21 +91,15 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
             "--cpus-per-task",
             "1",
         ])
-        .args([
-            "--max-restarts",
-            "2",
-            "--run-dir",
-            "run",
-            "--job-name",
-            &name,
-        ])
+        .args(["--max-restarts", "3", "--hang-floor-s", "5"])
+        .args(["--run-dir", "run", "--job-name", &name])
         .args(["--timeout-s", "900"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting cargo xtask slurm submit");
     let mut rng = Rng::from_env(0x51u64);
-    let kill_at = 20 + rng.below(40);
+    let kill_at = 10 + rng.below(30);
     let deadline = Instant::now() + Duration::from_secs(600);
     while last_logged_step(&run) < kill_at {
         assert!(
@@ -122,8 +116,44 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     assert_eq!(ranks.len(), tasks, "{ranks:?}");
     let (pid, rank) = ranks[rng.below(tasks as u64) as usize];
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let killed_at = last_logged_step(&run);
-    eprintln!("SIGKILL task {rank} (pid {pid}) at step {killed_at}");
+    eprintln!(
+        "SIGKILL task {rank} (pid {pid}) at step {}",
+        last_logged_step(&run)
+    );
+
+    // Once the requeued job has trained a few steps past its checkpoint, stop a task: the
+    // script's watcher must see the silence (5 s floor here), kill the step and requeue again.
+    let restarted =
+        |inc: &[serde_json::Value]| inc.iter().filter(|i| i["kind"] == "restart").count();
+    while restarted(&incidents(&run)) < 1
+        || cluster::tessera_ranks("SLURM_JOB_NAME", &name).len() < tasks
+    {
+        assert!(
+            submit.try_wait().unwrap().is_none(),
+            "the job ended after the kill"
+        );
+        assert!(Instant::now() < deadline, "the job was not requeued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed_at = last_logged_step(&run);
+    while last_logged_step(&run) < resumed_at + 3 + rng.below(10) {
+        assert!(
+            submit.try_wait().unwrap().is_none(),
+            "the job ended before the stop"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the requeued job made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ranks = cluster::tessera_ranks("SLURM_JOB_NAME", &name);
+    let (stop_pid, stop_rank) = ranks[rng.below(ranks.len() as u64) as usize];
+    unsafe { libc::kill(stop_pid, libc::SIGSTOP) };
+    eprintln!(
+        "SIGSTOP task {stop_rank} (pid {stop_pid}) at step {}",
+        last_logged_step(&run)
+    );
     let out = submit.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -146,15 +176,24 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     assert_eq!(failure["rank"], rank, "{failure}");
     assert_eq!(failure["will_restart"], true);
     assert!(failure["lost_steps"].as_u64().unwrap() <= 2 * cluster::SAVE_INTERVAL);
-    let restart = inc
+    let hang = inc
         .iter()
-        .position(|i| i["source"] == "slurm" && i["kind"] == "restart")
-        .expect("a restart line");
-    assert_eq!(inc[restart]["attempt"], 1);
-    assert!(
-        inc[restart..].iter().any(|i| i["kind"] == "resume"),
-        "the requeued job did not resume from a checkpoint: {inc:#?}"
-    );
+        .find(|i| i["source"] == "slurm" && i["kind"] == "hang")
+        .unwrap_or_else(|| panic!("no hang recorded: {inc:#?}"));
+    assert_eq!(hang["will_restart"], true, "{hang}");
+    assert!(hang["lost_steps"].as_u64().unwrap() <= 2 * cluster::SAVE_INTERVAL);
+    let restarts: Vec<usize> = (0..inc.len())
+        .filter(|&i| inc[i]["source"] == "slurm" && inc[i]["kind"] == "restart")
+        .collect();
+    assert_eq!(restarts.len(), 2, "{inc:#?}");
+    for (n, &at) in restarts.iter().enumerate() {
+        assert_eq!(inc[at]["attempt"], n as u64 + 1);
+        assert!(
+            inc[at..].iter().any(|i| i["kind"] == "resume"),
+            "requeue {} did not resume from a checkpoint: {inc:#?}",
+            n + 1
+        );
+    }
 
     // Bit for bit the run that never failed.
     assert_eq!(numbers(&a.join("run")), numbers(&run));
@@ -162,7 +201,7 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     assert_eq!(weights(&a), weights(&b), "final weights differ");
     assert!(cluster::tessera_ranks("SLURM_JOB_NAME", &name).is_empty());
     eprintln!(
-        "{tasks} task(s): uninterrupted {uninterrupted:.1?}; Slurm job with one kill {wall:.1?}; {}",
+        "{tasks} task(s): uninterrupted {uninterrupted:.1?}; Slurm job with a kill and a stop {wall:.1?}; {}",
         reliability(&inc)
     );
 }

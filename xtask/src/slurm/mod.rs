@@ -62,6 +62,13 @@ pub struct JobArgs {
     max_restarts: u32,
     #[arg(long)]
     cpus_per_task: Option<u32>,
+    /// The shortest hang window: no new metrics.jsonl line for max(this, 2 × median step) is a
+    /// hang. It must exceed your longest evaluation or blocking save.
+    #[arg(long, default_value_t = 300)]
+    hang_floor_s: u64,
+    /// Seconds an attempt may take to write its first metrics line.
+    #[arg(long, default_value_t = 1800)]
+    start_timeout_s: u64,
     #[arg(long, default_value_t = 29500)]
     master_port: u16,
     /// Slurm job name (default: the run name).
@@ -201,6 +208,8 @@ fn train_job(a: &JobArgs, verb: &str) -> anyhow::Result<(TrainJob, PathBuf)> {
         time: a.time.clone(),
         account: a.account.clone(),
         max_restarts: a.max_restarts,
+        hang_floor_s: a.hang_floor_s,
+        start_timeout_s: a.start_timeout_s,
         master_port: a.master_port,
         tessera: tessera_bin(a.tessera_bin.as_deref())?,
         log: run_dir.join("slurm-%j.log"),

@@ -11,7 +11,9 @@
 //!    failure requeues the job (`scontrol requeue`, which needs `--requeue` and the cluster's
 //!    `JobRequeue=1`) while `SLURM_RESTART_COUNT < max_restarts`. The requeued job autoresumes
 //!    from `latest`.
-//! 4. It appends `rank_failure`, `restart` and `recovered` lines to the run's `incidents.jsonl`
+//! 4. A background watcher treats no new `metrics.jsonl` line for `max(floor, 2 × median step)`
+//!    as a hang (the launcher's rule), kills the job's steps and the job is requeued.
+//! 5. It appends `rank_failure`, `hang`, `restart` and `recovered` lines to the run's `incidents.jsonl`
 //!    (`"source": "slurm"`, the launcher's fields), as complete lines, while no rank runs.
 //!
 //! The run folder and checkpoints must be on a filesystem every node sees (they are for any
@@ -36,6 +38,10 @@ pub struct TrainJob {
     pub time: Option<String>,
     pub account: Option<String>,
     pub max_restarts: u32,
+    /// The hang window's floor and the limit before an attempt's first line, in whole seconds
+    /// (see `launch/progress.rs`).
+    pub hang_floor_s: u64,
+    pub start_timeout_s: u64,
     pub master_port: u16,
     /// Absolute paths as the nodes see them.
     pub tessera: PathBuf,
@@ -108,6 +114,8 @@ pub fn render(job: &TrainJob) -> String {
     let _ = writeln!(w, "RUN_DIR={}", path(&job.run_dir));
     let _ = writeln!(w, "SAVE_FOLDER={}", path(&job.save_folder));
     let _ = writeln!(w, "MAX_RESTARTS={}", job.max_restarts);
+    let _ = writeln!(w, "HANG_FLOOR_S={}", job.hang_floor_s);
+    let _ = writeln!(w, "START_TIMEOUT_S={}", job.start_timeout_s);
     let args: Vec<String> = job.tessera_args.iter().map(|a| sh_quote(a)).collect();
     let _ = writeln!(w, "TESSERA_ARGS=({})", args.join(" "));
     let _ = writeln!(
@@ -152,7 +160,7 @@ incident() {
   ck_tok=0; [ -n "$ck" ] && ck_tok=$(train_line "\"step\":$ck," | field tokens); ck_tok=${ck_tok:-0}
   # Only the failure line carries the loss, so a sum over the file counts it once.
   lost=0; lost_tok=0
-  if [ "$1" = rank_failure ]; then
+  if [ "$1" = rank_failure ] || [ "$1" = hang ]; then
     lost=$(( reached - ${ck:-0} )); [ $lost -lt 0 ] && lost=0
     lost_tok=$(( reached_tok - ck_tok )); [ $lost_tok -lt 0 ] && lost_tok=0
   fi
@@ -164,7 +172,8 @@ incident() {
 
 if [ "$RESTART" -gt 0 ]; then
   ck=$(checkpoint_step)
-  incident restart "requeued job $SLURM_JOB_ID, restart $RESTART of $MAX_RESTARTS, resumes from ${ck:+checkpoint ba$ck}${ck:-the start}"
+  from=${ck:+checkpoint ba$ck}
+  incident restart "requeued job $SLURM_JOB_ID, restart $RESTART of $MAX_RESTARTS, resumes from ${from:-the start}"
   # The first train step after the restart (metrics.jsonl written since the restart began, past
   # the checkpoint): how long the failure cost, from the moment the script saw it.
   touch "$STATE/restart_$RESTART"
@@ -184,13 +193,48 @@ if [ "$RESTART" -gt 0 ]; then
   WATCHER=$!
 fi
 
-rm -f "$STATE/exit.$RESTART".*
+# Hang detection, as `cargo xtask launch` does it: once this attempt has written metrics.jsonl,
+# no new line for max(HANG_FLOOR_S, 2 x the median step time of the last 50 steps) is a hang;
+# before that, START_TIMEOUT_S. The steps' tasks are then killed (not this script), and the
+# failure below is recorded as a hang and requeued like any other.
+hang_watch() {
+  local start m median window age
+  start=$(date +%s)
+  touch "$STATE/attempt_$RESTART"
+  while sleep 2; do
+    m=$(stat -c %Y "$RUN_DIR/metrics.jsonl" 2>/dev/null || echo 0)
+    # Written since the attempt began (-nt compares to the nanosecond).
+    if [ "$RUN_DIR/metrics.jsonl" -nt "$STATE/attempt_$RESTART" ]; then
+      median=$(grep -F '"kind":"train"' "$RUN_DIR/metrics.jsonl" | tail -n 51 |
+        sed -n 's/.*"elapsed_s":\([0-9.eE+-]*\).*/\1/p' |
+        awk 'NR > 1 { d = $1 - p; if (d > 0) print d } { p = $1 }' | sort -g |
+        awk '{ a[NR] = $1 } END { print (NR ? a[int((NR + 1) / 2)] : 0) }')
+      window=$(awk -v f="$HANG_FLOOR_S" -v m="$median" 'BEGIN { w = 2 * m; if (w < f) w = f; printf "%d", w + 0.999 }')
+      age=$(( $(date +%s) - m ))
+    else
+      window=$START_TIMEOUT_S
+      age=$(( $(date +%s) - start ))
+    fi
+    if [ "$age" -gt "$window" ]; then
+      echo "no new metrics.jsonl line for $age s (window $window s = max(floor $HANG_FLOOR_S s, 2 x median step))" >"$STATE/hang.$RESTART"
+      for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i | grep -E '\.[0-9]+$'); do
+        scancel --signal=KILL "$step"
+      done
+      return
+    fi
+  done
+}
+
+rm -f "$STATE/exit.$RESTART".* "$STATE/hang.$RESTART"
+hang_watch &
+HANG_WATCHER=$!
 srun --kill-on-bad-exit=1 bash -c '
   export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID NODE_RANK=$SLURM_NODEID
   "$@"; code=$?
   echo "$code" >"$0/exit.${SLURM_RESTART_COUNT:-0}.$SLURM_PROCID"
   exit $code' "$STATE" "$TESSERA" "${TESSERA_ARGS[@]}"
 CODE=$?
+kill "$HANG_WATCHER" 2>/dev/null
 [ -n "${WATCHER:-}" ] && kill "$WATCHER" 2>/dev/null
 
 # The rank that failed first, and how (the exit files are written in the order ranks ended).
@@ -212,6 +256,18 @@ if [ "$FIRST_CODE" -gt 128 ]; then
 fi
 extra="$extra${FIRST_RANK:+,\"rank\":$FIRST_RANK}"
 date +%s.%N >"$STATE/failed_at"
+if [ -f "$STATE/hang.$RESTART" ]; then
+  what=$(cat "$STATE/hang.$RESTART")
+  if [ "$RESTART" -lt "$MAX_RESTARTS" ]; then
+    incident hang "$what; requeueing (restart $(( RESTART + 1 )) of $MAX_RESTARTS)" '"cause":"hang","will_restart":true'
+    echo "tessera-slurm: $what; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    sleep 60
+    exit 0
+  fi
+  incident hang "$what; no restarts left" '"cause":"hang","will_restart":false'
+  exit @STALL@
+fi
 if [ -n "$FATAL" ]; then
   incident rank_failure "rank ${FIRST_RANK:-?} failed: $describe; not retryable" "$extra,\"cause\":\"$([ "$FATAL" = @CONFIG_ERROR@ ] && echo config_error || echo diverged)\",\"will_restart\":false"
   echo "tessera-slurm: rank ${FIRST_RANK:-?} failed ($describe); exit $FATAL is never retried"
@@ -245,6 +301,8 @@ mod tests {
             time: Some("3-00:00:00".into()),
             account: Some("llm".into()),
             max_restarts: 10,
+            hang_floor_s: 300,
+            start_timeout_s: 1800,
             master_port: 29500,
             tessera: "/shared/bin/tessera".into(),
             workdir: "/shared/work".into(),
