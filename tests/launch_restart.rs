@@ -92,13 +92,13 @@ fn kills_and_a_stall_leave_the_result_bit_identical(nproc: usize) {
     // The job whose ranks are killed (random rank, random moment) and then one stopped.
     let b = setup(tmp.path(), "b", &data);
     let run = b.join("run");
-    let mut job = launch(&b, nproc, &tag("b"));
+    let mut job = cluster::Running(Some(launch(&b, nproc, &tag("b"))));
     let mut rng = Rng::from_env(0x1a0c4);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut kills = 0;
     let mut stopped = false;
     while !stopped {
-        if !wait_for_progress(&mut job, &run, 3 + rng.below(15), deadline) {
+        if !wait_for_progress(job.child(), &run, 3 + rng.below(15), deadline) {
             break;
         }
         std::thread::sleep(Duration::from_millis(rng.below(25)));
@@ -130,14 +130,14 @@ fn kills_and_a_stall_leave_the_result_bit_identical(nproc: usize) {
             < seen
         {
             assert!(
-                job.try_wait().unwrap().is_none(),
+                job.child().try_wait().unwrap().is_none(),
                 "the launcher ended instead of restarting"
             );
             assert!(Instant::now() < deadline, "no restart after a failure");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    wait_ok(job, "the killed job");
+    wait_ok(job.take(), "the killed job");
     assert_eq!(kills, KILLS, "the job finished before every kill landed");
     assert!(stopped, "the job finished before the SIGSTOP");
     assert!(

@@ -74,7 +74,8 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     let run = b.join("run");
     let name = job_name(&format!("train{tasks}"));
     let started = Instant::now();
-    let mut submit = cargo_xtask()
+    let _cancel = cluster::CancelSlurmJobs(vec![name.clone()]);
+    let submit = cargo_xtask()
         .current_dir(&b)
         .args([
             "slurm",
@@ -98,12 +99,13 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting cargo xtask slurm submit");
+    let mut submit = cluster::Running(Some(submit));
     let mut rng = Rng::from_env(0x51u64);
     let kill_at = 10 + rng.below(30);
     let deadline = Instant::now() + Duration::from_secs(600);
     while last_logged_step(&run) < kill_at {
         assert!(
-            submit.try_wait().unwrap().is_none(),
+            submit.child().try_wait().unwrap().is_none(),
             "the job ended before the kill"
         );
         assert!(
@@ -129,7 +131,7 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
         || cluster::tessera_ranks("SLURM_JOB_NAME", &name).len() < tasks
     {
         assert!(
-            submit.try_wait().unwrap().is_none(),
+            submit.child().try_wait().unwrap().is_none(),
             "the job ended after the kill"
         );
         assert!(Instant::now() < deadline, "the job was not requeued");
@@ -138,7 +140,7 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
     let resumed_at = last_logged_step(&run);
     while last_logged_step(&run) < resumed_at + 3 + rng.below(10) {
         assert!(
-            submit.try_wait().unwrap().is_none(),
+            submit.child().try_wait().unwrap().is_none(),
             "the job ended before the stop"
         );
         assert!(
@@ -154,7 +156,7 @@ fn killed_task_requeues_and_matches_an_uninterrupted_run(tasks: usize) {
         "SIGSTOP task {stop_rank} (pid {stop_pid}) at step {}",
         last_logged_step(&run)
     );
-    let out = submit.wait_with_output().unwrap();
+    let out = submit.take().wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -251,6 +253,12 @@ fn slurm_prepare_runs_slices_as_an_array_then_merges_them() {
             .args(prepare_args("whole")),
     );
 
+    // `slurm prepare` names its jobs <name>-slices and <name>-merge.
+    let _cancel = cluster::CancelSlurmJobs(
+        ["slices", "merge"]
+            .map(|j| format!("{}-{j}", job_name("prepare")))
+            .to_vec(),
+    );
     let out = cargo_xtask()
         .current_dir(dir)
         .args(["slurm", "prepare", "--slices", "2", "--cpus-per-task", "1"])

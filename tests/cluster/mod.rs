@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// The tiny training job of `resume_after_kill.rs` (2 layers, d_model 64, seq 48), saving every
 /// 5 steps with autoresume, run for `steps` steps. Everything it writes goes under `save_folder`
@@ -220,4 +221,50 @@ pub fn reliability(incidents: &[serde_json::Value]) -> String {
             .collect::<Vec<_>>(),
         mean(&recovery)
     )
+}
+
+/// A launcher (or `slurm submit`) process that a failing test must not leave running: dropped
+/// while it still runs, it gets SIGTERM (the launcher then stops its ranks), then SIGKILL.
+pub struct Running(pub Option<Child>);
+
+impl Running {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the process was taken")
+    }
+    /// Hands the process over (to wait for its output).
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("the process was taken")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(child) = self.0.as_mut() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Cancels the Slurm jobs with these names when dropped (after a failed test; a finished job is
+/// gone already).
+pub struct CancelSlurmJobs(pub Vec<String>);
+
+impl Drop for CancelSlurmJobs {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("scancel")
+                .arg(format!("--name={name}"))
+                .status();
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! second or a few. `tests/launch_restart.rs` runs real `tessera train` ranks.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn xtask() -> Command {
@@ -49,6 +49,17 @@ fn launch(dir: &Path, args: &[&str], script: &str) -> Output {
         ])
         .output()
         .expect("starting xtask")
+}
+
+/// A launcher that a failing test must not leave running: killed (and its ranks with it, by
+/// their death signal) when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn incidents(dir: &Path) -> Vec<serde_json::Value> {
@@ -218,22 +229,24 @@ fn sigterm_to_the_launcher_stops_every_rank_and_leaves_nothing_behind() {
     let marker = format!("sleep 3{}", std::process::id() % 1000);
     // Each rank starts a child of its own (a grandchild of the launcher), then waits.
     let script = format!("{marker} & {marker}; wait");
-    let mut child = xtask()
-        .current_dir(&tmp.0)
-        .args([
-            "launch",
-            "--nproc",
-            "2",
-            "--run-dir",
-            "run",
-            "--grace-s",
-            "2",
-        ])
-        .args(["--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut launcher = Running(
+        xtask()
+            .current_dir(&tmp.0)
+            .args([
+                "launch",
+                "--nproc",
+                "2",
+                "--run-dir",
+                "run",
+                "--grace-s",
+                "2",
+            ])
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     // The launcher, two `sh` ranks and at least one `sleep` each.
     while processes_with(&marker).len() < 5 {
@@ -241,9 +254,9 @@ fn sigterm_to_the_launcher_stops_every_rank_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(20));
     }
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(launcher.0.id() as i32, libc::SIGTERM);
     }
-    let status = child.wait().unwrap();
+    let status = launcher.0.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert!(processes_with(&marker).is_empty(), "processes left behind");
     assert_eq!(kinds(&incidents(&tmp.0)), ["launcher_stopped"]);
@@ -253,22 +266,24 @@ fn sigterm_to_the_launcher_stops_every_rank_and_leaves_nothing_behind() {
 fn sigkill_to_the_launcher_takes_its_ranks_with_it() {
     let tmp = TempDir::new("sigkill");
     let marker = format!("sleep 4{}", std::process::id() % 1000);
-    let mut child = xtask()
-        .current_dir(&tmp.0)
-        .args(["launch", "--nproc", "2", "--run-dir", "run"])
-        .args(["--", "sh", "-c", &format!("exec {marker}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut launcher = Running(
+        xtask()
+            .current_dir(&tmp.0)
+            .args(["launch", "--nproc", "2", "--run-dir", "run"])
+            .args(["--", "sh", "-c", &format!("exec {marker}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     // The launcher and both ranks.
     while processes_with(&marker).len() < 3 {
         assert!(Instant::now() < deadline, "the ranks never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    launcher.0.kill().unwrap();
+    launcher.0.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_with(&marker).is_empty() {
         assert!(
