@@ -191,6 +191,19 @@ pub fn incidents(run_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A failure line's losses are the steps from its checkpoint to the step reached (how many
+/// depends on the trainer's asynchronous saves, so the tests check the accounting, not a bound).
+pub fn assert_losses_add_up(failure: &serde_json::Value) {
+    let reached = failure["step"].as_u64().expect("step");
+    let checkpoint = failure["checkpoint_step"].as_u64().unwrap_or(0);
+    assert_eq!(checkpoint % SAVE_INTERVAL, 0, "{failure}");
+    assert_eq!(
+        failure["lost_steps"].as_u64(),
+        Some(reached - checkpoint),
+        "{failure}"
+    );
+}
+
 /// Summary statistics of the launcher's incidents: the reliability figures the tests print.
 pub fn reliability(incidents: &[serde_json::Value]) -> String {
     let failures: Vec<&serde_json::Value> = incidents

@@ -123,7 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         start_timeout: Duration::from_secs_f64(args.start_timeout_s),
     };
     let grace = Duration::from_secs_f64(args.grace_s);
-    let mut progress = paths.as_ref().map(|p| Progress::new(p.metrics()));
+    let mut progress = paths
+        .as_ref()
+        .map(|p| Progress::new(p.metrics(), Some(p.latest())));
     let log = |incident: LaunchIncident| {
         if let Some(p) = &paths
             && let Err(e) = incidents::append(&p.incidents(), &incident)

@@ -40,6 +40,9 @@ const SAMPLES: usize = 256;
 /// Watches one `metrics.jsonl`.
 pub struct Progress {
     path: PathBuf,
+    /// The checkpoint folder's `latest` pointer: after the trainer's resume rewrote the file,
+    /// lines past that step are new.
+    latest: Option<PathBuf>,
     /// Bytes of the file already read, and the file they belong to (dev, inode).
     offset: u64,
     file_id: Option<(u64, u64)>,
@@ -55,9 +58,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(path: PathBuf, latest: Option<PathBuf>) -> Self {
         let mut p = Progress {
             path,
+            latest,
             offset: 0,
             file_id: None,
             samples: Vec::new(),
@@ -88,12 +92,30 @@ impl Progress {
         };
         if id != self.file_id || len < self.offset {
             // Rewritten: on resume the trainer drops the lines past its checkpoint and renames a
-            // new file into place. That is activity, but not a step.
+            // new file into place. That is activity; train lines past the checkpoint (`latest`)
+            // are steps the resumed run has already logged. No step-time sample spans it.
             self.file_id = id;
             self.offset = self.complete_len(len);
             self.last_line = Some(now);
             self.last_train = None;
-            return 0;
+            let checkpoint = self
+                .latest
+                .as_ref()
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .and_then(|s| s.trim().strip_prefix("ba")?.parse::<u64>().ok());
+            let Some(checkpoint) = checkpoint else {
+                return 0;
+            };
+            let bytes = self.read_from(0, self.offset).unwrap_or_default();
+            let steps: Vec<u64> = train_steps(&bytes)
+                .into_iter()
+                .filter(|s| *s > checkpoint)
+                .collect();
+            if let Some(&max) = steps.iter().max() {
+                self.last_step = Some(self.last_step.map_or(max, |s| s.max(max)));
+                self.last_train = Some(now);
+            }
+            return steps.len();
         }
         if len == self.offset {
             return 0;
@@ -105,17 +127,10 @@ impl Progress {
             return 0; // only part of a line so far
         };
         self.offset += end as u64 + 1;
-        let mut train = 0;
-        for line in bytes[..end].split(|b| *b == b'\n') {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-                continue;
-            };
-            if v.get("kind").and_then(|k| k.as_str()) == Some("train") {
-                train += 1;
-                if let Some(step) = v.get("step").and_then(|s| s.as_u64()) {
-                    self.last_step = Some(self.last_step.map_or(step, |s| s.max(step)));
-                }
-            }
+        let steps = train_steps(&bytes[..end]);
+        let train = steps.len();
+        if let Some(&max) = steps.iter().max() {
+            self.last_step = Some(self.last_step.map_or(max, |s| s.max(max)));
         }
         self.last_line = Some(now);
         if train > 0 {
@@ -180,6 +195,16 @@ impl Progress {
     }
 }
 
+/// The `step` of every `"kind": "train"` line in `bytes`.
+fn train_steps(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("train"))
+        .filter_map(|v| v.get("step").and_then(|s| s.as_u64()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -206,7 +231,8 @@ mod tests {
         let path = dir.join("metrics.jsonl");
         append(&path, &train(1)); // before the attempt: ignored
         let t0 = Instant::now();
-        let mut p = Progress::new(path.clone());
+        let latest = dir.join("latest");
+        let mut p = Progress::new(path.clone(), Some(latest.clone()));
         p.begin_attempt(t0);
         let policy = HangPolicy {
             floor: Duration::from_secs(1),
@@ -239,13 +265,24 @@ mod tests {
         assert_eq!(p.poll(last + Duration::from_secs(6)), 1);
         assert_eq!(p.last_step, Some(7));
 
-        // A rewrite (the trainer's resume) is activity, then appends count again.
+        // A rewrite (the trainer's resume from ba3) is activity, then appends count again.
+        std::fs::write(&latest, "ba3\n").unwrap();
         std::fs::write(dir.join("new"), train(3)).unwrap();
         std::fs::rename(dir.join("new"), &path).unwrap();
         assert_eq!(p.poll(last + Duration::from_secs(20)), 0);
         assert_eq!(p.hung(last + Duration::from_secs(23), &policy), None);
         append(&path, &train(4));
         assert_eq!(p.poll(last + Duration::from_secs(24)), 1);
+
+        // A resume that logged steps before the poll saw the rewrite: they are not lost.
+        std::fs::write(
+            dir.join("new"),
+            format!("{}{}{}", train(3), train(4), train(5)),
+        )
+        .unwrap();
+        std::fs::rename(dir.join("new"), &path).unwrap();
+        assert_eq!(p.poll(last + Duration::from_secs(25)), 2);
+        assert_eq!(p.last_step, Some(7));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
