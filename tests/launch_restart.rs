@@ -181,7 +181,6 @@ fn launch_survives_rank_kills_and_a_stall_bit_identically() {
 }
 
 #[test]
-#[ignore = "needs multi-rank training (issue #10)"]
 fn multi_rank_launch_survives_rank_kills_and_a_stall_bit_identically() {
     kills_and_a_stall_leave_the_result_bit_identical(2);
 }

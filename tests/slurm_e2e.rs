@@ -215,7 +215,7 @@ fn slurm_job_requeues_after_a_killed_task_and_finishes_bit_identically() {
 }
 
 #[test]
-#[ignore = "needs multi-rank training (issue #10) and a local Slurm cluster (xtask/scripts/slurm-up.sh)"]
+#[ignore = "needs a local Slurm cluster (xtask/scripts/slurm-up.sh)"]
 fn multi_rank_slurm_job_requeues_after_a_killed_task_and_finishes_bit_identically() {
     killed_task_requeues_and_matches_an_uninterrupted_run(2);
 }

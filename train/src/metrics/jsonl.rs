@@ -113,10 +113,17 @@ pub enum IncidentKind {
     Diverged,
     /// A stale lock on the run folder (its holder had died) was taken over.
     LockTakeover,
-    /// A rank failed or hung (written by the trainer or by a launcher).
+    /// A rank failed (written by the trainer, or by a launcher when a rank exits).
     RankFailure,
-    /// A launcher restarted the job (written by `cargo xtask launch` or the Slurm script).
+    /// A launcher saw a rank make no progress and stopped the job (`cargo xtask launch`, the
+    /// Slurm script).
+    Hang,
+    /// A launcher restarted the job.
     Restart,
+    /// The restarted job trained its first step again (the line says how long it took).
+    Recovered,
+    /// The launcher itself was stopped (SIGINT/SIGTERM) and stopped the job.
+    LauncherStopped,
     /// A kind this version does not know (written by a newer tessera or another tool): kept
     /// readable so that one line never stops a report or a resume.
     #[serde(other)]
