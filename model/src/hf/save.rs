@@ -17,7 +17,7 @@ use crate::config::MptConfig;
 use crate::mpt::Mpt;
 use crate::spec::{ParamSpec, hf_name, param_specs};
 
-fn from_f32(values: &[f32], dtype: HfDtype) -> Vec<u8> {
+pub(crate) fn from_f32(values: &[f32], dtype: HfDtype) -> Vec<u8> {
     match dtype {
         HfDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         HfDtype::F16 => values
@@ -156,6 +156,11 @@ pub fn save_with<B: Backend>(
     opts: SaveOptions,
 ) -> Result<(), HfError> {
     let dir = dir.as_ref();
+    if model.has_adapter() {
+        return Err(HfError::HasAdapter {
+            dir: dir.to_path_buf(),
+        });
+    }
     let specs = param_specs(config);
     std::fs::create_dir_all(dir).map_err(io(dir))?;
 
@@ -323,10 +328,11 @@ impl<B: Backend> ModuleVisitor<B> for ShapeCollector<'_> {
     }
 }
 
-struct OwnedView {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// A tensor's bytes for `safetensors::serialize`.
+pub(crate) struct OwnedView {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<u8>,
 }
 
 impl safetensors::View for OwnedView {
@@ -345,7 +351,7 @@ impl safetensors::View for OwnedView {
 }
 
 /// Writes `bytes` to `path` via a temp file in the same directory, fsynced, then renamed.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp-{}", file_name(path), std::process::id()));
     let result = (|| {
@@ -364,7 +370,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), HfError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), HfError> {
     // Directory fsync makes the renames durable; not all platforms allow opening a directory.
     if let Ok(f) = File::open(dir) {
         let _ = f.sync_all();
