@@ -497,6 +497,17 @@ fn a_bf16_base_halves_its_matrices_and_keeps_adapters_f32() {
     // The fixture has no biases and its norms are 1/300 of the weights.
     let ratio = bytes(&bf16_model) as f64 / bytes(&f32_model) as f64;
     assert!((0.5..0.51).contains(&ratio), "base bytes ratio {ratio}");
+    // lora::training_memory's arithmetic counts exactly these bytes.
+    let all: usize = params.values().map(|(d, _, n)| d.size() * n).sum();
+    let lora_cfg = bf16_model.adapter().unwrap().config;
+    let est = lora::training_memory(&cfg, Some(&lora_cfg), FloatDType::BF16).unwrap();
+    assert_eq!(est.weight_bytes, all as u64);
+    let trainable: usize = params
+        .iter()
+        .filter(|(p, _)| p.contains(".lora."))
+        .map(|(_, (_, _, n))| n)
+        .sum();
+    assert_eq!(est.trainable_params, trainable as u64);
     // Forward within bf16 rounding of the f32 base; gradients for the adapters only.
     let input = || MptInput::new(ids::<AD>(&[&ROW]));
     let a = to_vec(f32_model.forward(input()));

@@ -11,11 +11,13 @@
 //! - [`peft`]: PEFT's files (`adapter_config.json`, `adapter_model.safetensors`), both ways.
 //! - [`merge`]: `W' = W + scale · B A`, a plain model transformers loads without PEFT.
 //! - [`bank`]: many adapters on one base, chosen per batch row, unmerged (serving).
+//! - [`memory`]: weights, gradients and optimizer state of full fine-tuning against LoRA.
 
 pub mod adapter;
 pub mod attach;
 pub mod bank;
 pub mod config;
+pub mod memory;
 pub mod merge;
 pub mod peft;
 
@@ -25,6 +27,7 @@ pub use adapter::{Adapter, BlockLora, Factor, LoraLayer, peft_name, target_dims}
 pub use attach::{TrainableParam, trainable_params};
 pub use bank::{AdapterBank, BlockRows, RowAdapters};
 pub use config::{LoraConfig, LoraInit, TargetModule};
+pub use memory::{TrainingMemory, training_memory};
 pub use merge::merge;
 
 /// Errors of the LoRA functions; each names the file, key or tensor at fault.
