@@ -143,8 +143,17 @@ pub struct BlockRows<B: Backend> {
 /// The first products of one layer's per-row adapters (shared by the row blocks of a fused
 /// `Wqkv`).
 pub(crate) struct RowHidden<'a, B: Backend> {
-    parts: Vec<(Option<Tensor<B, 1, Int>>, Tensor<B, 2>, &'a LoraLayer<B>)>,
+    parts: Vec<HiddenPart<'a, B>>,
     seq: usize,
+}
+
+/// One adapter's rows and its first product on them.
+struct HiddenPart<'a, B: Backend> {
+    /// As [`Group::rows`].
+    rows: Option<Tensor<B, 1, Int>>,
+    /// `dropout(x) Aᵀ` of those rows, `[n · s, r]`.
+    hidden: Tensor<B, 2>,
+    layer: &'a LoraLayer<B>,
 }
 
 impl<B: Backend> BlockRows<B> {
@@ -168,8 +177,11 @@ impl<B: Backend> BlockRows<B> {
                     Some(rows) => (x.clone().select(0, rows.clone()), rows.dims()[0]),
                     None => (x.clone(), b),
                 };
-                let h = layer.down(xs.reshape([n * s, d_in]), compute);
-                Some((g.rows.clone(), h, layer))
+                Some(HiddenPart {
+                    rows: g.rows.clone(),
+                    hidden: layer.down(xs.reshape([n * s, d_in]), compute),
+                    layer,
+                })
             })
             .collect();
         RowHidden { parts, seq: s }
@@ -189,12 +201,13 @@ impl<B: Backend> RowHidden<'_, B> {
         compute: Option<FloatDType>,
     ) -> Tensor<B, 3> {
         let out = y.dims()[2];
-        for (idx, h, layer) in &self.parts {
-            let n = h.dims()[0] / self.seq;
-            let delta = layer
-                .up(h.clone(), rows, compute)
+        for part in &self.parts {
+            let n = part.hidden.dims()[0] / self.seq;
+            let delta = part
+                .layer
+                .up(part.hidden.clone(), rows, compute)
                 .reshape([n, self.seq, out]);
-            y = match idx {
+            y = match &part.rows {
                 Some(idx) => y.select_assign(0, idx.clone(), delta, IndexingUpdateOp::Add),
                 None => y + delta,
             };
