@@ -51,6 +51,9 @@ enum Command {
     Parity(cmd::parity::Args),
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
     Plan(cmd::plan::Args),
+    /// Memory of CPU training steps, full fine-tuning against LoRA (f32 or bf16 base).
+    #[command(hide = true)]
+    BenchLora(cmd::bench_lora::Args),
     /// Forward+backward timing of an MPT shape on one backend (`cargo xtask bench backends`, GPU checks).
     #[command(hide = true)]
     BenchStep(cmd::bench_step::Args),
@@ -79,6 +82,7 @@ fn main() {
         Command::Plan(args) => cmd::plan::run(args),
         Command::Parity(args) => cmd::parity::run(args, cli.device),
         Command::Preflight(args) => cmd::preflight::run(args, cli.device),
+        Command::BenchLora(args) => cmd::bench_lora::run(args),
         Command::BenchStep(args) => cmd::bench_step::run(args, cli.device),
         Command::BenchStream(args) => cmd::bench_stream::run(args),
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),

@@ -1,5 +1,6 @@
 pub mod bench_code;
 pub mod bench_icl;
+pub mod bench_lora;
 pub mod bench_step;
 pub mod bench_stream;
 pub mod convert;
