@@ -11,6 +11,7 @@ pub mod parity;
 pub mod plan;
 pub mod preflight;
 pub mod quickstart;
+pub mod serve;
 pub mod train;
 
 use tessera::device::DeviceSpec;
