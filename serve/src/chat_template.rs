@@ -113,7 +113,7 @@ impl ChatTemplate {
         let template = self.env.get_template(NAME).map_err(|e| e.to_string())?;
         template
             .render(minijinja::context! {
-                messages => Value::from_serialize(messages),
+                messages => Value::from(minijinja::value::Serde(messages)),
                 add_generation_prompt => true,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),

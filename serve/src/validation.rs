@@ -537,8 +537,10 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             return invalid_json(inner);
         }
         let message = inner.to_string();
+        // The path ends at the unknown field itself, or at the struct missing one.
         let at = |field: &str| match path.as_str() {
             "." | "" => field.to_string(),
+            p if p == field || p.ends_with(&format!(".{field}")) => p.to_string(),
             p => format!("{p}.{field}"),
         };
         if let Some(field) = quoted_after(&message, "unknown field `") {

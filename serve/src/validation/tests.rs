@@ -35,7 +35,7 @@ impl Fixture {
             models: &self.models,
             tokenizer: &self.tokenizer,
             chat_template: with_template.then_some(&self.template),
-            max_seq_len: 64,
+            max_seq_len: 256,
             vocab_size: 300,
             max_sequences: 8,
         }
@@ -152,12 +152,12 @@ fn out_of_range_settings_are_400_naming_the_field() {
 #[test]
 fn a_prompt_over_the_context_is_refused_with_openais_code() {
     let f = fixture();
-    let long: Vec<u32> = (0..64).map(|i| i % 200).collect();
+    let long: Vec<u32> = (0..256).map(|i| i % 200).collect();
     let e = f.completion(json!({"model": "tiny", "prompt": long})).unwrap_err();
     assert_eq!((status(&e), e.code), (400, Some("context_length_exceeded")));
-    assert!(e.message.contains("maximum context length is 64"), "{e}");
+    assert!(e.message.contains("maximum context length is 256"), "{e}");
     // Without max_tokens, the default shrinks to what fits.
-    let fits: Vec<u32> = (0..60).collect();
+    let fits: Vec<u32> = (0..252).map(|i| i % 200).collect();
     let job = f.completion(json!({"model": "tiny", "prompt": fits})).unwrap();
     assert_eq!(job.max_tokens, vec![4]);
 }
