@@ -95,17 +95,6 @@ impl Served {
         format!("http://{}{path}", self.addr)
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let mut r = ureq::post(self.url(path))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .send(body.to_string())
-            .expect("reaching the server");
-        let text = r.body_mut().read_to_string().unwrap();
-        (r.status().as_u16(), serde_json::from_str(&text).unwrap())
-    }
-
     fn metrics(&self) -> String {
         ureq::get(self.url("/metrics"))
             .call()
@@ -136,7 +125,12 @@ impl Drop for Served {
 }
 
 /// `tessera generate`'s greedy text and token count for `prompt` (the oracle).
-fn generate_text(model: &Path, tok: &Tokenizer, prompt: &str, max_new_tokens: usize) -> (String, usize) {
+fn generate_text(
+    model: &Path,
+    tok: &Tokenizer,
+    prompt: &str,
+    max_new_tokens: usize,
+) -> (String, usize) {
     let out = run_ok(tessera().arg("generate").arg("--model").arg(model).args([
         "--prompt",
         prompt,
@@ -197,6 +191,11 @@ fn load_test_32_clients_every_answer_equals_generate() {
         .iter()
         .map(|p| generate_text(&model, &tok, p, MAX_TOKENS))
         .collect();
+    let oracle_tokens: usize = oracle.iter().map(|(_, n)| n).sum();
+    assert!(
+        oracle_tokens > prompts.len() * MAX_TOKENS / 2,
+        "the oracle's answers are long enough to compare ({oracle_tokens} tokens)"
+    );
 
     let server = Served::start(&model, &["--max-batch", "16", "--max-queue", "64"]);
     let url = Arc::new(server.url("/v1/completions"));
@@ -285,13 +284,22 @@ fn a_public_address_needs_a_key_or_insecure() {
         let out = tessera().arg("serve").args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+        assert!(
+            err.starts_with("error: ") && !err.contains("panicked"),
+            "{err}"
+        );
         err
     };
     let err = fails(&["--model", "m", "--host", "0.0.0.0"]);
-    assert!(err.contains("--api-key") && err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("--api-key") && err.contains("--insecure"),
+        "{err}"
+    );
     let err = fails(&["--model", "m", "--adapter", "sql=/tmp/sql"]);
-    assert!(err.contains("--adapter sql=/tmp/sql") && err.contains("LoRA"), "{err}");
+    assert!(
+        err.contains("--adapter sql=/tmp/sql") && err.contains("LoRA"),
+        "{err}"
+    );
     let err = fails(&["--model", "/nonexistent/model"]);
     assert!(err.contains("/nonexistent/model"), "{err}");
     let err = fails(&["--model", "m", "--max-batch", "0"]);
@@ -301,7 +309,8 @@ fn a_public_address_needs_a_key_or_insecure() {
 #[test]
 #[ignore = "needs Python with the openai package"]
 fn the_openai_python_client_drives_the_server() {
-    let python = std::env::var("TESSERA_PYTHON").expect("TESSERA_PYTHON names a Python with openai");
+    let python =
+        std::env::var("TESSERA_PYTHON").expect("TESSERA_PYTHON names a Python with openai");
     let tmp = TempDir::new("serve-openai");
     let model = model_dir(tmp.path());
     let tok = Tokenizer::from_file(model.join("tokenizer.json")).unwrap();

@@ -94,11 +94,15 @@ impl ChatTemplate {
                 .expect("the default delimiters are valid"),
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
-        env.add_template_owned(NAME, source)
-            .map_err(|e| template_error(&origin, format!("the chat template does not compile: {e}")))?;
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
+        env.add_template_owned(NAME, source).map_err(|e| {
+            template_error(&origin, format!("the chat template does not compile: {e}"))
+        })?;
         Ok(Self {
             env,
             bos_token,
@@ -204,7 +208,10 @@ mod tests {
         // lstrip/trim_blocks remove the indentation and newlines around block tags.
         let src = "{{ bos_token }}\n{% for m in messages %}\n  {% if m.role == 'user' %}\n[U] {{ m.content.strip() }}\n  {% else %}\n{{ raise_exception('only users may speak') }}\n  {% endif %}\n{% endfor %}";
         let t = ChatTemplate::new(src.into(), "<s>".into(), "</s>".into(), "x".into()).unwrap();
-        assert_eq!(t.render(&[msg("user", "  hello ")]).unwrap(), "<s>\n[U] hello\n");
+        assert_eq!(
+            t.render(&[msg("user", "  hello ")]).unwrap(),
+            "<s>\n[U] hello\n"
+        );
         let err = t.render(&[msg("assistant", "x")]).unwrap_err();
         assert_eq!(err, "only users may speak");
     }
@@ -226,9 +233,16 @@ mod tests {
         assert_eq!(t.render(&[]).unwrap(), "<|endoftext|>");
         std::fs::write(dir.path().join("chat_template.jinja"), "J{{ eos_token }}").unwrap();
         let t = ChatTemplate::find(&[dir.path()]).unwrap().unwrap();
-        assert_eq!(t.render(&[]).unwrap(), "J<|endoftext|>", "the .jinja file wins");
+        assert_eq!(
+            t.render(&[]).unwrap(),
+            "J<|endoftext|>",
+            "the .jinja file wins"
+        );
         std::fs::write(dir.path().join("chat_template.jinja"), "{% if %}").unwrap();
         let err = ChatTemplate::find(&[dir.path()]).unwrap_err().to_string();
-        assert!(err.contains("chat_template.jinja") && err.contains("compile"), "{err}");
+        assert!(
+            err.contains("chat_template.jinja") && err.contains("compile"),
+            "{err}"
+        );
     }
 }

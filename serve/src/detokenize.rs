@@ -171,12 +171,17 @@ mod tests {
 
     /// A byte-level BPE trained on a few lines (ids of single bytes exist for any text).
     fn tokenizer() -> Tokenizer {
-        let docs = ["hello world, the end. héllo wörld ✓ stop here", "the theme of the end"];
+        let docs = [
+            "hello world, the end. héllo wörld ✓ stop here",
+            "the theme of the end",
+        ];
         let cfg = BpeTrainConfig {
             vocab_size: 300,
             ..BpeTrainConfig::default()
         };
-        train_bpe(docs.iter(), &cfg).expect("training a tokenizer").0
+        train_bpe(docs.iter(), &cfg)
+            .expect("training a tokenizer")
+            .0
     }
 
     fn stream(tok: &Tokenizer, text: &str, stop: &[&str]) -> (Vec<String>, String, bool) {
@@ -204,7 +209,8 @@ mod tests {
 
     /// The byte-level alphabet's symbol for byte `b` (GPT-2's bytes_to_unicode).
     fn byte_token(b: u8) -> String {
-        let printable = |c: u8| (b'!'..=b'~').contains(&c) || (0xA1..=0xAC).contains(&c) || c >= 0xAE;
+        let printable =
+            |c: u8| (b'!'..=b'~').contains(&c) || (0xA1..=0xAC).contains(&c) || c >= 0xAE;
         if printable(b) {
             return char::from(b).to_string();
         }
@@ -236,7 +242,11 @@ mod tests {
         let (deltas, text, stopped) = stream(&tok, "the end. stop here", &["end."]);
         assert!(stopped);
         assert_eq!(text, "the ");
-        assert_eq!(deltas.concat(), "the ", "nothing of the stop string is sent");
+        assert_eq!(
+            deltas.concat(),
+            "the ",
+            "nothing of the stop string is sent"
+        );
     }
 
     #[test]

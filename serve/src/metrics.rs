@@ -172,14 +172,20 @@ impl Metrics {
         };
         gauge(&self.queue_depth, engine.waiting.load(Ordering::Relaxed));
         gauge(&self.running, engine.running.load(Ordering::Relaxed));
-        gauge(&self.decode_batch, engine.last_batch.load(Ordering::Relaxed));
+        gauge(
+            &self.decode_batch,
+            engine.last_batch.load(Ordering::Relaxed),
+        );
         let catch_up = |c: &Counter, now: u64| {
             let seen = c.get();
             if now > seen {
                 c.inc_by(now - seen);
             }
         };
-        catch_up(&self.decode_steps, engine.decode_steps.load(Ordering::Relaxed));
+        catch_up(
+            &self.decode_steps,
+            engine.decode_steps.load(Ordering::Relaxed),
+        );
         catch_up(&self.cancelled, engine.cancelled.load(Ordering::Relaxed));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)

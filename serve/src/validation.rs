@@ -140,7 +140,10 @@ pub fn completion(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
     if let Some(b) = req.best_of
         && b != req.n.unwrap_or(1)
     {
-        return Err(unsupported("best_of", "best_of must be absent or equal to n"));
+        return Err(unsupported(
+            "best_of",
+            "best_of must be absent or equal to n",
+        ));
     }
     let logprobs = match req.logprobs {
         None => None,
@@ -165,7 +168,15 @@ pub fn completion(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
         presence_penalty: req.presence_penalty,
         logit_bias: req.logit_bias.as_ref(),
     };
-    job(req.model, adapter, prompts, common, DEFAULT_COMPLETION_TOKENS, logprobs, ctx)
+    job(
+        req.model,
+        adapter,
+        prompts,
+        common,
+        DEFAULT_COMPLETION_TOKENS,
+        logprobs,
+        ctx,
+    )
 }
 
 /// Checks a `POST /v1/chat/completions` body.
@@ -185,7 +196,10 @@ pub fn chat(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
         )
     })?;
     let text = template.render(&messages).map_err(|e| {
-        ApiError::invalid_param("messages", format!("the chat template of `{}`: {e}", req.model))
+        ApiError::invalid_param(
+            "messages",
+            format!("the chat template of `{}`: {e}", req.model),
+        )
     })?;
     let prompt = encode(ctx.tokenizer, &text, "messages")?;
     if req.max_tokens.is_some() && req.max_completion_tokens.is_some() {
@@ -197,7 +211,10 @@ pub fn chat(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
     if let Some(format) = &req.response_format
         && format != &serde_json::json!({"type": "text"})
     {
-        return Err(unsupported("response_format", "only {\"type\": \"text\"} is supported"));
+        return Err(unsupported(
+            "response_format",
+            "only {\"type\": \"text\"} is supported",
+        ));
     }
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (false, None) => None,
@@ -234,7 +251,15 @@ pub fn chat(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
         presence_penalty: req.presence_penalty,
         logit_bias: req.logit_bias.as_ref(),
     };
-    job(req.model, adapter, vec![prompt], common, usize::MAX, logprobs, ctx)
+    job(
+        req.model,
+        adapter,
+        vec![prompt],
+        common,
+        usize::MAX,
+        logprobs,
+        ctx,
+    )
 }
 
 /// The fields both endpoints share.
@@ -302,7 +327,10 @@ fn job(
         ("presence_penalty", c.presence_penalty),
     ] {
         if value.is_some_and(|v| v != 0.0) {
-            return Err(unsupported(param, &format!("{param} is not supported (only 0)")));
+            return Err(unsupported(
+                param,
+                &format!("{param} is not supported (only 0)"),
+            ));
         }
     }
     if c.logit_bias.is_some_and(|b| !b.is_empty()) {
@@ -557,7 +585,10 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 format!("Missing required parameter: '{param}'."),
             );
         }
-        ApiError::invalid_param(path.clone(), format!("Invalid value for '{path}': {message}"))
+        ApiError::invalid_param(
+            path.clone(),
+            format!("Invalid value for '{path}': {message}"),
+        )
     })?;
     de.end().map_err(invalid_json)?;
     Ok(value)

@@ -58,7 +58,8 @@ fn completions_equal_generate_and_report_usage() {
 #[test]
 fn chat_uses_the_template_and_streams_the_same_text() {
     let s = TestServer::start(Options::default());
-    let messages = json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]);
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]);
     let r = s.post(
         "/v1/chat/completions",
         &json!({"model": "tiny", "messages": messages, "max_tokens": 10, "temperature": 0}),
@@ -110,10 +111,12 @@ fn completion_streams_add_up_and_stop_strings_cut_the_text() {
     );
     let text: String = events[..events.len() - 1]
         .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
-            .as_str()
-            .unwrap()
-            .to_string())
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(text, want);
 
@@ -134,7 +137,10 @@ fn completion_streams_add_up_and_stop_strings_cut_the_text() {
                 .iter()
                 .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
                 .collect();
-            (text, chunks.last().unwrap()["choices"][0]["finish_reason"].clone())
+            (
+                text,
+                chunks.last().unwrap()["choices"][0]["finish_reason"].clone(),
+            )
         } else {
             let b = s.post("/v1/completions", &body).json();
             (
@@ -170,7 +176,10 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     assert!(raw.contains("invalid_json"), "{raw}");
 
     let e = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "best": 1}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "x", "best": 1}),
+        )
         .error(400);
     assert_eq!(e["param"], "best");
     let e = s
@@ -178,7 +187,10 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         .error(404);
     assert_eq!(e["code"], "model_not_found");
     let e = s
-        .post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 0}))
+        .post(
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "x", "max_tokens": 0}),
+        )
         .error(400);
     assert_eq!(e["param"], "max_tokens");
     let long = "hello world ".repeat(40);
@@ -187,7 +199,10 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         .error(400);
     assert_eq!(e["code"], "context_length_exceeded");
     let e = s
-        .post("/v1/chat/completions", &json!({"model": "tiny", "messages": "hi"}))
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "tiny", "messages": "hi"}),
+        )
         .error(400);
     assert_eq!(e["param"], "messages");
     let e = s.get("/v1/nothing", None).error(404);
@@ -218,7 +233,13 @@ fn without_a_chat_template_chat_is_a_400_naming_the_model() {
             &json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}),
         )
         .error(400);
-    assert!(e["message"].as_str().unwrap().contains("`tiny` has no chat template"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`tiny` has no chat template"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -233,8 +254,12 @@ fn an_api_key_guards_everything_but_health() {
     let body = json!({"model": "tiny", "prompt": "hello", "max_tokens": 2});
     let e = s.post("/v1/completions", &body).error(401);
     assert_eq!(e["code"], "invalid_api_key");
-    s.post_with("/v1/completions", &body, Some("wrong")).error(401);
-    assert_eq!(s.post_with("/v1/completions", &body, Some("sesame")).status, 200);
+    s.post_with("/v1/completions", &body, Some("wrong"))
+        .error(401);
+    assert_eq!(
+        s.post_with("/v1/completions", &body, Some("sesame")).status,
+        200
+    );
     s.get("/v1/models", None).error(401);
     s.get("/metrics", Some("nope")).error(401);
     assert_eq!(s.get("/health", None).status, 200);
@@ -272,7 +297,10 @@ fn past_the_queue_requests_get_429_with_retry_after() {
     });
     s.wait_for_metric("tessera_queue_depth", |v| v == 1.0);
     // ... so the third finds it full.
-    let r = s.post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 2}));
+    let r = s.post(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "x", "max_tokens": 2}),
+    );
     let e = r.error(429);
     assert_eq!(e["code"], "queue_full");
     assert_eq!(r.retry_after.as_deref(), Some("1"));
@@ -302,7 +330,10 @@ fn a_client_that_disconnects_is_cancelled() {
         s.wait_for_metric("tessera_cancelled_sequences_total", |v| v == before + 1.0);
         s.wait_for_metric("tessera_running_sequences", |v| v == 0.0);
         let steps = s.metric("tessera_decode_steps_total").unwrap();
-        assert!(steps < 500.0 * 2.0, "stream {stream}: cancelled early ({steps} steps)");
+        assert!(
+            steps < 500.0 * 2.0,
+            "stream {stream}: cancelled early ({steps} steps)"
+        );
     }
 }
 
@@ -348,6 +379,10 @@ fn health_models_and_metrics_describe_the_server() {
         "tessera_generation_tokens_total 4",
         "tessera_queue_depth 0",
     ] {
-        assert!(metrics.text.lines().any(|l| l == name), "{name} in:\n{}", metrics.text);
+        assert!(
+            metrics.text.lines().any(|l| l == name),
+            "{name} in:\n{}",
+            metrics.text
+        );
     }
 }

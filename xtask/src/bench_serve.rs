@@ -45,6 +45,9 @@ pub struct Args {
     /// LoRA adapters to serve as NAME=DIR; adds the adapter-mix level.
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     pub adapters: Vec<String>,
+    /// A tessera binary to run instead of building the release one (for a quick check).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
 }
 
 impl Args {
@@ -58,6 +61,12 @@ impl Args {
         );
         for a in &self.adapters {
             let _ = write!(s, " --adapter {a}");
+        }
+        if let Some(model) = &self.model {
+            let _ = write!(s, " --model {}", model.display());
+        }
+        if let Some(bin) = &self.bin {
+            let _ = write!(s, " --bin {}", bin.display());
         }
         s
     }
@@ -95,7 +104,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.requests_per_client == 0 || args.max_tokens == 0 {
         bail!("--requests-per-client and --max-tokens must be at least 1");
     }
-    let bin = util::build_tessera(&[])?;
+    let bin = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => util::build_tessera(&[])?,
+    };
     let (model, tokenizer) = model_and_tokenizer(&args, &bin)?;
     let load_before = bench_env::load_average();
     let max_batch = args.concurrency.iter().max().copied().unwrap_or(32).max(16);
@@ -150,7 +162,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     server.stop();
     let load_after = bench_env::load_average();
 
-    let body = report(&args, &model, &levels, mix.as_ref(), load_before, load_after);
+    let body = report(
+        &args,
+        &model,
+        max_batch,
+        &levels,
+        mix.as_ref(),
+        load_before,
+        load_after,
+    );
     markdown::publish("serve", "Serving (`tessera serve`)", &body)
 }
 
@@ -166,8 +186,16 @@ fn model_and_tokenizer(args: &Args, bin: &Path) -> anyhow::Result<(PathBuf, Path
     let run = util::root().join("runs/quickstart");
     let checkpoints = run.join("run/checkpoints");
     if !checkpoints.join("latest").exists() {
-        println!("no quickstart model in {}: training it (a few minutes)", run.display());
-        util::run(Command::new(bin).arg("quickstart").arg("--run-dir").arg(&run))?;
+        println!(
+            "no quickstart model in {}: training it (a few minutes)",
+            run.display()
+        );
+        util::run(
+            Command::new(bin)
+                .arg("quickstart")
+                .arg("--run-dir")
+                .arg(&run),
+        )?;
     }
     let latest = std::fs::read_to_string(checkpoints.join("latest"))
         .with_context(|| format!("reading {}", checkpoints.join("latest").display()))?;
@@ -335,6 +363,7 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 fn report(
     args: &Args,
     model: &Path,
+    max_batch: usize,
     levels: &[Level],
     mix: Option<&Level>,
     load_before: Option<f64>,
@@ -343,14 +372,24 @@ fn report(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let what = match &args.model {
+        None => format!(
+            "the quickstart model (`{}`: d_model 256, 6 layers, vocab 4096, max_seq_len 128)",
+            model.display()
+        ),
+        Some(m) => format!("`{}`", m.display()),
+    };
+    let binary = match &args.bin {
+        None => "release build".to_string(),
+        Some(b) => format!("binary `{}`", b.display()),
+    };
     let mut body = format!(
-        "`tessera serve` on the quickstart model (`{}`: d_model 256, 6 layers, vocab 4096, \
-         max_seq_len 128), CPU (flex), release build. Clients send streamed greedy completions \
-         of up to {} new tokens back to back over HTTP on 127.0.0.1; TTFT is the time to the \
-         first chunk, TPOT the mean gap between a request's tokens after the first.\n\n\
+        "`tessera serve` on {what}, CPU (flex), {binary}, `--max-batch {max_batch}`. \
+         Clients send streamed greedy completions of up to {} new tokens back to back over HTTP \
+         on 127.0.0.1; TTFT is the time to the first chunk, TPOT the mean gap between a \
+         request's tokens after the first.\n\n\
          | clients | requests | output tokens/s | vs 1 client | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 |\n\
          |---|---|---|---|---|---|---|---|\n",
-        model.display(),
         args.max_tokens
     );
     let single = levels
@@ -467,10 +506,12 @@ mod tests {
             model: None,
             tokenizer: None,
             adapters: vec![],
+            bin: None,
         };
         let md = report(
             &args,
             Path::new("m"),
+            16,
             &[level(1, 8.0), level(16, 1.0)],
             None,
             None,
@@ -478,6 +519,9 @@ mod tests {
         );
         assert!(md.contains("| 16 | 4 | 256 | 8.00× |"), "{md}");
         assert!(md.contains("**met** (8.00×)"), "{md}");
-        assert!(md.contains("cargo xtask bench serve --concurrency 1,16"), "{md}");
+        assert!(
+            md.contains("cargo xtask bench serve --concurrency 1,16"),
+            "{md}"
+        );
     }
 }

@@ -94,7 +94,10 @@ impl<B: Backend> KvCache<B> {
         }
         let device = self.device().expect("a filled cache has a device");
         let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+            TensorData::new(
+                keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                [keep.len()],
+            ),
             &device,
         );
         for layer in self.layers.iter_mut().flatten() {
@@ -202,7 +205,10 @@ mod tests {
     }
 
     fn ids(rows: &[&[u32]]) -> Tensor<Flex, 2, Int> {
-        let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&t| t as i64)).collect();
+        let flat: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&t| t as i64))
+            .collect();
         Tensor::from_data(
             TensorData::new(flat, [rows.len(), rows[0].len()]),
             &Default::default(),
@@ -237,7 +243,8 @@ mod tests {
         for rope in [false, true] {
             let model = tiny(rope);
             let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6, 7], &[9, 8], &[4, 4, 4, 4]];
-            let mut alone: Vec<KvCache<Flex>> = prompts.iter().map(|p| prefill(&model, p)).collect();
+            let mut alone: Vec<KvCache<Flex>> =
+                prompts.iter().map(|p| prefill(&model, p)).collect();
             // Rows join one at a time, the longest in the middle, so both sides get padded.
             let mut batch = model.new_cache();
             batch.append_rows(prefill(&model, prompts[1]));
@@ -251,7 +258,11 @@ mod tests {
                 let together = decode(&model, &tokens, &mut batch);
                 for (row, &i) in order.iter().enumerate() {
                     let single = decode(&model, &tokens[row..row + 1], &mut alone[i]);
-                    assert_close(&together[row], &single[0], &format!("rope {rope}, row {row}"));
+                    assert_close(
+                        &together[row],
+                        &single[0],
+                        &format!("rope {rope}, row {row}"),
+                    );
                 }
             }
 
@@ -261,7 +272,11 @@ mod tests {
             let together = decode(&model, &[30, 31], &mut batch);
             for (row, i) in [(0, 1), (1, 2)] {
                 let single = decode(&model, &[30 + row as u32], &mut alone[i]);
-                assert_close(&together[row], &single[0], &format!("rope {rope}, after retain"));
+                assert_close(
+                    &together[row],
+                    &single[0],
+                    &format!("rope {rope}, after retain"),
+                );
             }
         }
     }

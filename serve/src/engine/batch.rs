@@ -68,7 +68,8 @@ impl<B: Backend> DecodeBatch<B> {
         if left > 0 {
             self.cache.retain_rows(&kept);
             let mut flags = keep.iter();
-            self.rows.retain(|_| *flags.next().expect("one flag per row"));
+            self.rows
+                .retain(|_| *flags.next().expect("one flag per row"));
         }
         left
     }

@@ -90,7 +90,13 @@ mod tests {
     fn short_prompts_share_one_forward_within_the_budget() {
         // 4 prompts of <= 10 tokens: 4 * 10 = 40 <= 64; a fifth would make 5 * 20 > 64.
         let plan = plan_prefill(&fresh(&[10, 3, 7, 10, 20]), 64);
-        assert_eq!(plan, Some(PrefillPlan::Group { count: 4, width: 10 }));
+        assert_eq!(
+            plan,
+            Some(PrefillPlan::Group {
+                count: 4,
+                width: 10
+            })
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ fn collect(ticket: &mut Ticket, seqs: usize) -> Vec<(Vec<u32>, FinishReason)> {
             Event::Finished { seq, reason } => finish[seq] = Some(reason),
         }
     }
-    tokens.into_iter().zip(finish.into_iter().map(Option::unwrap)).collect()
+    tokens
+        .into_iter()
+        .zip(finish.into_iter().map(Option::unwrap))
+        .collect()
 }
 
 fn oracle(model: &Mpt<Flex>, prompt: &[u32], cfg: &GenerationConfig) -> Vec<u32> {
@@ -52,7 +55,9 @@ fn oracle(model: &Mpt<Flex>, prompt: &[u32], cfg: &GenerationConfig) -> Vec<u32>
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32).map(|i| (i * 7 + salt * 13) % 90 + 1).collect()
+    (0..len as u32)
+        .map(|i| (i * 7 + salt * 13) % 90 + 1)
+        .collect()
 }
 
 #[test]
@@ -74,7 +79,9 @@ fn a_continuous_batch_decodes_every_sequence_like_generate_alone() {
     let budgets = [9, 4, 12, 1, 6, 10, 3, 8];
     let mut tickets: Vec<(Ticket, usize)> = Vec::new();
     for (i, (&len, &budget)) in lens.iter().zip(&budgets).enumerate() {
-        let t = engine.submit(vec![spec(prompt(len, i as u32), budget)]).unwrap();
+        let t = engine
+            .submit(vec![spec(prompt(len, i as u32), budget)])
+            .unwrap();
         tickets.push((t, i));
         if i == 3 {
             // Later arrivals join a batch that is already decoding.
@@ -88,7 +95,11 @@ fn a_continuous_batch_decodes_every_sequence_like_generate_alone() {
             ..GenerationConfig::default()
         };
         let want = oracle(&model, &prompt(lens[i], i as u32), &cfg);
-        assert_eq!(out[0].0, want, "sequence {i} (prompt of {} tokens)", lens[i]);
+        assert_eq!(
+            out[0].0, want,
+            "sequence {i} (prompt of {} tokens)",
+            lens[i]
+        );
         assert_eq!(out[0].1, FinishReason::Length);
     }
     assert!(engine.stats().prefill_forwards.load(Ordering::Relaxed) >= 4);
@@ -117,7 +128,11 @@ fn seeded_sampling_matches_generate_rows_and_repeats() {
         collect(&mut t, 2)
     };
     let first = sampled(&engine);
-    assert_eq!(first, sampled(&engine), "the same seed gives the same tokens");
+    assert_eq!(
+        first,
+        sampled(&engine),
+        "the same seed gives the same tokens"
+    );
     // `generate` with the same seed: row r draws from the same stream as choice r.
     let cfg = GenerationConfig {
         max_new_tokens: 12,
@@ -126,7 +141,14 @@ fn seeded_sampling_matches_generate_rows_and_repeats() {
         seed: 42,
         ..GenerationConfig::default()
     };
-    let rows = generate(&model, &[p.clone(), p.clone()], &cfg, None, &Default::default()).unwrap();
+    let rows = generate(
+        &model,
+        &[p.clone(), p.clone()],
+        &cfg,
+        None,
+        &Default::default(),
+    )
+    .unwrap();
     for r in 0..2 {
         assert_eq!(first[r].0, rows[r].ids, "choice {r}");
     }
@@ -184,22 +206,37 @@ fn a_dropped_ticket_or_a_cancel_takes_the_sequence_out_of_the_batch() {
     let mut dropped = engine.submit(vec![spec(prompt(4, 0), 500)]).unwrap();
     let mut cancelled = engine.submit(vec![spec(prompt(4, 1), 500)]).unwrap();
     // Both are decoding once their first tokens arrive.
-    assert!(matches!(dropped.events.blocking_recv(), Some(Event::Token { .. })));
-    assert!(matches!(cancelled.events.blocking_recv(), Some(Event::Token { .. })));
+    assert!(matches!(
+        dropped.events.blocking_recv(),
+        Some(Event::Token { .. })
+    ));
+    assert!(matches!(
+        cancelled.events.blocking_recv(),
+        Some(Event::Token { .. })
+    ));
     drop(dropped);
     cancelled.cancel(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.stats().cancelled.load(Ordering::Relaxed) < 2 {
-        assert!(Instant::now() < deadline, "the sequences were not cancelled");
+        assert!(
+            Instant::now() < deadline,
+            "the sequences were not cancelled"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let steps = engine.stats().decode_steps.load(Ordering::Relaxed);
-    assert!(steps < 400, "cancelled long before 500 tokens ({steps} steps)");
+    assert!(
+        steps < 400,
+        "cancelled long before 500 tokens ({steps} steps)"
+    );
     // The cancelled sequence never finishes: its channel just goes quiet and closes at
     // shutdown.
     engine.shutdown();
     while let Some(e) = cancelled.events.blocking_recv() {
-        assert!(matches!(e, Event::Token { .. }), "no Finished after a cancel: {e:?}");
+        assert!(
+            matches!(e, Event::Token { .. }),
+            "no Finished after a cancel: {e:?}"
+        );
     }
     assert_eq!(engine.stats().running.load(Ordering::Relaxed), 0);
 }

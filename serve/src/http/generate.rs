@@ -59,11 +59,7 @@ pub(super) async fn chat(
     handle(state, Kind::Chat, body).await
 }
 
-async fn handle(
-    state: Arc<AppState>,
-    kind: Kind,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn handle(state: Arc<AppState>, kind: Kind, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let result = start(&state, kind, body);
     let (job, ticket) = match result {
@@ -300,10 +296,7 @@ impl Run {
             match self.next().await {
                 Ok(Some(updates)) => {
                     for u in updates {
-                        if let Update::Text {
-                            choice, tokens, ..
-                        } = u
-                        {
+                        if let Update::Text { choice, tokens, .. } = u {
                             self.choices[choice].logprobs.extend(tokens);
                         }
                     }
@@ -397,7 +390,9 @@ impl Run {
                 }
                 (choice, delta, tokens, None)
             }
-            Update::Finished { choice, reason } => (choice, String::new(), Vec::new(), Some(reason)),
+            Update::Finished { choice, reason } => {
+                (choice, String::new(), Vec::new(), Some(reason))
+            }
         };
         self.choices[choice].logprobs = tokens;
         let value = match self.kind {

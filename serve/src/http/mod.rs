@@ -241,7 +241,11 @@ fn endpoint(uri: &Uri) -> &'static str {
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     if state.engine.is_alive() {
-        (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response()
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response()
     } else {
         ApiError::unavailable("the model thread has stopped").into_response()
     }
@@ -279,8 +283,7 @@ async fn no_route(method: Method, uri: Uri) -> Response {
 }
 
 async fn wrong_method(method: Method, uri: Uri) -> Response {
-    ApiError::no_route(StatusCode::METHOD_NOT_ALLOWED, method.as_str(), uri.path())
-        .into_response()
+    ApiError::no_route(StatusCode::METHOD_NOT_ALLOWED, method.as_str(), uri.path()).into_response()
 }
 
 fn unix_now() -> u64 {

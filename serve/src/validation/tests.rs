@@ -13,7 +13,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let docs = ["hello world, the quick brown fox", "jumps over the lazy dog"];
+    let docs = [
+        "hello world, the quick brown fox",
+        "jumps over the lazy dog",
+    ];
     let cfg = BpeTrainConfig {
         vocab_size: 300,
         ..BpeTrainConfig::default()
@@ -57,7 +60,9 @@ fn status(e: &ApiError) -> u16 {
 #[test]
 fn every_prompt_form_is_accepted() {
     let f = fixture();
-    let one = f.completion(json!({"model": "tiny", "prompt": "hello"})).unwrap();
+    let one = f
+        .completion(json!({"model": "tiny", "prompt": "hello"}))
+        .unwrap();
     assert_eq!(one.prompts, vec![f.tokenizer.encode("hello").unwrap()]);
     assert_eq!(one.max_tokens, vec![16], "OpenAI's default max_tokens");
     assert_eq!((one.n, one.temperature, one.stream), (1, 1.0, false));
@@ -79,15 +84,22 @@ fn every_prompt_form_is_accepted() {
 #[test]
 fn the_model_field_selects_the_base_or_an_adapter_and_unknown_names_are_404() {
     let f = fixture();
-    let base = f.completion(json!({"model": "tiny", "prompt": "x"})).unwrap();
+    let base = f
+        .completion(json!({"model": "tiny", "prompt": "x"}))
+        .unwrap();
     assert_eq!(base.adapter, None);
-    let sql = f.completion(json!({"model": "sql", "prompt": "x"})).unwrap();
+    let sql = f
+        .completion(json!({"model": "sql", "prompt": "x"}))
+        .unwrap();
     assert_eq!(sql.adapter, Some(AdapterId(0)));
     let e = f
         .completion(json!({"model": "gpt-4", "prompt": "x"}))
         .unwrap_err();
     assert_eq!((status(&e), e.code), (404, Some("model_not_found")));
-    assert!(e.message.contains("gpt-4") && e.message.contains("tiny, sql"), "{e}");
+    assert!(
+        e.message.contains("gpt-4") && e.message.contains("tiny, sql"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -102,7 +114,10 @@ fn bad_json_and_unknown_or_mistyped_fields_name_what_is_wrong() {
         .completion(json!({"model": "tiny", "prompt": "x", "top_k": 4}))
         .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("top_k"));
-    assert!(e.message.contains("Unrecognized request argument supplied: top_k"));
+    assert!(
+        e.message
+            .contains("Unrecognized request argument supplied: top_k")
+    );
     let e = f
         .chat(json!({"model": "tiny", "messages": [{"role": "user", "content": "x", "tool_calls": []}]}))
         .unwrap_err();
@@ -132,7 +147,10 @@ fn out_of_range_settings_are_400_naming_the_field() {
         (json!({"presence_penalty": 0.5}), "presence_penalty"),
         (json!({"logit_bias": {"1": 5}}), "logit_bias"),
         (json!({"echo": true}), "echo"),
-        (json!({"stream_options": {"include_usage": true}}), "stream_options"),
+        (
+            json!({"stream_options": {"include_usage": true}}),
+            "stream_options",
+        ),
         (json!({"prompt": [99999]}), "prompt"),
         (json!({"prompt": ""}), "prompt"),
         (json!({"prompt": []}), "prompt"),
@@ -153,12 +171,16 @@ fn out_of_range_settings_are_400_naming_the_field() {
 fn a_prompt_over_the_context_is_refused_with_openais_code() {
     let f = fixture();
     let long: Vec<u32> = (0..256).map(|i| i % 200).collect();
-    let e = f.completion(json!({"model": "tiny", "prompt": long})).unwrap_err();
+    let e = f
+        .completion(json!({"model": "tiny", "prompt": long}))
+        .unwrap_err();
     assert_eq!((status(&e), e.code), (400, Some("context_length_exceeded")));
     assert!(e.message.contains("maximum context length is 256"), "{e}");
     // Without max_tokens, the default shrinks to what fits.
     let fits: Vec<u32> = (0..252).map(|i| i % 200).collect();
-    let job = f.completion(json!({"model": "tiny", "prompt": fits})).unwrap();
+    let job = f
+        .completion(json!({"model": "tiny", "prompt": fits}))
+        .unwrap();
     assert_eq!(job.max_tokens, vec![4]);
 }
 
@@ -192,7 +214,9 @@ fn chat_renders_the_template_and_needs_one() {
         .chat(json!({"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}))
         .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("messages[0].role"));
-    let e = f.chat(json!({"model": "tiny", "messages": []})).unwrap_err();
+    let e = f
+        .chat(json!({"model": "tiny", "messages": []}))
+        .unwrap_err();
     assert_eq!(e.param.as_deref(), Some("messages"));
     let e = f
         .chat(json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}))
@@ -202,10 +226,31 @@ fn chat_renders_the_template_and_needs_one() {
 
 /// Field names the parser knows, so the fuzzer reaches the checks behind parsing too.
 const FIELDS: &[&str] = &[
-    "model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
-    "top_p", "n", "stream", "stream_options", "stop", "seed", "logprobs", "top_logprobs",
-    "echo", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "user",
-    "response_format", "role", "content", "include_usage",
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "best_of",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "suffix",
+    "user",
+    "response_format",
+    "role",
+    "content",
+    "include_usage",
 ];
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -220,13 +265,11 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-            prop::collection::vec((prop::sample::select(FIELDS), inner), 0..8).prop_map(
-                |pairs| {
-                    serde_json::Value::Object(
-                        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                    )
-                }
-            ),
+            prop::collection::vec((prop::sample::select(FIELDS), inner), 0..8).prop_map(|pairs| {
+                serde_json::Value::Object(
+                    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                )
+            }),
         ]
     })
 }

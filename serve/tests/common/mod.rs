@@ -27,7 +27,9 @@ pub fn tokenizer() -> Tokenizer {
         min_frequency: 1,
         ..BpeTrainConfig::default()
     };
-    train_bpe(docs.iter(), &cfg).expect("training a tokenizer").0
+    train_bpe(docs.iter(), &cfg)
+        .expect("training a tokenizer")
+        .0
 }
 
 pub fn model(max_seq_len: usize) -> Mpt<Flex> {
@@ -70,8 +72,7 @@ impl TestServer {
         let model = model(opts.max_seq_len);
         let tokenizer = tokenizer();
         let template = opts.chat_template.then(|| {
-            ChatTemplate::new(CHATML.into(), String::new(), String::new(), "test".into())
-                .unwrap()
+            ChatTemplate::new(CHATML.into(), String::new(), String::new(), "test".into()).unwrap()
         });
         let engine = Engine::start(model.clone(), Default::default(), opts.engine);
         let server = Server::new(
@@ -218,8 +219,14 @@ impl TestServer {
             eos_ids: Vec::new(),
             ..GenerationConfig::default()
         };
-        let out = generate(&self.model, &[ids.to_vec()], &cfg, None, &Default::default())
-            .unwrap();
+        let out = generate(
+            &self.model,
+            &[ids.to_vec()],
+            &cfg,
+            None,
+            &Default::default(),
+        )
+        .unwrap();
         let text = self.tokenizer.decode(&out[0].ids, true).unwrap();
         (text, out[0].ids.len())
     }
@@ -244,8 +251,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
 
     /// Asserts an OpenAI error body with this status and returns it.
@@ -254,7 +260,10 @@ impl Reply {
         let body = self.json();
         let e = &body["error"];
         assert!(e["message"].is_string() && e["type"].is_string(), "{body}");
-        assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+        assert!(
+            e.get("param").is_some() && e.get("code").is_some(),
+            "{body}"
+        );
         e.clone()
     }
 }
