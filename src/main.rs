@@ -30,6 +30,9 @@ enum Command {
     Quickstart(cmd::quickstart::Args),
     /// Generate text from an HF MPT checkpoint folder.
     Generate(cmd::generate::Args),
+    /// Serve a model over the OpenAI HTTP API (completions, chat, streaming) with continuous
+    /// batching.
+    Serve(cmd::serve::Args),
     /// Rewrite a checkpoint in another dtype or shard size (HF layout, for transformers or vLLM).
     Convert(cmd::convert::Args),
     /// Print a checkpoint's config, parameter count and FLOPs per token.
@@ -75,6 +78,7 @@ fn main() {
         Command::Quickstart(args) => cmd::quickstart::run(args, cli.device),
         Command::Generate(args) => cmd::generate::run(args, cli.device),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Serve(args) => cmd::serve::run(args, cli.device),
         Command::Convert(args) => cmd::convert::run(args, cli.device),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),

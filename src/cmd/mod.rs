@@ -12,6 +12,7 @@ pub mod parity;
 pub mod plan;
 pub mod preflight;
 pub mod quickstart;
+pub mod serve;
 pub mod train;
 
 use tessera::device::DeviceSpec;
