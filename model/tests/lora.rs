@@ -621,3 +621,25 @@ fn model_rows(t: Tensor<B, 3>) -> Vec<Vec<f32>> {
         .map(|i| flat[i * s * v..(i + 1) * s * v].to_vec())
         .collect()
 }
+
+#[test]
+fn checkpoint_names_of_adapter_parameters_map_to_peft_names() {
+    let model = glu::<AD>();
+    let cfg = model.config().clone();
+    let adapter = random_adapter::<AD>(&cfg, &TargetModule::ALL, 3);
+    let peft_names: Vec<String> = peft::adapter_tensors(&adapter).into_keys().collect();
+    let model = model.with_adapter(adapter).unwrap();
+    let mut mapped: Vec<String> = lora::trainable_params(&model)
+        .iter()
+        .map(|p| {
+            let name = tessera_model::spec::hf_name(&p.path);
+            peft::peft_name_of(&name).unwrap_or_else(|| panic!("{name} has no PEFT name"))
+        })
+        .collect();
+    mapped.sort();
+    assert_eq!(mapped, peft_names);
+    assert_eq!(
+        peft::peft_name_of("transformer.blocks.0.attn.Wqkv.weight"),
+        None
+    );
+}

@@ -14,7 +14,7 @@ use burn::tensor::FloatDType;
 
 use super::LoraError;
 use super::adapter::{Adapter, BlockLora, LoraLayer, target_dims};
-use super::config::TargetModule;
+use super::config::{LoraConfig, TargetModule};
 use crate::linear::Linear;
 use crate::mpt::Mpt;
 
@@ -130,6 +130,11 @@ impl<B: Backend> Mpt<B> {
     /// Whether an adapter is attached.
     pub fn has_adapter(&self) -> bool {
         self.lora_config.is_some()
+    }
+
+    /// The settings of the attached adapter, if any.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora_config.as_ref()
     }
 
     /// The frozen base's matrices (linear weights, the token embedding and an untied

@@ -50,6 +50,20 @@ pub fn adapter_tensors<B: Backend>(adapter: &Adapter<B>) -> BTreeMap<String, Ten
     out
 }
 
+/// PEFT's name of an adapter parameter given its checkpoint name in tessera's module tree
+/// (`transformer.blocks.{i}.attn.Wqkv.lora.lora_a`, as [`crate::spec::hf_name`] names the
+/// module path): `base_model.model.transformer.blocks.{i}.attn.Wqkv.lora_A.weight`. `None` for
+/// a name that is not an adapter factor.
+pub fn peft_name_of(checkpoint_name: &str) -> Option<String> {
+    let (layer, factor) = checkpoint_name.rsplit_once(".lora.")?;
+    let factor = match factor {
+        "lora_a" => Factor::A,
+        "lora_b" => Factor::B,
+        _ => return None,
+    };
+    Some(format!("base_model.model.{layer}.{}.weight", factor.name()))
+}
+
 /// An adapter from tensors by PEFT name (as [`adapter_tensors`] gives them or a file holds
 /// them) for a model with config `model`. `origin` names the source in errors. The tensors
 /// must be exactly the ones `config` implies for this model, with its shapes.

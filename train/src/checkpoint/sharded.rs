@@ -291,20 +291,38 @@ impl ShardReader {
 /// Writes the consolidated weights, transformers-named and full-shaped, as `model.safetensors`
 /// into `w`, reading one parameter at a time from the shards.
 pub fn write_consolidated(reader: &ShardReader, w: &mut dyn Write) -> Result<(), CheckpointError> {
-    let mut params: Vec<(usize, &ParamMeta)> = reader
-        .meta
-        .units
-        .iter()
-        .enumerate()
-        .flat_map(|(u, unit)| unit.params.iter().map(move |p| (u, p)))
-        .collect();
-    params.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    write_consolidated_as(reader, w, "model.safetensors", &|name| {
+        Some(name.to_string())
+    })
+}
+
+/// [`write_consolidated`] under other names: `rename` gives each parameter's name in the file
+/// (`file` names it in errors), or `None` for a parameter that has no place there (an error).
+/// A LoRA run writes PEFT's `adapter_model.safetensors` this way.
+pub fn write_consolidated_as(
+    reader: &ShardReader,
+    w: &mut dyn Write,
+    file: &str,
+    rename: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CheckpointError> {
+    let out = reader.dir.join(file);
+    let mut params: Vec<(usize, &ParamMeta, String)> = Vec::new();
+    for (u, unit) in reader.meta.units.iter().enumerate() {
+        for p in &unit.params {
+            let name = rename(&p.name).ok_or_else(|| CheckpointError::Invalid {
+                path: out.clone(),
+                what: format!("parameter {} has no name in {file}", p.name),
+            })?;
+            params.push((u, p, name));
+        }
+    }
+    params.sort_by(|a, b| a.2.cmp(&b.2));
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
-    for (_, p) in &params {
+    for (_, p, name) in &params {
         let bytes = 4 * p.shape.iter().product::<usize>();
         header.insert(
-            p.name.clone(),
+            name.clone(),
             serde_json::json!({
                 "dtype": "F32",
                 "shape": p.shape,
@@ -313,10 +331,9 @@ pub fn write_consolidated(reader: &ShardReader, w: &mut dyn Write) -> Result<(),
         );
         offset += bytes;
     }
-    let out = reader.dir.join("model.safetensors");
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors_header(w, header, metadata).map_err(CheckpointError::io(&out))?;
-    for (u, p) in params {
+    for (u, p, _) in params {
         let n: usize = p.shape.iter().product();
         let values = reader.read(u, MASTER, p.offset..p.offset + n)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();

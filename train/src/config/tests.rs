@@ -145,7 +145,7 @@ fn llm_foundry_style_yaml_loads_with_interpolation() {
         c.tokenizer.kwargs["model_max_length"],
         serde_json::json!(128)
     );
-    match &c.model {
+    match &c.model.base {
         ModelSource::Mpt(m) => {
             assert_eq!(m["d_model"], serde_json::json!(16));
             assert_eq!(m["max_seq_len"], serde_json::json!(128));
@@ -363,7 +363,7 @@ fn pretrained_model_and_eval_loader_lists() {
     );
     let l = load(&text, &[]).unwrap();
     assert!(
-        matches!(&l.config.model, ModelSource::Pretrained { path, load_weights: true, .. } if path == "./hf/mpt-7b")
+        matches!(&l.config.model.base, ModelSource::Pretrained { path, load_weights: true, .. } if path == "./hf/mpt-7b")
     );
     let two = format!(
         "{text}eval_loader:\n- {{label: c4, name: text, dataset: {{local: ./c4, split: val}}}}\n- {{label: code, name: text, dataset: {{local: ./code}}}}\n"
@@ -449,7 +449,7 @@ fn loads_llm_foundry_mpt_125m_yaml() {
         f.inert_keys(),
         vec!["activation_checkpointing_reentrant", "limit_all_gathers"]
     );
-    assert!(matches!(c.model, ModelSource::Mpt(ref m) if m["d_model"] == 768));
+    assert!(matches!(c.model.base, ModelSource::Mpt(ref m) if m["d_model"] == 768));
 }
 
 #[test]
@@ -485,6 +485,6 @@ fn loads_llm_foundry_finetune_yaml() {
     assert_eq!(c.max_duration, Duration::Epochs(1));
     assert_eq!(c.eval_interval, Duration::Epochs(1));
     assert!(
-        matches!(c.model, ModelSource::Pretrained { ref path, load_weights: true, .. } if path == "gpt2")
+        matches!(c.model.base, ModelSource::Pretrained { ref path, load_weights: true, .. } if path == "gpt2")
     );
 }

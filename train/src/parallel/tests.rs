@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use burn::backend::{Autodiff, Flex};
 use tessera_dist::{Communicator, EnvSource, RankEnv, RendezvousConfig};
-use tessera_model::MptConfig;
+use tessera_model::lora::{Adapter, LoraConfig, LoraInit, TargetModule};
+use tessera_model::{Mpt, MptConfig};
 
 use super::{Sharded, ShardingStrategy, Strategy};
 use crate::batch::Example;
@@ -20,6 +21,23 @@ fn model_config() -> MptConfig {
     let json = r#"{"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab_size": 64, "max_seq_len": 16,
                    "attn_config": {"alibi": true}}"#;
     MptConfig::from_json_str(json, "test").unwrap()
+}
+
+/// The test model; with `lora`, a frozen base carrying a random LoRA adapter on every layer.
+fn model(lora: bool, device: &<B as burn::tensor::backend::BackendTypes>::Device) -> Mpt<B> {
+    let cfg = model_config();
+    let base = cfg.init::<B>(device, 9);
+    if !lora {
+        return base;
+    }
+    let lora = LoraConfig {
+        r: 2,
+        target_modules: TargetModule::ALL.to_vec(),
+        init_lora_weights: LoraInit::Random,
+        ..LoraConfig::default()
+    };
+    base.with_adapter(Adapter::init(&lora, &cfg, 5, device).unwrap())
+        .unwrap()
 }
 
 fn optimizer() -> OptimizerConfig {
@@ -68,10 +86,10 @@ fn weights(s: &mut Sharded<B>) -> Weights {
 }
 
 /// One process, `micro` microbatches per step.
-fn single(micro: usize) -> (Vec<StepOutcome>, Weights) {
+fn single(micro: usize, lora: bool) -> (Vec<StepOutcome>, Weights) {
     let device = Default::default();
     let mut s = Sharded::new(
-        model_config().init::<B>(&device, 9),
+        model(lora, &device),
         optimizer().build(),
         Strategy::SINGLE,
         Communicator::single(),
@@ -101,7 +119,7 @@ fn env(rank: usize, world: usize, port: u16) -> RankEnv {
 }
 
 /// `world` ranks as threads; rank `r` gets microbatch `r` of each step's global batch.
-fn ranks(world: usize, strategy: Strategy) -> Vec<(Vec<StepOutcome>, Weights)> {
+fn ranks(world: usize, strategy: Strategy, lora: bool) -> Vec<(Vec<StepOutcome>, Weights)> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut listener = Some(listener);
@@ -120,7 +138,7 @@ fn ranks(world: usize, strategy: Strategy) -> Vec<(Vec<StepOutcome>, Weights)> {
                 .unwrap();
                 let device = Default::default();
                 let mut s = Sharded::new(
-                    model_config().init::<B>(&device, 9),
+                    model(lora, &device),
                     optimizer().build(),
                     strategy,
                     comm,
@@ -150,14 +168,18 @@ fn same_bits(a: &[StepOutcome], b: &[StepOutcome]) -> bool {
 }
 
 fn check(world: usize, sharding: ShardingStrategy) {
-    let (want_outs, want_weights) = single(world);
+    check_model(world, sharding, false)
+}
+
+fn check_model(world: usize, sharding: ShardingStrategy, lora: bool) {
+    let (want_outs, want_weights) = single(world, lora);
     for recompute in [false, true] {
         let strategy = Strategy {
             sharding,
             recompute,
             ..Strategy::SINGLE
         };
-        for (rank, (outs, w)) in ranks(world, strategy).into_iter().enumerate() {
+        for (rank, (outs, w)) in ranks(world, strategy, lora).into_iter().enumerate() {
             assert!(
                 same_bits(&outs, &want_outs),
                 "{sharding:?} (recompute {recompute}) rank {rank} of {world}: {outs:?} vs {want_outs:?}"
@@ -191,14 +213,14 @@ fn fsdp_on_2_and_4_ranks_is_one_process_with_as_many_microbatches_bit_for_bit() 
 #[test]
 fn fsdp_mixed_precision_gathers_and_reduces_in_bf16_and_stays_close_to_f32() {
     use burn::tensor::FloatDType;
-    let (want, _) = single(2);
+    let (want, _) = single(2, false);
     let pure = Strategy {
         sharding: ShardingStrategy::FullShard,
         recompute: false,
         param_dtype: Some(FloatDType::BF16),
         reduce_dtype: Some(FloatDType::BF16),
     };
-    for (outs, _) in ranks(2, pure) {
+    for (outs, _) in ranks(2, pure, false) {
         // The first step's loss is the same model's (bf16 rounding of the gathered weights
         // moves it a little); the later ones follow bf16-reduced gradients.
         assert!(!same_bits(&outs, &want), "bf16 travel must round something");
@@ -210,5 +232,46 @@ fn fsdp_mixed_precision_gathers_and_reduces_in_bf16_and_stays_close_to_f32() {
                 b.loss
             );
         }
+    }
+}
+
+#[test]
+fn a_lora_adapter_alone_trains_and_shards_bit_for_bit_under_every_strategy() {
+    let device = Default::default();
+    let initial = {
+        let mut s = Sharded::new(
+            model(true, &device),
+            optimizer().build(),
+            Strategy::SINGLE,
+            Communicator::single(),
+            &device,
+        )
+        .unwrap();
+        // The training state is the adapter's: the frozen base is not in it.
+        let names: Vec<&str> = s
+            .layout
+            .units
+            .iter()
+            .flat_map(|u| u.params.iter().map(|p| p.name.as_str()))
+            .collect();
+        assert!(!names.is_empty());
+        assert!(names.iter().all(|n| n.contains(".lora.")), "{names:?}");
+        weights(&mut s)
+    };
+    let (_, trained) = single(2, true);
+    for (name, before) in &initial {
+        let changed = trained[name] != *before;
+        assert_eq!(
+            changed,
+            name.contains(".lora."),
+            "{name}: only adapter weights may change"
+        );
+    }
+    for sharding in [
+        ShardingStrategy::NoShard,
+        ShardingStrategy::ShardGradOp,
+        ShardingStrategy::FullShard,
+    ] {
+        check_model(2, sharding, true);
     }
 }

@@ -22,10 +22,11 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use tessera_model::MptConfig;
+use tessera_model::lora::peft;
 
 use crate::checkpoint::sharded::{
     MASTER, SHARDS_FILE, ShardReader, ShardsMeta, shard_file, tensor_name, write_consolidated,
-    write_shard_file,
+    write_consolidated_as, write_shard_file,
 };
 use crate::checkpoint::{CheckpointError, CheckpointStore, STATE_FILE};
 use crate::optim::{AdamState, LionState, Optim, OptimState};
@@ -56,6 +57,9 @@ struct LeadFiles {
     state: Vec<u8>,
     config_json: Vec<u8>,
     consolidate: bool,
+    /// A LoRA run's `adapter_config.json`: its checkpoints consolidate the adapter (always, as
+    /// it is small) into PEFT's folder layout instead of a model.
+    adapter_config: Option<Vec<u8>>,
 }
 
 impl RankSnapshot {
@@ -65,6 +69,7 @@ impl RankSnapshot {
         model_config: &MptConfig,
         state: &TrainState,
         consolidate: bool,
+        adapter_config: Option<&serde_json::Value>,
     ) -> Result<Self, TrainError> {
         let rank = sharded.comm.rank();
         let world = sharded.comm.world_size();
@@ -115,6 +120,13 @@ impl RankSnapshot {
                         |e| TrainError::Checkpoint(format!("encoding config.json: {e}")),
                     )?,
                     consolidate,
+                    adapter_config: adapter_config
+                        .map(|c| {
+                            serde_json::to_vec_pretty(c).map_err(|e| {
+                                TrainError::Checkpoint(format!("encoding adapter_config.json: {e}"))
+                            })
+                        })
+                        .transpose()?,
                 })
             })
             .transpose()?;
@@ -165,7 +177,17 @@ impl RankSnapshot {
         part.push(staging.write_file(SHARDS_FILE, &meta_json)?);
         part.push(staging.write_file(STATE_FILE, &lead.state)?);
         part.push(staging.write_file(CONFIG_FILE, &lead.config_json)?);
-        if lead.consolidate {
+        if let Some(adapter_config) = &lead.adapter_config {
+            // A PEFT adapter folder (with the base's config.json beside it) that `peft` and
+            // `tessera serve --adapter` read as it is.
+            staging.wait_for_others(self.world, 0, wait)?;
+            let reader = ShardReader::open(staging.dir())?;
+            part.push(staging.write_file_with(peft::WEIGHTS_FILE, |w| {
+                write_consolidated_as(&reader, w, peft::WEIGHTS_FILE, &peft::peft_name_of)
+                    .map_err(std::io::Error::other)
+            })?);
+            part.push(staging.write_file(peft::CONFIG_FILE, adapter_config)?);
+        } else if lead.consolidate {
             // Every shard file must be complete before it is read.
             staging.wait_for_others(self.world, 0, wait)?;
             let reader = ShardReader::open(staging.dir())?;

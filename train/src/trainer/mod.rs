@@ -48,6 +48,14 @@ pub enum TrainError {
     Finetune(Box<crate::finetune::FinetuneError>),
     #[error("model: {0}")]
     Model(String),
+    /// The LoRA adapter (`model.peft_config` or `model.pretrained_lora_id_or_path`) does not
+    /// fit the model, or its folder is unreadable.
+    #[error("{key}: {source}")]
+    Adapter {
+        key: &'static str,
+        #[source]
+        source: Box<tessera_model::lora::LoraError>,
+    },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error(transparent)]
@@ -144,6 +152,7 @@ impl TrainError {
             TrainError::Config { .. }
             | TrainError::TokenOutOfRange { .. }
             | TrainError::Finetune(_)
+            | TrainError::Adapter { .. }
             | TrainError::Lock(_) => Failure::BadInput,
             TrainError::Diverged { .. } | TrainError::Aborted { .. } => Failure::Diverged,
             TrainError::Stalled { .. } => Failure::Transient,
@@ -719,6 +728,7 @@ fn save<B: AutodiffBackend>(run: &mut Run<B>, elapsed_s: f64) -> Result<(), Trai
         &run.model_config,
         &state,
         run.consolidate_every_save || last,
+        run.adapter_config.as_ref(),
     )?;
     let attempt = run.attempt.clone();
     let wait = COMMIT_WAIT;

@@ -9,12 +9,14 @@ use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 use tessera_data::stream::World;
 use tessera_dist::{Communicator, RendezvousConfig};
+use tessera_model::lora::{self, Adapter, LoraError};
 use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
 use crate::checkpoint::{AsyncCheckpointer, CheckpointStore, RemoteCheckpoints};
 use crate::config::{
-    FsdpPrecision, LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig,
+    AdapterSource, FsdpPrecision, LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision,
+    TrainConfig,
 };
 use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
@@ -58,6 +60,9 @@ pub struct Run<B: AutodiffBackend> {
     pub attempt: String,
     /// Whether every checkpoint holds the consolidated `model.safetensors` (else only the last).
     pub consolidate_every_save: bool,
+    /// A LoRA run's `adapter_config.json` (PEFT's), written into every checkpoint beside the
+    /// adapter's weights.
+    pub adapter_config: Option<serde_json::Value>,
 }
 
 impl<B: AutodiffBackend> Run<B> {
@@ -201,6 +206,13 @@ impl<B: AutodiffBackend> Run<B> {
         // Every rank builds the same model (the init is a function of the seed), then keeps its
         // shard of the training state; a resume replaces that state with the checkpoint's.
         let model = build_model::<B>(&cfg, &model_config, device)?;
+        let adapter_config = model.lora_config().map(|l| {
+            let base = match &cfg.model.base {
+                ModelSource::Pretrained { path, .. } => Some(path.as_str()),
+                ModelSource::Mpt(_) => cfg.load_path.as_deref(),
+            };
+            l.to_adapter_config(base)
+        });
         let mut sharded =
             Sharded::new(model, optim_kind, strategy, comm, device).map_err(TrainError::Dist)?;
         let state = match &resume_from {
@@ -425,6 +437,7 @@ impl<B: AutodiffBackend> Run<B> {
             lock,
             attempt,
             consolidate_every_save,
+            adapter_config,
             config: cfg,
         })
     }
@@ -620,7 +633,7 @@ pub fn auto_microbatch(
 /// The architecture the run builds: the `model:` fields, or a pretrained folder's `config.json`
 /// with `config_overrides` applied.
 pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
-    match &cfg.model {
+    match &cfg.model.base {
         ModelSource::Mpt(_) => cfg
             .mpt_config()
             .map_err(|e| TrainError::Config {
@@ -664,13 +677,14 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
 }
 
 /// The weights a fresh run starts from: llm-foundry's init from the run seed, the pretrained
-/// folder's weights, or `load_path`'s.
+/// folder's weights, or `load_path`'s; then, for LoRA, the adapter (new from the run seed, or
+/// read from its PEFT folder) attached with the base frozen, so only the adapter trains.
 pub fn build_model<B: AutodiffBackend>(
     cfg: &TrainConfig,
     mpt: &MptConfig,
     device: &B::Device,
 ) -> Result<Mpt<B>, TrainError> {
-    let path = match (&cfg.load_path, &cfg.model) {
+    let path = match (&cfg.load_path, &cfg.model.base) {
         (Some(p), _) => Some(p.as_str()),
         (
             None,
@@ -682,10 +696,27 @@ pub fn build_model<B: AutodiffBackend>(
         ) => Some(path.as_str()),
         _ => None,
     };
-    match path {
-        Some(p) => hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string())),
-        None => Ok(mpt.init::<B>(device, cfg.seed)),
-    }
+    let base = match path {
+        Some(p) => {
+            hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string()))?
+        }
+        None => mpt.init::<B>(device, cfg.seed),
+    };
+    let adapter_error = |key: &'static str| {
+        move |e: LoraError| TrainError::Adapter {
+            key,
+            source: Box::new(e),
+        }
+    };
+    let adapter = match &cfg.model.adapter {
+        None => return Ok(base),
+        Some(AdapterSource::New { config, .. }) => Adapter::init(config, mpt, cfg.seed, device)
+            .map_err(adapter_error("model.peft_config"))?,
+        Some(AdapterSource::Pretrained(dir)) => lora::peft::load(dir, mpt, device)
+            .map_err(adapter_error("model.pretrained_lora_id_or_path"))?,
+    };
+    base.with_adapter(adapter)
+        .map_err(adapter_error("model.peft_config"))
 }
 
 /// The tokenizer, when a `finetuning` loader needs it to tokenize its rows.
