@@ -192,6 +192,32 @@ pub struct LoaderConfig {
     pub label: Option<String>,
 }
 
+impl LoaderConfig {
+    /// A `finetuning` loader over the prompt/response (or chat) JSON lines in `path` (a file or
+    /// a folder; see [`crate::finetune::source`]), with every other key at its YAML default.
+    pub fn prompt_response(path: impl Into<String>, shuffle: bool) -> Self {
+        Self::from_yaml_keys(serde_json::json!({
+            "name": "finetuning",
+            "dataset": {"hf_name": path.into(), "shuffle": shuffle},
+        }))
+    }
+
+    /// A `text` loader over pre-tokenized MDS shards in `local` (`split`: a sub-folder), with
+    /// every other key at its YAML default.
+    pub fn text(local: impl Into<String>, split: Option<&str>, shuffle: bool) -> Self {
+        Self::from_yaml_keys(serde_json::json!({
+            "name": "text",
+            "dataset": {"local": local.into(), "split": split, "shuffle": shuffle},
+            "drop_last": true,
+        }))
+    }
+
+    /// The loader the same keys in a YAML would give (the defaults live in one place).
+    fn from_yaml_keys(v: Value) -> Self {
+        serde_json::from_value(v).expect("the keys above are LoaderConfig's")
+    }
+}
+
 /// A loader's `dataset:` block (mosaicml-streaming `StreamingDataset` arguments).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

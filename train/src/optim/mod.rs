@@ -106,6 +106,17 @@ pub struct OptimizerConfig {
 }
 
 impl OptimizerConfig {
+    /// `name` at peak learning rate `lr`, with the optimizer's own defaults for the rest.
+    pub fn new(name: OptimizerName, lr: f64) -> Self {
+        Self {
+            name,
+            lr: Some(lr),
+            betas: None,
+            eps: None,
+            weight_decay: None,
+        }
+    }
+
     /// Peak lr with the optimizer's default.
     pub fn lr(&self) -> f64 {
         self.lr.unwrap_or(match self.name {

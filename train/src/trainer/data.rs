@@ -21,6 +21,16 @@ pub enum Loader {
     Finetune(FinetuneData),
 }
 
+/// Training batches without end (a new epoch starts when one runs out), for
+/// [`super::Trainer::fit`].
+impl Iterator for Loader {
+    type Item = Result<Vec<Example>, TrainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.next_batch())
+    }
+}
+
 impl Loader {
     /// Opens `cfg` for one rank; `tokenizer` is needed by `finetuning` loaders only.
     #[allow(clippy::too_many_arguments)]

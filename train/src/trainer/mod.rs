@@ -7,12 +7,15 @@
 //! and the data position is part of every checkpoint, so a resumed run reproduces the
 //! uninterrupted one bit for bit on the same backend.
 
+pub mod builder;
 pub mod checkpointing;
 pub mod data;
 mod log;
 pub mod setup;
 pub mod state;
 pub mod timing;
+
+pub use builder::{CheckpointInfo, Control, EvalInfo, FitSummary, StepInfo, Trainer};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
