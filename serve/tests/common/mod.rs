@@ -72,7 +72,7 @@ impl TestServer {
         let model = model(opts.max_seq_len);
         let tokenizer = tokenizer();
         let template = opts.chat_template.then(|| {
-            ChatTemplate::new(CHATML.into(), String::new(), String::new(), "test".into()).unwrap()
+            ChatTemplate::new(CHATML, std::path::Path::new("test"), Default::default()).unwrap()
         });
         let engine = Engine::start(model.clone(), Default::default(), opts.engine);
         let server = Server::new(
