@@ -310,12 +310,15 @@ fn a_public_address_needs_a_key_or_insecure() {
 /// A random LoRA adapter (non-zero B, so it changes the output) for `model`, written by
 /// `tessera init-lora` with the lora module's PEFT writer.
 fn init_lora(model: &Path, out: &Path, seed: u64) {
-    run_ok(tessera().arg("init-lora").arg("--model").arg(model).arg("--out").arg(out).args([
-        "--r",
-        "4",
-        "--seed",
-        &seed.to_string(),
-    ]));
+    run_ok(
+        tessera()
+            .arg("init-lora")
+            .arg("--model")
+            .arg(model)
+            .arg("--out")
+            .arg(out)
+            .args(["--r", "4", "--seed", &seed.to_string()]),
+    );
 }
 
 /// `model` with the adapter in `adapter` merged, by `tessera convert --merge-lora` (f32).
@@ -345,9 +348,17 @@ fn adapters_picked_by_name_answer_as_the_merged_models_even_in_one_batch() {
     for (k, name) in names[1..].iter().enumerate() {
         let dir = tmp.path().join(name);
         init_lora(&model, &dir, 10 + k as u64);
-        oracles_of.push(merged(&model, &dir, &tmp.path().join(format!("{name}-merged"))));
+        oracles_of.push(merged(
+            &model,
+            &dir,
+            &tmp.path().join(format!("{name}-merged")),
+        ));
     }
-    let prompts = ["def add(a, b):", "the quick brown fox", "import os\nprint(1)"];
+    let prompts = [
+        "def add(a, b):",
+        "the quick brown fox",
+        "import os\nprint(1)",
+    ];
     // oracle[m][p]: `tessera generate` on model m's merged checkpoint (the base for m = 0).
     let oracle: Vec<Vec<(String, usize)>> = oracles_of
         .iter()
@@ -458,8 +469,8 @@ fn a_bad_adapter_folder_stops_the_server_at_start_naming_the_file() {
     let config = |dir: &Path| dir.join("adapter_config.json");
     let weights = |dir: &Path| dir.join("adapter_model.safetensors").display().to_string();
     let edit_config = |dir: &Path, key: &str, value: Value| {
-        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(config(dir)).unwrap())
-            .unwrap();
+        let mut c: Value =
+            serde_json::from_str(&std::fs::read_to_string(config(dir)).unwrap()).unwrap();
         c[key] = value;
         std::fs::write(config(dir), c.to_string()).unwrap();
     };
@@ -467,7 +478,10 @@ fn a_bad_adapter_folder_stops_the_server_at_start_naming_the_file() {
     // No such folder.
     let missing = tmp.path().join("missing");
     let err = fails(&missing);
-    assert!(err.contains(&config(&missing).display().to_string()), "{err}");
+    assert!(
+        err.contains(&config(&missing).display().to_string()),
+        "{err}"
+    );
 
     // The config says rank 8, the tensors are rank 4.
     let rank = tmp.path().join("rank");
@@ -486,7 +500,9 @@ fn a_bad_adapter_folder_stops_the_server_at_start_naming_the_file() {
     let err = fails(&targets);
     assert!(
         err.contains(&weights(&targets))
-            && err.contains("unexpected base_model.model.transformer.blocks.0.attn.out_proj.lora_A.weight"),
+            && err.contains(
+                "unexpected base_model.model.transformer.blocks.0.attn.out_proj.lora_A.weight"
+            ),
         "{err}"
     );
 
@@ -519,7 +535,10 @@ fn a_bad_adapter_folder_stops_the_server_at_start_naming_the_file() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("`tiny` is also the base model's name"), "{err}");
+    assert!(
+        err.contains("`tiny` is also the base model's name"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -193,21 +193,22 @@ impl ChatTemplate {
     pub fn find(dirs: &[&Path]) -> Result<Option<Self>, ChatTemplateError> {
         for dir in dirs {
             let path = dir.join("tokenizer_config.json");
-            let config = match std::fs::read_to_string(&path) {
-                Ok(text) => Some(serde_json::from_str::<Json>(&text).map_err(|e| {
-                    ChatTemplateError {
-                        path: path.clone(),
-                        message: format!("invalid JSON: {e}"),
+            let config =
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some(serde_json::from_str::<Json>(&text).map_err(|e| {
+                        ChatTemplateError {
+                            path: path.clone(),
+                            message: format!("invalid JSON: {e}"),
+                        }
+                    })?),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => {
+                        return Err(ChatTemplateError {
+                            path,
+                            message: e.to_string(),
+                        });
                     }
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(ChatTemplateError {
-                        path,
-                        message: e.to_string(),
-                    });
-                }
-            };
+                };
             if let Some(t) = Self::from_tokenizer_config(&path, config.as_ref())? {
                 return Ok(Some(t));
             }
@@ -252,11 +253,15 @@ impl ChatTemplate {
             Value::from(add_generation_prompt),
         );
         let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
-        template.render(Value::from(ctx)).map_err(|e| match e.kind() {
-            // raise_exception's own text, without minijinja's decoration.
-            ErrorKind::InvalidOperation => e.detail().map_or_else(|| describe(&e), String::from),
-            _ => describe(&e),
-        })
+        template
+            .render(Value::from(ctx))
+            .map_err(|e| match e.kind() {
+                // raise_exception's own text, without minijinja's decoration.
+                ErrorKind::InvalidOperation => {
+                    e.detail().map_or_else(|| describe(&e), String::from)
+                }
+                _ => describe(&e),
+            })
     }
 }
 
@@ -318,8 +323,8 @@ mod tests {
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let t = ChatTemplate::new(ZEPHYR, Path::new("x"), tokens(&[("eos_token", "</s>")]))
-            .unwrap();
+        let t =
+            ChatTemplate::new(ZEPHYR, Path::new("x"), tokens(&[("eos_token", "</s>")])).unwrap();
         let m = [
             msg("system", "be brief"),
             msg("user", "hi"),

@@ -10,8 +10,8 @@ use tessera_data::tokenizer::Tokenizer;
 use crate::api::ApiError;
 use crate::api::chat::{ChatCompletionRequest, ChatMessage};
 use crate::api::completions::CompletionRequest;
-use tessera_data::chat_template::{ChatTemplate, TemplateMessage};
 use crate::engine::{AdapterId, Sampling, SequenceSpec};
+use tessera_data::chat_template::{ChatTemplate, TemplateMessage};
 
 /// OpenAI's limits on a request.
 const MAX_N: i64 = 128;

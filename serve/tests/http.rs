@@ -426,7 +426,11 @@ fn adapters_are_chosen_by_model_name_and_share_the_batch_with_the_base() {
                     let ids = s.tokenizer.encode(prompt).unwrap();
                     let (want, _) = s.greedy_with(m.checked_sub(1), &ids, 10);
                     assert_eq!(body["model"], names[m]);
-                    assert_eq!(body["choices"][0]["text"], want, "{} on {prompt:?}", names[m]);
+                    assert_eq!(
+                        body["choices"][0]["text"], want,
+                        "{} on {prompt:?}",
+                        names[m]
+                    );
                 }
             })
         })
@@ -435,7 +439,7 @@ fn adapters_are_chosen_by_model_name_and_share_the_batch_with_the_base() {
         c.join().unwrap();
     }
     let ids = s.tokenizer.encode("hello world").unwrap();
-    let outputs: Vec<String> = (0..3)
+    let outputs: Vec<String> = (0..3usize)
         .map(|m| s.greedy_with(m.checked_sub(1), &ids, 10).0)
         .collect();
     assert!(

@@ -25,7 +25,11 @@ pub struct Args {
     #[arg(long, default_value_t = 16.0)]
     alpha: f64,
     /// Target modules, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "Wqkv,out_proj,up_proj,down_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Wqkv,out_proj,up_proj,down_proj"
+    )]
     targets: Vec<String>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
@@ -60,6 +64,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let base = a.model.display().to_string();
     lora::peft::save(&adapter, &a.out, Some(&base))
         .with_context(|| format!("writing {}", a.out.display()))?;
-    println!("wrote a random LoRA adapter (r {}) to {}", a.r, a.out.display());
+    println!(
+        "wrote a random LoRA adapter (r {}) to {}",
+        a.r,
+        a.out.display()
+    );
     Ok(())
 }

@@ -179,8 +179,8 @@ impl Job for ServeJob {
         for (adapter, dir) in &adapters {
             // peft::load checks rank, target modules and every tensor's shape against this
             // model, and names the file at fault.
-            let loaded = lora::peft::load::<B::InnerBackend>(dir, &config, &device)
-                .with_context(|| {
+            let loaded =
+                lora::peft::load::<B::InnerBackend>(dir, &config, &device).with_context(|| {
                     format!(
                         "--adapter {adapter}={}: not a LoRA adapter for {}",
                         dir.display(),

@@ -139,7 +139,10 @@ pub(super) fn prefill_chunk<B: Backend>(
         .map(|&t| t as i64)
         .collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(chunk, [1, tokens]), device);
-    let mut cache = seq.cache.take().unwrap_or_else(|| weights.model.new_cache());
+    let mut cache = seq
+        .cache
+        .take()
+        .unwrap_or_else(|| weights.model.new_cache());
     let logits = forward_rows(weights, ids, None, &mut cache, &[seq.adapter]);
     seq.cache = Some(cache);
     seq.prefilled += tokens;

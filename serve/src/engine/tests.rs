@@ -388,5 +388,8 @@ fn a_batch_mixing_adapters_and_the_base_gives_every_row_its_own_tokens() {
         assert_eq!(out[0].0, want, "sequence {i}, adapter {:?}", pick(i));
         differs += usize::from(pick(i).is_some() && want != base);
     }
-    assert!(differs >= 2, "the adapters change the tokens ({differs} of 4)");
+    assert!(
+        differs >= 2,
+        "the adapters change the tokens ({differs} of 4)"
+    );
 }

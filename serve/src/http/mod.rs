@@ -18,11 +18,11 @@ use axum::routing::{get, post};
 use tessera_data::tokenizer::Tokenizer;
 
 use crate::api::{ApiError, ModelCard, ModelList};
-use tessera_data::chat_template::ChatTemplate;
 use crate::engine::Engine;
 use crate::error::ServeError;
 use crate::metrics::{self, Metrics};
 use crate::validation::{Context, ServedModels};
+use tessera_data::chat_template::ChatTemplate;
 
 /// Server settings beyond the engine's.
 #[derive(Clone, Debug)]

@@ -272,14 +272,7 @@ impl TestServer {
             eos_ids: Vec::new(),
             ..GenerationConfig::default()
         };
-        let out = generate(
-            &model,
-            &[ids.to_vec()],
-            &cfg,
-            None,
-            &Default::default(),
-        )
-        .unwrap();
+        let out = generate(&model, &[ids.to_vec()], &cfg, None, &Default::default()).unwrap();
         let text = self.tokenizer.decode(&out[0].ids, true).unwrap();
         (text, out[0].ids.len())
     }
