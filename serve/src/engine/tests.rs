@@ -355,7 +355,7 @@ fn a_batch_mixing_adapters_and_the_base_gives_every_row_its_own_tokens() {
     );
     assert_eq!(engine.adapter_names(), ["a0", "a1"]);
     let lens = [5, 9, 3, 20, 7, 4];
-    let pick = |i: usize| (i % 3 != 0).then(|| AdapterId(i % 3 - 1));
+    let pick = |i: usize| (!i.is_multiple_of(3)).then(|| AdapterId(i % 3 - 1));
     let mut tickets: Vec<Ticket> = lens
         .iter()
         .enumerate()
