@@ -194,7 +194,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_batch,
         &levels,
         &mixes,
-        mix_names.len(),
         load_before,
         load_after,
     );
@@ -420,7 +419,6 @@ fn report(
     max_batch: usize,
     levels: &[Level],
     mixes: &[Level],
-    adapters: usize,
     load_before: Option<f64>,
     load_after: Option<f64>,
 ) -> String {
@@ -479,6 +477,8 @@ fn report(
             if r >= 6.0 { "met" } else { "not met" }
         );
     }
+    // The random adapters, then the user's.
+    let adapters = args.adapter_mix + args.adapters.len();
     if mixes.is_empty() {
         body.push_str(" No adapter mix was run (`--adapter-mix 0`).");
     } else {
@@ -512,7 +512,7 @@ fn report(
             .iter()
             .zip(mixes)
             .find(|(l, _)| l.clients == 16)
-            .or_else(|| levels.iter().zip(mixes).last());
+            .or_else(|| levels.iter().zip(mixes).next_back());
         if let Some((base, mix)) = at16 {
             let r = mix.tokens_per_s() / base.tokens_per_s();
             let _ = write!(
@@ -600,7 +600,6 @@ mod tests {
             16,
             &[level(1, 8.0), level(16, 1.0)],
             &[level(1, 8.0), level(16, 1.5)],
-            4,
             None,
             None,
         );
