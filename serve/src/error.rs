@@ -1,19 +1,9 @@
 //! Errors of starting a server (bad files or settings). Errors answered to clients are
 //! [`crate::api::ApiError`]s.
 
-use std::path::PathBuf;
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// `tokenizer_config.json` or `chat_template.jinja` could not be read or parsed.
-    #[error("{path}: {message}")]
-    ChatTemplate {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        message: String,
-    },
     /// A setting is out of range.
     #[error("{setting}: {message}")]
     Setting {

@@ -2,7 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod chat_template;
 pub mod detokenize;
 pub mod engine;
 pub mod error;
@@ -10,8 +9,8 @@ pub mod http;
 pub mod metrics;
 pub mod validation;
 
-pub use chat_template::ChatTemplate;
 pub use engine::{Engine, EngineConfig};
 pub use error::ServeError;
 pub use http::{ModelLimits, Server, ServerConfig, shutdown_signal};
+pub use tessera_data::chat_template::ChatTemplate;
 pub use validation::ServedModels;

@@ -10,8 +10,8 @@ use tessera_data::tokenizer::Tokenizer;
 use crate::api::ApiError;
 use crate::api::chat::{ChatCompletionRequest, ChatMessage};
 use crate::api::completions::CompletionRequest;
-use crate::chat_template::{ChatTemplate, TemplateMessage};
 use crate::engine::{AdapterId, Sampling, SequenceSpec};
+use tessera_data::chat_template::{ChatTemplate, TemplateMessage};
 
 /// OpenAI's limits on a request.
 const MAX_N: i64 = 128;
@@ -195,7 +195,7 @@ pub fn chat(body: &[u8], ctx: &Context<'_>) -> Result<Job, ApiError> {
             ),
         )
     })?;
-    let text = template.render(&messages).map_err(|e| {
+    let text = template.render(&messages, true).map_err(|e| {
         ApiError::invalid_param(
             "messages",
             format!("the chat template of `{}`: {e}", req.model),

@@ -389,3 +389,70 @@ fn health_models_and_metrics_describe_the_server() {
         );
     }
 }
+
+#[test]
+fn adapters_are_chosen_by_model_name_and_share_the_batch_with_the_base() {
+    let s = std::sync::Arc::new(TestServer::start(Options {
+        adapters: 2,
+        ..Options::default()
+    }));
+    let models = s.get("/v1/models", None).json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny", "lora1", "lora2"]);
+    assert_eq!(models["data"][2]["parent"], "tiny");
+
+    // Base, lora1 and lora2 requests at once (two clients each): their rows are decoded in
+    // the same batch, and each must answer as its own model run alone.
+    let names = ["tiny", "lora1", "lora2"];
+    let prompts = ["hello world", "def add(a, b):", "the lazy dog"];
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let m = c % 3;
+                for prompt in prompts {
+                    let r = s.post(
+                        "/v1/completions",
+                        &json!({"model": names[m], "prompt": prompt, "max_tokens": 10,
+                                "temperature": 0}),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text);
+                    let body = r.json();
+                    let ids = s.tokenizer.encode(prompt).unwrap();
+                    let (want, _) = s.greedy_with(m.checked_sub(1), &ids, 10);
+                    assert_eq!(body["model"], names[m]);
+                    assert_eq!(
+                        body["choices"][0]["text"], want,
+                        "{} on {prompt:?}",
+                        names[m]
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let ids = s.tokenizer.encode("hello world").unwrap();
+    let outputs: Vec<String> = (0..3usize)
+        .map(|m| s.greedy_with(m.checked_sub(1), &ids, 10).0)
+        .collect();
+    assert!(
+        outputs[1] != outputs[0] || outputs[2] != outputs[0],
+        "the adapters change the answer: {outputs:?}"
+    );
+
+    let e = s
+        .post(
+            "/v1/completions",
+            &json!({"model": "lora3", "prompt": "x", "max_tokens": 1}),
+        )
+        .error(404);
+    assert_eq!(e["code"], "model_not_found", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("lora3"), "{e}");
+}

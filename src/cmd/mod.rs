@@ -7,6 +7,7 @@ pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod init_lora;
 pub mod inspect;
 pub mod parity;
 pub mod plan;

@@ -10,6 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use tessera::data::tokenizer::Tokenizer;
 use tessera::device::{DeviceSpec, Job};
 use tessera::model::hf;
+use tessera::model::lora::{self, AdapterBank};
 use tessera::serve::{
     ChatTemplate, Engine, EngineConfig, ModelLimits, ServedModels, Server, ServerConfig,
 };
@@ -100,16 +101,26 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
     if args.api_key.as_deref().is_some_and(str::is_empty) {
         bail!("--api-key: the key is empty");
     }
-    if let Some(spec) = args.adapters.first() {
-        let (name, dir) = spec
-            .split_once('=')
-            .with_context(|| format!("--adapter {spec:?}: expected NAME=DIR"))?;
-        bail!(
-            "--adapter {name}={dir}: serving LoRA adapters needs LoRA support in tessera-model, \
-             which this build does not have yet; serve the base model, or a merged checkpoint"
-        );
-    }
+    adapter_specs(&args.adapters)?;
     Ok(())
+}
+
+/// `--adapter NAME=DIR` flags as (name, folder), checked: a name once only, and a folder.
+fn adapter_specs(flags: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut specs: Vec<(String, PathBuf)> = Vec::with_capacity(flags.len());
+    for flag in flags {
+        let Some((name, dir)) = flag.split_once('=') else {
+            bail!("--adapter {flag}: expected NAME=DIR (the name clients send as `model`)");
+        };
+        if name.is_empty() || dir.is_empty() {
+            bail!("--adapter {flag}: expected NAME=DIR, both non-empty");
+        }
+        if specs.iter().any(|(n, _)| n == name) {
+            bail!("--adapter {flag}: the name `{name}` is given twice");
+        }
+        specs.push((name.to_string(), PathBuf::from(dir)));
+    }
+    Ok(specs)
 }
 
 struct ServeJob(Args);
@@ -119,6 +130,7 @@ impl Job for ServeJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> anyhow::Result<()> {
         let args = self.0;
+        let adapters = adapter_specs(&args.adapters)?;
         let tokenizer_path = args
             .tokenizer
             .clone()
@@ -157,8 +169,29 @@ impl Job for ServeJob {
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "model".into())
         });
-        let engine = Engine::start(
+        if let Some((adapter, _)) = adapters.iter().find(|(a, _)| *a == name) {
+            bail!(
+                "--adapter {adapter}=…: `{adapter}` is also the base model's name; pick another \
+                 name, or set the base's with --served-model-name"
+            );
+        }
+        let mut bank = AdapterBank::new();
+        for (adapter, dir) in &adapters {
+            // peft::load checks rank, target modules and every tensor's shape against this
+            // model, and names the file at fault.
+            let loaded =
+                lora::peft::load::<B::InnerBackend>(dir, &config, &device).with_context(|| {
+                    format!(
+                        "--adapter {adapter}={}: not a LoRA adapter for {}",
+                        dir.display(),
+                        args.model.display()
+                    )
+                })?;
+            bank.add(adapter.clone(), loaded);
+        }
+        let engine = Engine::start_with_adapters(
             model,
+            bank,
             device,
             EngineConfig {
                 max_batch: args.max_batch,
@@ -173,7 +206,7 @@ impl Job for ServeJob {
             chat_template,
             ServedModels {
                 base: name.clone(),
-                adapters: Vec::new(),
+                adapters: adapters.iter().map(|(a, _)| a.clone()).collect(),
             },
             ModelLimits {
                 max_seq_len: config.max_seq_len,
@@ -185,9 +218,13 @@ impl Job for ServeJob {
                 ..ServerConfig::default()
             },
         );
+        let served = std::iter::once(format!("model `{name}`"))
+            .chain(adapters.iter().map(|(a, _)| format!("adapter `{a}`")))
+            .collect::<Vec<_>>()
+            .join(", ");
         server.run(&args.host, args.port, args.http_threads, |addr| {
             // Tests and `cargo xtask bench serve` read this line for the port.
-            println!("tessera serve: model `{name}` listening on http://{addr}");
+            println!("tessera serve: {served} listening on http://{addr}");
             use std::io::Write;
             let _ = std::io::stdout().flush();
         })?;

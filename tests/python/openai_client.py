@@ -1,6 +1,8 @@
 """The official `openai` Python client against `tessera serve` (driven by tests/serve.rs).
 
-Usage: openai_client.py BASE_URL MODEL API_KEY
+Usage: openai_client.py BASE_URL MODEL API_KEY ADAPTER
+
+ADAPTER is the name of a LoRA adapter the server serves on MODEL.
 
 Every check raises on failure; the last line printed is a JSON report that the Rust test
 compares with `tessera generate`'s output.
@@ -12,7 +14,7 @@ import sys
 import openai
 from openai import OpenAI
 
-base_url, model, key = sys.argv[1:4]
+base_url, model, key, adapter = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
 
 # Completion, greedy.
@@ -66,8 +68,13 @@ chunks = list(
 assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1, chunks[-1]
 assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat_text
 
-# The model field picks what is served; anything else is a 404.
-assert [m.id for m in client.models.list()] == [model]
+# The model field picks what is served: the base or an adapter; anything else is a 404.
+assert [m.id for m in client.models.list()] == [model, adapter]
+adapted = client.completions.create(
+    model=adapter, prompt="def add(a, b):", max_tokens=16, temperature=0
+)
+assert adapted.model == adapter, adapted
+adapter_text = adapted.choices[0].text
 try:
     client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     raise AssertionError("an unknown model must fail")
@@ -93,4 +100,8 @@ try:
 except openai.AuthenticationError:
     pass
 
-print(json.dumps({"completion_text": completion_text, "chat_text": chat_text}))
+print(
+    json.dumps(
+        {"completion_text": completion_text, "chat_text": chat_text, "adapter_text": adapter_text}
+    )
+)

@@ -2,7 +2,7 @@
 //! streamed as `chat.completion.chunk` deltas, with OpenAI's field names.
 //!
 //! The messages are rendered into one prompt with the model's chat template (see
-//! [`crate::chat_template`]).
+//! [`tessera_data::chat_template`]).
 
 use serde::{Deserialize, Serialize};
 

@@ -4,36 +4,48 @@
 //! Both go through [`forward_rows`], the one place where the model is called.
 
 use burn::prelude::*;
+use tessera_model::lora::{AdapterBank, RowAdapters};
 use tessera_model::{KvCache, Mpt};
 
 use super::AdapterId;
 use super::sequence::Sequence;
 
-/// **The adapter seam.** Runs `model` on `ids` with `cache`, each row with its own adapter
+/// The base model and the LoRA adapters served on it (unmerged; [`AdapterId`] `i` is the
+/// bank's adapter `i`).
+pub(super) struct Weights<B: Backend> {
+    pub model: Mpt<B>,
+    pub adapters: AdapterBank<B>,
+}
+
+/// **The adapter seam.** Runs the model on `ids` with `cache`, each row with its own adapter
 /// (`adapters[row]`, `None` = the base model), and returns the logits.
 ///
-/// Today every row runs the base model: `tessera serve` refuses `--adapter` until
-/// tessera-model has LoRA (issue #13, item 1), so no sequence carries an adapter. When it
-/// lands, this function passes the per-row selection to the model's batched adapter forward;
-/// nothing else in the engine changes.
+/// All rows share the base model's products; each adapter in use adds its low-rank update to
+/// its own rows only ([`RowAdapters`]), so one forward serves a batch that mixes adapters
+/// and the base. A batch with no adapter takes the plain forward.
 ///
 /// # Shapes
 /// - `ids`: `[rows, s]`, `mask`: `[rows, s]` -> `[rows, s, vocab]`
 ///
 /// # Panics
-/// If a row asks for an adapter (not reachable: the server has none to offer).
+/// If a row names an adapter the bank does not hold (the HTTP side resolves names against
+/// the same list, so this is a bug).
 pub(super) fn forward_rows<B: Backend>(
-    model: &Mpt<B>,
+    weights: &Weights<B>,
     ids: Tensor<B, 2, Int>,
     mask: Option<Tensor<B, 2, Bool>>,
     cache: &mut KvCache<B>,
     adapters: &[Option<AdapterId>],
 ) -> Tensor<B, 3> {
-    assert!(
-        adapters.iter().all(Option::is_none),
-        "adapters are not available in this build"
-    );
-    model.forward_cached(ids, mask, cache)
+    if adapters.iter().all(Option::is_none) {
+        return weights.model.forward_cached(ids, mask, cache);
+    }
+    let selection: Vec<Option<usize>> = adapters.iter().map(|a| a.map(|a| a.0)).collect();
+    let rows = RowAdapters::new(&weights.adapters, &selection, &ids.device())
+        .unwrap_or_else(|e| panic!("a sequence's adapter is not in the bank: {e}"));
+    weights
+        .model
+        .forward_cached_with_adapters(ids, mask, cache, &rows)
 }
 
 /// The running sequences, in the order of their rows in `cache`.
@@ -76,12 +88,12 @@ impl<B: Backend> DecodeBatch<B> {
 
     /// One decode step: every row feeds its last token. Returns the logits, `[rows * vocab]`
     /// on the host (one device sync).
-    pub fn step(&mut self, model: &Mpt<B>, device: &B::Device) -> Vec<f32> {
+    pub fn step(&mut self, weights: &Weights<B>, device: &B::Device) -> Vec<f32> {
         let tokens: Vec<i64> = self.rows.iter().map(|s| s.next_input as i64).collect();
         let n = tokens.len();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [n, 1]), device);
         let adapters: Vec<Option<AdapterId>> = self.rows.iter().map(|s| s.adapter).collect();
-        let logits = forward_rows(model, ids, None, &mut self.cache, &adapters);
+        let logits = forward_rows(weights, ids, None, &mut self.cache, &adapters);
         host_rows(logits)
     }
 }
@@ -89,7 +101,7 @@ impl<B: Backend> DecodeBatch<B> {
 /// Prefills the whole prompts of `seqs` in one left-padded forward of `width` columns.
 /// Returns their joint cache (row `i` is `seqs[i]`) and the logits of each prompt's last token.
 pub(super) fn prefill_group<B: Backend>(
-    model: &Mpt<B>,
+    weights: &Weights<B>,
     seqs: &[Sequence<B>],
     width: usize,
     device: &B::Device,
@@ -109,15 +121,15 @@ pub(super) fn prefill_group<B: Backend>(
     let mask = padded
         .then(|| Tensor::<B, 2, Bool>::from_data(TensorData::new(real, [rows, width]), device));
     let adapters: Vec<Option<AdapterId>> = seqs.iter().map(|s| s.adapter).collect();
-    let mut cache = model.new_cache();
-    let logits = forward_rows(model, ids, mask, &mut cache, &adapters);
+    let mut cache = weights.model.new_cache();
+    let logits = forward_rows(weights, ids, mask, &mut cache, &adapters);
     (cache, host_rows(logits))
 }
 
 /// Feeds the next `tokens` prompt tokens of one sequence into its own cache. Returns the
 /// logits of the prompt's last token once the prompt is complete.
 pub(super) fn prefill_chunk<B: Backend>(
-    model: &Mpt<B>,
+    weights: &Weights<B>,
     seq: &mut Sequence<B>,
     tokens: usize,
     device: &B::Device,
@@ -127,8 +139,11 @@ pub(super) fn prefill_chunk<B: Backend>(
         .map(|&t| t as i64)
         .collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(chunk, [1, tokens]), device);
-    let mut cache = seq.cache.take().unwrap_or_else(|| model.new_cache());
-    let logits = forward_rows(model, ids, None, &mut cache, &[seq.adapter]);
+    let mut cache = seq
+        .cache
+        .take()
+        .unwrap_or_else(|| weights.model.new_cache());
+    let logits = forward_rows(weights, ids, None, &mut cache, &[seq.adapter]);
     seq.cache = Some(cache);
     seq.prefilled += tokens;
     (seq.prefilled == seq.prompt.len()).then(|| host_rows(logits))

@@ -11,8 +11,9 @@
 //! 4. runs one decode step for the whole running batch: every row feeds its last token,
 //!    attends over its own KV cache rows, and samples its next token ([`batch`]).
 //!
-//! Sequences join and leave the decode batch at any step. Each carries an optional adapter;
-//! [`batch::forward_rows`] is where per-row adapters plug in.
+//! Sequences join and leave the decode batch at any step. Each carries an optional LoRA
+//! adapter; one forward serves rows of different adapters and of the base model together
+//! ([`batch::forward_rows`], through tessera-model's [`AdapterBank`]).
 
 mod batch;
 pub mod scheduler;
@@ -28,6 +29,7 @@ use std::thread::JoinHandle;
 
 use burn::prelude::*;
 use tessera_model::Mpt;
+use tessera_model::lora::AdapterBank;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// Limits of the engine.
@@ -57,7 +59,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// Which adapter a sequence runs with (an index into the server's adapter list).
+/// Which adapter a sequence runs with: an index into the engine's [`AdapterBank`] (and the
+/// server's adapter names, which list the bank in order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AdapterId(pub usize);
 
@@ -194,6 +197,7 @@ pub struct Engine {
     inbox: Mutex<Option<mpsc::Sender<Submission>>>,
     stats: Arc<EngineStats>,
     config: EngineConfig,
+    adapter_names: Vec<String>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -206,10 +210,31 @@ impl Engine {
     where
         Mpt<B>: Send + 'static,
     {
+        Self::start_with_adapters(model, AdapterBank::new(), device, config)
+    }
+
+    /// [`Engine::start`] with LoRA adapters on the model, kept unmerged: a sequence picks one
+    /// with [`SequenceSpec::adapter`] (`AdapterId(i)` is `adapters`' adapter `i`). Each
+    /// adapter must fit `model` (as [`tessera_model::lora::peft::load`] checks).
+    ///
+    /// # Panics
+    /// As [`Engine::start`].
+    pub fn start_with_adapters<B: Backend>(
+        model: Mpt<B>,
+        adapters: AdapterBank<B>,
+        device: B::Device,
+        config: EngineConfig,
+    ) -> Self
+    where
+        Mpt<B>: Send + 'static,
+        AdapterBank<B>: Send + 'static,
+    {
         assert!(
             config.max_batch > 0 && config.max_queue > 0 && config.prefill_chunk > 0,
             "engine limits must be positive: {config:?}"
         );
+        let adapter_names: Vec<String> = adapters.names().map(str::to_string).collect();
+        let weights = batch::Weights { model, adapters };
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         stats.alive.store(true, Ordering::Relaxed);
@@ -228,7 +253,7 @@ impl Engine {
                         }
                     }
                     let _alive = Alive(stats.clone());
-                    worker::run(model, device, config, rx, stats);
+                    worker::run(weights, device, config, rx, stats);
                 })
                 .expect("spawning the engine thread")
         };
@@ -236,6 +261,7 @@ impl Engine {
             inbox: Mutex::new(Some(tx)),
             stats,
             config,
+            adapter_names,
             thread: Mutex::new(Some(thread)),
         }
     }
@@ -275,6 +301,11 @@ impl Engine {
     /// The engine's counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// The names of its adapters, by [`AdapterId`].
+    pub fn adapter_names(&self) -> &[String] {
+        &self.adapter_names
     }
 
     /// The limits it runs with.

@@ -314,3 +314,82 @@ fn logprobs_come_with_the_tokens_when_asked() {
         other => panic!("expected a token with logprobs, got {other:?}"),
     }
 }
+
+#[test]
+fn a_batch_mixing_adapters_and_the_base_gives_every_row_its_own_tokens() {
+    use tessera_model::lora::{Adapter, AdapterBank, LoraConfig, LoraInit, TargetModule};
+
+    let model = tiny(64);
+    let device = Default::default();
+    // Random A and B (PEFT's `init_lora_weights: false`), so each adapter changes the output.
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: vec![
+            TargetModule::Wqkv,
+            TargetModule::OutProj,
+            TargetModule::UpProj,
+            TargetModule::DownProj,
+        ],
+        init_lora_weights: LoraInit::Random,
+        ..LoraConfig::default()
+    };
+    let adapters: Vec<Adapter<Flex>> = (0..2)
+        .map(|k| Adapter::init(&lora, model.config(), 100 + k, &device).unwrap())
+        .collect();
+    let mut bank = AdapterBank::new();
+    for (k, a) in adapters.iter().enumerate() {
+        bank.add(format!("a{k}"), a.clone());
+    }
+    let engine = Engine::start_with_adapters(
+        model.clone(),
+        bank,
+        device,
+        EngineConfig {
+            // Rows of the base and both adapters share prefills and decode steps; one long
+            // prompt is prefilled in chunks.
+            max_batch: 4,
+            prefill_chunk: 16,
+            ..EngineConfig::default()
+        },
+    );
+    assert_eq!(engine.adapter_names(), ["a0", "a1"]);
+    let lens = [5, 9, 3, 20, 7, 4];
+    let pick = |i: usize| (!i.is_multiple_of(3)).then(|| AdapterId(i % 3 - 1));
+    let mut tickets: Vec<Ticket> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let s = SequenceSpec {
+                adapter: pick(i),
+                ..spec(prompt(len, i as u32), 10)
+            };
+            engine.submit(vec![s]).unwrap()
+        })
+        .collect();
+    let cfg = GenerationConfig {
+        max_new_tokens: 10,
+        ..GenerationConfig::default()
+    };
+    // The oracle runs each sequence alone, with its adapter attached to the model.
+    let alone: Vec<Mpt<Flex>> = adapters
+        .iter()
+        .map(|a| model.clone().with_adapter(a.clone()).unwrap())
+        .collect();
+    let mut differs = 0;
+    for (i, t) in tickets.iter_mut().enumerate() {
+        let out = collect(t, 1);
+        let p = prompt(lens[i], i as u32);
+        let base = oracle(&model, &p, &cfg);
+        let want = match pick(i) {
+            None => base.clone(),
+            Some(AdapterId(k)) => oracle(&alone[k], &p, &cfg),
+        };
+        assert_eq!(out[0].0, want, "sequence {i}, adapter {:?}", pick(i));
+        differs += usize::from(pick(i).is_some() && want != base);
+    }
+    assert!(
+        differs >= 2,
+        "the adapters change the tokens ({differs} of 4)"
+    );
+}

@@ -6,25 +6,25 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use burn::prelude::*;
-use tessera_model::{KvCache, Mpt};
+use tessera_model::KvCache;
 
-use super::batch::{DecodeBatch, prefill_chunk, prefill_group};
+use super::batch::{DecodeBatch, Weights, prefill_chunk, prefill_group};
 use super::scheduler::{Pending, PrefillPlan, admissions, plan_prefill};
 use super::sequence::Sequence;
 use super::{EngineConfig, EngineStats, Submission};
 
 /// Runs until the inbox is closed and every sequence has finished.
 pub(super) fn run<B: Backend>(
-    model: Mpt<B>,
+    weights: Weights<B>,
     device: B::Device,
     config: EngineConfig,
     inbox: Receiver<Submission>,
     stats: Arc<EngineStats>,
 ) {
-    let max_seq_len = model.config().max_seq_len;
+    let max_seq_len = weights.model.config().max_seq_len;
     let mut waiting: VecDeque<Sequence<B>> = VecDeque::new();
     let mut prefilling: VecDeque<Sequence<B>> = VecDeque::new();
-    let mut batch = DecodeBatch::new(&model);
+    let mut batch = DecodeBatch::new(&weights.model);
     let mut open = true;
     loop {
         // 1. Intake: block while there is nothing to do, else take what has arrived.
@@ -82,7 +82,7 @@ pub(super) fn run<B: Backend>(
         match plan_prefill(&pending, config.prefill_chunk) {
             Some(PrefillPlan::Chunk { tokens }) => {
                 let head = prefilling.front_mut().expect("a plan implies a sequence");
-                if let Some(logits) = prefill_chunk(&model, head, tokens, &device) {
+                if let Some(logits) = prefill_chunk(&weights, head, tokens, &device) {
                     let mut seq = prefilling.pop_front().expect("the head exists");
                     let cache = seq.cache.take().expect("a prefilled sequence has a cache");
                     start_decoding(&mut batch, vec![seq], cache, &logits, &config, max_seq_len);
@@ -91,7 +91,7 @@ pub(super) fn run<B: Backend>(
             }
             Some(PrefillPlan::Group { count, width }) => {
                 let mut seqs: Vec<Sequence<B>> = prefilling.drain(..count).collect();
-                let (cache, logits) = prefill_group(&model, &seqs, width, &device);
+                let (cache, logits) = prefill_group(&weights, &seqs, width, &device);
                 for s in &mut seqs {
                     s.prefilled = s.prompt.len();
                 }
@@ -104,7 +104,7 @@ pub(super) fn run<B: Backend>(
         // 4. One decode step for every running row.
         if batch.len() > 0 {
             let rows = batch.len();
-            let logits = batch.step(&model, &device);
+            let logits = batch.step(&weights, &device);
             let vocab = logits.len() / rows;
             let keep: Vec<bool> = batch
                 .rows

@@ -18,11 +18,11 @@ use axum::routing::{get, post};
 use tessera_data::tokenizer::Tokenizer;
 
 use crate::api::{ApiError, ModelCard, ModelList};
-use crate::chat_template::ChatTemplate;
 use crate::engine::Engine;
 use crate::error::ServeError;
 use crate::metrics::{self, Metrics};
 use crate::validation::{Context, ServedModels};
+use tessera_data::chat_template::ChatTemplate;
 
 /// Server settings beyond the engine's.
 #[derive(Clone, Debug)]
@@ -88,6 +88,10 @@ pub struct Server {
 
 impl Server {
     /// Assembles the server; nothing listens yet.
+    ///
+    /// # Panics
+    /// If `models.adapters` is not the engine's adapter list ([`Engine::adapter_names`]), in
+    /// order: a request's adapter name must select the same adapter in the engine.
     pub fn new(
         engine: Engine,
         tokenizer: Tokenizer,
@@ -96,6 +100,11 @@ impl Server {
         limits: ModelLimits,
         config: ServerConfig,
     ) -> Self {
+        assert_eq!(
+            models.adapters,
+            engine.adapter_names(),
+            "the served adapter names must list the engine's adapters in order"
+        );
         Self {
             state: Arc::new(AppState {
                 engine,

@@ -27,8 +27,7 @@ fn fixture() -> Fixture {
             adapters: vec!["sql".into()],
         },
         tokenizer: train_bpe(docs.iter(), &cfg).unwrap().0,
-        template: ChatTemplate::new(CHATML.into(), String::new(), String::new(), "t".into())
-            .unwrap(),
+        template: ChatTemplate::new(CHATML, std::path::Path::new("t"), Default::default()).unwrap(),
     }
 }
 

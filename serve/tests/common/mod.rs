@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use burn::backend::Flex;
 use tessera_data::tokenizer::{BpeTrainConfig, Tokenizer, train_bpe};
+use tessera_model::lora::{Adapter, AdapterBank, LoraConfig, LoraInit, TargetModule};
 use tessera_model::{GenerationConfig, Mpt, MptConfig, generate};
 use tessera_serve::{
     ChatTemplate, Engine, EngineConfig, ModelLimits, ServedModels, Server, ServerConfig,
@@ -45,6 +46,26 @@ pub struct Options {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub chat_template: bool,
+    /// Random LoRA adapters served as `lora1`, `lora2`, … (see [`adapter`]).
+    pub adapters: usize,
+}
+
+/// A LoRA adapter for [`model`] with random A and B (so it changes the output), on all four
+/// MPT target modules.
+pub fn adapter(model: &Mpt<Flex>, seed: u64) -> Adapter<Flex> {
+    let lora = LoraConfig {
+        r: 4,
+        lora_alpha: 8.0,
+        target_modules: vec![
+            TargetModule::Wqkv,
+            TargetModule::OutProj,
+            TargetModule::UpProj,
+            TargetModule::DownProj,
+        ],
+        init_lora_weights: LoraInit::Random,
+        ..LoraConfig::default()
+    };
+    Adapter::init(&lora, model.config(), seed, &Default::default()).unwrap()
 }
 
 impl Default for Options {
@@ -54,6 +75,7 @@ impl Default for Options {
             engine: EngineConfig::default(),
             server: ServerConfig::default(),
             chat_template: true,
+            adapters: 0,
         }
     }
 }
@@ -62,6 +84,8 @@ impl Default for Options {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub model: Mpt<Flex>,
+    /// The served adapters, `lora{k + 1}` at index k.
+    pub adapters: Vec<Adapter<Flex>>,
     pub tokenizer: Tokenizer,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -72,16 +96,25 @@ impl TestServer {
         let model = model(opts.max_seq_len);
         let tokenizer = tokenizer();
         let template = opts.chat_template.then(|| {
-            ChatTemplate::new(CHATML.into(), String::new(), String::new(), "test".into()).unwrap()
+            ChatTemplate::new(CHATML, std::path::Path::new("test"), Default::default()).unwrap()
         });
-        let engine = Engine::start(model.clone(), Default::default(), opts.engine);
+        let adapters: Vec<Adapter<Flex>> = (1..=opts.adapters as u64)
+            .map(|seed| adapter(&model, seed))
+            .collect();
+        let mut bank = AdapterBank::new();
+        for (k, a) in adapters.iter().enumerate() {
+            bank.add(format!("lora{}", k + 1), a.clone());
+        }
+        let names = bank.names().map(str::to_string).collect();
+        let engine =
+            Engine::start_with_adapters(model.clone(), bank, Default::default(), opts.engine);
         let server = Server::new(
             engine,
             tokenizer.clone(),
             template,
             ServedModels {
                 base: "tiny".into(),
-                adapters: Vec::new(),
+                adapters: names,
             },
             ModelLimits {
                 max_seq_len: opts.max_seq_len,
@@ -114,6 +147,7 @@ impl TestServer {
         Self {
             addr,
             model,
+            adapters,
             tokenizer,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -214,19 +248,31 @@ impl TestServer {
     }
 
     pub fn greedy_ids_text(&self, ids: &[u32], max_new_tokens: usize) -> (String, usize) {
+        self.greedy_with(None, ids, max_new_tokens)
+    }
+
+    /// The oracle with served adapter `adapter` (an index into [`TestServer::adapters`])
+    /// attached to the model, run alone; `None` for the base.
+    pub fn greedy_with(
+        &self,
+        adapter: Option<usize>,
+        ids: &[u32],
+        max_new_tokens: usize,
+    ) -> (String, usize) {
+        let model = match adapter {
+            Some(k) => self
+                .model
+                .clone()
+                .with_adapter(self.adapters[k].clone())
+                .unwrap(),
+            None => self.model.clone(),
+        };
         let cfg = GenerationConfig {
             max_new_tokens,
             eos_ids: Vec::new(),
             ..GenerationConfig::default()
         };
-        let out = generate(
-            &self.model,
-            &[ids.to_vec()],
-            &cfg,
-            None,
-            &Default::default(),
-        )
-        .unwrap();
+        let out = generate(&model, &[ids.to_vec()], &cfg, None, &Default::default()).unwrap();
         let text = self.tokenizer.decode(&out[0].ids, true).unwrap();
         (text, out[0].ids.len())
     }

@@ -1,89 +1,31 @@
-//! A tokenizer's own chat template: the Jinja program in `tokenizer_config.json`'s
-//! `chat_template` (or in `chat_template.jinja` beside it, where newer transformers save it),
-//! rendered with minijinja in the environment transformers gives templates
-//! (`transformers.utils.chat_template_utils._compile_jinja_template`):
-//! - `trim_blocks` and `lstrip_blocks` on;
-//! - Python's string and dict methods (`.strip()`, `.startswith()`, `.items()`, …) through
-//!   minijinja-contrib's `pycompat`, loop controls (`{% break %}`), `tojson`;
-//! - `raise_exception(message)`, which fails the row with the template's message;
-//! - the variables `messages`, `add_generation_prompt` and the tokenizer's special tokens
-//!   (`bos_token`, `eos_token`, `unk_token`, `pad_token`), as `apply_chat_template` passes them.
-//!
-//! Deliberately left out, so that a dataset renders the same on every day and machine:
-//! llm-foundry passes `date_string` (today's date) and transformers defines `strftime_now`;
-//! templates that use them (Llama 3's) fall back to their own fixed default date when they are
-//! undefined, and tessera leaves them undefined.
+//! A tokenizer's own chat template, for chat rows: tessera-data's renderer
+//! ([`tessera_data::chat_template`], shared with `tessera serve`, so a model is served with the
+//! prompt format it was fine-tuned on), seen through the fine-tuning loader's types
+//! ([`Message`], [`FinetuneError`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
+use tessera_data::chat_template::{ChatTemplate, ChatTemplateError, TemplateMessage};
 
 use super::FinetuneError;
 use super::source::Message;
 
-/// The name the template is registered under.
-const NAME: &str = "chat_template";
-
 /// A compiled chat template and the special tokens it may use.
 #[derive(Debug, Clone)]
 pub struct JinjaTemplate {
-    env: Environment<'static>,
+    template: ChatTemplate,
     /// Where the template came from (for errors).
     pub source: PathBuf,
-    /// `bos_token`, `eos_token`, … as strings.
-    special_tokens: BTreeMap<String, String>,
 }
 
 impl JinjaTemplate {
     /// Compiles `template` (read from `source`) with the special tokens of the tokenizer config
     /// `config` (`bos_token` etc., as strings or as `{"content": …}` added-token objects).
     pub fn new(template: &str, source: &Path, config: &Json) -> Result<Self, FinetuneError> {
-        let mut env = Environment::new();
-        env.set_syntax(
-            minijinja::syntax::SyntaxConfig::builder()
-                .trim_blocks(true)
-                .lstrip_blocks(true)
-                .build()
-                .expect("the default delimiters are valid"),
-        );
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<Value, Error> {
-                Err(Error::new(ErrorKind::InvalidOperation, message))
-            },
-        );
-        env.add_template_owned(NAME, template.to_string())
-            .map_err(|e| FinetuneError::Config {
-                key: format!("{}: chat_template", source.display()),
-                message: format!("not a valid Jinja template: {}", describe(&e)),
-            })?;
-        let mut special_tokens = BTreeMap::new();
-        for key in [
-            "bos_token",
-            "eos_token",
-            "unk_token",
-            "pad_token",
-            "sep_token",
-            "cls_token",
-            "mask_token",
-        ] {
-            let text = match config.get(key) {
-                Some(Json::String(s)) => Some(s.clone()),
-                Some(Json::Object(o)) => o.get("content").and_then(Json::as_str).map(String::from),
-                _ => None,
-            };
-            if let Some(t) = text {
-                special_tokens.insert(key.to_string(), t);
-            }
-        }
-        Ok(Self {
-            env,
-            source: source.to_path_buf(),
-            special_tokens,
-        })
+        ChatTemplate::with_tokenizer_config(template, source, config)
+            .map(Self::from)
+            .map_err(config_error)
     }
 
     /// `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=…)`, or
@@ -93,37 +35,35 @@ impl JinjaTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, String> {
-        let messages: Vec<Value> = messages
+        let messages: Vec<TemplateMessage> = messages
             .iter()
-            .map(|m| {
-                Value::from(BTreeMap::from([
-                    ("role".to_string(), Value::from(m.role.as_str())),
-                    ("content".to_string(), Value::from(m.content.as_str())),
-                ]))
-            })
+            .map(|m| TemplateMessage::new(m.role.as_str(), m.content.as_str()))
             .collect();
-        let mut ctx: BTreeMap<String, Value> = self
-            .special_tokens
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        ctx.insert("messages".into(), Value::from(messages));
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Value::from(add_generation_prompt),
-        );
-        let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
-        template.render(Value::from(ctx)).map_err(|e| describe(&e))
+        self.template.render(&messages, add_generation_prompt)
     }
 }
 
-/// minijinja's error with its line, when it knows one.
-fn describe(e: &Error) -> String {
-    match (e.detail(), e.line()) {
-        (Some(detail), Some(line)) => format!("{} (template line {line}): {detail}", e.kind()),
-        (Some(detail), None) => format!("{}: {detail}", e.kind()),
-        (None, Some(line)) => format!("{} (template line {line})", e.kind()),
-        (None, None) => e.kind().to_string(),
+impl From<ChatTemplate> for JinjaTemplate {
+    fn from(template: ChatTemplate) -> Self {
+        Self {
+            source: template.origin().to_path_buf(),
+            template,
+        }
+    }
+}
+
+/// The data crate's error as the loader reports config errors: `{file}: chat_template: …`.
+fn config_error(e: ChatTemplateError) -> FinetuneError {
+    let path = e.path.display().to_string();
+    match e.message.strip_prefix("chat_template: ") {
+        Some(message) => FinetuneError::Config {
+            key: format!("{path}: chat_template"),
+            message: message.to_string(),
+        },
+        None => FinetuneError::Config {
+            key: path,
+            message: e.message,
+        },
     }
 }
 
@@ -134,42 +74,9 @@ pub fn find(
     config_path: &Path,
     config: Option<&Json>,
 ) -> Result<Option<JinjaTemplate>, FinetuneError> {
-    let empty = Json::Object(Default::default());
-    let config = config.unwrap_or(&empty);
-    let jinja = config_path.with_file_name("chat_template.jinja");
-    if jinja.is_file() {
-        let text = std::fs::read_to_string(&jinja).map_err(|source| FinetuneError::Io {
-            path: jinja.clone(),
-            source,
-        })?;
-        return JinjaTemplate::new(&text, &jinja, config).map(Some);
-    }
-    let bad = |message: String| FinetuneError::Config {
-        key: format!("{}: chat_template", config_path.display()),
-        message,
-    };
-    let template = match config.get("chat_template") {
-        None | Some(Json::Null) => return Ok(None),
-        Some(Json::String(s)) => s.clone(),
-        Some(Json::Array(named)) => {
-            let default = named
-                .iter()
-                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"));
-            match default
-                .and_then(|t| t.get("template"))
-                .and_then(Json::as_str)
-            {
-                Some(s) => s.to_string(),
-                None => {
-                    return Err(bad(
-                        "a list of templates without one named \"default\" (tessera renders the default template)".into(),
-                    ));
-                }
-            }
-        }
-        Some(other) => return Err(bad(format!("expected a template string, found {other}"))),
-    };
-    JinjaTemplate::new(&template, config_path, config).map(Some)
+    ChatTemplate::from_tokenizer_config(config_path, config)
+        .map(|t| t.map(JinjaTemplate::from))
+        .map_err(config_error)
 }
 
 #[cfg(test)]
