@@ -2,14 +2,119 @@
 //! `sequence_id` separation folded into one tensor, built once and shared by every layer
 //! (llm-foundry's `MPTModel._attn_bias` does the same).
 //!
+//! [`AttnBias`] describes that bias by its parts (slopes, masks, positions). Fused kernels compute
+//! it tile by tile from the parts; only the composed path expands it into the dense
+//! `[batch or 1, heads, s_q, s_k]` tensor ([`AttnBias::dense`], built once, on first use), so a
+//! long-sequence training step never holds that O(seq²) tensor.
+//!
 //! Masked entries hold half the dtype's most negative finite value rather than `-inf`: a fully
 //! masked row (a left-padding query) then yields a uniform softmax instead of NaN, and NaN in a
 //! padded row would reach real rows through `0 * NaN` in the next layer's value product. Half,
 //! so that adding a score cannot overflow to `-inf` (llm-foundry uses `finfo.min` in fp32).
 
+use std::sync::OnceLock;
+
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 
 use crate::alibi::alibi_bias;
+
+/// The attention bias of one forward, by its parts: ALiBi slopes, the causal mask (always on:
+/// query `i` sees keys up to its own position `past + i`), key padding and `sequence_id`
+/// separation. Shared by every layer.
+#[derive(Clone, Debug)]
+pub struct AttnBias<B: Backend> {
+    /// Query heads.
+    pub n_heads: usize,
+    /// ALiBi slopes, one per head (see [`crate::alibi::gen_slopes`]), or `None` without ALiBi.
+    pub slopes: Option<Vec<f64>>,
+    /// New queries.
+    pub s_q: usize,
+    /// Cached keys before them (the keys are `past + s_q`).
+    pub past: usize,
+    /// `[batch, past + s_q]`, `true` for real tokens (absent: all real).
+    pub key_mask: Option<Tensor<B, 2, Bool>>,
+    /// `[batch, s_q]` packed-document ids (only without a cache, `past == 0`).
+    pub sequence_id: Option<Tensor<B, 2, Int>>,
+    device: B::Device,
+    /// [`attention_bias`] of the above, built on first use.
+    dense: OnceLock<Option<Tensor<B, 4>>>,
+}
+
+impl<B: Backend> AttnBias<B> {
+    /// The bias of `s_q` new queries of `n_heads` heads over `past + s_q` keys.
+    ///
+    /// # Panics
+    /// If `sequence_id` is given with a cache (`past > 0`), where it is not defined.
+    pub fn new(
+        n_heads: usize,
+        slopes: Option<Vec<f64>>,
+        s_q: usize,
+        past: usize,
+        key_mask: Option<Tensor<B, 2, Bool>>,
+        sequence_id: Option<Tensor<B, 2, Int>>,
+        device: &B::Device,
+    ) -> Self {
+        assert!(
+            sequence_id.is_none() || past == 0,
+            "sequence_id masking is only defined without a KV cache"
+        );
+        Self {
+            n_heads,
+            slopes,
+            s_q,
+            past,
+            key_mask,
+            sequence_id,
+            device: device.clone(),
+            dense: OnceLock::new(),
+        }
+    }
+
+    /// The bias as one tensor, `[batch or 1, n_heads, s_q, past + s_q]`, or `None` when nothing
+    /// needs masking or biasing (see [`attention_bias`]). Built on the first call, then shared.
+    pub fn dense(&self) -> Option<Tensor<B, 4>> {
+        self.dense
+            .get_or_init(|| {
+                attention_bias(
+                    self.n_heads,
+                    self.slopes.as_deref(),
+                    self.s_q,
+                    self.past,
+                    self.key_mask.clone(),
+                    self.sequence_id.clone(),
+                    &self.device,
+                )
+            })
+            .clone()
+    }
+
+    /// Whether [`AttnBias::dense`] has built the tensor (tests check the fused path never does).
+    #[cfg(test)]
+    pub(crate) fn dense_is_built(&self) -> bool {
+        self.dense.get().is_some()
+    }
+}
+
+impl<B: AutodiffBackend> AttnBias<B> {
+    /// The same bias on the inner backend (for a forward without gradients).
+    pub fn inner(&self) -> AttnBias<B::InnerBackend> {
+        let dense = OnceLock::new();
+        if let Some(built) = self.dense.get() {
+            let _ = dense.set(built.clone().map(|t| t.inner()));
+        }
+        AttnBias {
+            n_heads: self.n_heads,
+            slopes: self.slopes.clone(),
+            s_q: self.s_q,
+            past: self.past,
+            key_mask: self.key_mask.clone().map(|m| m.inner()),
+            sequence_id: self.sequence_id.clone().map(|s| s.inner()),
+            device: self.device.clone(),
+            dense,
+        }
+    }
+}
 
 /// The value written into masked positions for a tensor of `dtype`.
 pub(crate) fn mask_value(dtype: burn::tensor::DType) -> f64 {
