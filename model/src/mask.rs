@@ -12,10 +12,9 @@
 //! padded row would reach real rows through `0 * NaN` in the next layer's value product. Half,
 //! so that adding a score cannot overflow to `-inf` (llm-foundry uses `finfo.min` in fp32).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
 use crate::alibi::alibi_bias;
 
@@ -37,8 +36,9 @@ pub struct AttnBias<B: Backend> {
     /// `[batch, s_q]` packed-document ids (only without a cache, `past == 0`).
     pub sequence_id: Option<Tensor<B, 2, Int>>,
     device: B::Device,
-    /// [`attention_bias`] of the above, built on first use.
-    dense: OnceLock<Option<Tensor<B, 4>>>,
+    /// [`attention_bias`] of the above, built on first use and shared by the clones (a block
+    /// with its own per-row adapters gets a clone of the context).
+    dense: Arc<OnceLock<Option<Tensor<B, 4>>>>,
 }
 
 impl<B: Backend> AttnBias<B> {
@@ -67,7 +67,7 @@ impl<B: Backend> AttnBias<B> {
             key_mask,
             sequence_id,
             device: device.clone(),
-            dense: OnceLock::new(),
+            dense: Arc::new(OnceLock::new()),
         }
     }
 
@@ -93,26 +93,6 @@ impl<B: Backend> AttnBias<B> {
     #[cfg(test)]
     pub(crate) fn dense_is_built(&self) -> bool {
         self.dense.get().is_some()
-    }
-}
-
-impl<B: AutodiffBackend> AttnBias<B> {
-    /// The same bias on the inner backend (for a forward without gradients).
-    pub fn inner(&self) -> AttnBias<B::InnerBackend> {
-        let dense = OnceLock::new();
-        if let Some(built) = self.dense.get() {
-            let _ = dense.set(built.clone().map(|t| t.inner()));
-        }
-        AttnBias {
-            n_heads: self.n_heads,
-            slopes: self.slopes.clone(),
-            s_q: self.s_q,
-            past: self.past,
-            key_mask: self.key_mask.clone().map(|m| m.inner()),
-            sequence_id: self.sequence_id.clone().map(|s| s.inner()),
-            device: self.device.clone(),
-            dense,
-        }
     }
 }
 
