@@ -1,4 +1,4 @@
-//! `cargo xtask`: benchmarks, launchers and CI helpers.
+//! `cargo xtask`: benchmarks, launchers (local, Slurm, Kubernetes) and CI helpers.
 //!
 //! xtask drives the `tessera` binary as a process (it never links the library crates), so every
 //! figure it records is what a user of the CLI gets.
@@ -9,10 +9,15 @@ mod bench_data_report;
 mod bench_env;
 mod bench_eval;
 mod bench_gpu;
+mod bench_serve;
 mod bench_train;
 mod cold_build;
+mod k8s;
+mod launch;
 mod markdown;
 mod pyenv;
+mod run_paths;
+mod slurm;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -36,11 +41,27 @@ enum Command {
     },
     /// Measure a cold CI run: a fresh clone and an empty target dir, timed end to end.
     ColdBuild(cold_build::Args),
+    /// Start N ranks of a training job on this host and restart them together after a
+    /// retryable failure: `cargo xtask launch --nproc 2 -- tessera train CONFIG`.
+    Launch(launch::Args),
+    /// Training and data-preparation jobs on Slurm: render, submit and follow.
+    Slurm {
+        #[command(subcommand)]
+        command: slurm::Command,
+    },
+    /// Kubernetes manifests of a training job (a headless Service and an Indexed Job).
+    K8s {
+        #[command(subcommand)]
+        command: k8s::Command,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench { suite } => bench::run(suite),
         Command::ColdBuild(args) => cold_build::run(args),
+        Command::Launch(args) => std::process::exit(launch::run(args)?),
+        Command::Slurm { command } => std::process::exit(slurm::run(command)?),
+        Command::K8s { command } => std::process::exit(k8s::run(command)?),
     }
 }
