@@ -72,6 +72,9 @@ enum Command {
     /// Write a LoRA adapter with random A and B for a model (tests, `cargo xtask bench serve`).
     #[command(hide = true)]
     InitLora(cmd::init_lora::Args),
+    /// NCCL collectives on one GPU against the host path (needs the `cuda` feature; GPU checks).
+    #[command(hide = true)]
+    DistCheck(cmd::dist_check::Args),
 }
 
 fn main() {
@@ -95,6 +98,7 @@ fn main() {
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),
         Command::BenchCode(args) => cmd::bench_code::run(args),
         Command::InitLora(args) => cmd::init_lora::run(args),
+        Command::DistCheck(args) => cmd::dist_check::run(args, cli.device),
     };
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".

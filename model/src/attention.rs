@@ -10,6 +10,7 @@ use burn::tensor::FloatDType;
 use crate::kernels;
 use crate::linear::{Linear, matmul_in};
 use crate::lora::{BlockRows, TargetModule};
+use crate::mask::AttnBias;
 use crate::norm::Norm;
 use crate::rope::Rotary;
 
@@ -66,8 +67,9 @@ pub fn attention<B: Backend>(
 /// Per-forward inputs shared by every layer.
 #[derive(Clone, Debug)]
 pub struct LayerContext<B: Backend> {
-    /// Additive bias (ALiBi + masks), `[batch or 1, heads or 1, s_q, s_k]`.
-    pub bias: Option<Tensor<B, 4>>,
+    /// The attention bias (ALiBi + masks) by its parts; [`AttnBias::dense`] is the tensor
+    /// `[batch or 1, heads, s_q, s_k]` the composed path adds.
+    pub bias: AttnBias<B>,
     /// RoPE tables for the new tokens.
     pub rotary: Option<Rotary<B>>,
     /// Mixed precision: the dtype every matmul runs in (`None`: f32 throughout).
@@ -206,9 +208,9 @@ impl<B: Backend> Attention<B> {
             && self.attn_pdrop == 0.0
             && ctx.compute.is_none();
         let (q, k, v) = if plain {
-            match kernels::attention(q, k, v, ctx.bias.clone(), self.softmax_scale) {
+            match kernels::attention(q, k, v, &ctx.bias, self.softmax_scale) {
                 Ok(out) => return self.project_out(out.reshape([b, s, h * hd]), ctx),
-                Err((q, k, v, _)) => (q, k, v),
+                Err(inputs) => inputs,
             }
         } else {
             (q, k, v)
@@ -251,7 +253,7 @@ impl<B: Backend> Attention<B> {
             dropout: self.attn_pdrop,
             compute: ctx.compute,
         };
-        let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
+        let out = attention(q, k, v, ctx.bias.dense(), &opts); // [b, h, s, hd]
         self.project_out(kernels::swap_dims_12(out).reshape([b, s, h * hd]), ctx)
     }
 

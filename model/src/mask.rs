@@ -2,14 +2,99 @@
 //! `sequence_id` separation folded into one tensor, built once and shared by every layer
 //! (llm-foundry's `MPTModel._attn_bias` does the same).
 //!
+//! [`AttnBias`] describes that bias by its parts (slopes, masks, positions). Fused kernels compute
+//! it tile by tile from the parts; only the composed path expands it into the dense
+//! `[batch or 1, heads, s_q, s_k]` tensor ([`AttnBias::dense`], built once, on first use), so a
+//! long-sequence training step never holds that O(seq²) tensor.
+//!
 //! Masked entries hold half the dtype's most negative finite value rather than `-inf`: a fully
 //! masked row (a left-padding query) then yields a uniform softmax instead of NaN, and NaN in a
 //! padded row would reach real rows through `0 * NaN` in the next layer's value product. Half,
 //! so that adding a score cannot overflow to `-inf` (llm-foundry uses `finfo.min` in fp32).
 
+use std::sync::{Arc, OnceLock};
+
 use burn::prelude::*;
 
 use crate::alibi::alibi_bias;
+
+/// The attention bias of one forward, by its parts: ALiBi slopes, the causal mask (always on:
+/// query `i` sees keys up to its own position `past + i`), key padding and `sequence_id`
+/// separation. Shared by every layer.
+#[derive(Clone, Debug)]
+pub struct AttnBias<B: Backend> {
+    /// Query heads.
+    pub n_heads: usize,
+    /// ALiBi slopes, one per head (see [`crate::alibi::gen_slopes`]), or `None` without ALiBi.
+    pub slopes: Option<Vec<f64>>,
+    /// New queries.
+    pub s_q: usize,
+    /// Cached keys before them (the keys are `past + s_q`).
+    pub past: usize,
+    /// `[batch, past + s_q]`, `true` for real tokens (absent: all real).
+    pub key_mask: Option<Tensor<B, 2, Bool>>,
+    /// `[batch, s_q]` packed-document ids (only without a cache, `past == 0`).
+    pub sequence_id: Option<Tensor<B, 2, Int>>,
+    device: B::Device,
+    /// [`attention_bias`] of the above, built on first use and shared by the clones (a block
+    /// with its own per-row adapters gets a clone of the context).
+    dense: Arc<OnceLock<Option<Tensor<B, 4>>>>,
+}
+
+impl<B: Backend> AttnBias<B> {
+    /// The bias of `s_q` new queries of `n_heads` heads over `past + s_q` keys.
+    ///
+    /// # Panics
+    /// If `sequence_id` is given with a cache (`past > 0`), where it is not defined.
+    pub fn new(
+        n_heads: usize,
+        slopes: Option<Vec<f64>>,
+        s_q: usize,
+        past: usize,
+        key_mask: Option<Tensor<B, 2, Bool>>,
+        sequence_id: Option<Tensor<B, 2, Int>>,
+        device: &B::Device,
+    ) -> Self {
+        assert!(
+            sequence_id.is_none() || past == 0,
+            "sequence_id masking is only defined without a KV cache"
+        );
+        Self {
+            n_heads,
+            slopes,
+            s_q,
+            past,
+            key_mask,
+            sequence_id,
+            device: device.clone(),
+            dense: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The bias as one tensor, `[batch or 1, n_heads, s_q, past + s_q]`, or `None` when nothing
+    /// needs masking or biasing (see [`attention_bias`]). Built on the first call, then shared.
+    pub fn dense(&self) -> Option<Tensor<B, 4>> {
+        self.dense
+            .get_or_init(|| {
+                attention_bias(
+                    self.n_heads,
+                    self.slopes.as_deref(),
+                    self.s_q,
+                    self.past,
+                    self.key_mask.clone(),
+                    self.sequence_id.clone(),
+                    &self.device,
+                )
+            })
+            .clone()
+    }
+
+    /// Whether [`AttnBias::dense`] has built the tensor (tests check the fused path never does).
+    #[cfg(test)]
+    pub(crate) fn dense_is_built(&self) -> bool {
+        self.dense.get().is_some()
+    }
+}
 
 /// The value written into masked positions for a tensor of `dtype`.
 pub(crate) fn mask_value(dtype: burn::tensor::DType) -> f64 {

@@ -19,7 +19,7 @@ use crate::linear::{Embedding, Linear, matmul_in, stored_below};
 use crate::lm_loss::unembed_cross_entropy_sum;
 use crate::lora::{LoraConfig, RowAdapters};
 use crate::loss::{IGNORE_INDEX, token_cross_entropy};
-use crate::mask::attention_bias;
+use crate::mask::AttnBias;
 use crate::norm::Norm;
 use crate::rope::Rotary;
 use crate::spec::{Builder, ParamSpec};
@@ -496,15 +496,7 @@ impl<B: Backend> Mpt<B> {
                 "sequence_id must have the ids' shape"
             );
         }
-        let bias = attention_bias::<B>(
-            c.n_heads,
-            slopes.as_deref(),
-            s,
-            past,
-            key_mask,
-            sequence_id,
-            &device,
-        );
+        let bias = AttnBias::new(c.n_heads, slopes, s, past, key_mask, sequence_id, &device);
         let ctx = LayerContext {
             bias,
             rotary,

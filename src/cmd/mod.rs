@@ -5,6 +5,7 @@ pub mod bench_step;
 pub mod bench_stream;
 pub mod convert;
 pub mod data;
+pub mod dist_check;
 pub mod eval;
 pub mod generate;
 pub mod init_lora;

@@ -45,6 +45,9 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast, fp32 master weights")
     p.add_argument("--tf32", action="store_true", help="let fp32 matmuls round through TF32 (as burn's CUDA backend does)")
+    p.add_argument("--attention", default="eager", choices=["eager", "sdpa"],
+                   help="sdpa: torch's scaled_dot_product_attention in place of transformers' eager MPT attention")
+    p.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW kernel (CUDA)")
     a = p.parse_args()
     if a.batch % a.microbatch != 0:
         print(json.dumps({"skipped": f"batch {a.batch} is not a multiple of microbatch {a.microbatch}"}))
@@ -76,6 +79,8 @@ def main() -> int:
         use_cache=False,
     )
     model = MptForCausalLM(cfg)
+    if a.attention == "sdpa":
+        use_sdpa(transformers.models.mpt.modeling_mpt)
     if a.expansion != 4:
         hidden = a.expansion * a.d_model
         for block in model.transformer.blocks:
@@ -85,7 +90,10 @@ def main() -> int:
     model.to(device)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+        **({"fused": True} if a.fused_adamw else {}),
+    )
 
     gen = torch.Generator().manual_seed(a.seed)
     accum = a.batch // a.microbatch
@@ -109,14 +117,20 @@ def main() -> int:
         opt.zero_grad(set_to_none=True)
         return total / accum
 
-    for _ in range(a.warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    sync()
+    try:
+        for _ in range(a.warmup):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        sync()
+    except torch.cuda.OutOfMemoryError as e:
+        # The bench tries smaller microbatches: say so in the one JSON line, exit 0.
+        print(json.dumps({"oom": True, "microbatch": a.microbatch, "error": str(e).splitlines()[0]}))
+        return 0
     dt = (time.perf_counter() - t0) / a.steps
+    peak = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     print(
         json.dumps(
             {
@@ -127,6 +141,9 @@ def main() -> int:
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "dtype": a.dtype,
                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                "attention": a.attention,
+                "fused_adamw": a.fused_adamw,
+                "max_memory_reserved_bytes": peak,
                 "params": n_params,
                 "batch": a.batch,
                 "microbatch": a.microbatch,
@@ -139,6 +156,36 @@ def main() -> int:
         )
     )
     return 0
+
+
+def use_sdpa(mpt) -> None:
+    """Replaces transformers' eager MPT attention (scores, softmax, probabilities kept for the
+    backward) by `torch.nn.functional.scaled_dot_product_attention` with the ALiBi + causal bias
+    as its float mask, as llm-foundry's `torch` attention with SDPA. The bias is built once per
+    forward and shared by every layer."""
+    import torch
+    import torch.nn.functional as F
+
+    cache = {}
+
+    def forward(self, hidden_states, position_bias, past_key_values=None, attention_mask=None, cache_position=None):
+        if past_key_values is not None:
+            raise NotImplementedError("the SDPA patch is for training (no KV cache)")
+        b, s = hidden_states.shape[:2]
+        qkv = self.Wqkv(hidden_states)
+        if self.clip_qkv:
+            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+        q, k, v = (t.reshape(b, s, self.n_heads, self.head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=2))
+        key = (position_bias.data_ptr(), attention_mask.data_ptr(), s, q.dtype)
+        if key not in cache:
+            cache.clear()
+            bias = position_bias[:, -s:, -s:].to(q.dtype).unsqueeze(0)  # [1, heads, 1 or s, s]
+            cache[key] = bias.masked_fill(attention_mask, float("-inf"))  # [b, heads, s, s]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=cache[key], scale=self.softmax_scale)
+        out = out.transpose(1, 2).reshape(b, s, -1)
+        return self.out_proj(out), None
+
+    mpt.MptAttention.forward = forward
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 # The prepared GPU check: one run on a lent NVIDIA machine (the `device` tool), which has CUDA but
 # no Rust. Build the binary here first, then carry it:
 #
-#   cargo build --features cuda --bin tessera
-#   mkdir -p .devrun && strip -o /tmp/t $CARGO_TARGET_DIR/debug/tessera && gzip -9c /tmp/t >.devrun/tessera.gz
+#   cargo build --release --features cuda --bin tessera && cargo build --release -p xtask
+#   mkdir -p .devrun && for b in tessera xtask; do strip -o /tmp/$b $CARGO_TARGET_DIR/release/$b && gzip -9c /tmp/$b >.devrun/$b.gz; done
 #   (on the device, from the repo root, carrying .devrun)
-#   gunzip -c .devrun/tessera.gz >/tmp/tessera && chmod +x /tmp/tessera && xtask/scripts/gpu-check.sh /tmp/tessera $OUT
+#   for b in tessera xtask; do gunzip -c .devrun/$b.gz >/tmp/$b && chmod +x /tmp/$b; done
+#   xtask/scripts/gpu-check.sh /tmp/tessera $OUT /tmp/xtask
 #
 # It runs, each under its own time limit so one failure does not cost the rest (STEPS="a b" runs
 # only the named steps):
@@ -19,11 +20,24 @@
 #   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
 #   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak;
 #   6. wgpu (a binary built with `--features cuda,wgpu`): whether the machine offers a Vulkan
-#      adapter, then `tessera parity --device wgpu` and a short `tessera quickstart --device wgpu`.
+#      adapter, then `tessera parity --device wgpu` and a short `tessera quickstart --device wgpu`;
+#   7. `tessera dist-check --device cuda`: NCCL at world size 1, every collective against the host;
+#   8. with an xtask binary (third argument), `cargo xtask bench gpu`: tessera `train` vs PyTorch
+#      (transformers' MPT, bf16 autocast, SDPA, fused AdamW) on MPT-125M/350M/1B at seq 2048 with
+#      the largest microbatch that fits: tokens/s, MFU against the datasheet peak, peak memory.
+#      BENCH_GPU_MODELS=mpt-125m limits it (it takes minutes per model).
 # Logs and JSON go to OUTDIR (and OUTDIR/logs.tgz); the last lines printed are a summary.
 set -u
-BIN=${1:?usage: gpu-check.sh TESSERA_BINARY OUTDIR}
-OUTDIR=${2:?usage: gpu-check.sh TESSERA_BINARY OUTDIR}
+BIN=${1:?usage: gpu-check.sh TESSERA_BINARY OUTDIR [XTASK_BINARY]}
+OUTDIR=${2:?usage: gpu-check.sh TESSERA_BINARY OUTDIR [XTASK_BINARY]}
+XTASK=${3:-}
+# No GPU, no check: say so and fail, rather than log a row of failed steps.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu-check.sh: no NVIDIA GPU here (nvidia-smi -L failed); run it on a GPU machine" >&2
+    exit 2
+fi
+[ -x "$BIN" ] || { echo "gpu-check.sh: $BIN is not an executable tessera binary" >&2; exit 2; }
+[ -z "$XTASK" ] || [ -x "$XTASK" ] || { echo "gpu-check.sh: $XTASK is not an executable xtask binary" >&2; exit 2; }
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d)
 
@@ -105,6 +119,17 @@ step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-d
 step wgpu_info 20 bash -c 'ldconfig -p | grep -i vulkan; ls -l /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1; true'
 step wgpu_parity 150 "$BIN" --device wgpu parity --fixtures fixtures --json
 step wgpu_quickstart 180 "$BIN" --device wgpu quickstart --run-dir "$WORK/qs_wgpu" --steps 60
+# NCCL on this GPU at world size 1 (needs libnccl; tessera built with `--features cuda`).
+step dist_check 120 "$BIN" --device cuda dist-check
+# The throughput comparison. xtask finds the repo through CARGO_MANIFEST_DIR and keeps its
+# scratch files under CARGO_TARGET_DIR.
+if [ -n "$XTASK" ]; then
+    step bench_gpu 1800 env CARGO_MANIFEST_DIR="$PWD/xtask" CARGO_TARGET_DIR="$WORK/xtask-target" \
+        "$XTASK" bench gpu --tessera "$BIN" --out "$OUTDIR/bench-gpu" \
+        --models "${BENCH_GPU_MODELS:-mpt-125m,mpt-350m,mpt-1b}"
+elif wanted bench_gpu; then
+    echo "bench_gpu skipped: no xtask binary given (third argument)" | tee -a "$OUTDIR/status.txt"
+fi
 for f in train/metrics.jsonl:train_metrics.jsonl qs/run/metrics.jsonl:quickstart_metrics.jsonl \
     qs_wgpu/run/metrics.jsonl:wgpu_quickstart_metrics.jsonl; do
     [ -f "$WORK/${f%%:*}" ] && cp "$WORK/${f%%:*}" "$OUTDIR/${f##*:}"
@@ -121,7 +146,9 @@ tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null
 tail -n 3 "$OUTDIR/train_metrics.jsonl" 2>/dev/null
 for f in wgpu_info wgpu_parity; do tail -n 12 "$OUTDIR/$f.log" 2>/dev/null; done
 tail -n 4 "$OUTDIR/wgpu_quickstart.log" 2>/dev/null
+tail -n 20 "$OUTDIR/dist_check.log" 2>/dev/null
+cat "$OUTDIR/bench-gpu/report.md" 2>/dev/null || tail -n 20 "$OUTDIR/bench_gpu.log" 2>/dev/null
 # At most 8 files come back from the device tool: bundle the logs.
 tar -C "$OUTDIR" -czf "$OUTDIR/logs.tgz" --exclude logs.tgz . 2>/dev/null
-# Exit status: 0 only if every step that ran passed.
-! grep -q " rc=[1-9]" "$OUTDIR/status.txt"
+# Exit status: 0 only if every step that ran passed (and at least one ran).
+[ -s "$OUTDIR/status.txt" ] && ! grep -q " rc=[1-9]\| skipped:" "$OUTDIR/status.txt"

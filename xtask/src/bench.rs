@@ -23,6 +23,8 @@ pub enum Suite {
     Eval(crate::bench_eval::Args),
     /// CPU training tokens/s (quickstart model, mpt-small-cpu) vs PyTorch, and a run's time split.
     Train(crate::bench_train::Args),
+    /// GPU training tokens/s, MFU and memory (MPT-125M/350M/1B, seq 2048, bf16) vs PyTorch.
+    Gpu(crate::bench_gpu::Args),
     /// `tessera serve` under 1-32 concurrent clients: output tokens/s, TTFT and TPOT.
     Serve(crate::bench_serve::Args),
 }
@@ -33,6 +35,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         Suite::Data(args) => crate::bench_data::run(args),
         Suite::Eval(args) => crate::bench_eval::run(args),
         Suite::Train(args) => crate::bench_train::run(args),
+        Suite::Gpu(args) => crate::bench_gpu::run(args),
         Suite::Serve(args) => crate::bench_serve::run(args),
     }
 }

@@ -2,9 +2,13 @@
 //! (transformers' `MptForCausalLM`, fp32, same threads, AdamW) on the same shapes, plus where
 //! a run's time goes (steps, data, checkpoints, eval) and the measured matmul peak for MFU.
 //!
-//! Two shapes, as the trainer issue asks:
+//! Three shapes:
 //! - the quickstart model (`tessera quickstart`: d_model 256, 6 layers, 4 heads, vocab 4096,
 //!   ALiBi, no biases; batch 16 × seq 128), trained by the quickstart itself;
+//! - the same model at seq 256 with the released MPT vocabulary (50432), batch 8 × 256: twice
+//!   the attention span, and an unembedding that dominates the step (the shape of the GPU
+//!   issue's CPU item); `tessera train` of the quickstart's YAML on the quickstart corpus
+//!   repacked into 256-token samples;
 //! - llm-foundry's `mpt-small-cpu` (d_model 16, 4 heads, 4 layers, expansion 5, vocab 50368,
 //!   seq 128, global batch 256 in microbatches of 16), trained by `tessera train` from the YAML
 //!   in the shared fixtures, overriding only the data and tokenizer paths and the length.
@@ -37,6 +41,9 @@ pub struct Args {
     /// Optimizer steps of the mpt-small-cpu run (256 sequences each, in 16 microbatches).
     #[arg(long, default_value_t = 3)]
     pub small_steps: u64,
+    /// Optimizer steps of the seq-256 run (8 sequences of 256 tokens each).
+    #[arg(long, default_value_t = 12)]
+    pub seq256_steps: u64,
     /// Leading steps left out of tokens/s, on both sides (allocation, first-touch, caches).
     #[arg(long, default_value_t = 1)]
     pub warmup: u64,
@@ -54,8 +61,8 @@ pub struct Args {
 impl Args {
     fn command_line(&self) -> String {
         let mut s = format!(
-            "cargo xtask bench train --quickstart-steps {} --small-steps {} --warmup {} --rounds {}",
-            self.quickstart_steps, self.small_steps, self.warmup, self.rounds
+            "cargo xtask bench train --quickstart-steps {} --small-steps {} --seq256-steps {} --warmup {} --rounds {}",
+            self.quickstart_steps, self.small_steps, self.seq256_steps, self.warmup, self.rounds
         );
         if let Some(t) = self.threads {
             let _ = write!(s, " --threads {t}");
@@ -91,6 +98,18 @@ const QUICKSTART: Shape = Shape {
     seq: 128,
     batch: 16,
     microbatch: 16,
+};
+
+const SEQ256: Shape = Shape {
+    name: "quickstart-seq256",
+    d_model: 256,
+    n_heads: 4,
+    n_layers: 6,
+    expansion: 4,
+    vocab: 50432,
+    seq: 256,
+    batch: 8,
+    microbatch: 8,
 };
 
 const SMALL: Shape = Shape {
@@ -201,7 +220,10 @@ pub struct TrainReport {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.quickstart_steps <= args.warmup || args.small_steps <= args.warmup {
+    if [args.quickstart_steps, args.small_steps, args.seq256_steps]
+        .iter()
+        .any(|&steps| steps <= args.warmup)
+    {
         bail!(
             "each run needs more steps than --warmup {} (the warm-up steps are not timed)",
             args.warmup
@@ -234,11 +256,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("bench-step --peak-flops printed no peak_flops")?;
     println!("matmul peak: {:.1} GFLOP/s", peak_flops / 1e9);
 
-    let torch_side = |shape: &Shape| {
+    let torch_side = |shape: &Shape, steps: u64| {
         if args.no_torch {
             Err("--no-torch given".to_string())
         } else {
-            torch(shape, threads, args)
+            torch(shape, threads, args.warmup, steps)
         }
     };
     let mut rows: Vec<Row> = Vec::new();
@@ -256,9 +278,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &steps,
         ]))?;
         let qs_row = measure(&QUICKSTART, &qs.join("run"), &tessera, args.warmup)?;
-        let qs_torch = torch_side(&QUICKSTART);
+        let qs_torch = torch_side(&QUICKSTART, args.quickstart_steps);
 
-        // (b) mpt-small-cpu from llm-foundry's YAML, on the quickstart's data and tokenizer.
+        // (b) The quickstart model at seq 256 with a 50432-token vocabulary: the quickstart's
+        // corpus and tokenizer, repacked into 256-token samples.
+        let data256 = scratch.join(format!("data256-{round}"));
+        let corpus = qs.join("corpus.jsonl.zst");
+        let tokenizer = qs.join("tokenizer.json");
+        let mut prep = tessera(&["data", "prepare", "--seq-len", "256"]);
+        prep.arg("--input")
+            .arg(&corpus)
+            .arg("--tokenizer")
+            .arg(&tokenizer)
+            .arg("--out")
+            .arg(&data256)
+            .args(["--val-fraction", "0.05"]);
+        util::run(&mut prep)?;
+        let seq256 = scratch.join(format!("seq256-{round}"));
+        let data = data256.display().to_string();
+        let sets = [
+            "max_seq_len=256".to_string(),
+            "model.max_seq_len=256".to_string(),
+            format!("model.vocab_size={}", SEQ256.vocab),
+            format!("train_loader.dataset.local={data}"),
+            "train_loader.dataset.max_seq_len=256".to_string(),
+            format!("eval_loader.dataset.local={data}"),
+            "eval_loader.dataset.max_seq_len=256".to_string(),
+            format!("global_train_batch_size={}", SEQ256.batch),
+            format!("device_train_microbatch_size={}", SEQ256.microbatch),
+            format!("device_eval_batch_size={}", SEQ256.microbatch),
+            format!("max_duration={}ba", args.seq256_steps),
+            // One eval and one checkpoint, at the end (`measure` reads the model from it).
+            format!("eval_interval={}ba", args.seq256_steps),
+            format!("save_interval={}ba", args.seq256_steps),
+            "progress_bar=false".to_string(),
+            "run_name=bench-quickstart-seq256".to_string(),
+        ];
+        let mut cmd = tessera(&["train"]);
+        cmd.arg(qs.join("quickstart.yaml"))
+            .arg("--run-dir")
+            .arg(&seq256);
+        for s in &sets {
+            cmd.arg("--set").arg(s);
+        }
+        util::run(&mut cmd)?;
+        let seq256_row = measure(&SEQ256, &seq256, &tessera, args.warmup)?;
+        let seq256_torch = torch_side(&SEQ256, args.seq256_steps);
+
+        // (c) mpt-small-cpu from llm-foundry's YAML, on the quickstart's data and tokenizer.
         let small = scratch.join(format!("small-{round}"));
         let sets = [
             format!("variables.data_local={}", qs.join("data").display()),
@@ -275,11 +342,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         util::run(&mut cmd)?;
         let small_row = measure(&SMALL, &small, &tessera, args.warmup)?;
-        let small_torch = torch_side(&SMALL);
+        let small_torch = torch_side(&SMALL, args.small_steps);
 
-        for (i, (run, torch)) in [(qs_row, qs_torch), (small_row, small_torch)]
-            .into_iter()
-            .enumerate()
+        for (i, (run, torch)) in [
+            (qs_row, qs_torch),
+            (seq256_row, seq256_torch),
+            (small_row, small_torch),
+        ]
+        .into_iter()
+        .enumerate()
         {
             match &torch {
                 Ok(t) => println!(
@@ -381,15 +452,18 @@ fn last_checkpoint(dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no checkpoint in {}", dir.display()))
 }
 
-/// Runs the PyTorch script for `shape` (the error is the reason it did not).
-fn torch(shape: &Shape, threads: usize, args: Args) -> Result<TorchRun, String> {
+/// Runs the PyTorch script for `shape` (the error is the reason it did not), timing as many
+/// steps as tessera's run (`steps` less the warm-up), at most 10, or 3 for an accumulating
+/// shape (PyTorch is the slower side to wait for).
+fn torch(shape: &Shape, threads: usize, warmup: u64, steps: u64) -> Result<TorchRun, String> {
     let python = pyenv::system();
     let script = util::root().join("xtask/python/torch_train_bench.py");
-    // As many timed steps as tessera's, at most 10 (PyTorch is the slower side to wait for).
-    let steps = match shape.batch / shape.microbatch {
-        1 => (args.quickstart_steps - args.warmup).min(10),
-        _ => (args.small_steps - args.warmup).min(3),
+    let cap = if shape.batch == shape.microbatch {
+        10
+    } else {
+        3
     };
+    let steps = (steps - warmup).min(cap);
     let mut cmd = Command::new(&python);
     cmd.arg(&script);
     for (flag, v) in [
@@ -402,7 +476,7 @@ fn torch(shape: &Shape, threads: usize, args: Args) -> Result<TorchRun, String> 
         ("--batch", shape.batch),
         ("--microbatch", shape.microbatch),
         ("--threads", threads),
-        ("--warmup", args.warmup as usize),
+        ("--warmup", warmup as usize),
         ("--steps", steps as usize),
     ] {
         cmd.arg(flag).arg(v.to_string());
@@ -531,7 +605,7 @@ impl TrainReport {
             "Shapes differ where transformers' MPT cannot follow the config: it always uses ALiBi and no \
              linear biases, so for mpt-small-cpu (learned positions, biases) the PyTorch model has ALiBi \
              instead and no biases; its FFN width is patched to the same expansion. The data: the \
-             quickstart's corpus and tokenizer for both tessera runs (token ids do not change the cost); \
+             quickstart's corpus and tokenizer for every tessera run (repacked into 256-token samples for quickstart-seq256; token ids do not change the cost); \
              random ids for PyTorch."
         );
         let _ = writeln!(md, "\n{}", self.goal_verdict());

@@ -8,6 +8,7 @@ mod bench_data;
 mod bench_data_report;
 mod bench_env;
 mod bench_eval;
+mod bench_gpu;
 mod bench_serve;
 mod bench_train;
 mod cold_build;

@@ -23,9 +23,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
+use super::flash;
 use super::gemm::{MatRef, Threads, product};
 use super::rows::{self, NormStats};
-use super::sdpa;
+use crate::mask::AttnBias;
 
 type AdFlex = Autodiff<Flex>;
 type AdTensor = FloatTensor<AdFlex>;
@@ -317,35 +318,37 @@ pub(super) fn swap_middle<B: Backend>(x: Prim<B>) -> Result<Prim<B>, Prim<B>> {
 // ---------------------------------------------------------------------------------------------
 // Attention: softmax(scale · q kᵀ + bias) v, in the [batch, seq, heads, head_dim] layout
 
-/// What the attention backward keeps: the sizes, the inputs, the probabilities and the scale.
+/// What the attention backward keeps: the sizes, the mask, the inputs, the output, the rows'
+/// log-sum-exps and the scale (no probabilities: the backward recomputes them).
 #[derive(Clone, Debug)]
-struct SdpaState {
-    dims: sdpa::Dims,
+struct FlashState {
+    dims: flash::Dims,
+    mask: flash::Mask,
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    probs: FlexTensor,
+    out: FlexTensor,
+    lse: Vec<f32>,
     scale: f32,
 }
 
 #[derive(Debug)]
-struct SdpaBackward;
+struct FlashBackward;
 
-impl Backward<Flex, 3> for SdpaBackward {
-    type State = SdpaState;
+impl Backward<Flex, 3> for FlashBackward {
+    type State = FlashState;
 
-    fn backward(self, ops: Ops<SdpaState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<FlashState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let d_out = contiguous(grads.consume::<Flex>(&ops.node));
         let s = ops.state;
-        let g = sdpa::backward(
-            &s.dims,
-            slice(&s.q),
-            slice(&s.k),
-            slice(&s.v),
-            slice(&s.probs),
-            slice(&d_out),
-            s.scale,
-        );
+        let saved = flash::Saved {
+            q: slice(&s.q),
+            k: slice(&s.k),
+            v: slice(&s.v),
+            out: slice(&s.out),
+            lse: &s.lse,
+        };
+        let g = flash::backward(&s.dims, saved, slice(&d_out), &s.mask, s.scale);
         for (node, (values, like)) in
             ops.parents
                 .iter()
@@ -358,13 +361,14 @@ impl Backward<Flex, 3> for SdpaBackward {
     }
 }
 
-/// The sizes of an attention call if the shapes fit one: `q` `[b, s_q, h, hd]`, `k` and `v`
-/// `[b, s_k, kvh, hd]` with `kvh` dividing `h`, and a bias `[b or 1, h or 1, s_q, s_k]`.
-fn sdpa_dims(q: &Shape, k: &Shape, v: &Shape, bias: Option<&Shape>) -> Option<sdpa::Dims> {
+/// The sizes of an attention call if the shapes fit the kernel: `q` `[b, s_q, h, hd]`, `k` and
+/// `v` `[b, s_k, kvh, hd]` with `kvh` dividing `h`, at least as many keys as queries, and
+/// nothing empty.
+fn flash_dims(q: &Shape, k: &Shape, v: &Shape) -> Option<flash::Dims> {
     if q.num_dims() != 4 || k.num_dims() != 4 || k != v {
         return None;
     }
-    let d = sdpa::Dims {
+    let d = flash::Dims {
         batch: q[0],
         seq_q: q[1],
         seq_k: k[1],
@@ -372,84 +376,102 @@ fn sdpa_dims(q: &Shape, k: &Shape, v: &Shape, bias: Option<&Shape>) -> Option<sd
         kv_heads: k[2],
         head_dim: q[3],
     };
-    let kv_fits = k[0] == d.batch && k[3] == d.head_dim && d.kv_heads > 0;
-    let bias_fits = bias.is_none_or(|b| {
-        b.num_dims() == 4
-            && (b[0] == 1 || b[0] == d.batch)
-            && (b[1] == 1 || b[1] == d.heads)
-            && b[2] == d.seq_q
-            && b[3] == d.seq_k
-    });
-    (kv_fits && bias_fits && d.heads.is_multiple_of(d.kv_heads)).then_some(d)
+    let fits = k[0] == d.batch
+        && k[3] == d.head_dim
+        && d.kv_heads > 0
+        && d.heads.is_multiple_of(d.kv_heads)
+        && d.seq_k >= d.seq_q
+        && [d.batch, d.seq_q, d.head_dim].iter().all(|&n| n > 0);
+    fits.then_some(d)
 }
 
-/// Attention as one graph node on `Autodiff<Flex>` (f32, an untracked bias); `Err` with the
-/// inputs otherwise. Plain Flex is left to the composed path, whose row-independent products
-/// cached decoding relies on (see `kernels::matmul`).
+/// `t`'s values as i64s on the host (masks are `[batch, seq]`: a small copy).
+fn host_ints<B: Backend, K>(t: burn::tensor::Tensor<B, 2, K>) -> Vec<i64>
+where
+    K: burn::tensor::BasicOps<B>,
+{
+    t.into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("converted to i64 just above")
+}
+
+/// `bias` for the flash kernel, if its parts fit the sizes: one slope per head, a key mask of
+/// `[batch, s_k]`, sequence ids of `[batch, s_q]` without a cached prefix.
+fn flash_mask<B: Backend>(bias: &AttnBias<B>, d: &flash::Dims) -> Option<flash::Mask> {
+    let fits = bias.n_heads == d.heads
+        && bias.s_q == d.seq_q
+        && bias.past + bias.s_q == d.seq_k
+        && bias.slopes.as_ref().is_none_or(|s| s.len() == d.heads)
+        && bias
+            .key_mask
+            .as_ref()
+            .is_none_or(|m| m.dims() == [d.batch, d.seq_k])
+        && bias
+            .sequence_id
+            .as_ref()
+            .is_none_or(|s| s.dims() == [d.batch, d.seq_q] && bias.past == 0);
+    if !fits {
+        return None;
+    }
+    Some(flash::Mask {
+        slopes: bias
+            .slopes
+            .as_ref()
+            .map(|s| s.iter().map(|&x| x as f32).collect()),
+        causal: true,
+        key_mask: bias
+            .key_mask
+            .clone()
+            .map(|m| host_ints(m.int()).into_iter().map(|x| x != 0).collect()),
+        sequence_id: bias.sequence_id.clone().map(host_ints),
+    })
+}
+
+/// Attention as one graph node on `Autodiff<Flex>` (f32), with the bias computed from its parts
+/// inside the kernel ([`flash`]); `Err` with the inputs otherwise. Plain Flex is left to the
+/// composed path, whose row-independent products cached decoding relies on (see
+/// `kernels::matmul`).
 #[allow(clippy::type_complexity)]
 pub(super) fn attention<B: Backend>(
     q: Prim<B>,
     k: Prim<B>,
     v: Prim<B>,
-    bias: Option<Prim<B>>,
+    bias: &AttnBias<B>,
     scale: f64,
-) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>, Option<Prim<B>>)> {
-    let f32s = [Some(&q), Some(&k), Some(&v), bias.as_ref()]
-        .into_iter()
-        .flatten()
-        .all(|t| t.dtype() == DType::F32);
-    let dims = sdpa_dims(
-        &q.shape(),
-        &k.shape(),
-        &v.shape(),
-        bias.as_ref().map(|b| b.shape()).as_ref(),
-    );
+) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>)> {
+    let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
+    let dims = flash_dims(&q.shape(), &k.shape(), &v.shape());
     let (Some(dims), true, Which::AutodiffFlex) = (dims, f32s, which::<B>()) else {
-        return Err((q, k, v, bias));
+        return Err((q, k, v));
     };
-    let bias: Option<AdTensor> = bias.map(give);
-    if bias.as_ref().is_some_and(|b| b.is_tracked()) {
-        // The bias would need a gradient, which this kernel does not compute.
-        return Err((q, k, v, bias.map(give)));
-    }
+    let Some(mask) = flash_mask(bias, &dims) else {
+        return Err((q, k, v));
+    };
     let (q, k, v): (AdTensor, AdTensor, AdTensor) = (give(q), give(k), give(v));
     let (qp, kp, vp) = (
         contiguous(q.primitive),
         contiguous(k.primitive),
         contiguous(v.primitive),
     );
-    let bias = bias.map(|b| contiguous(b.primitive));
-    let sdpa_bias = bias.as_ref().map(|b| sdpa::Bias {
-        values: slice(b),
-        batch: b.shape()[0],
-        heads: b.shape()[1],
-    });
-    let (out, probs) = sdpa::forward(
-        &dims,
-        slice(&qp),
-        slice(&kp),
-        slice(&vp),
-        sdpa_bias,
-        scale as f32,
-    );
+    let scale = scale as f32;
+    let (out, lse) = flash::forward(&dims, slice(&qp), slice(&kp), slice(&vp), &mask, scale);
     let out = tensor(out, qp.shape());
-    let out = match SdpaBackward
+    let out = match FlashBackward
         .prepare::<NoCheckpointing>([q.node, k.node, v.node])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let probs = tensor(
-                probs,
-                Shape::from(vec![dims.batch, dims.heads, dims.seq_q, dims.seq_k]),
-            );
-            let state = SdpaState {
+            let state = FlashState {
                 dims,
+                mask,
                 q: qp,
                 k: kp,
                 v: vp,
-                probs,
-                scale: scale as f32,
+                out: out.clone(),
+                lse,
+                scale,
             };
             prep.finish(state, out)
         }

@@ -8,15 +8,17 @@
 //! runs the composed tensor-op formulation below, which is the reference the fused kernels are
 //! tested against. A CubeCL kernel for CUDA would slot in the same way.
 
+mod flash;
 mod flex;
 mod gemm;
 pub mod rows;
-mod sdpa;
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation;
 use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
+
+use crate::mask::AttnBias;
 
 fn float<B: Backend, const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -122,40 +124,37 @@ pub fn zip_mut<B: Backend, const D: usize, const N: usize>(
         .map_err(|ts| ts.map(float))
 }
 
-/// The inputs of [`attention`], handed back when no fused kernel takes them.
-pub type AttentionInputs<B> = (
-    Tensor<B, 4>,
-    Tensor<B, 4>,
-    Tensor<B, 4>,
-    Option<Tensor<B, 4>>,
-);
+/// The inputs of [`attention`] (`q`, `k`, `v`), handed back when no fused kernel takes them.
+pub type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 
 /// `softmax(scale · q kᵀ + bias) v` for every head, in the `[batch, seq, heads, head_dim]`
 /// layout the projections produce, with grouped-query heads (query head `j` reads key/value
-/// head `j / (heads / kv_heads)`).
+/// head `j / (heads / kv_heads)`) and the bias given by its parts (ALiBi slopes, causal, key
+/// padding, `sequence_id`).
 ///
-/// When training on the CPU (`Autodiff<Flex>`, f32, an untracked bias) this is one graph node
-/// (`sdpa`): no head transposes, and gemm reads each head where it lies and writes the output
-/// and the gradients into place. Elsewhere it hands the inputs back, and the caller runs the
-/// composed path (head transposes, then [`crate::attention::attention`]), the reference this
-/// kernel is tested against. Plain Flex stays composed because cached decoding relies on its
+/// When training on the CPU (`Autodiff<Flex>`, f32) this is one graph node, a flash attention
+/// (`flash`): tiled, with an online softmax, the bias computed inside from its parts, causal
+/// tiles skipped, and a backward that recomputes the probabilities tile by tile, so no
+/// `[batch, heads, s_q, s_k]` tensor exists (neither the bias nor the probabilities). Elsewhere
+/// it hands the inputs back, and the caller runs the composed path (head transposes, then
+/// [`crate::attention::attention`] with [`AttnBias::dense`]), the reference this kernel is
+/// tested against. Plain Flex stays composed because cached decoding relies on its
 /// row-independent products ([`matmul`]).
 ///
 /// # Shapes
 /// - `q`: `[batch, s_q, heads, head_dim]`; `k`, `v`: `[batch, s_k, kv_heads, head_dim]`
-/// - `bias`: `[batch or 1, heads or 1, s_q, s_k]`
 /// - returns `[batch, s_q, heads, head_dim]`
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    bias: Option<Tensor<B, 4>>,
+    bias: &AttnBias<B>,
     scale: f64,
 ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    match flex::attention::<B>(p(q), p(k), p(v), bias.map(p), scale) {
+    match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
         Ok(out) => Ok(float(out)),
-        Err((q, k, v, bias)) => Err((float(q), float(k), float(v), bias.map(float))),
+        Err((q, k, v)) => Err((float(q), float(k), float(v))),
     }
 }
 
@@ -539,40 +538,147 @@ mod tests {
             .swap_dims(1, 2)
     }
 
-    #[test]
-    fn fused_attention_matches_the_composed_one_and_its_gradients() {
-        // [batch, seq, heads, head_dim] with 4 query heads over 2 key/value heads, and 4 over 4;
-        // the bias is ALiBi + causal as the model builds it ([1, heads, s, s]).
-        for kv_heads in [2, 4] {
-            let q = rand::<Flex, 4>([3, 6, 4, 5], 21);
-            let k = rand::<Flex, 4>([3, 6, kv_heads, 5], 22);
-            let v = rand::<Flex, 4>([3, 6, kv_heads, 5], 23);
-            fn bias<Bk: Backend>(dev: &Bk::Device) -> Tensor<Bk, 4> {
-                let slopes = [0.5, 0.25, 0.125, 0.0625];
-                crate::mask::attention_bias(4, Some(&slopes), 6, 0, None, None, dev).unwrap()
-            }
-            fused_matches_generic(
-                vec![q, k, v],
-                |t| {
-                    let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
-                    attention(q, k, v, Some(bias::<AD>(&t[0].device())), 0.4)
-                        .expect("Autodiff<Flex> takes the fused path")
-                },
-                |t| {
-                    let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
-                    assert!(attention(q.clone(), k.clone(), v.clone(), None, 0.4).is_err());
-                    composed_attention(q, k, v, bias::<Generic>(&t[0].device()), 0.4)
-                },
-                2e-5,
-            );
+    /// The parts of an attention bias, built on either backend.
+    #[derive(Clone)]
+    struct BiasParts {
+        batch: usize,
+        heads: usize,
+        seq: usize,
+        alibi: bool,
+        /// `[batch, seq]`, `true` for real tokens.
+        key_mask: Option<Vec<bool>>,
+        /// `[batch, seq]`.
+        sequence_id: Option<Vec<i64>>,
+    }
+
+    impl BiasParts {
+        fn build<Bk: Backend>(&self, dev: &Bk::Device) -> AttnBias<Bk> {
+            let shape = [self.batch, self.seq];
+            let key_mask = self
+                .key_mask
+                .clone()
+                .map(|m| Tensor::<Bk, 2, Bool>::from_data(TensorData::new(m, shape), dev));
+            let sequence_id = self
+                .sequence_id
+                .clone()
+                .map(|s| Tensor::<Bk, 2, Int>::from_data(TensorData::new(s, shape), dev));
+            let slopes = self
+                .alibi
+                .then(|| crate::alibi::gen_slopes(self.heads, 8.0));
+            AttnBias::new(self.heads, slopes, self.seq, 0, key_mask, sequence_id, dev)
         }
-        // A tracked bias needs a gradient the kernel does not compute: declined.
-        let x = rand::<AD, 4>([1, 2, 1, 3], 1);
-        let tracked = rand::<AD, 4>([1, 1, 2, 2], 2).require_grad();
-        assert!(attention(x.clone(), x.clone(), x.clone(), Some(tracked), 1.0).is_err());
-        // Plain Flex (inference) stays composed.
+    }
+
+    /// Runs the fused kernel (`Autodiff<Flex>`) and the composed path with the dense bias
+    /// (`Generic`) on the same inputs; compares the outputs and the three gradients.
+    fn fused_attention_matches_composed(
+        parts: &BiasParts,
+        kv_heads: usize,
+        head_dim: usize,
+        seed: u64,
+    ) {
+        let (b, s, h) = (parts.batch, parts.seq, parts.heads);
+        let q = rand::<Flex, 4>([b, s, h, head_dim], seed);
+        let k = rand::<Flex, 4>([b, s, kv_heads, head_dim], seed + 1);
+        let v = rand::<Flex, 4>([b, s, kv_heads, head_dim], seed + 2);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        fused_matches_generic(
+            vec![q, k, v],
+            |t| {
+                let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
+                let bias = parts.build::<AD>(&t[0].device());
+                let out = attention(q, k, v, &bias, scale);
+                assert!(
+                    !bias.dense_is_built(),
+                    "the fused path built the dense bias"
+                );
+                out.unwrap_or_else(|_| panic!("Autodiff<Flex> takes the fused path"))
+            },
+            |t| {
+                let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
+                let bias = parts.build::<Generic>(&t[0].device());
+                assert!(attention(q.clone(), k.clone(), v.clone(), &bias, scale).is_err());
+                let dense = bias.dense().expect("causal attention has a bias");
+                composed_attention(q, k, v, dense, scale)
+            },
+            5e-5,
+        );
+    }
+
+    #[test]
+    fn fused_attention_with_alibi_over_several_tiles_matches_the_composed_one() {
+        // 150 queries: two whole 64-query tiles and a partial one. 6 heads: llm-foundry's
+        // interleaved ALiBi slopes for a non-power-of-two count; 6 and 2 key/value heads.
+        let parts = BiasParts {
+            batch: 2,
+            heads: 6,
+            seq: 150,
+            alibi: true,
+            key_mask: None,
+            sequence_id: None,
+        };
+        fused_attention_matches_composed(&parts, 6, 8, 21);
+        fused_attention_matches_composed(&parts, 2, 8, 31);
+        // Causal only, one tile plus one row.
+        let parts = BiasParts {
+            seq: 65,
+            alibi: false,
+            ..parts
+        };
+        fused_attention_matches_composed(&parts, 3, 4, 41);
+    }
+
+    #[test]
+    fn fused_attention_with_padding_and_documents_matches_the_composed_one() {
+        let (b, s) = (2, 100);
+        // Element 0 is left-padded (its first 4 queries see no key); element 1 is right-padded
+        // and has a padded key in the middle.
+        let key_mask = (0..b * s)
+            .map(|x| match (x / s, x % s) {
+                (0, t) => t >= 4,
+                (_, t) => t < 90 && t != 50,
+            })
+            .collect();
+        let parts = BiasParts {
+            batch: b,
+            heads: 4,
+            seq: s,
+            alibi: true,
+            key_mask: Some(key_mask),
+            sequence_id: None,
+        };
+        fused_attention_matches_composed(&parts, 1, 6, 51);
+        // Packed documents, boundaries inside and at the edge of a tile.
+        let ids = (0..b * s)
+            .map(|x| [0, 30, 64, 77].iter().filter(|&&at| x % s >= at).count() as i64)
+            .collect();
+        let parts = BiasParts {
+            key_mask: None,
+            sequence_id: Some(ids),
+            ..parts
+        };
+        fused_attention_matches_composed(&parts, 2, 6, 61);
+    }
+
+    #[test]
+    fn attention_is_fused_only_when_training_on_flex() {
+        let dev = Default::default();
+        let parts = BiasParts {
+            batch: 1,
+            heads: 1,
+            seq: 2,
+            alibi: true,
+            key_mask: None,
+            sequence_id: None,
+        };
         let x = rand::<Flex, 4>([1, 2, 1, 3], 1);
-        assert!(attention(x.clone(), x.clone(), x, None, 1.0).is_err());
+        // Plain Flex (inference) stays composed.
+        let bias = parts.build::<Flex>(&dev);
+        assert!(attention(x.clone(), x.clone(), x, &bias, 1.0).is_err());
+        // A bias whose parts do not fit the shapes is left to the composed path too.
+        let x = rand::<AD, 4>([1, 2, 1, 3], 1);
+        let wrong = BiasParts { heads: 2, ..parts }.build::<AD>(&dev);
+        assert!(attention(x.clone(), x.clone(), x, &wrong, 1.0).is_err());
     }
 
     #[test]

@@ -220,7 +220,7 @@ pub fn scale(x: &mut [f32], c: f32) {
 /// zeros sums exactly like the same row without them: cached decoding reproduces the full
 /// forward's probabilities bit for bit.
 #[inline(always)]
-fn sum(x: &[f32]) -> f32 {
+pub(crate) fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -266,7 +266,7 @@ fn sumsq64(x: &[f32]) -> f64 {
 
 /// Σ a·b, in a fixed lane-wise order.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let ca = a.chunks_exact(LANES);
     let cb = b.chunks_exact(LANES);
@@ -286,7 +286,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// max x (`-inf` for an empty row).
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub(crate) fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
