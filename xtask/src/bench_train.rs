@@ -495,13 +495,14 @@ impl TrainReport {
             md,
             "Training tokens/s on the CPU, {} threads, fp32, tessera (flex backend, a real `tessera` run) \
              against PyTorch (transformers `MptForCausalLM`, `torch.optim.AdamW`, grad-norm clipping) on the \
-             same shapes. Both exclude the first {} step(s). MFU is against the measured f32 matmul peak of \
-             this machine, {:.1} GFLOP/s (`tessera bench-step --peak-flops`: 1024³ products on flex).\n",
+             same shapes. Both exclude the first {} step(s). The last two columns are model FLOP/s (6·N per token plus attention) as a fraction of the \
+             measured f32 matmul peak of this machine, {:.1} GFLOP/s (`tessera bench-step --peak-flops`: 1024³ \
+             products on flex), not of the hardware's datasheet peak.\n",
             self.threads,
             self.warmup,
             self.peak_flops / 1e9
         );
-        md.push_str("| model | params | tokens/step (micro) | tessera tok/s | PyTorch tok/s | tessera / PyTorch | tessera MFU | PyTorch MFU |\n");
+        md.push_str("| model | params | tokens/step (micro) | tessera tok/s | PyTorch tok/s | tessera / PyTorch | tessera, of gemm peak | PyTorch, of gemm peak |\n");
         md.push_str("|---|---|---|---|---|---|---|---|\n");
         for r in &self.rows {
             let s = &r.shape;
