@@ -266,11 +266,11 @@ mod tests {
         };
         let md = report.to_markdown();
         assert!(
-            md.contains("| 1 | NO_SHARD | 400 | 425 | 100 | 300 | 400 | +0.0% | +0.0% | 90 | 1.00 | 0.100 | 1000 |"),
+            md.contains("| 1 | NO_SHARD | 400 | 430 | 100 | 300 | 400 | +0.0% | +0.0% | 90 | 1.00 | 0.100 | 1000 |"),
             "{md}"
         );
         assert!(
-            md.contains("| 2 | NO_SHARD | 380 | 405 | 100 | 280 | 380 | +0.0% |"),
+            md.contains("| 2 | NO_SHARD | 380 | 410 | 100 | 280 | 380 | +0.0% |"),
             "{md}"
         );
         assert!(md.contains("within 15%: met"), "{md}");
