@@ -255,3 +255,92 @@ save_folder: file://{bucket}/run1
     );
     assert!(bucket.join("run1/ba6/model.safetensors").exists());
 }
+
+/// `plan --memory --config` reads the run's fsdp_config and batch; `preflight` refuses a launch
+/// this build cannot run (HYBRID_SHARD across nodes, a backend compiled out) with a named ✗ line.
+#[test]
+fn plan_and_preflight_follow_fsdp_config() {
+    let tmp = TempDir::new("plan-fsdp");
+    setup(tmp.path());
+    write_token_dataset(&tmp.path().join("data"), 64, 32, 300, 9);
+    let yaml = |strategy: &str| {
+        format!(
+            r#"
+run_name: pf
+max_seq_len: 32
+model: {{name: mpt_causal_lm, d_model: 32, n_heads: 2, n_layers: 2, max_seq_len: 32, vocab_size: 384}}
+tokenizer: {{name: tokenizer.json}}
+train_loader: {{name: text, dataset: {{local: data, shuffle: true, max_seq_len: 32}}}}
+optimizer: {{name: decoupled_adamw, lr: 1.0e-3}}
+scheduler: {{name: cosine_with_warmup, t_warmup: 1ba}}
+max_duration: 10ba
+global_train_batch_size: 8
+device_train_microbatch_size: 2
+precision: fp32
+save_interval: 5ba
+autoresume: true
+fsdp_config: {{sharding_strategy: {strategy}, mixed_precision: FULL}}
+"#
+        )
+    };
+    let plan = |strategy: &str| -> serde_json::Value {
+        let path = tmp.path().join(format!("{strategy}.yaml"));
+        std::fs::write(&path, yaml(strategy)).unwrap();
+        let out = run_ok(tessera().current_dir(tmp.path()).args([
+            "plan",
+            "--memory",
+            "--config",
+            path.to_str().unwrap(),
+            "--devices",
+            "4",
+            "--json",
+        ]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (ddp, fsdp) = (plan("NO_SHARD"), plan("FULL_SHARD"));
+    assert_eq!(ddp["sharding"], "NO_SHARD");
+    assert_eq!(fsdp["sharding"], "FULL_SHARD");
+    // 8 sequences over 4 ranks: one microbatch of 2 each.
+    assert_eq!(fsdp["microbatch"], 2);
+    assert_eq!(fsdp["microbatches_per_step"], 1);
+    // Master weights are sharded 4 ways under FULL_SHARD, whole under NO_SHARD.
+    let (m_ddp, m_fsdp) = (
+        ddp["master"].as_f64().unwrap(),
+        fsdp["master"].as_f64().unwrap(),
+    );
+    assert_eq!(m_ddp, 4.0 * m_fsdp, "{ddp} {fsdp}");
+
+    let preflight = |yaml_name: &str, extra: &[&str]| -> serde_json::Value {
+        let out = tessera()
+            .current_dir(tmp.path())
+            .args(["preflight", yaml_name, "--json", "--no-step"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    std::fs::write(tmp.path().join("hybrid.yaml"), yaml("HYBRID_SHARD")).unwrap();
+    let v = preflight("hybrid.yaml", &["--devices", "4", "--nodes", "2"]);
+    assert_eq!(v["checks"][1]["name"], "parallelism", "{v}");
+    assert_eq!(v["checks"][1]["status"], "fail", "{v}");
+    assert!(
+        v["checks"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("HYBRID_SHARD across 2 nodes"),
+        "{v}"
+    );
+    // A backend this build lacks is one failed line, not a crash.
+    if !cfg!(feature = "cuda") {
+        let v = preflight("NO_SHARD.yaml", &["--device", "cuda"]);
+        assert_eq!(v["checks"][1]["status"], "fail", "{v}");
+        assert!(
+            v["checks"][1]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("without the `cuda` feature"),
+            "{v}"
+        );
+    }
+}

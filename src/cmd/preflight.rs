@@ -16,6 +16,9 @@ pub struct Args {
     /// Devices the run will use (for the failure-rate and memory checks).
     #[arg(long, default_value_t = 1)]
     devices: usize,
+    /// Nodes the devices are spread over (HYBRID_SHARD across nodes is refused).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// Memory of one device, in bytes (default: this machine's RAM on the CPU).
     #[arg(long)]
     device_memory: Option<u64>,
@@ -34,25 +37,87 @@ pub struct Args {
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
-    device.run(PreflightJob(args))
+    match missing_backend(device) {
+        // The checklist still runs (on the CPU, without the trial step), so that the missing
+        // feature is one ✗ line among the config's other verdicts.
+        Some(why) => DeviceSpec::Cpu.run(PreflightJob {
+            args,
+            requested: device,
+            backend_missing: Some(why),
+        }),
+        None => device.run(PreflightJob {
+            args,
+            requested: device,
+            backend_missing: None,
+        }),
+    }
 }
 
-struct PreflightJob(Args);
+/// Why `device`'s backend is not in this build (its cargo feature is off).
+fn missing_backend(device: DeviceSpec) -> Option<String> {
+    let (on, feature) = match device {
+        DeviceSpec::Cpu => return None,
+        DeviceSpec::Wgpu(_) => (cfg!(feature = "wgpu"), "wgpu"),
+        DeviceSpec::Cuda(_) => (cfg!(feature = "cuda"), "cuda"),
+    };
+    (!on).then(|| {
+        format!(
+            "--device {device}: this tessera was built without the `{feature}` feature \
+             (cargo build --release --features {feature})"
+        )
+    })
+}
+
+/// GPUs this node has (`/dev/nvidiaN` device files), for `--device cuda`; `None` elsewhere (CPU
+/// ranks are processes, any number runs; wgpu is single-device).
+fn devices_per_node(device: DeviceSpec) -> Option<usize> {
+    match device {
+        DeviceSpec::Cuda(_) => {
+            let count = std::fs::read_dir("/dev")
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| {
+                            e.file_name().to_str().is_some_and(|n| {
+                                n.strip_prefix("nvidia").is_some_and(|i| {
+                                    !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())
+                                })
+                            })
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            Some(count)
+        }
+        DeviceSpec::Wgpu(_) => Some(1),
+        DeviceSpec::Cpu => None,
+    }
+}
+
+struct PreflightJob {
+    args: Args,
+    /// The device the user asked for (the job runs on the CPU when its backend is missing).
+    requested: DeviceSpec,
+    backend_missing: Option<String>,
+}
 
 impl Job for PreflightJob {
     type Output = anyhow::Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> anyhow::Result<()> {
-        let a = self.0;
+        let a = self.args;
+        let requested = self.requested;
         let opts = PreflightOptions {
             config_path: Some(a.config.clone()),
             run_dir: a.run_dir.clone(),
-            device_label: super::device_label(spec),
-            device_is_host: spec == DeviceSpec::Cpu,
+            device_label: super::device_label(requested),
+            device_is_host: spec == DeviceSpec::Cpu && requested == DeviceSpec::Cpu,
             device_memory: a.device_memory,
-            world_size: a.devices.max(1),
+            world_size: a.devices,
+            nodes: a.nodes,
+            devices_per_node: devices_per_node(requested),
             step_time_s: a.step_time,
-            run_step: !a.no_step,
+            run_step: !a.no_step && self.backend_missing.is_none(),
+            backend_missing: self.backend_missing,
             ..PreflightOptions::default()
         };
         let report = preflight_file::<B>(&a.config, &a.overrides, &opts, &device);

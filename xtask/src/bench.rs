@@ -27,6 +27,10 @@ pub enum Suite {
     Gpu(crate::bench_gpu::Args),
     /// `tessera serve` under 1-32 concurrent clients: output tokens/s, TTFT and TPOT.
     Serve(crate::bench_serve::Args),
+    /// Multi-process CPU training on 1, 2 and 4 ranks × NO_SHARD/SHARD_GRAD_OP/FULL_SHARD:
+    /// per-rank peak memory against `tessera plan --memory`, step and communication time, and
+    /// the scaling efficiency of 2 ranks against 1.
+    Dist(crate::bench_dist::Args),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<()> {
@@ -37,6 +41,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         Suite::Train(args) => crate::bench_train::run(args),
         Suite::Gpu(args) => crate::bench_gpu::run(args),
         Suite::Serve(args) => crate::bench_serve::run(args),
+        Suite::Dist(args) => crate::bench_dist::run(args),
     }
 }
 

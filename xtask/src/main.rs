@@ -6,6 +6,8 @@
 mod bench;
 mod bench_data;
 mod bench_data_report;
+mod bench_dist;
+mod bench_dist_report;
 mod bench_env;
 mod bench_eval;
 mod bench_gpu;

@@ -3,6 +3,10 @@
 //! The checks, in order (each later one needs what the earlier ones found; when a prerequisite
 //! failed, a check is reported as skipped, never as passed):
 //! 1. **config** — the YAML validates; the global batch splits over the devices;
+//!    **parallelism** — this build can run the launch as configured: the backend is compiled
+//!    in and has the devices, `fsdp_config` asks for nothing unimplemented (CPU offload,
+//!    `HYBRID_SHARD` across nodes), the devices split evenly over the nodes
+//!    ([`parallel::parallel_check`]);
 //! 2. **model** — the architecture resolves (fields or a pretrained `config.json`) and covers
 //!    `max_seq_len`;
 //! 3. **tokenizer** — `tokenizer.name` loads and its vocabulary fits `model.vocab_size`;
@@ -22,6 +26,7 @@
 //! 10. **checkpoint interval** — the expected work lost to failures (formula in [`checks`]).
 
 pub mod checks;
+pub mod parallel;
 mod run;
 pub mod system;
 pub mod trial;
@@ -35,6 +40,7 @@ use checks::FailureBudget;
 pub use run::{preflight_file, run_preflight};
 
 pub const CONFIG: &str = "config";
+pub const PARALLELISM: &str = "parallelism";
 pub const MODEL: &str = "model";
 pub const TOKENIZER: &str = "tokenizer";
 pub const TRAIN_DATA: &str = "train data";
@@ -107,6 +113,13 @@ pub struct PreflightOptions {
     pub device_memory: Option<u64>,
     /// Devices of the launch: splits the global batch, and scales the failure rate.
     pub world_size: usize,
+    /// Nodes the devices are spread over (`HYBRID_SHARD` across nodes is refused).
+    pub nodes: usize,
+    /// Devices of this kind one node has, when the backend says (`None`: the CPU, where ranks
+    /// are processes and any number runs).
+    pub devices_per_node: Option<usize>,
+    /// Why the requested backend cannot run in this build (a cargo feature that is off).
+    pub backend_missing: Option<String>,
     /// Step time on the target hardware, replacing the one measured here (seconds).
     pub step_time_s: Option<f64>,
     /// Expected failures per device per day (default 1/1000).
@@ -130,6 +143,9 @@ impl Default for PreflightOptions {
             device_is_host: true,
             device_memory: None,
             world_size: 1,
+            nodes: 1,
+            devices_per_node: None,
+            backend_missing: None,
             step_time_s: None,
             failures_per_device_day: 1e-3,
             max_save_interval_s: 3600.0,

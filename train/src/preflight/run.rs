@@ -6,6 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 use tessera_model::MptConfig;
 
 use super::checks::{self, FailureInput, SaveFacts};
+use super::parallel;
 use super::trial::{self, Loader};
 use super::*;
 use crate::batch::Example;
@@ -17,8 +18,9 @@ use crate::plan::{MemoryInput, OptimizerStateKind, memory_estimate};
 use crate::run_dir::{RunDir, SaveFolder, run_name};
 
 /// The checks in report order.
-pub(super) const ORDER: [&str; 10] = [
+pub(super) const ORDER: [&str; 11] = [
     CONFIG,
+    PARALLELISM,
     MODEL,
     TOKENIZER,
     TRAIN_DATA,
@@ -71,6 +73,10 @@ pub fn run_preflight<B: AutodiffBackend>(
     };
     if r.push(checks::config_check(loaded, opts.world_size)) == Status::Fail {
         skip_rest(&mut r, "the config is invalid");
+        return r;
+    }
+    if r.push(parallel::parallel_check(cfg, opts)) == Status::Fail {
+        skip_rest(&mut r, "this build cannot run the launch as configured");
         return r;
     }
     let world = opts.world_size.max(1);
@@ -384,16 +390,9 @@ fn memory(r: &mut PreflightReport, ctx: &Ctx, mpt: Option<&MptConfig>) {
         r.push(Check::skip(MEMORY, "the model is unknown"));
         return;
     };
-    let cfg = ctx.cfg;
-    let input = MemoryInput::from_mpt(
-        m,
-        cfg.max_seq_len,
-        ctx.microbatch,
-        cfg.precision,
-        ctx.optimizer,
-        ctx.world,
-        false,
-    );
+    // What one rank allocates under the run's fsdp_config (the model `tessera plan --memory`
+    // prints).
+    let input = MemoryInput::from_train_config(ctx.cfg, m, ctx.world);
     let estimate = memory_estimate(&input).total();
     r.facts.memory_estimate_bytes = Some(estimate);
     let capacity = match (ctx.opts.device_memory, ctx.opts.device_is_host) {

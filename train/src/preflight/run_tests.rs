@@ -94,7 +94,7 @@ fn a_healthy_run_passes_every_check_and_leaves_no_trace() {
     );
     assert!(
         r.render()
-            .ends_with("ready: 10 passed, 0 warnings, 0 failed, 0 skipped\n"),
+            .ends_with("ready: 11 passed, 0 warnings, 0 failed, 0 skipped\n"),
         "{}",
         r.render()
     );
@@ -112,9 +112,9 @@ fn a_tokenizer_larger_than_the_model_and_out_of_range_data_fail() {
     assert_eq!(r.status(TOKENIZER), Some(Status::Fail));
     assert_eq!(r.status(TRAIN_DATA), Some(Status::Fail));
     assert!(
-        r.checks[3].detail.contains("outside model.vocab_size 40"),
+        r.checks[4].detail.contains("outside model.vocab_size 40"),
         "{}",
-        r.checks[3].detail
+        r.checks[4].detail
     );
     assert_eq!(r.status(FORWARD_BACKWARD), Some(Status::Skip));
     assert!(!r.passed());
@@ -139,7 +139,7 @@ fn too_little_data_fails_and_the_step_is_skipped() {
         r.status(TRAIN_DATA),
         Some(Status::Warn),
         "{:?}",
-        r.checks[3]
+        r.checks[4]
     );
 }
 
@@ -188,12 +188,12 @@ fn a_finetuning_run_is_checked_through_its_own_loader() {
         r.status(TRAIN_DATA),
         Some(Status::Warn),
         "{:?}",
-        r.checks[3]
+        r.checks[4]
     );
     assert!(
-        r.checks[3].detail.contains("attn_uses_sequence_id"),
+        r.checks[4].detail.contains("attn_uses_sequence_id"),
         "{}",
-        r.checks[3].detail
+        r.checks[4].detail
     );
     sets.push("model.attn_config={attn_uses_sequence_id: true}");
     let r = run(&yaml, &sets, &PreflightOptions::default());
@@ -201,13 +201,13 @@ fn a_finetuning_run_is_checked_through_its_own_loader() {
         r.status(TRAIN_DATA),
         Some(Status::Pass),
         "{:?}",
-        r.checks[3]
+        r.checks[4]
     );
     assert_eq!(
         r.status(FORWARD_BACKWARD),
         Some(Status::Pass),
         "{:?}",
-        r.checks[6]
+        r.checks[7]
     );
     // 40 examples, 8 per packing window: 5 windows of 4 sequences.
     assert_eq!(r.facts.sequences_per_epoch, Some(20));
@@ -236,4 +236,38 @@ fn a_config_that_does_not_load_is_the_only_failure() {
     );
     assert!(r.checks[1..].iter().all(|c| c.status == Status::Skip));
     assert_eq!(r.checks.len(), ORDER.len());
+}
+
+#[test]
+fn a_launch_this_build_cannot_run_fails_parallelism_and_skips_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = setup(dir.path());
+    let opts = PreflightOptions {
+        world_size: 4,
+        nodes: 2,
+        run_step: false,
+        ..PreflightOptions::default()
+    };
+    let r = run(
+        &yaml,
+        &["fsdp_config={sharding_strategy: HYBRID_SHARD}"],
+        &opts,
+    );
+    assert_eq!(r.status(CONFIG), Some(Status::Pass));
+    assert_eq!(r.status(PARALLELISM), Some(Status::Fail), "{}", r.render());
+    assert!(r.checks[1].detail.contains("HYBRID_SHARD across 2 nodes"));
+    assert!(r.checks[2..].iter().all(|c| c.status == Status::Skip));
+    // The memory check follows fsdp_config: FULL_SHARD on 4 ranks predicts less than NO_SHARD.
+    let opts = PreflightOptions {
+        world_size: 4,
+        ..opts
+    };
+    let memory = |strategy: &str| {
+        let set = format!("fsdp_config={{sharding_strategy: {strategy}}}");
+        run(&yaml, &[set.as_str()], &opts)
+            .facts
+            .memory_estimate_bytes
+            .unwrap()
+    };
+    assert!(memory("FULL_SHARD") < memory("NO_SHARD"));
 }

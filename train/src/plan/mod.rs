@@ -24,18 +24,22 @@
 //! replication agrees with the 20 this tool prints, so a plan at 20 tokens/param with no
 //! serving gets no recommendation.
 //!
-//! **Memory** ([`memory_estimate`]): per device, fp32 master weights (4 bytes each), fp32
-//! gradients (4), optimizer moments (8 for Adam, 4 for Lion), all divided by the world size
-//! under full sharding (FSDP), and activations for one microbatch without recomputation
-//! (Korthikanti et al. 2022, eq. 2): per layer `s·b·h·(34 + 5·a·s/h)` bytes at 16-bit, twice
-//! that at fp32, plus the logits and their gradient (`2·s·b·V·4` bytes). The `5·a·s/h` term is
-//! the materialised attention matrix (tessera's autodiff attention materialises it).
+//! **Memory** ([`memory`]): what one rank holds under each sharding strategy.
+//!
+//! **Step time** ([`step_time`]): compute at an MFU plus the bytes each strategy moves, on
+//! NVLink and InfiniBand.
+
+pub mod memory;
+pub mod step_time;
 
 use std::fmt::Write as _;
 
 use crate::config::Precision;
 use crate::metrics::Accelerator;
 use crate::metrics::report::human;
+
+pub use memory::{MemoryEstimate, MemoryInput, OptimizerStateKind, memory_estimate};
+pub use step_time::{Interconnect, StepTimeInput, StepTimeModel, step_time};
 
 /// Chinchilla's tokens per parameter.
 pub const CHINCHILLA_TOKENS_PER_PARAM: f64 = 20.0;
@@ -316,135 +320,6 @@ impl Plan {
     }
 }
 
-/// Which optimizer's state to count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptimizerStateKind {
-    /// Two fp32 moments per parameter (both AdamW variants).
-    Adam,
-    /// One fp32 moment per parameter.
-    Lion,
-}
-
-/// What [`memory_estimate`] needs about the model and run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryInput {
-    /// Parameters.
-    pub params: u64,
-    /// Blocks.
-    pub n_layers: usize,
-    /// Hidden size h.
-    pub d_model: usize,
-    /// Attention heads a.
-    pub n_heads: usize,
-    /// Vocabulary V.
-    pub vocab_size: usize,
-    /// Sequence length s.
-    pub seq_len: usize,
-    /// Sequences per microbatch b.
-    pub microbatch: usize,
-    /// Activation precision.
-    pub precision: Precision,
-    /// Optimizer state size.
-    pub optimizer: OptimizerStateKind,
-    /// Devices.
-    pub world_size: usize,
-    /// Fully sharded weights, gradients and optimizer state (FSDP); otherwise replicated (DDP).
-    pub sharded: bool,
-}
-
-impl MemoryInput {
-    /// The shape fields from an MPT config.
-    pub fn from_mpt(
-        cfg: &tessera_model::MptConfig,
-        seq_len: usize,
-        microbatch: usize,
-        precision: Precision,
-        optimizer: OptimizerStateKind,
-        world_size: usize,
-        sharded: bool,
-    ) -> Self {
-        MemoryInput {
-            params: cfg.num_params(),
-            n_layers: cfg.n_layers,
-            d_model: cfg.d_model,
-            n_heads: cfg.n_heads,
-            vocab_size: cfg.vocab_size,
-            seq_len,
-            microbatch,
-            precision,
-            optimizer,
-            world_size: world_size.max(1),
-            sharded,
-        }
-    }
-}
-
-/// Bytes per device, by kind.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryEstimate {
-    /// fp32 master weights.
-    pub weights: f64,
-    /// fp32 gradients.
-    pub grads: f64,
-    /// Optimizer moments.
-    pub optimizer: f64,
-    /// One microbatch's saved activations (and logits).
-    pub activations: f64,
-}
-
-impl MemoryEstimate {
-    /// The sum.
-    pub fn total(&self) -> f64 {
-        self.weights + self.grads + self.optimizer + self.activations
-    }
-
-    /// A small table, in GiB.
-    pub fn render(&self) -> String {
-        let g = |b: f64| b / (1u64 << 30) as f64;
-        format!(
-            "per-device memory (GiB)\n  weights      {:>8.2}\n  gradients    {:>8.2}\n  optimizer    {:>8.2}\n  activations  {:>8.2}\n  total        {:>8.2}\n",
-            g(self.weights),
-            g(self.grads),
-            g(self.optimizer),
-            g(self.activations),
-            g(self.total())
-        )
-    }
-}
-
-/// Estimates per-device training memory (see the module docs for the formulas).
-pub fn memory_estimate(m: &MemoryInput) -> MemoryEstimate {
-    let shard = if m.sharded {
-        m.world_size.max(1) as f64
-    } else {
-        1.0
-    };
-    let p = m.params as f64;
-    let moments = match m.optimizer {
-        OptimizerStateKind::Adam => 8.0,
-        OptimizerStateKind::Lion => 4.0,
-    };
-    let (s, b, h, a) = (
-        m.seq_len as f64,
-        m.microbatch as f64,
-        m.d_model as f64,
-        m.n_heads as f64,
-    );
-    let per_layer_16bit = s * b * h * (34.0 + 5.0 * a * s / h);
-    let width = if matches!(m.precision, Precision::Fp32) {
-        2.0
-    } else {
-        1.0
-    };
-    let logits = 2.0 * s * b * m.vocab_size as f64 * 4.0;
-    MemoryEstimate {
-        weights: 4.0 * p / shard,
-        grads: 4.0 * p / shard,
-        optimizer: moments * p / shard,
-        activations: m.n_layers as f64 * per_layer_16bit * width + logits,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,45 +408,5 @@ mod tests {
             plan(i),
             Err(PlanError::Invalid { flag: "gpus", .. })
         ));
-    }
-
-    #[test]
-    fn memory_matches_hand_numbers() {
-        // 1B params, Adam, 8-way FSDP: 4 GB/8 weights, 4 GB/8 grads, 8 GB/8 moments.
-        let m = MemoryInput {
-            params: 1_000_000_000,
-            n_layers: 24,
-            d_model: 2048,
-            n_heads: 16,
-            vocab_size: 50_000,
-            seq_len: 2048,
-            microbatch: 1,
-            precision: Precision::AmpBf16,
-            optimizer: OptimizerStateKind::Adam,
-            world_size: 8,
-            sharded: true,
-        };
-        let e = memory_estimate(&m);
-        assert_eq!(e.weights, 0.5e9);
-        assert_eq!(e.grads, 0.5e9);
-        assert_eq!(e.optimizer, 1.0e9);
-        // Per layer: 2048·1·2048·(34 + 5·16·2048/2048) = 4,194,304 · 114 bytes; 24 layers; plus
-        // logits 2·2048·50000·4.
-        let want = 24.0 * 4_194_304.0 * 114.0 + 2.0 * 2048.0 * 50_000.0 * 4.0;
-        assert_eq!(e.activations, want);
-        // Unsharded (DDP) replicates the states; fp32 doubles the activations; Lion halves moments.
-        let d = memory_estimate(&MemoryInput {
-            sharded: false,
-            precision: Precision::Fp32,
-            optimizer: OptimizerStateKind::Lion,
-            ..m
-        });
-        assert_eq!(d.weights, 4e9);
-        assert_eq!(d.optimizer, 4e9);
-        assert_eq!(
-            d.activations,
-            2.0 * 24.0 * 4_194_304.0 * 114.0 + 2.0 * 2048.0 * 50_000.0 * 4.0
-        );
-        assert!(e.render().contains("total"));
     }
 }
