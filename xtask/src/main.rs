@@ -10,6 +10,7 @@ mod bench_env;
 mod bench_eval;
 mod bench_train;
 mod cold_build;
+mod lean_deps;
 mod markdown;
 mod pyenv;
 mod util;
@@ -35,11 +36,15 @@ enum Command {
     },
     /// Measure a cold CI run: a fresh clone and an empty target dir, timed end to end.
     ColdBuild(cold_build::Args),
+    /// Check that a program using tessera-model and tessera-data without default features
+    /// builds no tokio, object_store, parquet or plotters (and count what it builds).
+    LeanDeps(lean_deps::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench { suite } => bench::run(suite),
         Command::ColdBuild(args) => cold_build::run(args),
+        Command::LeanDeps(args) => lean_deps::run(args),
     }
 }
