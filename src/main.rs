@@ -30,6 +30,9 @@ enum Command {
     Quickstart(cmd::quickstart::Args),
     /// Generate text from an HF MPT checkpoint folder.
     Generate(cmd::generate::Args),
+    /// Serve a model over the OpenAI HTTP API (completions, chat, streaming) with continuous
+    /// batching.
+    Serve(cmd::serve::Args),
     /// Rewrite a checkpoint in another dtype or shard size (HF layout, for transformers or vLLM).
     Convert(cmd::convert::Args),
     /// Print a checkpoint's config, parameter count and FLOPs per token.
@@ -51,6 +54,9 @@ enum Command {
     Parity(cmd::parity::Args),
     /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
     Plan(cmd::plan::Args),
+    /// Memory of CPU training steps, full fine-tuning against LoRA (f32 or bf16 base).
+    #[command(hide = true)]
+    BenchLora(cmd::bench_lora::Args),
     /// Forward+backward timing of an MPT shape on one backend (`cargo xtask bench backends`, GPU checks).
     #[command(hide = true)]
     BenchStep(cmd::bench_step::Args),
@@ -72,6 +78,7 @@ fn main() {
         Command::Quickstart(args) => cmd::quickstart::run(args, cli.device),
         Command::Generate(args) => cmd::generate::run(args, cli.device),
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Serve(args) => cmd::serve::run(args, cli.device),
         Command::Convert(args) => cmd::convert::run(args, cli.device),
         Command::Data { command } => cmd::data::run(command),
         Command::Train(args) => cmd::train::run(args, cli.device),
@@ -79,6 +86,7 @@ fn main() {
         Command::Plan(args) => cmd::plan::run(args),
         Command::Parity(args) => cmd::parity::run(args, cli.device),
         Command::Preflight(args) => cmd::preflight::run(args, cli.device),
+        Command::BenchLora(args) => cmd::bench_lora::run(args),
         Command::BenchStep(args) => cmd::bench_step::run(args, cli.device),
         Command::BenchStream(args) => cmd::bench_stream::run(args),
         Command::BenchIcl(args) => cmd::bench_icl::run(args, cli.device),

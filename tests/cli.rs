@@ -378,6 +378,115 @@ fn convert_rewrites_a_checkpoint_that_still_generates_the_same() {
 }
 
 #[test]
+fn convert_merges_a_lora_adapter_into_a_folder_generate_loads() {
+    use burn::backend::Flex;
+    use burn::tensor::{Int, Tensor, TensorData};
+    use tessera::model::lora::{self, Adapter, LoraConfig, LoraInit, TargetModule};
+    use tessera::model::{MptInput, hf};
+
+    let tmp = TempDir::new("merge-lora");
+    let src = repo_fixture("mpt/tiny_alibi_h4");
+    let dev = Default::default();
+    let (config, base) = hf::load::<Flex>(&src, &dev).unwrap();
+    let lora_config = LoraConfig {
+        r: 4,
+        lora_alpha: 16.0,
+        target_modules: TargetModule::ALL.to_vec(),
+        init_lora_weights: LoraInit::Random,
+        ..Default::default()
+    };
+    let adapter = Adapter::<Flex>::init(&lora_config, &config, 7, &dev).unwrap();
+    let adapter_dir = tmp.path().join("adapter");
+    lora::peft::save(&adapter, &adapter_dir, Some(src.to_str().unwrap())).unwrap();
+    let out = tmp.path().join("merged");
+    let printed = run_ok(
+        tessera()
+            .args(["convert", "--dtype", "f32", "--model"])
+            .arg(&src)
+            .arg("--out")
+            .arg(&out)
+            .arg("--merge-lora")
+            .arg(&adapter_dir),
+    );
+    assert!(
+        stdout(&printed).contains("LoRA adapter"),
+        "{}",
+        stdout(&printed)
+    );
+
+    // The merged folder computes what base + adapter compute.
+    let (prompt, _) = read_npy_i64(src.join("prompt_ids.npy"));
+    let n = prompt.len();
+    let ids = || Tensor::<Flex, 2, Int>::from_data(TensorData::new(prompt.clone(), [1, n]), &dev);
+    let adapted = base.clone().with_adapter(adapter).unwrap();
+    let (_, merged) = hf::load::<Flex>(&out, &dev).unwrap();
+    let a: Vec<f32> = adapted
+        .forward(MptInput::new(ids()))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let m: Vec<f32> = merged
+        .forward(MptInput::new(ids()))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let plain: Vec<f32> = base
+        .forward(MptInput::new(ids()))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    // Merged weights round differently (one f32 sum W + s B A): within 1e-5, or 1e-6 of the
+    // largest logit (model/tests/lora.rs has the same rule).
+    let scale = a.iter().fold(0f32, |s, v| s.max(v.abs()));
+    assert!(
+        diff(&a, &m) < 1e-5f32.max(1e-6 * scale),
+        "adapted vs merged: {}",
+        diff(&a, &m)
+    );
+    assert!(diff(&a, &plain) > 1e-2, "the adapter must change the model");
+
+    // `tessera generate` loads it and decodes greedily what the library decodes from it.
+    let generated = run_ok(tessera().arg("generate").arg("--model").arg(&out).args([
+        "--prompt-ids",
+        &ids_arg(&prompt),
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(stdout(&generated).trim()).unwrap();
+    let got: Vec<u32> = v["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let cfg = tessera::model::GenerationConfig {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let prompt_u32: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let want = tessera::model::generate(&merged, &[prompt_u32], &cfg, None, &dev).unwrap();
+    assert_eq!(got, want[0].ids);
+
+    let err = fails(&[
+        "convert",
+        "--model",
+        src.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+        "--merge-lora",
+        tmp.path().join("missing").to_str().unwrap(),
+    ]);
+    assert!(err.contains("adapter_config.json"), "{err}");
+}
+
+#[test]
 fn parity_passes_on_the_cpu_and_names_a_checkpoint_that_disagrees() {
     // Every fixture checkpoint within the model tests' tolerances, as JSON lines.
     let out = run_ok(

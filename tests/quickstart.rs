@@ -88,3 +88,37 @@ fn quickstart_runs_the_whole_pipeline_and_the_loss_falls() {
     let again = String::from_utf8_lossy(&again.stdout);
     assert!(again.contains("reusing"), "{again}");
 }
+
+#[test]
+fn quickstart_lora_fine_tunes_the_model_and_the_held_out_loss_falls() {
+    let tmp = TempDir::new("quickstart-lora");
+    let dir = tmp.path().join("qs");
+    let out = run_ok(small_quickstart(&dir).args(["--lora", "--lora-steps", "40"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[6/6] LoRA"), "{stdout}");
+    let metrics = std::fs::read_to_string(dir.join("lora/run/metrics.jsonl")).unwrap();
+    let eval: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "eval")
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    // eval_first, then every 10 steps.
+    assert_eq!(eval.len(), 5, "{metrics}");
+    assert!(
+        eval[4] < eval[0] * 0.8,
+        "the held-out loss should fall by a fifth at least: {eval:?}"
+    );
+    let adapter = dir.join("lora/run/checkpoints/ba40");
+    for file in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "config.json",
+    ] {
+        assert!(adapter.join(file).is_file(), "{file} missing");
+    }
+    assert!(
+        stdout.contains(&format!("--adapter repl={}", adapter.display())),
+        "the serve command names the adapter:\n{stdout}"
+    );
+}

@@ -9,6 +9,7 @@ use burn::tensor::FloatDType;
 
 use crate::kernels;
 use crate::linear::{Linear, matmul_in};
+use crate::lora::{BlockRows, TargetModule};
 use crate::norm::Norm;
 use crate::rope::Rotary;
 
@@ -71,16 +72,27 @@ pub struct LayerContext<B: Backend> {
     pub rotary: Option<Rotary<B>>,
     /// Mixed precision: the dtype every matmul runs in (`None`: f32 throughout).
     pub compute: Option<FloatDType>,
+    /// Per-row LoRA adapters of this block (serving many adapters in one batch; see
+    /// [`crate::lora::RowAdapters`]); `None`: only the adapters attached to the layers.
+    pub lora: Option<BlockRows<B>>,
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> LayerContext<B> {
-    /// The same context on the inner backend, for a forward without gradients (a trainer that
-    /// recomputes blocks runs them once this way, then again with autodiff).
-    pub fn inner(&self) -> LayerContext<B::InnerBackend> {
-        LayerContext {
-            bias: self.bias.clone().map(|b| b.inner()),
-            rotary: self.rotary.as_ref().map(Rotary::inner),
-            compute: self.compute,
+impl<B: Backend> LayerContext<B> {
+    /// `y = layer(x)` plus the per-row adapters' updates on `target`, if any.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, s, d_in]`, `y`: `[batch, s, d_out]` -> `[batch, s, d_out]`
+    pub(crate) fn add_row_lora(
+        &self,
+        target: TargetModule,
+        x: &Tensor<B, 3>,
+        y: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        match &self.lora {
+            Some(rows) => rows
+                .down(target, x, self.compute)
+                .add_to(y, None, self.compute),
+            None => y,
         }
     }
 }
@@ -135,15 +147,28 @@ impl<B: Backend> Attention<B> {
         ctx: &LayerContext<B>,
         kv: Option<&mut Option<LayerKv<B>>>,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
+        let [b, s, d_model] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.kv_n_heads, self.head_dim);
+        // LoRA: each adapter's first product, computed once for the three blocks below.
+        let own_lora = self.wqkv.lora.as_ref().map(|l| {
+            l.down(x.clone().reshape([b * s, d_model]), ctx.compute) // [b s, r]
+        });
+        let row_lora = ctx
+            .lora
+            .as_ref()
+            .map(|rows| rows.down(TargetModule::Wqkv, &x, ctx.compute));
         // The fused Wqkv is applied as three products over row blocks of its weight, so q, k
         // and v come out contiguous and their gradients need no `[b, s, (h + 2 kvh) hd]`
         // scatter (the backward of narrowing one big output).
         let project = |start: usize, len: usize| {
             let y = self
                 .wqkv
-                .forward_rows_in(x.clone(), start, len, ctx.compute); // [b, s, len]
+                .forward_rows_in(x.clone(), start, len, ctx.compute, own_lora.clone()); // [b, s, len]
+            let y = match &row_lora {
+                Some(r) => r.add_to(y, Some((start, len)), ctx.compute),
+                None => y,
+            };
+            // After the adapters, as transformers clamps the (PEFT-wrapped) Wqkv's output.
             match self.clip_qkv {
                 Some(c) => y.clamp(-c, c),
                 None => y,
@@ -182,11 +207,7 @@ impl<B: Backend> Attention<B> {
             && ctx.compute.is_none();
         let (q, k, v) = if plain {
             match kernels::attention(q, k, v, ctx.bias.clone(), self.softmax_scale) {
-                Ok(out) => {
-                    return self
-                        .out_proj
-                        .forward_in(out.reshape([b, s, h * hd]), ctx.compute);
-                }
+                Ok(out) => return self.project_out(out.reshape([b, s, h * hd]), ctx),
                 Err((q, k, v, _)) => (q, k, v),
             }
         } else {
@@ -231,10 +252,16 @@ impl<B: Backend> Attention<B> {
             compute: ctx.compute,
         };
         let out = attention(q, k, v, ctx.bias.clone(), &opts); // [b, h, s, hd]
-        self.out_proj.forward_in(
-            kernels::swap_dims_12(out).reshape([b, s, h * hd]),
-            ctx.compute,
-        )
+        self.project_out(kernels::swap_dims_12(out).reshape([b, s, h * hd]), ctx)
+    }
+
+    /// `out_proj` of the heads' concatenated outputs, with any per-row adapters.
+    ///
+    /// # Shapes
+    /// - `heads`: `[batch, s, d_model]` -> `[batch, s, d_model]`
+    fn project_out(&self, heads: Tensor<B, 3>, ctx: &LayerContext<B>) -> Tensor<B, 3> {
+        let y = self.out_proj.forward_in(heads.clone(), ctx.compute);
+        ctx.add_row_lora(TargetModule::OutProj, &heads, y)
     }
 }
 

@@ -38,6 +38,6 @@ impl<B: Backend> MptBlock<B> {
         };
         let a = x.clone() + drop.forward(self.attn.forward(self.norm_1.forward(x), ctx, kv));
         let m = self.norm_2.forward(a.clone());
-        a + drop.forward(self.ffn.forward_in(m, ctx.compute))
+        a + drop.forward(self.ffn.forward_ctx(m, ctx))
     }
 }

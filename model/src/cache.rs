@@ -9,6 +9,8 @@ use burn::prelude::*;
 
 use crate::attention::LayerKv;
 
+mod rows;
+
 /// Cached keys/values for a batch of sequences.
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {

@@ -5,8 +5,10 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation;
 
+use crate::attention::LayerContext;
 use crate::config::Activation;
 use crate::linear::Linear;
+use crate::lora::TargetModule;
 
 /// `down(act(up(x)))`, or with `gate_proj` present `down(act(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
@@ -56,6 +58,31 @@ impl<B: Backend> Ffn<B> {
             None => self.activation.apply(self.up_proj.forward_in(x, compute)),
         };
         self.down_proj.forward_in(h, compute)
+    }
+
+    /// [`Ffn::forward_in`] in `ctx.compute`, with `ctx`'s per-row adapters when it has any.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, s, d_model]` -> `[batch, s, d_model]`
+    pub fn forward_ctx(&self, x: Tensor<B, 3>, ctx: &LayerContext<B>) -> Tensor<B, 3> {
+        if ctx.lora.is_none() {
+            return self.forward_in(x, ctx.compute);
+        }
+        let layer = |l: &Linear<B>, target, x: Tensor<B, 3>| {
+            let y = l.forward_in(x.clone(), ctx.compute);
+            ctx.add_row_lora(target, &x, y)
+        };
+        let h = match &self.gate_proj {
+            Some(gate) => {
+                self.activation
+                    .apply(layer(gate, TargetModule::GateProj, x.clone()))
+                    * layer(&self.up_proj, TargetModule::UpProj, x)
+            }
+            None => self
+                .activation
+                .apply(layer(&self.up_proj, TargetModule::UpProj, x)),
+        };
+        layer(&self.down_proj, TargetModule::DownProj, h)
     }
 }
 

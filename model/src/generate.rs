@@ -286,7 +286,9 @@ fn validate(
     Ok(())
 }
 
-fn row_rng(seed: u64, row: usize) -> ChaCha20Rng {
+/// The sampling stream of batch row `row` under `seed`. Public so that a server sampling one
+/// sequence at a time draws exactly the tokens `generate` draws for that row.
+pub fn row_rng(seed: u64, row: usize) -> ChaCha20Rng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     key[8..16].copy_from_slice(b"generate");

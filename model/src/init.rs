@@ -154,7 +154,7 @@ pub fn param_dist(cfg: &MptConfig, spec: &ParamSpec) -> (InitDist, f64) {
 }
 
 /// FNV-1a, a fixed hash of the parameter name (std's hasher may change between releases).
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })

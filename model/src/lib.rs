@@ -14,6 +14,7 @@ pub mod init;
 pub mod kernels;
 pub mod linear;
 pub mod lm_loss;
+pub mod lora;
 pub mod loss;
 pub mod mask;
 pub mod mpt;

@@ -22,7 +22,9 @@
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
-use crate::kernels::{attach_gradients, cross_entropy_rows, linear, linear_backward};
+use crate::kernels::{
+    attach_gradients, cross_entropy_rows, is_tracked, linear, linear_backward, matmul,
+};
 
 /// Logits per block (~16 MB of f32).
 const BLOCK_ELEMENTS: usize = 1 << 22;
@@ -59,8 +61,10 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
         return Tensor::zeros([1], &device);
     }
     // Gradients only when autodiff tracks `h` or `W` (not, say, in an eval loop on an
-    // autodiff backend).
-    let grad = B::ad_enabled(&device) && (h.is_require_grad() || w.is_require_grad());
+    // autodiff backend). A frozen `W` (LoRA: only adapters train) gets none, and its product
+    // is skipped.
+    let (grad_h, grad_w) = (is_tracked(&h), is_tracked(&w));
+    let grad = grad_h || grad_w;
     let cast = |t: Tensor<B, 2>| match compute {
         Some(dt) => t.cast(dt),
         None => t,
@@ -107,26 +111,45 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
         let (loss, g) = cross_entropy_rows(logits, targets.clone().narrow(0, start, len), grad);
         losses.push(loss);
         if let Some(g) = g {
-            // The unembedding's backward: [len, d] and [v, d].
-            let (gh, gw) = linear_backward(cast(hb), wc.clone(), cast(g));
-            let (mut gh, mut gw) = (f32(gh), f32(gw));
-            if logit_scale != 1.0 {
-                gh = gh * logit_scale;
-                gw = gw * logit_scale;
+            // The unembedding's backward: [len, d] and [v, d] (or only the first, for a
+            // frozen W).
+            let (gh, gw) = if grad_w {
+                let (gh, gw) = linear_backward(cast(hb), wc.clone(), cast(g));
+                (f32(gh), Some(f32(gw)))
+            } else {
+                (f32(matmul(cast(g), wc.clone())), None)
+            };
+            let scaled = |t: Tensor<B, 2>| {
+                if logit_scale != 1.0 {
+                    t * logit_scale
+                } else {
+                    t
+                }
+            };
+            dh.push(scaled(gh));
+            if let Some(gw) = gw {
+                let gw = scaled(gw);
+                dw_acc = Some(match dw_acc {
+                    Some(acc) => acc + gw,
+                    None => gw,
+                });
             }
-            dh.push(gh);
-            dw_acc = Some(match dw_acc {
-                Some(acc) => acc + gw,
-                None => gw,
-            });
         }
     }
     let loss = Tensor::cat(losses, 0).sum(); // [1]
-    let Some(dw_total) = dw_acc else {
+    if dh.is_empty() {
         return loss;
-    };
+    }
     let dh = Tensor::cat(dh, 0); // [n, d]
-    attach_gradients(loss, h.reshape([n, d]), dh, w, dw_total)
+    let h = h.reshape([n, d]);
+    match dw_acc {
+        Some(dw_total) => attach_gradients(loss, h, dh, w, dw_total),
+        // Only `h` needs its gradient: the surrogate `loss + (s - detach(s))`, s = Σ h ⊙ ∂h.
+        None => {
+            let s = (h * dh).sum();
+            loss.detach() + (s.clone() - s.detach())
+        }
+    }
 }
 
 #[cfg(test)]

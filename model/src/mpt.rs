@@ -15,8 +15,9 @@ use crate::block::MptBlock;
 use crate::cache::KvCache;
 use crate::config::{FfnType, MptConfig};
 use crate::ffn::Ffn;
-use crate::linear::{Embedding, Linear, matmul_in};
+use crate::linear::{Embedding, Linear, matmul_in, stored_below};
 use crate::lm_loss::unembed_cross_entropy_sum;
+use crate::lora::{LoraConfig, RowAdapters};
 use crate::loss::{IGNORE_INDEX, token_cross_entropy};
 use crate::mask::attention_bias;
 use crate::norm::Norm;
@@ -63,6 +64,9 @@ pub struct Mpt<B: Backend> {
     config: MptConfig,
     /// Mixed precision (see [`Mpt::with_compute_dtype`]); not a parameter, never saved.
     compute_dtype: Option<FloatDType>,
+    /// The settings of the attached LoRA adapter (see [`crate::lora`]); the adapter's weights
+    /// live in the linear layers.
+    pub(crate) lora_config: Option<LoraConfig>,
 }
 
 impl<B: Backend> Mpt<B> {
@@ -121,6 +125,7 @@ impl<B: Backend> Mpt<B> {
             lm_head,
             config: config.clone(),
             compute_dtype: None,
+            lora_config: None,
         }
     }
 
@@ -174,7 +179,33 @@ impl<B: Backend> Mpt<B> {
             input.sequence_id,
             None,
             None,
+            None,
         )
+    }
+
+    /// [`Mpt::forward`] where each batch row also gets the LoRA adapter `adapters` picks for it
+    /// (or none), unmerged: many adapters served from one base in one batch (see
+    /// [`crate::lora::bank`]).
+    ///
+    /// # Shapes
+    /// - `input.input_ids`: `[batch, seq]` -> `[batch, seq, vocab_size]`
+    ///
+    /// # Panics
+    /// As [`Mpt::forward`]; also if `adapters` was made for another batch size.
+    pub fn forward_with_adapters(
+        &self,
+        input: MptInput<B>,
+        adapters: &RowAdapters<B>,
+    ) -> Tensor<B, 3> {
+        let x = self.run(
+            input.input_ids,
+            input.attention_mask,
+            input.sequence_id,
+            None,
+            None,
+            Some(adapters),
+        );
+        self.logits(x)
     }
 
     /// Transformers' `output_hidden_states`: the embeddings, the output of each block but the
@@ -190,6 +221,7 @@ impl<B: Backend> Mpt<B> {
             input.sequence_id,
             None,
             Some(&mut hidden),
+            None,
         );
         hidden.push(last);
         hidden
@@ -212,7 +244,34 @@ impl<B: Backend> Mpt<B> {
         attention_mask: Option<Tensor<B, 2, Bool>>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
-        let x = self.run(input_ids, attention_mask, None, Some(cache), None);
+        let x = self.run(input_ids, attention_mask, None, Some(cache), None, None);
+        self.logits(x)
+    }
+
+    /// [`Mpt::forward_cached`] with a LoRA adapter (or none) per batch row, as
+    /// [`Mpt::forward_with_adapters`]. The cache holds what each row's own adapter computed, so
+    /// a row must keep its adapter for the life of the cache.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, s]` -> `[batch, s, vocab_size]`
+    ///
+    /// # Panics
+    /// As [`Mpt::forward_cached`]; also if `adapters` was made for another batch size.
+    pub fn forward_cached_with_adapters(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Bool>>,
+        cache: &mut KvCache<B>,
+        adapters: &RowAdapters<B>,
+    ) -> Tensor<B, 3> {
+        let x = self.run(
+            input_ids,
+            attention_mask,
+            None,
+            Some(cache),
+            None,
+            Some(adapters),
+        );
         self.logits(x)
     }
 
@@ -227,8 +286,9 @@ impl<B: Backend> Mpt<B> {
                 let [b, s, d] = x.dims();
                 let w = self.wte.weight.val(); // [vocab, d]
                 let v = w.dims()[0];
-                matmul_in(x.reshape([b * s, d]), w.transpose(), self.compute_dtype)
-                    .reshape([b, s, v])
+                // A bf16 table (frozen base under LoRA) multiplies in bf16.
+                let compute = self.compute_dtype.or_else(|| stored_below(&w, &x));
+                matmul_in(x.reshape([b * s, d]), w.transpose(), compute).reshape([b, s, v])
             }
         };
         let scale = self.config.logit_scale_value();
@@ -259,7 +319,10 @@ impl<B: Backend> Mpt<B> {
     /// [`Mpt::loss_sum`] from the normalised final hidden states `h`.
     fn features_loss_sum(&self, h: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
         let fusable = self.config.final_logit_softcapping.is_none()
-            && self.lm_head.as_ref().is_none_or(|l| l.bias.is_none());
+            && self
+                .lm_head
+                .as_ref()
+                .is_none_or(|l| l.bias.is_none() && l.lora.is_none());
         if !fusable {
             return token_cross_entropy(self.logits(h), targets, IGNORE_INDEX).sum();
         }
@@ -267,13 +330,14 @@ impl<B: Backend> Mpt<B> {
             Some(head) => head.weight.val(),
             None => self.wte.weight.val(),
         };
+        let compute = self.compute_dtype.or_else(|| stored_below(&w, &h));
         unembed_cross_entropy_sum(
             h,
             w,
             targets,
             IGNORE_INDEX,
             self.config.logit_scale_value(),
-            self.compute_dtype,
+            compute,
         )
     }
 
@@ -312,14 +376,33 @@ impl<B: Backend> Mpt<B> {
         sequence_id: Option<Tensor<B, 2, Int>>,
         mut cache: Option<&mut KvCache<B>>,
         mut hidden: Option<&mut Vec<Tensor<B, 3>>>,
+        row_lora: Option<&RowAdapters<B>>,
     ) -> Tensor<B, 3> {
+        if let Some(r) = row_lora {
+            let batch = ids.dims()[0];
+            assert_eq!(
+                r.batch(),
+                batch,
+                "the adapter selection covers {} rows, the input has {batch}",
+                r.batch()
+            );
+        }
         let (mut x, ctx) = self.prepare(ids, attention_mask, sequence_id, cache.as_deref_mut());
         for (i, block) in self.blocks.iter().enumerate() {
             if let Some(h) = hidden.as_deref_mut() {
                 h.push(x.clone());
             }
             let kv = cache.as_deref_mut().map(|k| k.layer(i));
-            x = block.forward(x, &ctx, kv);
+            x = match row_lora {
+                Some(rows) => {
+                    let block_ctx = LayerContext {
+                        lora: Some(rows.block(i)),
+                        ..ctx.clone()
+                    };
+                    block.forward(x, &block_ctx, kv)
+                }
+                None => block.forward(x, &ctx, kv),
+            };
         }
         if let Some(k) = cache {
             let [_, s, _] = x.dims();
@@ -426,6 +509,7 @@ impl<B: Backend> Mpt<B> {
             bias,
             rotary,
             compute: self.compute_dtype,
+            lora: None,
         };
         (x, ctx)
     }

@@ -18,16 +18,6 @@ pub struct Rotary<B: Backend> {
     sin: Tensor<B, 4>,
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> Rotary<B> {
-    /// The same tables on the inner backend.
-    pub fn inner(&self) -> Rotary<B::InnerBackend> {
-        Rotary {
-            cos: self.cos.clone().inner(),
-            sin: self.sin.clone().inner(),
-        }
-    }
-}
-
 /// Inverse frequencies `theta^(-2i/d)` for `i < d/2`.
 fn inv_freq(head_dim: usize, theta: f64) -> Vec<f32> {
     (0..head_dim / 2)

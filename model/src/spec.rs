@@ -257,6 +257,7 @@ impl<'a, B: Backend> Builder<'a, B> {
         Linear {
             weight: self.param2(&format!("{prefix}.weight")),
             bias: self.opt1(&format!("{prefix}.bias")),
+            lora: None,
         }
     }
 

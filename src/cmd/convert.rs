@@ -1,5 +1,7 @@
 //! `tessera convert`: rewrite an HF MPT checkpoint (or a tessera training checkpoint, which is
-//! one) in another dtype or shard size, for serving with transformers or vLLM.
+//! one) in another dtype or shard size, for serving with transformers or vLLM; with
+//! `--merge-lora`, first merge a PEFT LoRA adapter into it (`W' = W + scale · B A`), so that
+//! the result needs no PEFT to load.
 
 use std::path::PathBuf;
 
@@ -7,6 +9,7 @@ use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 use tessera::device::{DeviceSpec, Job};
 use tessera::model::hf::{self, HfDtype, SaveOptions};
+use tessera::model::lora;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,6 +25,10 @@ pub struct Args {
     /// Start a new shard above this many bytes (transformers' max_shard_size).
     #[arg(long, default_value_t = 5_000_000_000)]
     max_shard_bytes: u64,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+    /// `PeftModel.save_pretrained` or tessera writes it) to merge into the weights.
+    #[arg(long, value_name = "ADAPTER_DIR")]
+    merge_lora: Option<PathBuf>,
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
@@ -46,6 +53,19 @@ impl Job for Convert {
         }
         let (config, model) = hf::load::<B::InnerBackend>(&a.model, &device)
             .with_context(|| format!("loading {}", a.model.display()))?;
+        let model = match &a.merge_lora {
+            Some(dir) => {
+                if *dir == a.out {
+                    bail!("--out must differ from --merge-lora");
+                }
+                let adapter = lora::peft::load::<B::InnerBackend>(dir, &config, &device)
+                    .with_context(|| format!("loading the LoRA adapter {}", dir.display()))?;
+                lora::merge(model, &adapter).with_context(|| {
+                    format!("merging {} into {}", dir.display(), a.model.display())
+                })?
+            }
+            None => model,
+        };
         hf::save_with(
             &model,
             &config,
@@ -69,8 +89,13 @@ impl Job for Convert {
                     .with_context(|| format!("copying {}", from.display()))?;
             }
         }
+        let merged = a
+            .merge_lora
+            .as_ref()
+            .map(|d| format!(", LoRA adapter {} merged", d.display()))
+            .unwrap_or_default();
         println!(
-            "wrote {} ({} parameters, {})",
+            "wrote {} ({} parameters, {}{merged})",
             a.out.display(),
             config.num_params(),
             a.dtype

@@ -179,8 +179,9 @@ fn load_tokenizer(args: &Args) -> anyhow::Result<Option<Tokenizer>> {
     Ok(Some(Tokenizer::from_file(&path)?))
 }
 
-/// `eos_token_id` from the checkpoint's generation_config.json, if it names one.
-fn generation_config_eos(model_dir: &Path) -> anyhow::Result<Option<u32>> {
+/// `eos_token_id` from the checkpoint's generation_config.json, if it names one (`serve` uses
+/// the same rule, so its greedy output matches this command's).
+pub fn generation_config_eos(model_dir: &Path) -> anyhow::Result<Option<u32>> {
     let path = model_dir.join("generation_config.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

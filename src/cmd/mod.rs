@@ -1,5 +1,6 @@
 pub mod bench_code;
 pub mod bench_icl;
+pub mod bench_lora;
 pub mod bench_step;
 pub mod bench_stream;
 pub mod convert;
@@ -11,6 +12,7 @@ pub mod parity;
 pub mod plan;
 pub mod preflight;
 pub mod quickstart;
+pub mod serve;
 pub mod train;
 
 use tessera::device::DeviceSpec;

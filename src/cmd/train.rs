@@ -32,6 +32,10 @@ pub struct Args {
     /// precision: h100 (= h100-sxm), h100-pcie, h200 or a100.
     #[arg(long)]
     gpu: Option<String>,
+    /// Record the global sample ids of every step in DIR/rank{r}.jsonl (for tests of exactly-once
+    /// data across resumes).
+    #[arg(long, value_name = "DIR", hide = true)]
+    sample_log: Option<PathBuf>,
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
@@ -44,10 +48,19 @@ pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
         };
     let loaded = config::load_file(&args.config, &args.overrides)?;
     let peak_flops = gpu.map(|g| g.peak_flops(loaded.config.precision));
+    // composer's launch environment (RANK, WORLD_SIZE, MASTER_ADDR…), or Slurm's under srun;
+    // none of it is one process.
+    let ranks = tessera::dist::RankEnv::from_process_env()?;
+    // One process per GPU: rank r of a node trains on cuda:LOCAL_RANK, as composer does.
+    let device = match device {
+        DeviceSpec::Cuda(_) if ranks.world_size > 1 => DeviceSpec::Cuda(ranks.local_rank),
+        d => d,
+    };
     device.run(TrainJob {
         args,
         loaded,
         peak_flops,
+        ranks,
     })
 }
 
@@ -55,6 +68,7 @@ struct TrainJob {
     args: Args,
     loaded: config::LoadedConfig,
     peak_flops: Option<f64>,
+    ranks: tessera::dist::RankEnv,
 }
 
 impl Job for TrainJob {
@@ -66,6 +80,8 @@ impl Job for TrainJob {
             run_dir: self.args.run_dir.clone(),
             device_label: super::device_label(spec),
             peak_flops: self.peak_flops,
+            ranks: Some(self.ranks),
+            sample_log: self.args.sample_log.clone(),
             device_memory: spec.memory_bytes(),
             on_stall: Some(exit_if_stuck()),
         };

@@ -50,6 +50,13 @@ impl Example {
     pub fn loss_tokens(&self) -> usize {
         self.targets.iter().filter(|&&t| t != IGNORE).count()
     }
+
+    /// Real input tokens (padding excluded).
+    pub fn tokens(&self) -> usize {
+        self.attention
+            .as_ref()
+            .map_or(self.input_ids.len(), |a| a.iter().filter(|&&x| x).count())
+    }
 }
 
 /// llm-foundry's `get_sequence_id_from_batch` for one row.
@@ -130,14 +137,7 @@ pub fn to_device<B: Backend>(examples: &[Example], device: &B::Device) -> Device
             .flat_map(|e| e.sequence_id.clone().unwrap_or_else(|| vec![0; seq]))
             .collect())
     });
-    let tokens = examples
-        .iter()
-        .map(|e| {
-            e.attention
-                .as_ref()
-                .map_or(seq, |a| a.iter().filter(|&&x| x).count())
-        })
-        .sum();
+    let tokens = examples.iter().map(Example::tokens).sum();
     DeviceBatch {
         input_ids: int(ids),
         targets: int(targets),

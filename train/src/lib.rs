@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod guard;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod plan;
 pub mod preflight;
 pub mod schedule;

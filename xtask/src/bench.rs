@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{markdown, util};
 
-#[derive(clap::Subcommand, Clone, Copy)]
+#[derive(clap::Subcommand, Clone)]
 pub enum Suite {
     /// CPU backends (flex, ndarray, ndarray+OpenBLAS): forward+backward of a tiny MPT.
     Backends {
@@ -23,6 +23,8 @@ pub enum Suite {
     Eval(crate::bench_eval::Args),
     /// CPU training tokens/s (quickstart model, mpt-small-cpu) vs PyTorch, and a run's time split.
     Train(crate::bench_train::Args),
+    /// `tessera serve` under 1-32 concurrent clients: output tokens/s, TTFT and TPOT.
+    Serve(crate::bench_serve::Args),
 }
 
 pub fn run(suite: Suite) -> anyhow::Result<()> {
@@ -31,6 +33,7 @@ pub fn run(suite: Suite) -> anyhow::Result<()> {
         Suite::Data(args) => crate::bench_data::run(args),
         Suite::Eval(args) => crate::bench_eval::run(args),
         Suite::Train(args) => crate::bench_train::run(args),
+        Suite::Serve(args) => crate::bench_serve::run(args),
     }
 }
 

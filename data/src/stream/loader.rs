@@ -81,6 +81,8 @@ pub struct TokenLoader {
     prefetch: Option<Prefetcher>,
     predownload: usize,
     requested_upto: usize,
+    /// Global sample ids of the last batch [`next_batch_into`](Self::next_batch_into) returned.
+    last_batch_ids: Vec<i64>,
 }
 
 impl TokenLoader {
@@ -103,6 +105,7 @@ impl TokenLoader {
             prefetch,
             predownload,
             requested_upto: 0,
+            last_batch_ids: Vec::new(),
         })
     }
 
@@ -176,12 +179,20 @@ impl TokenLoader {
                 });
             }
         }
+        self.last_batch_ids.clear();
         for _ in 0..bs {
             let start = tokens.len();
-            self.next_sample_into(tokens)?;
+            if let Some(id) = self.next_sample_into(tokens)? {
+                self.last_batch_ids.push(id);
+            }
             lengths.push(tokens.len() - start);
         }
         Ok(())
+    }
+
+    /// The global sample ids of the last batch returned, in order (which samples a step saw).
+    pub fn last_batch_ids(&self) -> &[i64] {
+        &self.last_batch_ids
     }
 
     /// The next per-device batch, one `Vec<u32>` per sample (see

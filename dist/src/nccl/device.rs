@@ -28,7 +28,7 @@ use crate::error::{DistError, Op};
 type CudaTensor = CubeTensor<CudaRuntime>;
 
 /// True when `B`'s float tensors are burn-cuda's (`CubeTensor<CudaRuntime>`).
-pub(crate) fn is_cuda_backend<B: Backend>() -> bool {
+pub fn is_cuda_backend<B: Backend>() -> bool {
     std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<CudaTensor>()
 }
 

@@ -18,6 +18,7 @@
 pub(crate) mod device;
 mod self_check;
 
+pub use device::is_cuda_backend;
 pub use self_check::{SelfCheckReport, gpu_self_check};
 
 use std::ffi::CStr;

@@ -27,7 +27,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Index of sharded weights.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-mod save;
+pub(crate) mod save;
 
 pub use save::{SaveOptions, named_gradients, named_parameters, save, save_with};
 
@@ -158,6 +158,14 @@ pub enum HfError {
         /// What is wrong.
         message: String,
     },
+    /// The model carries a LoRA adapter, which an HF checkpoint has no place for.
+    #[error(
+        "{dir}: the model carries a LoRA adapter; merge it first (tessera_model::lora::merge, Mpt::merge_adapter) or save it on its own (lora::peft::save)"
+    )]
+    HasAdapter {
+        /// The directory that was not written.
+        dir: PathBuf,
+    },
     /// Tensors do not match the config; lists every problem.
     #[error("{dir}: {} tensor problem(s): {}", problems.len(), problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Tensors {
@@ -228,7 +236,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
     })
 }
 
-fn map_file(path: &Path) -> Result<memmap2::Mmap, HfError> {
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap, HfError> {
     let file = File::open(path).map_err(io(path))?;
     // SAFETY: the map is read-only and lives only during the load; like every safetensors
     // loader we rely on the checkpoint not being truncated or rewritten meanwhile.
@@ -359,7 +367,7 @@ pub(crate) fn file_name(p: &Path) -> String {
 }
 
 /// Little-endian bytes of a float tensor to f32 values (exact for all three dtypes).
-fn to_f32(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
+pub(crate) fn to_f32(bytes: &[u8], dtype: Dtype) -> Vec<f32> {
     match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

@@ -15,7 +15,7 @@ use crate::config::MptConfig;
 use crate::mpt::Mpt;
 use crate::spec::{ParamSpec, hf_name, param_specs};
 
-fn from_f32(values: &[f32], dtype: HfDtype) -> Vec<u8> {
+pub(crate) fn from_f32(values: &[f32], dtype: HfDtype) -> Vec<u8> {
     match dtype {
         HfDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         HfDtype::F16 => values
@@ -154,6 +154,11 @@ pub fn save_with<B: Backend>(
     opts: SaveOptions,
 ) -> Result<(), HfError> {
     let dir = dir.as_ref();
+    if model.has_adapter() {
+        return Err(HfError::HasAdapter {
+            dir: dir.to_path_buf(),
+        });
+    }
     let specs = param_specs(config);
     std::fs::create_dir_all(dir).map_err(io(dir))?;
 
@@ -321,10 +326,11 @@ impl<B: Backend> ModuleVisitor<B> for ShapeCollector<'_> {
     }
 }
 
-struct OwnedView {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// A tensor's bytes for `safetensors::serialize`.
+pub(crate) struct OwnedView {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<u8>,
 }
 
 impl safetensors::View for OwnedView {
@@ -343,7 +349,7 @@ impl safetensors::View for OwnedView {
 }
 
 /// Writes `bytes` to `path` atomically and durably.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
     tessera_fs::atomic_write(path, bytes).map_err(|source| HfError::Io {
         path: path.to_path_buf(),
         source,
@@ -351,7 +357,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HfError> {
 }
 
 /// fsyncs `dir`, making the renames and removals in it durable.
-fn sync_dir(dir: &Path) -> Result<(), HfError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), HfError> {
     tessera_fs::sync_dir(dir).map_err(|source| HfError::Io {
         path: dir.to_path_buf(),
         source,

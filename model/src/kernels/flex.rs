@@ -62,6 +62,17 @@ pub(super) fn specialised<B: Backend>() -> bool {
     which::<B>() != Which::Other
 }
 
+/// Whether autodiff tracks `t` (a parameter that requires a gradient, or a result computed
+/// from one) on Autodiff<Flex>; `None` on every other backend.
+pub(super) fn is_tracked<B: Backend>(t: &Prim<B>) -> Option<bool> {
+    if which::<B>() != Which::AutodiffFlex {
+        return None;
+    }
+    (t as &dyn Any)
+        .downcast_ref::<AdTensor>()
+        .map(|t| !t.node.requirement.is_none())
+}
+
 /// Moves `value` to type `T`, which the caller has established it is (via [`which`]).
 fn give<S: 'static, T: 'static>(value: S) -> T {
     let mut slot = Some(value);

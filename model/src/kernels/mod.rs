@@ -263,6 +263,21 @@ pub fn cross_entropy_rows<B: Backend>(
     (loss, g)
 }
 
+/// Whether autodiff will carry a gradient back through `x`: `x` is a parameter that requires
+/// one, or was computed from one. Unlike `Tensor::is_require_grad` (true for such parameters
+/// only), this holds for intermediate results too, so code that differentiates by hand (see
+/// [`crate::lm_loss`]) can tell a frozen input from a trainable one. Read from the graph on
+/// Autodiff<Flex>; on other autodiff backends assumed whenever autodiff is enabled; false on
+/// backends without autodiff.
+pub fn is_tracked<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    let device = x.device();
+    if !B::ad_enabled(&device) {
+        return false;
+    }
+    let prim = x.clone().into_primitive().tensor();
+    flex::is_tracked::<B>(&prim).unwrap_or(true)
+}
+
 /// `value` as a function of `a` and `b` whose gradients are the given constants `da`, `db`:
 /// the result equals `value`, and backpropagating `c` from it adds `c · da` to `a`'s gradient
 /// and `c · db` to `b`'s. `value` itself is taken as a constant (any graph it carries is

@@ -18,7 +18,7 @@ use super::{CheckpointError, CheckpointStore, Payload, RemoteCheckpoints};
 pub struct AsyncCheckpointer {
     store: CheckpointStore,
     remote: Option<Arc<RemoteCheckpoints>>,
-    in_flight: Option<(u64, JoinHandle<Result<PathBuf, CheckpointError>>)>,
+    in_flight: Option<(u64, JoinHandle<Result<Option<PathBuf>, CheckpointError>>)>,
     /// Folders written so far, with their step, in order (for the run log).
     done: mpsc::Sender<(u64, PathBuf)>,
     done_rx: mpsc::Receiver<(u64, PathBuf)>,
@@ -46,18 +46,22 @@ impl AsyncCheckpointer {
         &self.store
     }
 
-    /// Starts writing `payload` in the background, after the previous save has finished.
+    /// Starts writing `payload` (as the save's only writer) in the background, after the
+    /// previous save has finished.
     pub fn save(&mut self, payload: Payload) -> Result<(), CheckpointError> {
         let step = payload.step;
-        self.save_with(step, move || Ok(payload))
+        self.spawn(step, move |store| store.write(&payload).map(Some))
     }
 
-    /// Like [`save`](Self::save), with the payload built on the writer thread: the caller copies
-    /// tensors to the host, and serialization happens off the training thread too.
-    pub fn save_with(
+    /// Runs `write` on the writer thread after the previous save has finished. `write` does this
+    /// process's part of the save at `step` and returns the folder if it published one (the
+    /// committing rank), which is then uploaded to the remote, if any.
+    pub fn spawn(
         &mut self,
         step: u64,
-        build: impl FnOnce() -> Result<Payload, String> + Send + 'static,
+        write: impl FnOnce(&CheckpointStore) -> Result<Option<PathBuf>, CheckpointError>
+        + Send
+        + 'static,
     ) -> Result<(), CheckpointError> {
         self.wait()?;
         let store = self.store.clone();
@@ -66,13 +70,14 @@ impl AsyncCheckpointer {
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-ba{step}"))
             .spawn(move || {
-                let payload = build().map_err(CheckpointError::Writer)?;
-                let dir = store.write(&payload)?;
+                let Some(dir) = write(&store)? else {
+                    return Ok(None);
+                };
                 if let Some(remote) = remote {
                     remote.upload(&dir)?;
                 }
                 let _ = done.send((step, dir.clone()));
-                Ok(dir)
+                Ok(Some(dir))
             })
             .map_err(|e| CheckpointError::Writer(e.to_string()))?;
         self.in_flight = Some((step, handle));

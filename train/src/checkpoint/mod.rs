@@ -21,6 +21,7 @@
 mod async_writer;
 mod manifest;
 mod remote;
+pub mod sharded;
 pub mod store;
 
 pub use async_writer::AsyncCheckpointer;

@@ -9,7 +9,6 @@ use serde_json::Value;
 
 /// Top-level keys tessera ignores, with the reason shown in docs.
 pub const IGNORED_TOP_LEVEL: &[&str] = &[
-    "fsdp_config",          // tessera shards with its own `dist` module
     "tp_config",            // no tensor parallelism
     "callbacks", // composer callbacks (speed_monitor, lr_monitor…): tessera has built-in metrics
     "loggers",   // wandb/mlflow: tessera writes metrics.jsonl and TensorBoard
@@ -153,7 +152,6 @@ mod tests {
     #[test]
     fn strips_and_lists_each_ignored_key_once() {
         let mut t = json!({
-            "fsdp_config": {"sharding_strategy": "FULL_SHARD"},
             "callbacks": {"speed_monitor": {}},
             "algorithms": {"low_precision_layernorm": {}},
             "model": {"name": "mpt_causal_lm", "init_device": "meta", "d_model": 16},
@@ -169,7 +167,6 @@ mod tests {
                 "algorithms.low_precision_layernorm",
                 "callbacks",
                 "eval_loader.num_workers",
-                "fsdp_config",
                 "model.init_device",
                 "train_loader.dataset.keep_zip",
                 "train_loader.dataset.streams.*.keep_zip",

@@ -15,6 +15,7 @@
 
 pub mod de;
 pub mod duration;
+pub mod fsdp;
 pub mod ignored;
 pub mod interpolate;
 pub mod model;
@@ -26,8 +27,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use duration::{Duration, DurationError, TimeContext};
+pub use fsdp::{FsdpConfig, FsdpPrecision, StateDictType};
 pub use interpolate::InterpolationError;
-pub use model::ModelSource;
+pub use model::{AdapterSource, ModelBlock, ModelSource};
 pub use schema::{
     DatasetConfig, LoaderConfig, LoaderKind, MicroBatchSize, Precision, StreamConfig,
     TokenizerConfig, TrainConfig,
@@ -136,7 +138,7 @@ pub fn load_str(
     }
     let ignored_keys = ignored::strip_ignored(&mut tree);
     if let Some(m) = tree.get("model") {
-        ModelSource::from_tree(m)?;
+        ModelBlock::from_tree(m)?;
     }
     let config: TrainConfig = from_tree(&tree).map_err(|(path, e)| map_de_error(path, e))?;
     config.validate()?;

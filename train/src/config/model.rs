@@ -9,12 +9,116 @@
 //! The MPT fields are kept as the mapping written in the YAML and handed to
 //! `tessera_model::MptConfig` (which owns their names, defaults and validation) by
 //! [`ModelSource::mpt_fields`]; tessera does not keep a second list of them here.
+//!
+//! LoRA fine-tuning takes llm-foundry's two keys in the same block ([`AdapterSource`]):
+//! `peft_config` (a new adapter, PEFT's `LoraConfig` fields) or `pretrained_lora_id_or_path`
+//! (a PEFT adapter folder to keep training).
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
+use tessera_model::lora::LoraConfig;
+
 use super::ConfigError;
 use super::de::{describe, nearest};
+
+/// The `model:` block: the base model and, for LoRA fine-tuning, the adapter that trains on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelBlock {
+    /// The base model.
+    pub base: ModelSource,
+    /// The adapter; with one, the base is frozen and only the adapter trains.
+    pub adapter: Option<AdapterSource>,
+}
+
+/// Where a LoRA adapter comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterSource {
+    /// `peft_config`: a new adapter with these settings (initialised from the run seed).
+    New {
+        /// The settings.
+        config: LoraConfig,
+        /// The mapping as written (kept for the config hash and for printing).
+        raw: Value,
+    },
+    /// `pretrained_lora_id_or_path`: a PEFT adapter folder whose weights keep training.
+    Pretrained(String),
+}
+
+const ADAPTER_KEYS: &[&str] = &["peft_config", "pretrained_lora_id_or_path"];
+
+impl ModelBlock {
+    /// Reads the `model:` block (already interpolated, ignored keys removed).
+    pub fn from_tree(v: &Value) -> Result<Self, ConfigError> {
+        let Value::Object(m) = v else {
+            return ModelSource::from_tree(v).map(|base| ModelBlock {
+                base,
+                adapter: None,
+            });
+        };
+        let mut rest = m.clone();
+        let peft = rest.remove("peft_config").filter(|v| !v.is_null());
+        let lora_path = rest
+            .remove("pretrained_lora_id_or_path")
+            .filter(|v| !v.is_null());
+        let adapter = match (peft, lora_path) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "model.pretrained_lora_id_or_path".into(),
+                    message: "set either peft_config (a new adapter) or pretrained_lora_id_or_path \
+                              (an adapter to keep training), not both: the folder's adapter_config.json \
+                              already holds the settings"
+                        .into(),
+                });
+            }
+            (Some(raw), None) => {
+                let config =
+                    LoraConfig::from_peft_config(&raw, "model.peft_config").map_err(|e| {
+                        ConfigError::Invalid {
+                            key: "model.peft_config".into(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                Some(AdapterSource::New { config, raw })
+            }
+            (None, Some(Value::String(p))) if !p.is_empty() => Some(AdapterSource::Pretrained(p)),
+            (None, Some(other)) => {
+                return Err(ConfigError::Invalid {
+                    key: "model.pretrained_lora_id_or_path".into(),
+                    message: format!("expected a PEFT adapter folder, found {}", describe(&other)),
+                });
+            }
+        };
+        Ok(ModelBlock {
+            base: ModelSource::from_tree(&Value::Object(rest))?,
+            adapter,
+        })
+    }
+
+    /// The MPT fields of a fresh model (see [`ModelSource::mpt_fields`]).
+    pub fn mpt_fields(&self) -> Option<Value> {
+        self.base.mpt_fields()
+    }
+}
+
+impl Serialize for ModelBlock {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The base's keys, then the adapter's: without an adapter this is exactly the base's
+        // mapping, so configs (and their hashes) from before LoRA are unchanged.
+        let mut v = serde_json::to_value(&self.base).map_err(serde::ser::Error::custom)?;
+        if let (Value::Object(m), Some(a)) = (&mut v, &self.adapter) {
+            match a {
+                AdapterSource::New { raw, .. } => m.insert("peft_config".into(), raw.clone()),
+                AdapterSource::Pretrained(p) => m.insert(
+                    "pretrained_lora_id_or_path".into(),
+                    Value::String(p.clone()),
+                ),
+            };
+        }
+        v.serialize(s)
+    }
+}
 
 /// Where the model comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,11 +177,10 @@ impl ModelSource {
                 ),
             });
         }
-        if m.contains_key("peft_config") || m.contains_key("pretrained_lora_id_or_path") {
+        if let Some(k) = ADAPTER_KEYS.iter().find(|k| m.contains_key(**k)) {
             return Err(ConfigError::Invalid {
-                key: "model.peft_config".into(),
-                message: "LoRA/PEFT adapters are not supported; tessera fine-tunes all weights"
-                    .into(),
+                key: format!("model.{k}"),
+                message: "an adapter belongs to the model block (ModelBlock::from_tree)".into(),
             });
         }
         let overrides = |m: &Map<String, Value>| -> Result<Map<String, Value>, ConfigError> {
@@ -269,8 +372,65 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.pretrained"), "{e}");
-        let e = ModelSource::from_tree(&json!({"name": "hf_causal_lm", "pretrained_model_name_or_path": "x", "peft_config": {}}))
-            .unwrap_err().to_string();
-        assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn peft_config_and_pretrained_lora_are_read_beside_any_base() {
+        let b = ModelBlock::from_tree(&json!({"name": "hf_causal_lm", "pretrained_model_name_or_path": "x",
+            "peft_config": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["Wqkv", "out_proj"]}}))
+        .unwrap();
+        assert!(matches!(b.base, ModelSource::Pretrained { ref path, .. } if path == "x"));
+        match &b.adapter {
+            Some(AdapterSource::New { config, .. }) => {
+                assert_eq!(config.r, 4);
+                assert_eq!(config.target_modules.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        // It serialises back to the keys it came from.
+        let v = serde_json::to_value(&b).unwrap();
+        assert_eq!(v["peft_config"]["r"], json!(4));
+        assert_eq!(v["pretrained_model_name_or_path"], json!("x"));
+
+        let b = ModelBlock::from_tree(&json!({"name": "mpt_causal_lm", "d_model": 16,
+            "pretrained_lora_id_or_path": "adapters/a"}))
+        .unwrap();
+        assert_eq!(b.mpt_fields(), Some(json!({"d_model": 16})));
+        assert_eq!(
+            b.adapter,
+            Some(AdapterSource::Pretrained("adapters/a".into()))
+        );
+
+        // Without an adapter the block serialises exactly as the base (old config hashes hold).
+        let plain = json!({"name": "mpt_causal_lm", "d_model": 16});
+        let b = ModelBlock::from_tree(&plain).unwrap();
+        assert_eq!(serde_json::to_value(&b).unwrap(), plain);
+    }
+
+    #[test]
+    fn adapter_errors_name_the_key() {
+        let e = ModelBlock::from_tree(
+            &json!({"pretrained": "x", "peft_config": {"peft_type": "LORA", "r": 0}}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("model.peft_config") && e.contains("r"), "{e}");
+        let e = ModelBlock::from_tree(
+            &json!({"pretrained": "x", "peft_config": {"peft_type": "PREFIX_TUNING"}}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("model.peft_config") && e.contains("LORA"), "{e}");
+        let e = ModelBlock::from_tree(
+            &json!({"pretrained": "x", "peft_config": {"peft_type": "LORA"},
+            "pretrained_lora_id_or_path": "a"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = ModelBlock::from_tree(&json!({"pretrained": "x", "pretrained_lora_id_or_path": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.pretrained_lora_id_or_path"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::duration::Duration;
-use super::model::ModelSource;
+use super::model::ModelBlock;
 use crate::guard::GuardsConfig;
 use crate::optim::OptimizerConfig;
 use crate::optim::clip::GradientClippingConfig;
@@ -22,9 +22,9 @@ use crate::schedule::SchedulerConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// The model to train (see [`ModelSource`]).
-    #[serde(deserialize_with = "model_source")]
-    pub model: ModelSource,
+    /// The model to train, and the LoRA adapter if only that trains (see [`ModelBlock`]).
+    #[serde(deserialize_with = "model_block")]
+    pub model: ModelBlock,
     /// The tokenizer: a `tokenizer.json` path (or a folder holding one), with HF kwargs.
     pub tokenizer: TokenizerConfig,
     /// Training data.
@@ -112,6 +112,10 @@ pub struct TrainConfig {
     /// tessera's NaN, loss-spike and stall guards.
     #[serde(default)]
     pub guards: GuardsConfig,
+    /// How data-parallel training shards its state (llm-foundry's `fsdp_config`); absent, the
+    /// state is replicated on every rank (DDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsdp_config: Option<super::FsdpConfig>,
     /// In-context-learning tasks run at `eval_interval`: a tasks YAML path or an inline list, in
     /// llm-foundry's format. The trainer passes them to tessera-eval through its eval hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,9 +150,9 @@ fn thousand_batches() -> Duration {
     Duration::Batches(1000)
 }
 
-fn model_source<'de, D: Deserializer<'de>>(d: D) -> Result<ModelSource, D::Error> {
+fn model_block<'de, D: Deserializer<'de>>(d: D) -> Result<ModelBlock, D::Error> {
     let v = Value::deserialize(d)?;
-    ModelSource::from_tree(&v).map_err(de::Error::custom)
+    ModelBlock::from_tree(&v).map_err(de::Error::custom)
 }
 
 /// The tokenizer block.

@@ -145,7 +145,7 @@ fn llm_foundry_style_yaml_loads_with_interpolation() {
         c.tokenizer.kwargs["model_max_length"],
         serde_json::json!(128)
     );
-    match &c.model {
+    match &c.model.base {
         ModelSource::Mpt(m) => {
             assert_eq!(m["d_model"], serde_json::json!(16));
             assert_eq!(m["max_seq_len"], serde_json::json!(128));
@@ -163,15 +163,19 @@ fn ignored_keys_are_listed_once_in_one_warning() {
         vec![
             "callbacks",
             "eval_loader.num_workers",
-            "fsdp_config",
             "model.init_device",
             "model.loss_fn",
             "train_loader.num_workers"
         ]
     );
     let w = l.ignored_warning().unwrap();
-    assert_eq!(w.matches("fsdp_config").count(), 1);
-    assert!(w.contains("callbacks"));
+    assert_eq!(w.matches("callbacks").count(), 1);
+    // fsdp_config is a real key now.
+    let f = l.config.fsdp_config.unwrap();
+    assert_eq!(
+        f.sharding_strategy,
+        crate::parallel::ShardingStrategy::FullShard
+    );
 }
 
 #[test]
@@ -359,7 +363,7 @@ fn pretrained_model_and_eval_loader_lists() {
     );
     let l = load(&text, &[]).unwrap();
     assert!(
-        matches!(&l.config.model, ModelSource::Pretrained { path, load_weights: true, .. } if path == "./hf/mpt-7b")
+        matches!(&l.config.model.base, ModelSource::Pretrained { path, load_weights: true, .. } if path == "./hf/mpt-7b")
     );
     let two = format!(
         "{text}eval_loader:\n- {{label: c4, name: text, dataset: {{local: ./c4, split: val}}}}\n- {{label: code, name: text, dataset: {{local: ./code}}}}\n"
@@ -434,8 +438,18 @@ fn loads_llm_foundry_mpt_125m_yaml() {
     assert_eq!(c.precision, Precision::AmpBf16);
     assert_eq!(c.global_train_batch_size, 256);
     assert_eq!(c.run_name, None);
-    assert!(l.ignored_keys.contains(&"fsdp_config".to_string()));
-    assert!(matches!(c.model, ModelSource::Mpt(ref m) if m["d_model"] == 768));
+    let f = c.fsdp_config.expect("fsdp_config");
+    assert_eq!(
+        f.sharding_strategy,
+        crate::parallel::ShardingStrategy::FullShard
+    );
+    assert_eq!(f.mixed_precision, crate::config::FsdpPrecision::Pure);
+    assert!(!f.activation_checkpointing);
+    assert_eq!(
+        f.inert_keys(),
+        vec!["activation_checkpointing_reentrant", "limit_all_gathers"]
+    );
+    assert!(matches!(c.model.base, ModelSource::Mpt(ref m) if m["d_model"] == 768));
 }
 
 #[test]
@@ -471,6 +485,6 @@ fn loads_llm_foundry_finetune_yaml() {
     assert_eq!(c.max_duration, Duration::Epochs(1));
     assert_eq!(c.eval_interval, Duration::Epochs(1));
     assert!(
-        matches!(c.model, ModelSource::Pretrained { ref path, load_weights: true, .. } if path == "gpt2")
+        matches!(c.model.base, ModelSource::Pretrained { ref path, load_weights: true, .. } if path == "gpt2")
     );
 }

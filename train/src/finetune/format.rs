@@ -20,6 +20,7 @@
 use tessera_data::tokenizer::{Tokenizer, TokenizerError};
 
 use super::source::{Message, Role, Row};
+use super::tokenizer::ChatTemplate;
 use crate::batch::IGNORE;
 
 /// Which prompt tokens are targets.
@@ -104,39 +105,70 @@ fn chatml(messages: &[Message], add_generation_prompt: bool) -> String {
     s
 }
 
-/// `_slice_chat_formatted_example` with the default template: one (prompt, response) text per
-/// assistant message. The prompt is everything since the previous response (history included
-/// in the first turn) up to the generation prompt; the response is the assistant message as
-/// the template writes it, end marker included.
-pub fn chat_turns(messages: &[Message]) -> Vec<(String, String)> {
+/// `_slice_chat_formatted_example`: one (prompt, response) text per assistant message, from a
+/// chat template `render(messages, add_generation_prompt)`. The prompt is everything since the
+/// previous response (history included in the first turn) up to the generation prompt; the
+/// response is the assistant message as the template writes it, end marker included.
+///
+/// As llm-foundry, the template must render each conversation as an extension of the previous
+/// turn's, and the prompt with the generation prompt as a prefix of the full conversation;
+/// otherwise the turns cannot be cut apart and the row is an error (as is any template error).
+pub fn chat_turns(
+    messages: &[Message],
+    render: impl Fn(&[Message], bool) -> Result<String, String>,
+) -> Result<Vec<(String, String)>, String> {
     let mut turns = Vec::new();
     let mut so_far = String::new();
     for (i, m) in messages.iter().enumerate() {
         if m.role != Role::Assistant {
             continue;
         }
-        let prompt_with_history = chatml(&messages[..i], true);
-        let full = chatml(&messages[..=i], false);
-        // ChatML renders each message independently, so these prefixes always line up (the
-        // consistency checks llm-foundry runs against arbitrary templates cannot fail here).
+        let full = render(&messages[..=i], false)?;
+        let prompt_with_history = render(&messages[..i], true)?;
+        if !full.starts_with(&so_far) {
+            return Err(format!(
+                "the chat template renders messages[..={i}] as {full:?}, which does not start with the conversation through the previous turn {so_far:?}"
+            ));
+        }
+        if !prompt_with_history.starts_with(&so_far) {
+            return Err(format!(
+                "the chat template renders the prompt of messages[{i}] as {prompt_with_history:?}, which does not start with the conversation through the previous turn {so_far:?}"
+            ));
+        }
+        if !full.starts_with(&prompt_with_history) {
+            return Err(format!(
+                "the chat template's prompt for messages[{i}] ({prompt_with_history:?}, with the generation prompt) is not the start of the conversation {full:?}"
+            ));
+        }
         let prompt = prompt_with_history[so_far.len()..].to_string();
         let response = full[prompt_with_history.len()..].to_string();
         so_far.push_str(&prompt);
         so_far.push_str(&response);
         turns.push((prompt, response));
     }
-    turns
+    Ok(turns)
+}
+
+/// Why a row's turns could not be made.
+#[derive(Debug)]
+pub enum TurnError {
+    /// The tokenizer failed.
+    Tokenize(TokenizerError),
+    /// The chat template failed, or rendered turns that cannot be cut apart.
+    Template(String),
 }
 
 /// Tokenizes rows the way llm-foundry's `tokenize_formatted_example` does.
 pub struct Encoder<'a> {
     tokenizer: &'a Tokenizer,
+    /// Renders chat rows.
+    template: &'a ChatTemplate,
     /// Whether the tokenizer's post-processor adds special tokens (a BOS, say); probed once.
     adds_specials: bool,
 }
 
 impl<'a> Encoder<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+    pub fn new(tokenizer: &'a Tokenizer, template: &'a ChatTemplate) -> Self {
         let probe = |add: bool| {
             tokenizer
                 .inner()
@@ -147,15 +179,17 @@ impl<'a> Encoder<'a> {
         let adds_specials = probe(true) != probe(false);
         Self {
             tokenizer,
+            template,
             adds_specials,
         }
     }
 
     /// The row's turns, tokenized.
-    pub fn turns(&self, row: &Row) -> Result<Vec<Turn>, TokenizerError> {
+    pub fn turns(&self, row: &Row) -> Result<Vec<Turn>, TurnError> {
         match row {
             Row::PromptResponse { prompt, response } => {
-                let (p, mut r) = (self.with_specials(prompt)?, self.with_specials(response)?);
+                let tokenize = |t: &str| self.with_specials(t).map_err(TurnError::Tokenize);
+                let (p, mut r) = (tokenize(prompt)?, tokenize(response)?);
                 // `_tokenize_with_bos_removal`: drop the response's BOS when both sides start
                 // with the same special token.
                 if let (Some(&a), Some(&b)) = (p.first(), r.first())
@@ -169,15 +203,25 @@ impl<'a> Encoder<'a> {
                     response: r,
                 }])
             }
-            Row::Chat(messages) => chat_turns(messages)
-                .into_iter()
-                .map(|(p, r)| {
-                    Ok(Turn {
-                        prompt: self.tokenizer.encode(&p)?,
-                        response: self.tokenizer.encode(&r)?,
+            Row::Chat(messages) => {
+                let turns = match self.template {
+                    ChatTemplate::DefaultChatMl => chat_turns(messages, |m, g| Ok(chatml(m, g))),
+                    ChatTemplate::Jinja(t) => chat_turns(messages, |m, g| t.render(m, g)),
+                }
+                .map_err(TurnError::Template)?;
+                // No special tokens added: the template wrote them (llm-foundry's
+                // `_tokenize_chat_formatted_example`).
+                let encode = |t: &str| self.tokenizer.encode(t).map_err(TurnError::Tokenize);
+                turns
+                    .into_iter()
+                    .map(|(p, r)| {
+                        Ok(Turn {
+                            prompt: encode(&p)?,
+                            response: encode(&r)?,
+                        })
                     })
-                })
-                .collect(),
+                    .collect()
+            }
         }
     }
 
@@ -389,8 +433,9 @@ mod tests {
             prompt: "w2 w3".into(),
             response: "w4".into(),
         };
+        let chatml = ChatTemplate::DefaultChatMl;
         assert_eq!(
-            Encoder::new(&tok).turns(&row).unwrap(),
+            Encoder::new(&tok, &chatml).turns(&row).unwrap(),
             vec![t(&[50, 2, 3], &[4])]
         );
         // Chat turns take no special tokens: the template writes them.
@@ -405,7 +450,7 @@ mod tests {
             },
         ]);
         assert!(
-            Encoder::new(&tok)
+            Encoder::new(&tok, &chatml)
                 .turns(&chat)
                 .unwrap()
                 .iter()
@@ -413,7 +458,7 @@ mod tests {
         );
         let plain = crate::finetune::tests::word_tokenizer().tokenizer;
         assert_eq!(
-            Encoder::new(&plain).turns(&row).unwrap(),
+            Encoder::new(&plain, &chatml).turns(&row).unwrap(),
             vec![t(&[2, 3], &[4])]
         );
     }
@@ -431,7 +476,7 @@ mod tests {
             m(Role::User, "bye"),
             m(Role::Assistant, "ciao"),
         ];
-        let turns = chat_turns(&msgs);
+        let turns = chat_turns(&msgs, |m, g| Ok(chatml(m, g))).unwrap();
         assert_eq!(
             turns,
             vec![

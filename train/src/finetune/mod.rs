@@ -38,6 +38,7 @@
 //!
 //! **Ranks.** Rank `r` of `W` reads sequences `[r·b, (r+1)·b)` of each global batch of `W·b`.
 
+pub mod chat_template;
 pub mod format;
 pub mod pack;
 pub mod source;
@@ -53,9 +54,8 @@ use tessera_data::tokenizer::TokenizerError;
 use crate::batch::{Example, IGNORE};
 use crate::config::{LoaderConfig, LoaderKind};
 use crate::step::mix;
-use format::{Dropped, Encoder, Targets, Tokenized};
+use format::{Dropped, Encoder, Targets, Tokenized, TurnError};
 use pack::{Packer, auto_ratio};
-use source::Row;
 pub use tokenizer::{ChatTemplate, FinetuneTokenizer, tokenizer_file};
 
 /// Why fine-tuning data could not be read.
@@ -211,7 +211,7 @@ impl FinetuneData {
 
         let files = source::data_files(key, ds)?;
         let rows = source::read_rows(&files)?;
-        let encoder = Encoder::new(tok);
+        let encoder = Encoder::new(tok, &tokenizer.chat_template);
         let mut stats = FinetuneStats {
             files: files.len(),
             rows: rows.rows.len(),
@@ -220,22 +220,19 @@ impl FinetuneData {
         let mut examples = Vec::with_capacity(rows.rows.len());
         for r in &rows.rows {
             let (path, line) = rows.location(r);
-            if let (Row::Chat(_), ChatTemplate::Custom { source }) =
-                (&r.row, &tokenizer.chat_template)
-            {
-                return Err(FinetuneError::Row {
+            let turns = encoder.turns(&r.row).map_err(|e| match e {
+                TurnError::Tokenize(source) => FinetuneError::Encode { path, line, source },
+                TurnError::Template(message) => FinetuneError::Row {
                     path,
                     line,
-                    message: format!(
-                        "chat rows need the tokenizer's own chat template ({}), a Jinja program tessera does not render; \
-                         convert the rows to prompt/response, or drop `chat_template` to use llm-foundry's default ChatML",
-                        source.display()
-                    ),
-                });
-            }
-            let turns = encoder
-                .turns(&r.row)
-                .map_err(|source| FinetuneError::Encode { path, line, source })?;
+                    message: match &tokenizer.chat_template {
+                        ChatTemplate::Jinja(t) => {
+                            format!("chat template ({}): {message}", t.source.display())
+                        }
+                        ChatTemplate::DefaultChatMl => message,
+                    },
+                },
+            })?;
             match format::prepare(&turns, targets, Some(eos), seq_len) {
                 Ok(ex) => {
                     stats.truncated += usize::from(ex.truncated > 0);

@@ -509,12 +509,12 @@ fn packing_ratio_one_or_auto_on_short_sequences_means_padded_and_bad_values_are_
 }
 
 #[test]
-fn chat_rows_use_the_default_template_and_custom_templates_are_refused() {
+fn chat_rows_use_the_default_template_without_one_of_the_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let extra = ["<|im_start|>", "<|im_end|>", "user", "assistant"];
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer_json(&extra)).unwrap();
     let tok = FinetuneTokenizer::load(dir.path().to_str().unwrap()).unwrap();
-    assert_eq!(tok.chat_template, ChatTemplate::DefaultChatMl);
+    assert!(matches!(tok.chat_template, ChatTemplate::DefaultChatMl));
     let chat = json!({"messages": [{"role": "user", "content": "w5 w6"}, {"role": "assistant", "content": "w7"}]});
     let path = dir.path().join("chat.jsonl");
     std::fs::write(
@@ -539,32 +539,123 @@ fn chat_rows_use_the_default_template_and_custom_templates_are_refused() {
     assert_eq!(e.input_ids[..10], ids);
     let want: Vec<i64> = [vec![IGNORE; 6], vec![7, i64::from(end), 0], vec![IGNORE; 7]].concat();
     assert_eq!(e.targets, want);
+    assert!(tokenizer_file(dir.path().join("nope").to_str().unwrap()).is_err());
+}
 
+/// A ChatML template that adds a default system message when the conversation has none (the
+/// shape of Qwen2-Instruct's `chat_template`), with a system prompt the word tokenizer knows.
+const CHATML_WITH_SYSTEM: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nw40 w41<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A folder with the word tokenizer (plus ChatML's tokens) and `tokenizer_config.json`.
+fn chat_tokenizer(dir: &Path, template: &str) -> FinetuneTokenizer {
+    let extra = ["<|im_start|>", "<|im_end|>", "user", "assistant", "system"];
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json(&extra)).unwrap();
     std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"chat_template": "{{ messages }}"}"#,
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template, "eos_token": "<|endoftext|>"}).to_string(),
     )
     .unwrap();
-    let custom =
-        FinetuneTokenizer::load(dir.path().join("tokenizer.json").to_str().unwrap()).unwrap();
-    assert!(matches!(custom.chat_template, ChatTemplate::Custom { .. }));
-    let err = FinetuneData::open(
-        "train_loader",
-        &loader(&path, None, false),
-        &custom,
-        16,
-        2,
-        World::SINGLE,
-        None,
+    FinetuneTokenizer::load(dir.to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn chat_rows_render_with_the_tokenizers_template_and_train_on_assistant_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = chat_tokenizer(dir.path(), CHATML_WITH_SYSTEM);
+    assert!(matches!(tok.chat_template, ChatTemplate::Jinja(_)));
+    let chat = json!({"messages": [
+        {"role": "user", "content": "w5 w6"}, {"role": "assistant", "content": "w7"},
+        {"role": "user", "content": "w8"}, {"role": "assistant", "content": "w9 w10"}]});
+    let path = dir.path().join("chat.jsonl");
+    std::fs::write(&path, format!("{chat}\n")).unwrap();
+    let (start, end, user, assistant, system) = (50, 51, 52, 53, 54);
+    // Turn 1: the template's system message, the user message, the generation prompt; "w7".
+    // Turn 2: the user message and the generation prompt; "w9 w10"; then EOS.
+    let ids = [
+        start, system, 40, 41, end, start, user, 5, 6, end, start, assistant, 7, end, start, user,
+        8, end, start, assistant, 9, 10, end, 0,
+    ];
+    for (responses, trained) in [
+        ("last", vec![20, 21, 22, 23]),
+        ("all", vec![12, 13, 20, 21, 22, 23]),
+    ] {
+        let mut cfg = loader(&path, None, false);
+        cfg.dataset.target_responses = Some(responses.into());
+        let mut data =
+            FinetuneData::open("train_loader", &cfg, &tok, 32, 1, World::SINGLE, None).unwrap();
+        let e = &data.next_batch().unwrap()[0];
+        assert_eq!(e.input_ids[..ids.len()], ids);
+        // Targets are the labels shifted left: position p predicts ids[p + 1].
+        let want: Vec<i64> = (0..32)
+            .map(|p| {
+                if trained.contains(&(p + 1)) {
+                    i64::from(ids[p + 1])
+                } else {
+                    IGNORE
+                }
+            })
+            .collect();
+        assert_eq!(e.targets, want, "target_responses: {responses}");
+    }
+}
+
+#[test]
+fn chat_template_errors_name_the_row_and_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = json!({"messages": [{"role": "user", "content": "w5"}, {"role": "assistant", "content": "w7"}]});
+    let path = dir.path().join("chat.jsonl");
+    std::fs::write(
+        &path,
+        format!("{}\n{chat}\n", json!({"prompt": "w2", "response": "w3"})),
     )
-    .err()
     .unwrap();
+    let open_with = |template: &str| {
+        let tok = chat_tokenizer(dir.path(), template);
+        FinetuneData::open(
+            "train_loader",
+            &loader(&path, None, false),
+            &tok,
+            16,
+            1,
+            World::SINGLE,
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    let config = dir.path().join("tokenizer_config.json");
+    // The template refuses the conversation.
+    let err = open_with("{{ raise_exception('Conversation roles must alternate') }}");
     assert!(
-        err.to_string()
-            .starts_with(&format!("{}:2: chat rows need", path.display())),
+        err.starts_with(&format!(
+            "{}:2: chat template ({}): ",
+            path.display(),
+            config.display()
+        )),
         "{err}"
     );
-    assert!(tokenizer_file(dir.path().join("nope").to_str().unwrap()).is_err());
+    assert!(err.contains("Conversation roles must alternate"), "{err}");
+    // The generation prompt is not how the template starts an assistant message, so the
+    // turns cannot be cut apart (llm-foundry's InvalidConversationError).
+    let err = open_with(
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}",
+    );
+    assert!(err.starts_with(&format!("{}:2: ", path.display())), "{err}");
+    assert!(
+        err.contains("is not the start of the conversation"),
+        "{err}"
+    );
+    // A template that does not compile fails when the tokenizer loads.
+    std::fs::write(&config, json!({"chat_template": "{% if %}"}).to_string()).unwrap();
+    let err = FinetuneTokenizer::load(dir.path().to_str().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("chat_template: not a valid Jinja template"),
+        "{err}"
+    );
 }
 
 #[test]

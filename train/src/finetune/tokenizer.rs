@@ -1,26 +1,25 @@
 //! The tokenizer a fine-tuning run names (`tokenizer.name`: a `tokenizer.json` file or a folder
 //! holding one), and whether it brings its own chat template.
 //!
-//! Hugging Face keeps a tokenizer's chat template in `tokenizer_config.json`, beside
-//! `tokenizer.json`. llm-foundry renders chat rows with that template when there is one, else
-//! with its default ChatML template. tessera renders only the default: a custom template is a
-//! Jinja program, and formatting chat rows any other way than llm-foundry would silently train
-//! on different text, so such rows are refused instead.
+//! Hugging Face keeps a tokenizer's chat template in `tokenizer_config.json` (or in
+//! `chat_template.jinja`), beside `tokenizer.json`. llm-foundry renders chat rows with that
+//! template when there is one, else with its default ChatML template; so does tessera
+//! ([`super::chat_template`]).
 
 use std::path::{Path, PathBuf};
 
 use tessera_data::tokenizer::Tokenizer;
 
 use super::FinetuneError;
+use super::chat_template::{self, JinjaTemplate};
 
 /// How `{"messages": …}` rows become text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ChatTemplate {
     /// llm-foundry's default ChatML template, which it applies when the tokenizer has none.
     DefaultChatMl,
-    /// The tokenizer's own Jinja template (in `source`), which tessera does not render: chat rows
-    /// are refused rather than formatted differently from llm-foundry.
-    Custom { source: PathBuf },
+    /// The tokenizer's own Jinja template.
+    Jinja(Box<JinjaTemplate>),
 }
 
 /// A tokenizer and the chat template that goes with it.
@@ -39,32 +38,32 @@ impl FinetuneTokenizer {
         }
     }
 
-    /// Loads `tokenizer.name`: a `tokenizer.json` file or a folder holding one. A
-    /// `tokenizer_config.json` beside it with a `chat_template` marks the template as custom.
+    /// Loads `tokenizer.name`: a `tokenizer.json` file or a folder holding one, with the chat
+    /// template beside it if there is one (compiled now, so a broken template fails here).
     pub fn load(name: &str) -> Result<Self, FinetuneError> {
         let file = tokenizer_file(name)?;
         let tokenizer = Tokenizer::from_file(&file)?;
         let config = file.with_file_name("tokenizer_config.json");
-        let chat_template = match std::fs::read_to_string(&config) {
-            Ok(text) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| FinetuneError::Row {
+        let json =
+            match std::fs::read_to_string(&config) {
+                Ok(text) => Some(serde_json::from_str::<serde_json::Value>(&text).map_err(
+                    |e| FinetuneError::Row {
                         path: config.clone(),
                         line: e.line(),
                         message: e.to_string(),
-                    })?;
-                match v.get("chat_template") {
-                    None | Some(serde_json::Value::Null) => ChatTemplate::DefaultChatMl,
-                    Some(_) => ChatTemplate::Custom { source: config },
+                    },
+                )?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(FinetuneError::Io {
+                        path: config,
+                        source,
+                    });
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChatTemplate::DefaultChatMl,
-            Err(source) => {
-                return Err(FinetuneError::Io {
-                    path: config,
-                    source,
-                });
-            }
+            };
+        let chat_template = match chat_template::find(&config, json.as_ref())? {
+            Some(t) => ChatTemplate::Jinja(Box::new(t)),
+            None => ChatTemplate::DefaultChatMl,
         };
         Ok(Self {
             tokenizer,

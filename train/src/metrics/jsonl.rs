@@ -45,6 +45,9 @@ pub struct TrainRecord {
     /// Model FLOPs utilisation, if the device's peak is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// Seconds of the step spent in collectives (gradient sync, gathers), on rank 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
     /// Seconds since the run (or resume) started.
     #[serde(default)]
     pub elapsed_s: f64,
@@ -110,10 +113,17 @@ pub enum IncidentKind {
     Diverged,
     /// A stale lock on the run folder (its holder had died) was taken over.
     LockTakeover,
-    /// A rank failed or hung (written by the trainer or by a launcher).
+    /// A rank failed (written by the trainer, or by a launcher when a rank exits).
     RankFailure,
-    /// A launcher restarted the job (written by `cargo xtask launch` or the Slurm script).
+    /// A launcher saw a rank make no progress and stopped the job (`cargo xtask launch`, the
+    /// Slurm script).
+    Hang,
+    /// A launcher restarted the job.
     Restart,
+    /// The restarted job trained its first step again (the line says how long it took).
+    Recovered,
+    /// The launcher itself was stopped (SIGINT/SIGTERM) and stopped the job.
+    LauncherStopped,
     /// A kind this version does not know (written by a newer tessera or another tool): kept
     /// readable so that one line never stops a report or a resume.
     #[serde(other)]
@@ -307,6 +317,7 @@ mod tests {
             grad_norm: f64::NAN,
             tokens_per_s: None,
             mfu: None,
+            comm_s: None,
             elapsed_s: 1.0,
         });
         let eval = MetricsRecord::Eval(EvalRecord {
@@ -357,6 +368,7 @@ mod tests {
             grad_norm: 0.5,
             tokens_per_s: Some(2048.0),
             mfu: Some(0.41),
+            comm_s: None,
             elapsed_s: step as f64,
         })
     }

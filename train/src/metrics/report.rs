@@ -238,6 +238,7 @@ mod tests {
             grad_norm: 1.0,
             tokens_per_s: Some(1000.0),
             mfu: Some(0.2),
+            comm_s: None,
             elapsed_s: 0.0,
         })
     }

@@ -1,21 +1,16 @@
 //! Optimizers as llm-foundry and composer define them, as burn optimizers.
 //!
-//! Each is a burn `SimpleOptimizer` ([`DecoupledAdamW`], [`DecoupledLionW`], [`AdamW`]), so
-//! `OptimizerAdaptor` walks any `AutodiffModule`, and the state is a burn `Record` that
-//! checkpoints save and load. The trainer uses [`Optim`], one enum over the three chosen by the
-//! YAML's `optimizer.name`, so the loop has a single optimizer type:
-//! ```ignore
-//! let mut optim = cfg.optimizer.init::<B, Mpt<B>>();
-//! let norm = clip::clip_grad_norm(&model, &mut grads, 1.0);
-//! model = optim.step(schedule::lr_at(step, &sched), model, grads);
-//! ```
-//! Global-norm clipping ([`clip`]) is separate: burn's own clipping is per tensor.
+//! Each is a burn `SimpleOptimizer` ([`DecoupledAdamW`], [`DecoupledLionW`], [`AdamW`]): the
+//! trainer steps them on the flat shards of its state ([`crate::parallel`]), and `init` wraps
+//! them in burn's `OptimizerAdaptor` for a program that trains a module the usual burn way. The
+//! trainer uses [`Optim`], one enum over the three chosen by the YAML's `optimizer.name`, so the
+//! loop has a single optimizer type. Global-norm clipping is the trainer's (burn's own clipping
+//! is per tensor); [`clip`] holds its config.
 
 pub mod adamw;
 pub mod clip;
 pub mod decoupled_adamw;
 pub mod decoupled_lionw;
-pub mod record;
 
 use burn::module::AutodiffModule;
 use burn::optim::SimpleOptimizer;
@@ -28,7 +23,6 @@ use serde::{Deserialize, Serialize};
 pub use adamw::{AdamState, AdamW};
 pub use decoupled_adamw::DecoupledAdamW;
 pub use decoupled_lionw::{DecoupledLionW, LionState};
-pub use record::{check_record, param_names, rekey_record};
 
 /// A bad optimizer setting or a checkpointed state that does not fit.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -232,24 +226,12 @@ impl<B: Backend, const D: usize> OptimState<B, D> {
 /// [`Optim`] over a whole module.
 pub type TrainOptimizer<M, B> = OptimizerAdaptor<Optim, M, B>;
 
-/// The state record of any `OptimizerAdaptor<O, _, B>` (burn keys it by `ParamId`; its type does
-/// not depend on the module).
-pub type OptimRecord<O, B> =
-    <OptimizerAdaptor<O, NoModule, B> as burn::optim::Optimizer<NoModule, B>>::Record;
-
-/// What [`TrainOptimizer`]'s `to_record` returns and checkpoints store.
-pub type TrainOptimizerRecord<B> = OptimRecord<Optim, B>;
-
-/// A module with no parameters, only to name [`OptimRecord`].
-#[derive(burn::module::Module, Debug, Clone)]
-pub struct NoModule;
-
 impl<B: Backend> SimpleOptimizer<B> for Optim {
     type State<const D: usize> = OptimState<B, D>;
 
     /// # Panics
-    /// If `state` was made by another kind of optimizer. Checkpoint loading calls
-    /// [`record::check_record`] first, so this only fires on a programming error.
+    /// If `state` was made by another kind of optimizer. Checkpoint loading checks the kind
+    /// of the saved state first, so this only fires on a programming error.
     fn step<const D: usize>(
         &self,
         lr: f64,
@@ -259,7 +241,7 @@ impl<B: Backend> SimpleOptimizer<B> for Optim {
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let mismatch = |s: &OptimState<B, D>| -> ! {
             panic!(
-                "optimizer {} was given state from {} (check_record guards this)",
+                "optimizer {} was given state from {} (restoring a checkpoint checks this)",
                 self.name(),
                 s.kind()
             )

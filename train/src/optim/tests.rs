@@ -1,9 +1,8 @@
-//! Module-level optimizer tests: the enum over a real `AutodiffModule`, state round trips, and the
-//! config's defaults and checks.
+//! Module-level optimizer tests: the enum over a real `AutodiffModule`, and the config's
+//! defaults and checks.
 
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, Optimizer};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -105,94 +104,6 @@ fn enum_over_a_module_matches_each_optimizer_on_its_own() {
             );
         }
     }
-}
-
-#[test]
-fn state_round_trips_through_bytes_and_resumes_identically() {
-    let device = Default::default();
-    let lrs = [1e-2, 8e-3, 6e-3, 4e-3];
-    for cfg in configs() {
-        // Uninterrupted: four steps.
-        let mut m = toy(&device);
-        let mut optim = cfg.init::<AB, Toy<AB>>();
-        for (t, lr) in lrs.iter().enumerate() {
-            let g = step_grads(&m, t);
-            m = optim.step(*lr, m, g);
-        }
-        let want = flat(&m);
-
-        // Interrupted after two: save the state to bytes, rebuild everything, load, continue.
-        let mut m2 = toy(&device);
-        let mut optim2 = cfg.init::<AB, Toy<AB>>();
-        for (t, lr) in lrs[..2].iter().enumerate() {
-            let g = step_grads(&m2, t);
-            m2 = optim2.step(*lr, m2, g);
-        }
-        let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(optim2.to_record(), ())
-            .expect("record to bytes");
-        let saved_names = param_names::<AB, _>(&m2);
-        drop(optim2);
-        // A "new process": the model is rebuilt with fresh ParamIds and the saved values.
-        let mut m3 = toy(&device);
-        m3.w = Param::from_tensor(m2.w.val().detach().require_grad());
-        m3.b = Param::from_tensor(m2.b.val().detach().require_grad());
-        assert_ne!(
-            m3.w.id, m2.w.id,
-            "fresh ids are the case rekeying exists for"
-        );
-        let record: TrainOptimizerRecord<AB> = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .load(bytes, &device)
-            .expect("load bytes");
-        check_record(&cfg.build(), &record).expect("same kind");
-        let record = rekey_record(record, &saved_names, &param_names::<AB, _>(&m3)).expect("rekey");
-        let mut optim3 = cfg.init::<AB, Toy<AB>>().load_record(record);
-        for (t, lr) in lrs.iter().enumerate().skip(2) {
-            let g = step_grads(&m3, t);
-            m3 = optim3.step(*lr, m3, g);
-        }
-        assert_eq!(flat(&m3), want, "{:?} resumed run differs", cfg.name);
-    }
-}
-
-#[test]
-fn state_from_another_optimizer_is_refused() {
-    let device = Default::default();
-    let m = toy(&device);
-    let lion = &configs()[1];
-    let mut optim = lion.init::<AB, Toy<AB>>();
-    let g = step_grads(&m, 0);
-    let _ = optim.step(1e-2, m, g);
-    let err = check_record(&configs()[0].build(), &optim.to_record()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            OptimError::StateMismatch {
-                found: "decoupled_lionw",
-                ..
-            }
-        ),
-        "{err}"
-    );
-}
-
-#[test]
-fn rekey_refuses_state_for_a_missing_parameter() {
-    let device = Default::default();
-    let m = toy(&device);
-    let mut optim = configs()[0].init::<AB, Toy<AB>>();
-    let g = step_grads(&m, 0);
-    let m = optim.step(1e-2, m, g);
-    let saved = param_names::<AB, _>(&m);
-    assert_eq!(
-        saved.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-        vec!["w", "b"]
-    );
-    let only_w: Vec<_> = saved.iter().filter(|(n, _)| n == "w").cloned().collect();
-    let err = rekey_record(optim.to_record(), &saved, &only_w)
-        .err()
-        .expect("must fail");
-    assert!(err.to_string().contains("no such parameter"), "{err}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tessera_model::{Mpt, MptConfig};
 use crate::batch::Example;
 use crate::config::{LoaderConfig, TrainConfig};
 use crate::finetune::FinetuneTokenizer;
-use crate::step::{apply_update, forward_backward};
+use crate::parallel::{Sharded, Strategy};
 use crate::trainer::setup;
 
 /// The architecture the run will build (the trainer's own rule).
@@ -80,35 +80,45 @@ pub fn trial<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Trial, String> {
     let run = AssertUnwindSafe(|| -> Result<Trial, String> {
-        let mut optim = cfg.optimizer.init::<B, Mpt<B>>();
         let clip = cfg.gradient_clipping.as_ref().map(|c| c.clipping_threshold);
         let batch = [micro];
-        let mut step = |model: Mpt<B>| -> Result<(Mpt<B>, Trial), String> {
+        // The trainer's own step, on one process.
+        let mut sharded = Sharded::new(
+            model,
+            cfg.optimizer.build(),
+            Strategy::SINGLE,
+            tessera_dist::Communicator::single(),
+            device,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut step = || -> Result<Trial, String> {
             let t = Instant::now();
-            let grads = forward_backward(&model, &batch, 0, device)
-                .ok_or("the microbatch has no loss-generating tokens")?;
+            let grads = sharded
+                .forward_backward(&batch, 0, 0, device)
+                .map_err(|e| e.to_string())?;
+            if grads.loss_tokens == 0 {
+                return Err("the microbatch has no loss-generating tokens".into());
+            }
             let forward_backward_s = t.elapsed().as_secs_f64();
             let loss = grads.loss;
             let t = Instant::now();
-            let (model, grad_norm, _) =
-                apply_update(model, &mut optim, grads, cfg.optimizer.lr(), clip);
+            let applied = sharded
+                .apply(grads, cfg.optimizer.lr(), clip)
+                .map_err(|e| e.to_string())?;
             let update_s = t.elapsed().as_secs_f64();
-            Ok((
-                model,
-                Trial {
-                    forward_backward_s,
-                    update_s,
-                    warm: false,
-                    loss,
-                    grad_norm,
-                },
-            ))
+            Ok(Trial {
+                forward_backward_s,
+                update_s,
+                warm: false,
+                loss,
+                grad_norm: applied.grad_norm,
+            })
         };
-        let (model, first) = step(model)?;
+        let first = step()?;
         if first.forward_backward_s + first.update_s >= REPEAT_BELOW_S {
             return Ok(first);
         }
-        let (_, second) = step(model)?;
+        let second = step()?;
         // The loss reported is the untrained model's, as the run's first step will see it.
         Ok(Trial {
             warm: true,

@@ -1,195 +1,275 @@
-//! What goes into a training checkpoint and how it comes back: HF-named model weights (loadable
-//! by `tessera generate` and transformers as they are), `config.json`, the optimizer state and
-//! `state.json`.
+//! What goes into a training checkpoint and how it comes back, at any world size:
+//!
+//! ```text
+//! ba{N}/
+//!   rank00000-of-00004.safetensors …  each rank's shard of every unit: master weights, moments
+//!   shards.json                        units, parameter names, shapes and offsets; step counts
+//!   state.json                         step, tokens, data cursor, seed, guard state
+//!   model.safetensors  config.json     the consolidated weights, transformers-named (see below)
+//!   manifest.json                      sha256 of every file, written last
+//! ```
+//!
+//! Every rank writes its own shard file (under NO_SHARD each rank writes 1/N of the replicated
+//! state, so the work is spread the same way); rank 0 writes the rest, waits until every rank's
+//! part is on disk and verified, consolidates `model.safetensors` from the shard files one
+//! tensor at a time, and publishes the folder. `model.safetensors` is in every checkpoint when
+//! `fsdp_config.state_dict_type` is `full` (the default), and always in the run's last one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use burn::module::AutodiffModule;
-use burn::optim::Optimizer;
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
-use tessera_model::{Mpt, MptConfig, hf};
+use burn::tensor::{Tensor, TensorData};
+use tessera_model::MptConfig;
+use tessera_model::lora::peft;
 
-use crate::checkpoint::{Payload, STATE_FILE};
-use crate::optim::{
-    Optim, TrainOptimizer, TrainOptimizerRecord, check_record, param_names, rekey_record,
+use crate::checkpoint::sharded::{
+    MASTER, SHARDS_FILE, ShardReader, ShardsMeta, shard_file, tensor_name, write_consolidated,
+    write_consolidated_as, write_shard_file,
 };
+use crate::checkpoint::{CheckpointError, CheckpointStore, STATE_FILE};
+use crate::optim::{AdamState, LionState, Optim, OptimState};
+use crate::parallel::Sharded;
+use crate::parallel::layout::FlatLayout;
+use crate::parallel::shard::ShardState;
 
 use super::TrainError;
 use super::state::TrainState;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
-pub const OPTIM_FILE: &str = "optim.burn";
 
-/// Everything a checkpoint needs, copied to the host. Building it is the only part of a save
-/// that waits for the device; [`HostSnapshot::into_payload`] (serialization) runs on the
-/// checkpoint thread.
-pub struct HostSnapshot {
+/// One rank's part of a checkpoint, copied to the host. Taking it is the only part of a save
+/// that waits for the device; writing runs on the checkpoint thread. It holds this rank's shard
+/// of the state once (the file is streamed from it, not copied again).
+pub struct RankSnapshot {
     step: u64,
-    params: BTreeMap<String, TensorData>,
-    config_json: Vec<u8>,
-    optim: Vec<u8>,
+    rank: usize,
+    world: usize,
+    vectors: Vec<(String, Vec<u8>)>,
+    lead: Option<LeadFiles>,
+}
+
+/// What rank 0 writes besides its shard.
+struct LeadFiles {
+    meta: ShardsMeta,
     state: Vec<u8>,
+    config_json: Vec<u8>,
+    consolidate: bool,
+    /// A LoRA run's `adapter_config.json`: its checkpoints consolidate the adapter (always, as
+    /// it is small) into PEFT's folder layout instead of a model.
+    adapter_config: Option<Vec<u8>>,
 }
 
-impl HostSnapshot {
-    /// Copies the model, optimizer and state to the host.
+impl RankSnapshot {
+    /// Copies this rank's shard (and, on rank 0, the metadata) to the host.
     pub fn take<B: AutodiffBackend>(
-        model: &Mpt<B>,
-        optim: &TrainOptimizer<Mpt<B>, B>,
+        sharded: &Sharded<B>,
+        model_config: &MptConfig,
         state: &TrainState,
+        consolidate: bool,
+        adapter_config: Option<&serde_json::Value>,
     ) -> Result<Self, TrainError> {
-        // Host sync: every parameter and every optimizer moment is read back here.
-        let params = hf::named_parameters(&model.valid());
-        let optim = BinBytesRecorder::<FullPrecisionSettings>::default()
-            .record(optim.to_record(), ())
-            .map_err(|e| TrainError::Checkpoint(format!("encoding the optimizer state: {e}")))?;
-        let config_json = serde_json::to_vec_pretty(&model.config().to_hf_json())
-            .map_err(|e| TrainError::Checkpoint(format!("encoding config.json: {e}")))?;
-        let state = serde_json::to_vec_pretty(state)
-            .map_err(|e| TrainError::Checkpoint(format!("encoding state.json: {e}")))?;
-        Ok(Self {
-            step: state_step(state.as_slice()),
-            params,
-            config_json,
-            optim,
-            state,
+        let rank = sharded.comm.rank();
+        let world = sharded.comm.world_size();
+        // The files always split the state `world` ways: a replicated state is written 1/N by
+        // each rank.
+        let layout = sharded.layout.reshard(world);
+        let own = sharded.shard_rank();
+        let mut vectors = Vec::new();
+        let mut steps = Vec::new();
+        let mut moments: Vec<String> = Vec::new();
+        for u in 0..layout.units.len() {
+            // The slice of what this rank holds that is its part of the files.
+            let held = sharded.layout.shard(u, own);
+            let want = layout.shard(u, rank);
+            let local = want.start - held.start..want.end - held.start;
+            let bytes = |t: &Tensor<B::InnerBackend, 1>| -> Result<Vec<u8>, TrainError> {
+                // Host sync: this rank's shard of one vector.
+                let data = t.clone().slice([local.clone()]).into_data();
+                let values = data.convert::<f32>().into_vec::<f32>().map_err(|e| {
+                    TrainError::Checkpoint(format!("reading unit {u} back from the device: {e:?}"))
+                })?;
+                Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            };
+            vectors.push((tensor_name(u, MASTER), bytes(&sharded.state.master[u])?));
+            let (step, named) = match &sharded.state.optim[u] {
+                None => (0, Vec::new()),
+                Some(OptimState::Adam(a)) => (
+                    a.step,
+                    vec![("exp_avg", &a.exp_avg), ("exp_avg_sq", &a.exp_avg_sq)],
+                ),
+                Some(OptimState::Lion(l)) => (0, vec![("exp_avg", &l.exp_avg)]),
+            };
+            for (name, t) in named {
+                vectors.push((tensor_name(u, name), bytes(t)?));
+                if u == 0 {
+                    moments.push(name.to_string());
+                }
+            }
+            steps.push(step);
+        }
+        let lead = (rank == 0)
+            .then(|| -> Result<LeadFiles, TrainError> {
+                Ok(LeadFiles {
+                    meta: ShardsMeta::of(&layout, moments, steps),
+                    state: serde_json::to_vec_pretty(state)
+                        .map_err(|e| TrainError::Checkpoint(format!("encoding state.json: {e}")))?,
+                    config_json: serde_json::to_vec_pretty(&model_config.to_hf_json()).map_err(
+                        |e| TrainError::Checkpoint(format!("encoding config.json: {e}")),
+                    )?,
+                    consolidate,
+                    adapter_config: adapter_config
+                        .map(|c| {
+                            serde_json::to_vec_pretty(c).map_err(|e| {
+                                TrainError::Checkpoint(format!("encoding adapter_config.json: {e}"))
+                            })
+                        })
+                        .transpose()?,
+                })
+            })
+            .transpose()?;
+        Ok(RankSnapshot {
+            step: state.step,
+            rank,
+            world,
+            vectors,
+            lead,
         })
     }
 
-    /// Serializes the snapshot into checkpoint files.
-    pub fn into_payload(self) -> Result<Payload, String> {
-        let model = safetensors_f32(&self.params)?;
-        Ok(Payload {
-            step: self.step,
-            files: vec![
-                (MODEL_FILE.into(), model),
-                (CONFIG_FILE.into(), self.config_json),
-                (OPTIM_FILE.into(), self.optim),
-                (STATE_FILE.into(), self.state),
-            ],
-        })
+    /// Writes this rank's part of the save into the shared staging folder. Rank 0 then waits
+    /// (up to `wait`) for every other rank's part, consolidates, and publishes; it returns the
+    /// published folder.
+    pub fn write(
+        self,
+        store: &CheckpointStore,
+        attempt: &str,
+        wait: Duration,
+    ) -> Result<Option<PathBuf>, CheckpointError> {
+        let staging = store.staging(self.step, attempt)?;
+        let mut part = Vec::new();
+        let views: Vec<(String, &[u8])> = self
+            .vectors
+            .iter()
+            .map(|(n, b)| (n.clone(), b.as_slice()))
+            .collect();
+        let meta = BTreeMap::from([
+            ("rank".to_string(), self.rank.to_string()),
+            ("world".to_string(), self.world.to_string()),
+        ]);
+        part.push(
+            staging.write_file_with(&shard_file(self.rank, self.world), |w| {
+                write_shard_file(w, &views, meta)
+            })?,
+        );
+        drop(views);
+        let Some(lead) = self.lead else {
+            staging.finish_part(self.rank, part)?;
+            return Ok(None);
+        };
+        let meta_json =
+            serde_json::to_vec_pretty(&lead.meta).map_err(|source| CheckpointError::Json {
+                path: staging.dir().join(SHARDS_FILE),
+                source,
+            })?;
+        part.push(staging.write_file(SHARDS_FILE, &meta_json)?);
+        part.push(staging.write_file(STATE_FILE, &lead.state)?);
+        part.push(staging.write_file(CONFIG_FILE, &lead.config_json)?);
+        if let Some(adapter_config) = &lead.adapter_config {
+            // A PEFT adapter folder (with the base's config.json beside it) that `peft` and
+            // `tessera serve --adapter` read as it is.
+            staging.wait_for_others(self.world, 0, wait)?;
+            let reader = ShardReader::open(staging.dir())?;
+            part.push(staging.write_file_with(peft::WEIGHTS_FILE, |w| {
+                write_consolidated_as(&reader, w, peft::WEIGHTS_FILE, &peft::peft_name_of)
+                    .map_err(std::io::Error::other)
+            })?);
+            part.push(staging.write_file(peft::CONFIG_FILE, adapter_config)?);
+        } else if lead.consolidate {
+            // Every shard file must be complete before it is read.
+            staging.wait_for_others(self.world, 0, wait)?;
+            let reader = ShardReader::open(staging.dir())?;
+            part.push(staging.write_file_with(MODEL_FILE, |w| {
+                write_consolidated(&reader, w).map_err(std::io::Error::other)
+            })?);
+        }
+        staging.finish_part(0, part)?;
+        store.commit(&staging, self.world, wait).map(Some)
     }
 }
 
-fn state_step(state_json: &[u8]) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(state_json)
-        .ok()
-        .and_then(|v| v["step"].as_u64())
-        .unwrap_or(0)
-}
-
-/// Named f32 tensors as one safetensors file, with transformers' `format: pt` metadata.
-fn safetensors_f32(params: &BTreeMap<String, TensorData>) -> Result<Vec<u8>, String> {
-    struct View {
-        shape: Vec<usize>,
-        bytes: Vec<u8>,
-    }
-    impl safetensors::View for &View {
-        fn dtype(&self) -> safetensors::Dtype {
-            safetensors::Dtype::F32
-        }
-        fn shape(&self) -> &[usize] {
-            &self.shape
-        }
-        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-            std::borrow::Cow::Borrowed(&self.bytes)
-        }
-        fn data_len(&self) -> usize {
-            self.bytes.len()
-        }
-    }
-    let mut views = Vec::with_capacity(params.len());
-    for (name, data) in params {
-        let values = data
-            .clone()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| format!("{name}: {e:?}"))?;
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        views.push((
-            name.clone(),
-            View {
-                shape: data.shape.to_vec(),
-                bytes,
-            },
-        ));
-    }
-    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views.iter().map(|(n, v)| (n.clone(), v)), Some(metadata))
-        .map_err(|e| e.to_string())
-}
-
-/// A checkpoint read back: the model on the device, the optimizer state re-keyed to its
-/// parameters, and the training state.
+/// A checkpoint read back for this rank.
 pub struct Restored<B: AutodiffBackend> {
-    pub model: Mpt<B>,
-    pub optim: TrainOptimizer<Mpt<B>, B>,
-    pub state: TrainState,
+    pub state: ShardState<B::InnerBackend>,
+    pub train: TrainState,
 }
 
-/// Loads the checkpoint in `dir` (already verified against its manifest).
+/// Reads this rank's shard of the checkpoint in `dir` (already verified) for `layout` (which
+/// may split the state another number of ways than the checkpoint did).
 pub fn restore<B: AutodiffBackend>(
     dir: &Path,
-    config: &MptConfig,
+    layout: &FlatLayout,
+    rank: usize,
     optim: Optim,
-    fresh_optim: TrainOptimizer<Mpt<B>, B>,
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
-    let model: Mpt<B> =
-        hf::load_weights(config, dir, device).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let state_path = dir.join(STATE_FILE);
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(&state_path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?,
-    )
-    .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
-    if state.version != TrainState::VERSION {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: state version {} is not {} (written by another tessera)",
-            state_path.display(),
-            state.version,
+    let bad = |what: String| TrainError::Checkpoint(format!("{}: {what}", state_path.display()));
+    let train: TrainState =
+        serde_json::from_slice(&std::fs::read(&state_path).map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    if train.version != TrainState::VERSION {
+        return Err(bad(format!(
+            "state version {} is not {} (written by another tessera; older checkpoints kept \
+             the optimizer in burn's record format, which this one does not read)",
+            train.version,
             TrainState::VERSION
         )));
     }
-    let optim_path = dir.join(OPTIM_FILE);
-    let bytes = std::fs::read(&optim_path)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
-    let record: TrainOptimizerRecord<B> = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(bytes, device)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
-    check_record::<B>(&optim, &record)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
-    let saved: Vec<(String, burn::module::ParamId)> = state
-        .param_ids
-        .iter()
-        .map(|(name, id)| {
-            burn::module::ParamId::try_deserialize(id)
-                .map(|id| (name.clone(), id))
-                .ok_or_else(|| {
-                    TrainError::Checkpoint(format!(
-                        "{}: bad parameter id {id:?}",
-                        state_path.display()
-                    ))
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let record = rekey_record::<Optim, B>(record, &saved, &param_names(&model))
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optim_path.display())))?;
+    let reader = ShardReader::open(dir)?;
+    reader.meta.check_matches(layout, &dir.join(SHARDS_FILE))?;
+    let want: &[&str] = match optim {
+        Optim::DecoupledLionW(_) => &["exp_avg"],
+        _ => &["exp_avg", "exp_avg_sq"],
+    };
+    let has_state = !reader.meta.moments.is_empty();
+    if has_state && reader.meta.moments != want {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: the optimizer state holds {:?}, but optimizer {} keeps {want:?}",
+            dir.join(SHARDS_FILE).display(),
+            reader.meta.moments,
+            optim.name()
+        )));
+    }
+    let vector = |u: usize, kind: &str| -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
+        let range = layout.shard(u, rank);
+        let n = range.len();
+        let values = reader.read(u, kind, range)?;
+        Ok(Tensor::from_data(TensorData::new(values, [n]), device))
+    };
+    let mut master = Vec::with_capacity(layout.units.len());
+    let mut states = Vec::with_capacity(layout.units.len());
+    for u in 0..layout.units.len() {
+        master.push(vector(u, MASTER)?);
+        states.push(match (has_state, optim) {
+            (false, _) => None,
+            (true, Optim::DecoupledLionW(_)) => Some(OptimState::Lion(LionState {
+                exp_avg: vector(u, "exp_avg")?,
+            })),
+            (true, _) => Some(OptimState::Adam(AdamState {
+                step: reader.meta.steps[u],
+                exp_avg: vector(u, "exp_avg")?,
+                exp_avg_sq: vector(u, "exp_avg_sq")?,
+            })),
+        });
+    }
     Ok(Restored {
-        model,
-        optim: fresh_optim.load_record(record),
-        state,
+        state: ShardState {
+            master,
+            optim: states,
+        },
+        train,
     })
-}
-
-/// The `(name, id)` pairs `state.json` records for the optimizer state.
-pub fn param_ids<B: AutodiffBackend>(model: &Mpt<B>) -> Vec<(String, String)> {
-    param_names(model)
-        .into_iter()
-        .map(|(n, id)| (n, id.serialize()))
-        .collect()
 }

@@ -66,6 +66,14 @@ impl Loader {
         }
     }
 
+    /// The global sample ids of the last training batch (packed text only).
+    pub fn last_sample_ids(&self) -> Option<&[i64]> {
+        match self {
+            Loader::Text(d) => Some(d.loader.last_batch_ids()),
+            Loader::Finetune(_) => None,
+        }
+    }
+
     /// Where the stream stands (saved in checkpoints).
     pub fn state(&self) -> StreamState {
         match self {

@@ -14,12 +14,11 @@ use crate::run_dir::RunDir;
 
 use super::TrainError;
 
-/// Writers for one run, opened once.
+/// Writers for one run, opened once. Only rank 0 writes; on the other ranks every call does
+/// nothing (they take the same decisions from the same reduced numbers).
 pub struct RunLog {
     dir: RunDir,
-    metrics: JsonlWriter,
-    incidents: JsonlWriter,
-    tensorboard: EventWriter,
+    files: Option<Files>,
     bar: Option<ProgressBar>,
     console_every: u64,
     throughput: Throughput,
@@ -32,12 +31,20 @@ pub struct RunLog {
     title: String,
 }
 
+/// The files rank 0 writes.
+struct Files {
+    metrics: JsonlWriter,
+    incidents: JsonlWriter,
+    tensorboard: EventWriter,
+}
+
 impl RunLog {
     /// Opens the writers; `resumed_at` (a resume) drops metrics lines after that step so the
     /// file reads as one uninterrupted run.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: &RunDir,
+        lead: bool,
         resumed_at: Option<u64>,
         max_steps: u64,
         console_every: u64,
@@ -46,6 +53,21 @@ impl RunLog {
         peak_flops: Option<f64>,
         title: String,
     ) -> Result<Self, TrainError> {
+        if !lead {
+            return Ok(Self {
+                dir: dir.clone(),
+                files: None,
+                bar: None,
+                console_every: console_every.max(1),
+                throughput: Throughput::new(20),
+                train_curve: Vec::new(),
+                eval_curve: Vec::new(),
+                started: Instant::now(),
+                flops_per_token,
+                peak_flops,
+                title,
+            });
+        }
         dir.create().map_err(|source| TrainError::Io {
             path: dir.root().to_path_buf(),
             source,
@@ -78,9 +100,11 @@ impl RunLog {
         });
         Ok(Self {
             dir: dir.clone(),
-            metrics,
-            incidents: JsonlWriter::open(dir.incidents())?,
-            tensorboard: EventWriter::create(dir.tensorboard())?,
+            files: Some(Files {
+                metrics,
+                incidents: JsonlWriter::open(dir.incidents())?,
+                tensorboard: EventWriter::create(dir.tensorboard())?,
+            }),
             bar,
             console_every: console_every.max(1),
             throughput: Throughput::new(20),
@@ -101,7 +125,11 @@ impl RunLog {
         loss: f64,
         lr: f64,
         grad_norm: f64,
+        comm_s: f64,
     ) -> Result<(), TrainError> {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
         self.throughput.record(Instant::now(), tokens);
         let tokens_per_s = self.throughput.tokens_per_s();
         let mfu = self
@@ -116,17 +144,25 @@ impl RunLog {
             grad_norm,
             tokens_per_s,
             mfu,
+            comm_s: Some(comm_s),
             elapsed_s: self.started.elapsed().as_secs_f64(),
         };
-        self.metrics.append(&MetricsRecord::Train(record.clone()))?;
-        let mut scalars = vec![("loss/train", loss), ("lr", lr), ("grad_norm", grad_norm)];
+        files
+            .metrics
+            .append(&MetricsRecord::Train(record.clone()))?;
+        let mut scalars = vec![
+            ("loss/train", loss),
+            ("lr", lr),
+            ("grad_norm", grad_norm),
+            ("time/comm_s", comm_s),
+        ];
         if let Some(tps) = tokens_per_s {
             scalars.push(("throughput/tokens_per_s", tps));
         }
         if let Some(m) = mfu {
             scalars.push(("throughput/mfu", m));
         }
-        self.tensorboard.add_scalars(&scalars, step)?;
+        files.tensorboard.add_scalars(&scalars, step)?;
         if loss.is_finite() {
             self.train_curve.push((step, loss));
         }
@@ -153,15 +189,18 @@ impl RunLog {
         label: &str,
         loss: f64,
     ) -> Result<(), TrainError> {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
         let perplexity = loss.exp();
-        self.metrics.append(&MetricsRecord::Eval(EvalRecord {
+        files.metrics.append(&MetricsRecord::Eval(EvalRecord {
             step,
             tokens,
             label: label.to_string(),
             loss,
             perplexity,
         }))?;
-        self.tensorboard.add_scalars(
+        files.tensorboard.add_scalars(
             &[
                 (&format!("loss/eval/{label}"), loss),
                 (&format!("perplexity/eval/{label}"), perplexity),
@@ -177,8 +216,11 @@ impl RunLog {
 
     /// Extra metrics from an eval hook (ICL accuracies…).
     pub fn scalars(&mut self, step: u64, values: &[(String, f64)]) -> Result<(), TrainError> {
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
         let v: Vec<(&str, f64)> = values.iter().map(|(k, x)| (k.as_str(), *x)).collect();
-        self.tensorboard.add_scalars(&v, step)?;
+        files.tensorboard.add_scalars(&v, step)?;
         for (k, x) in values {
             self.say(&format!("[eval @ step {step}] {k} = {x:.4}"));
         }
@@ -187,11 +229,15 @@ impl RunLog {
 
     /// Appends an incident and prints it.
     pub fn incident(&mut self, incident: Incident) -> Result<(), TrainError> {
-        self.say(&format!(
+        let Some(files) = self.files.as_mut() else {
+            return Ok(());
+        };
+        let line = format!(
             "[incident @ step {}] {:?}: {}",
             incident.step, incident.kind, incident.detail
-        ));
-        self.incidents.append(&incident)?;
+        );
+        files.incidents.append(&incident)?;
+        self.say(&line);
         Ok(())
     }
 
@@ -205,8 +251,11 @@ impl RunLog {
         self.incident(Incident::now(step, kind, detail))
     }
 
-    /// Prints a line without breaking the progress bar.
+    /// Prints a line without breaking the progress bar (rank 0 only).
     pub fn say(&self, line: &str) {
+        if self.files.is_none() {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(line),
             None => println!("{line}"),
@@ -215,6 +264,9 @@ impl RunLog {
 
     /// Redraws `loss.png` from the curves so far.
     pub fn plot(&self) -> Result<(), TrainError> {
+        if self.files.is_none() {
+            return Ok(());
+        }
         plot_loss(
             &self.dir.loss_plot(),
             &self.title,

@@ -27,9 +27,9 @@ use crate::checkpoint::CheckpointError;
 use crate::guard::{NanVerdict, SpikeAction, SpikeVerdict, Watchdog};
 use crate::metrics::{Incident, IncidentKind, MetricsError, RunFacts, read_jsonl, write_report};
 use crate::schedule::lr_at;
-use crate::step::{apply_update, eval_loss, forward_backward, mix};
+use crate::step::{eval_loss, mix};
 
-use checkpointing::{HostSnapshot, restore};
+use checkpointing::{RankSnapshot, restore};
 use setup::Run;
 use timing::{Phase, Timing};
 
@@ -48,6 +48,14 @@ pub enum TrainError {
     Finetune(Box<crate::finetune::FinetuneError>),
     #[error("model: {0}")]
     Model(String),
+    /// The LoRA adapter (`model.peft_config` or `model.pretrained_lora_id_or_path`) does not
+    /// fit the model, or its folder is unreadable.
+    #[error("{key}: {source}")]
+    Adapter {
+        key: &'static str,
+        #[source]
+        source: Box<tessera_model::lora::LoraError>,
+    },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error(transparent)]
@@ -75,6 +83,9 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Lock(#[from] crate::run_lock::LockError),
+    /// A collective or the rendezvous failed (a lost, hung or mismatched rank).
+    #[error(transparent)]
+    Dist(tessera_dist::DistError),
     #[error(
         "{key}: token id {token} is outside the model's vocabulary ({vocab} ids); the data was \
          tokenized with a larger vocabulary than `model.vocab_size`"
@@ -141,9 +152,17 @@ impl TrainError {
             TrainError::Config { .. }
             | TrainError::TokenOutOfRange { .. }
             | TrainError::Finetune(_)
+            | TrainError::Adapter { .. }
             | TrainError::Lock(_) => Failure::BadInput,
             TrainError::Diverged { .. } | TrainError::Aborted { .. } => Failure::Diverged,
             TrainError::Stalled { .. } => Failure::Transient,
+            TrainError::Dist(e) => match e {
+                tessera_dist::DistError::Mismatch { .. }
+                | tessera_dist::DistError::Env(_)
+                | tessera_dist::DistError::RankOutOfRange { .. }
+                | tessera_dist::DistError::DuplicateRank { .. } => Failure::BadInput,
+                _ => Failure::Transient,
+            },
             TrainError::Data { source, .. } => match **source {
                 StreamError::Remote { .. } => Failure::Transient,
                 StreamError::Config { .. } | StreamError::Location { .. } => Failure::BadInput,
@@ -174,6 +193,13 @@ pub struct TrainOptions {
     pub device_label: String,
     /// Peak FLOP/s of the devices, for MFU (none: MFU is not reported).
     pub peak_flops: Option<f64>,
+    /// Append the global sample ids each step trained on to `rank{r}.jsonl` in this folder
+    /// (packed text data): tests use it to check that every sample is seen exactly once across
+    /// resumes and world sizes.
+    pub sample_log: Option<PathBuf>,
+    /// This process's rank among the run's processes (composer's environment, read by the
+    /// binary); `None` is a single process.
+    pub ranks: Option<tessera_dist::RankEnv>,
     /// Bytes of memory the device has for training, for `device_train_microbatch_size: auto`
     /// (the binary reads it from the OS or the driver).
     pub device_memory: Option<u64>,
@@ -265,46 +291,54 @@ pub fn train<B: AutodiffBackend>(
             let t = Instant::now();
             let examples = run.train.next_batch()?;
             check_stall(&watchdog)?;
+            if let (Some(path), Some(ids)) = (&opts.sample_log, run.train.last_sample_ids()) {
+                let comm = &run.sharded.comm;
+                log_samples(
+                    path,
+                    run.state.step + 1,
+                    comm.rank(),
+                    comm.world_size(),
+                    ids,
+                )?;
+            }
             check_vocab(&examples, run.model_config.vocab_size, "train_loader")?;
             timing.add(Phase::Data, t);
             let step_started = Instant::now();
-            let micro: Vec<Vec<Example>> = examples
-                .chunks(run.microbatch)
-                .map(<[Example]>::to_vec)
-                .collect();
+            let micro = microbatches(examples.clone(), run.microbatch);
+            // Microbatch i of rank r is microbatch r·k + i of the whole step (its dropout seed).
+            let first_micro = run.sharded.comm.rank() * micro.len();
             let lr = lr_at(run.state.step, &run.schedule);
             let dropout_seed = mix(mix(run.state.seed, DROPOUT), run.state.step);
-            let grads = forward_backward(&run.model, &micro, dropout_seed, device);
+            run.sharded.reset_comm_time();
+            let grads = run
+                .sharded
+                .forward_backward(&micro, first_micro, dropout_seed, device)
+                .map_err(TrainError::Dist)?;
             check_stall(&watchdog)?;
 
             let step = run.state.step + 1;
-            let (loss, tokens) = grads.as_ref().map_or((f64::NAN, 0), |g| (g.loss, g.tokens));
+            let (loss, tokens) = (grads.loss, grads.tokens);
             let mut grad_norm = f64::NAN;
-            let judgement = judge(&mut run, step, loss, tokens as u64)?;
+            let judgement = judge(&mut run, step, loss, tokens)?;
             let normal = matches!(judgement, Judgement::Apply)
                 && run.spike.as_ref().is_none_or(|s| s.consecutive == 0);
             match judgement {
                 Judgement::Apply => {
-                    if let Some(g) = grads {
-                        let model = run.model.clone();
-                        let (model, norm, applied) = apply_update(
-                            model,
-                            &mut run.optim,
-                            g,
-                            lr,
-                            run.config
-                                .gradient_clipping
-                                .as_ref()
-                                .map(|c| c.clipping_threshold),
-                        );
-                        run.model = model;
-                        grad_norm = norm;
-                        if !applied
-                            && let Some(ck) = nan_step(&mut run, step, loss, norm, tokens as u64)?
-                        {
-                            rollback(&mut run, step, ck, device)?;
-                            continue;
-                        }
+                    let clip = run
+                        .config
+                        .gradient_clipping
+                        .as_ref()
+                        .map(|c| c.clipping_threshold);
+                    let applied = run
+                        .sharded
+                        .apply(grads, lr, clip)
+                        .map_err(TrainError::Dist)?;
+                    grad_norm = applied.grad_norm;
+                    if !applied.applied
+                        && let Some(ck) = nan_step(&mut run, step, loss, grad_norm, tokens)?
+                    {
+                        rollback(&mut run, step, ck, device)?;
+                        continue;
                     }
                 }
                 Judgement::Skip => {}
@@ -313,10 +347,10 @@ pub fn train<B: AutodiffBackend>(
                     continue;
                 }
             }
-            timing.step(step_started.elapsed(), tokens as u64);
+            timing.step(step_started.elapsed(), tokens);
             run.state.step = step;
-            run.state.samples += examples.len() as u64;
-            run.state.tokens += tokens as u64;
+            run.state.samples += (examples.len() * run.sharded.comm.world_size()) as u64;
+            run.state.tokens += tokens;
             if run.state.rollbacks_in_a_row > 0 {
                 // The budget is whole again once the run has trained a whole spike window of
                 // normal steps past the step that triggered the last rollback.
@@ -332,7 +366,9 @@ pub fn train<B: AutodiffBackend>(
                     *healthy = 0;
                 }
             }
-            run.log.step(step, run.state.tokens, loss, lr, grad_norm)?;
+            let comm_s = run.sharded.comm_seconds();
+            run.log
+                .step(step, run.state.tokens, loss, lr, grad_norm, comm_s)?;
 
             if run.eval_every.is_some_and(|n| step % n == 0) || step == run.max_steps {
                 let t = Instant::now();
@@ -354,14 +390,19 @@ pub fn train<B: AutodiffBackend>(
         let kind = match e {
             TrainError::Diverged { .. } => IncidentKind::Diverged,
             TrainError::Stalled { .. } => IncidentKind::Stall,
+            TrainError::Dist(_) => IncidentKind::RankFailure,
             _ => IncidentKind::Abort,
         };
         let step = match e {
             TrainError::Diverged { step, .. } => *step,
             _ => run.state.step,
         };
+        let mut incident = Incident::now(step, kind, e.to_string());
+        if let TrainError::Dist(d) = e {
+            incident.rank = d.failed_rank().map(|r| r as u64);
+        }
         // Best effort: the run is already failing, and the original error is what to report.
-        let _ = run.log.note(step, kind, e.to_string());
+        let _ = run.log.incident(incident);
     }
     let t = Instant::now();
     let saved = run.checkpoints.wait();
@@ -379,6 +420,25 @@ pub fn train<B: AutodiffBackend>(
 
 /// Purposes of derived random streams.
 const DROPOUT: u64 = 0xd20;
+
+/// How long rank 0 waits for the other ranks' parts of a checkpoint before it gives up on the
+/// save (the write of one shard of a very large model to slow storage fits in it).
+const COMMIT_WAIT: Duration = Duration::from_secs(1800);
+
+/// This rank's batch as `k`-sequence microbatches, taken with a stride: microbatch `i` holds
+/// sequences `i, i + n/k, i + 2n/k, …`. streaming deals a node's samples to its ranks the same
+/// way, so one process's microbatch `r` of a global batch is what rank `r` of a run with as many
+/// ranks as microbatches gets, and the two runs add the same gradients in the same order.
+pub fn microbatches(examples: Vec<Example>, k_size: usize) -> Vec<Vec<Example>> {
+    let n = examples.len();
+    let count = n.div_ceil(k_size.max(1)).max(1);
+    let mut out: Vec<Vec<Example>> = (0..count).map(|_| Vec::new()).collect();
+    for (j, e) in examples.into_iter().enumerate() {
+        out[j % count].push(e);
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
 
 enum Judgement {
     Apply,
@@ -559,36 +619,47 @@ fn rollback<B: AutodiffBackend>(
     ck: crate::checkpoint::Resumable,
     device: &B::Device,
 ) -> Result<(), TrainError> {
-    let r = restore::<B>(
-        &ck.dir,
-        &run.model_config,
-        run.optim_kind,
-        run.config.optimizer.init::<B, Mpt<B>>(),
-        device,
-    )?;
+    let layout = run.sharded.layout.clone();
+    let rank = run.sharded.shard_rank();
+    let r = restore::<B>(&ck.dir, &layout, rank, run.sharded.optim, device)?;
     let mut incident = Incident::now(
         step,
         IncidentKind::Rollback,
         format!("rolled back to {}", ck.dir.display()),
     );
-    incident.lost_steps = step.saturating_sub(r.state.step);
-    incident.lost_tokens = run.state.tokens.saturating_sub(r.state.tokens);
+    incident.lost_steps = step.saturating_sub(r.train.step);
+    incident.lost_tokens = run.state.tokens.saturating_sub(r.train.tokens);
     run.log.incident(incident)?;
-    let compute = run.model.compute_dtype(); // run-time setting, not in the checkpoint
-    run.model = r.model.with_compute_dtype(compute);
-    run.optim = r.optim;
+    run.sharded.set_state(r.state).map_err(TrainError::Dist)?;
     // The guards judge from the checkpoint's window again (from before the trouble), and keep
     // counting rollbacks.
-    run.spike = r.state.spike.clone();
-    run.nan = r.state.nan_guard.clone();
+    run.spike = r.train.spike.clone();
+    run.nan = r.train.nan_guard.clone();
     run.state = crate::trainer::state::TrainState {
         data: run.train.state(),
         rollbacks_in_a_row: run.state.rollbacks_in_a_row,
         rollback_trigger_step: run.state.rollback_trigger_step,
         healthy_past_trigger: 0,
-        ..r.state
+        ..r.train
     };
     run.log.pause_throughput();
+    Ok(())
+}
+
+/// One line of the sample log: `{"step", "rank", "world", "ids"}`.
+fn log_samples(
+    dir: &std::path::Path,
+    step: u64,
+    rank: usize,
+    world: usize,
+    ids: &[i64],
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let line = serde_json::json!({"step": step, "rank": rank, "world": world, "ids": ids});
+    crate::metrics::JsonlWriter::open(dir.join(format!("rank{rank}.jsonl")))?.append(&line)?;
     Ok(())
 }
 
@@ -608,30 +679,41 @@ fn evaluate<B: AutodiffBackend>(
     hook: &mut Option<EvalHook<'_, B>>,
     device: &B::Device,
 ) -> Result<(), TrainError> {
-    let inner = run.model.valid();
+    // Under FULL_SHARD every rank gathers the whole model for evaluation.
+    let inner = run.sharded.full_model().map_err(TrainError::Dist)?.valid();
     let inner_device = device.clone();
     let step = run.state.step;
     for i in 0..run.evals.len() {
         let (label, data) = &mut run.evals[i];
         data.rewind()?;
-        let (mut sum, mut n, mut batches) = (0.0, 0usize, 0usize);
+        // Each rank evaluates its partition of the eval set; the sums are added over ranks.
+        let mut totals = [0.0f64, 0.0];
+        let mut batches = 0usize;
         while data.remaining_in_epoch() > 0 && run.eval_batches.is_none_or(|m| batches < m) {
             let examples = data.next_eval_batch()?;
             check_vocab(&examples, run.model_config.vocab_size, label)?;
             let (s, k) = eval_loss(&inner, &examples, &inner_device);
-            sum += s;
-            n += k;
+            totals[0] += s;
+            totals[1] += k as f64;
             batches += 1;
         }
+        run.sharded
+            .comm
+            .all_reduce(&mut totals)
+            .map_err(TrainError::Dist)?;
         let label = label.clone();
-        if n > 0 {
+        if totals[1] > 0.0 {
             run.log
-                .eval(step, run.state.tokens, &label, sum / n as f64)?;
+                .eval(step, run.state.tokens, &label, totals[0] / totals[1])?;
         }
     }
     if let Some(h) = hook {
-        let extra = h(&inner, step, &run.dir.eval());
-        run.log.scalars(step, &extra)?;
+        // Extra evaluations (ICL) run on rank 0; the others wait for it.
+        if run.lead() {
+            let extra = h(&inner, step, &run.dir.eval());
+            run.log.scalars(step, &extra)?;
+        }
+        run.sharded.comm.barrier().map_err(TrainError::Dist)?;
     }
     run.log.pause_throughput();
     Ok(())
@@ -640,9 +722,19 @@ fn evaluate<B: AutodiffBackend>(
 /// Copies the state to the host and hands it to the checkpoint thread.
 fn save<B: AutodiffBackend>(run: &mut Run<B>, elapsed_s: f64) -> Result<(), TrainError> {
     let state = run.checkpoint_state(elapsed_s);
-    let snapshot = HostSnapshot::take(&run.model, &run.optim, &state)?;
-    run.checkpoints
-        .save_with(state.step, move || snapshot.into_payload())?;
+    let last = state.step >= run.max_steps;
+    let snapshot = RankSnapshot::take(
+        &run.sharded,
+        &run.model_config,
+        &state,
+        run.consolidate_every_save || last,
+        run.adapter_config.as_ref(),
+    )?;
+    let attempt = run.attempt.clone();
+    let wait = COMMIT_WAIT;
+    run.checkpoints.spawn(state.step, move |store| {
+        snapshot.write(store, &attempt, wait)
+    })?;
     Ok(())
 }
 
@@ -679,9 +771,15 @@ fn finish<B: AutodiffBackend>(
         stop_reason,
         final_checkpoint: final_checkpoint.as_ref().map(|p| p.display().to_string()),
     };
-    let metrics = read_jsonl(run.dir.metrics())?;
-    let incidents = read_jsonl(run.dir.incidents())?;
-    write_report(&run.dir.report(), &facts, &metrics, &incidents)?;
+    // Rank 0 keeps the run's record; the other ranks only report how far they got.
+    let metrics = if run.lead() {
+        let metrics = read_jsonl(run.dir.metrics())?;
+        let incidents = read_jsonl(run.dir.incidents())?;
+        write_report(&run.dir.report(), &facts, &metrics, &incidents)?;
+        metrics
+    } else {
+        Vec::new()
+    };
     let curve = run.log.train_curve();
     let mut eval = Vec::new();
     for (label, _) in &run.evals {

@@ -1,5 +1,6 @@
-//! Everything the loop needs, built once from the config: the run folder, the model (fresh,
-//! pretrained or resumed), the optimizer, the schedule, the data and the writers.
+//! Everything the loop needs, built once from the config: the run folder, the ranks, the model
+//! (fresh, pretrained or resumed) with its sharded training state, the schedule, the data and
+//! the writers.
 
 use std::path::Path;
 
@@ -7,22 +8,25 @@ use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 use tessera_data::stream::World;
+use tessera_dist::{Communicator, RendezvousConfig};
+use tessera_model::lora::{self, Adapter, LoraError};
 use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
 use crate::checkpoint::{AsyncCheckpointer, CheckpointStore, RemoteCheckpoints};
 use crate::config::{
-    LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision, TrainConfig,
+    AdapterSource, FsdpPrecision, LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision,
+    TrainConfig,
 };
 use crate::finetune::FinetuneTokenizer;
 use crate::guard::{NanGuard, SpikeDetector};
 use crate::metrics::{Incident, IncidentKind};
-use crate::optim::{Optim, TrainOptimizer};
+use crate::parallel::{Sharded, ShardingStrategy, Strategy};
 use crate::run_dir::{RunDir, SaveFolder, run_name};
 use crate::run_lock::RunLock;
 use crate::schedule::LrSchedule;
 
-use super::checkpointing::{Restored, param_ids, restore};
+use super::checkpointing::restore;
 use super::data::Loader;
 use super::log::RunLog;
 use super::state::TrainState;
@@ -34,9 +38,8 @@ pub struct Run<B: AutodiffBackend> {
     pub model_config: MptConfig,
     pub dir: RunDir,
     pub run_name: String,
-    pub model: Mpt<B>,
-    pub optim: TrainOptimizer<Mpt<B>, B>,
-    pub optim_kind: Optim,
+    /// The model and this rank's shard of its training state, with the communicator.
+    pub sharded: Sharded<B>,
     pub schedule: LrSchedule,
     pub state: TrainState,
     pub train: Loader,
@@ -51,8 +54,15 @@ pub struct Run<B: AutodiffBackend> {
     pub save_every: Option<u64>,
     pub eval_batches: Option<usize>,
     pub resumed_from: Option<u64>,
-    /// Held for the run's life: no second trainer writes to this run folder.
-    pub lock: RunLock,
+    /// Held by rank 0 for the run's life: no second trainer writes to this run folder.
+    pub lock: Option<RunLock>,
+    /// This launch of the job, shared by its ranks: names its checkpoint staging folders.
+    pub attempt: String,
+    /// Whether every checkpoint holds the consolidated `model.safetensors` (else only the last).
+    pub consolidate_every_save: bool,
+    /// A LoRA run's `adapter_config.json` (PEFT's), written into every checkpoint beside the
+    /// adapter's weights.
+    pub adapter_config: Option<serde_json::Value>,
 }
 
 impl<B: AutodiffBackend> Run<B> {
@@ -65,7 +75,20 @@ impl<B: AutodiffBackend> Run<B> {
         let cfg = loaded.config.clone();
         let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
         let dir = RunDir::for_run(opts.run_dir.as_deref(), &run_name);
-        let lock = RunLock::acquire(dir.root())?;
+        let hash = config_hash(&cfg)?;
+        let env = opts
+            .ranks
+            .clone()
+            .unwrap_or_else(tessera_dist::RankEnv::single);
+        let mut comm = connect::<B>(&env, &RendezvousConfig::new(hash.clone()))?;
+        let (rank, world_size) = (comm.rank(), comm.world_size());
+        let lead = rank == 0;
+        // Rank 0 alone owns the run folder (every rank reads and writes checkpoints in it).
+        let lock = if lead {
+            Some(RunLock::acquire(dir.root())?)
+        } else {
+            None
+        };
         // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
         let target = SaveFolder::resolve(cfg.save_folder.as_deref(), &run_name, &dir);
         let save_folder = target.local(&dir);
@@ -88,8 +111,19 @@ impl<B: AutodiffBackend> Run<B> {
                 ),
             });
         }
-        let world = World::new(0, 1, 1).map_err(|e| TrainError::data("world", e))?;
-        let device_batch = cfg.global_train_batch_size / world.world_size as usize;
+        let world = World::new(rank as u64, world_size as u64, env.local_world_size as u64)
+            .map_err(|e| TrainError::data("world", e))?;
+        if !cfg.global_train_batch_size.is_multiple_of(world_size) {
+            return Err(TrainError::Config {
+                key: "global_train_batch_size".into(),
+                message: format!(
+                    "{} does not split evenly over {world_size} ranks",
+                    cfg.global_train_batch_size
+                ),
+            });
+        }
+        let device_batch = cfg.global_train_batch_size / world_size;
+        let strategy = strategy(&cfg, env.num_nodes())?;
         let (microbatch, microbatch_note) = match cfg.device_train_microbatch_size {
             MicroBatchSize::Fixed(m) => (m.min(device_batch), None),
             MicroBatchSize::Auto => {
@@ -97,17 +131,16 @@ impl<B: AutodiffBackend> Run<B> {
                     &cfg,
                     &model_config,
                     device_batch,
-                    world.world_size as usize,
+                    world_size,
                     opts.device_memory,
                 )?;
                 (m, Some(why))
             }
         };
         let optim_kind = cfg.optimizer.build();
-        let hash = config_hash(&cfg)?;
 
         let mut incidents = Vec::new();
-        if let Some(h) = &lock.took_over {
+        if let Some(h) = lock.as_ref().and_then(|l| l.took_over.as_ref()) {
             incidents.push(Incident::now(
                 0,
                 IncidentKind::LockTakeover,
@@ -117,15 +150,18 @@ impl<B: AutodiffBackend> Run<B> {
                 ),
             ));
         }
-        for r in store.recover(None)? {
-            incidents.push(Incident::now(
-                0,
-                IncidentKind::CorruptCheckpoint,
-                format!("repaired an interrupted save: {r:?}"),
-            ));
+        if lead {
+            for r in store.recover(None)? {
+                incidents.push(Incident::now(
+                    0,
+                    IncidentKind::CorruptCheckpoint,
+                    format!("repaired an interrupted save: {r:?}"),
+                ));
+            }
         }
-        let mut resumed: Option<Restored<B>> = None;
-        if cfg.autoresume {
+        // Rank 0 picks the checkpoint (after repairing the folder); every rank resumes from it.
+        let mut resume_from: Option<std::path::PathBuf> = None;
+        if cfg.autoresume && lead {
             let (mut newest, corrupt) = store.newest_verified()?;
             let resumable_step = newest.as_ref().map_or(0, |c| c.step);
             for (path, why) in corrupt {
@@ -153,29 +189,8 @@ impl<B: AutodiffBackend> Run<B> {
                     newest = Some(crate::checkpoint::Resumable { step, dir });
                 }
             }
-            if let Some(ck) = newest {
-                let r = restore::<B>(
-                    &ck.dir,
-                    &model_config,
-                    optim_kind,
-                    cfg.optimizer.init::<B, Mpt<B>>(),
-                    device,
-                )?;
-                if r.state.config_hash != hash {
-                    return Err(TrainError::Config {
-                        key: "autoresume".into(),
-                        message: format!(
-                            "{} was written with a different config (hash {} ≠ {}); resuming would not reproduce that run. \
-                             Use a new save_folder, or set autoresume: false",
-                            ck.dir.display(),
-                            &r.state.config_hash[..12.min(r.state.config_hash.len())],
-                            &hash[..12]
-                        ),
-                    });
-                }
-                resumed = Some(r);
-            }
-        } else if !cfg.save_overwrite && !store.list()?.is_empty() {
+            resume_from = newest.map(|c| c.dir);
+        } else if lead && !cfg.autoresume && !cfg.save_overwrite && !store.list()?.is_empty() {
             return Err(TrainError::Config {
                 key: "save_folder".into(),
                 message: format!(
@@ -184,16 +199,44 @@ impl<B: AutodiffBackend> Run<B> {
                 ),
             });
         }
+        let resume_from = agree_on_checkpoint(&mut comm, &save_folder, resume_from)?;
 
         let separator = separator(&cfg, &model_config);
         let tokenizer = finetune_tokenizer(&cfg)?;
-        let (model, optim, state) = match resumed {
-            Some(r) => (r.model, r.optim, r.state),
+        // Every rank builds the same model (the init is a function of the seed), then keeps its
+        // shard of the training state; a resume replaces that state with the checkpoint's.
+        let model = build_model::<B>(&cfg, &model_config, device)?;
+        let adapter_config = model.lora_config().map(|l| {
+            let base = match &cfg.model.base {
+                ModelSource::Pretrained { path, .. } => Some(path.as_str()),
+                ModelSource::Mpt(_) => cfg.load_path.as_deref(),
+            };
+            l.to_adapter_config(base)
+        });
+        let mut sharded =
+            Sharded::new(model, optim_kind, strategy, comm, device).map_err(TrainError::Dist)?;
+        let state = match &resume_from {
+            Some(dir) => {
+                let layout = sharded.layout.clone();
+                let r = restore::<B>(dir, &layout, sharded.shard_rank(), optim_kind, device)?;
+                if r.train.config_hash != hash {
+                    return Err(TrainError::Config {
+                        key: "autoresume".into(),
+                        message: format!(
+                            "{} was written with a different config (hash {} ≠ {}); resuming would not reproduce that run. \
+                             Use a new save_folder, or set autoresume: false",
+                            dir.display(),
+                            &r.train.config_hash[..12.min(r.train.config_hash.len())],
+                            &hash[..12]
+                        ),
+                    });
+                }
+                sharded.set_state(r.state).map_err(TrainError::Dist)?;
+                r.train
+            }
             None => {
-                let model = build_model::<B>(&cfg, &model_config, device)?;
-                let optim = cfg.optimizer.init::<B, Mpt<B>>();
                 let data_state = None;
-                let state = TrainState {
+                TrainState {
                     version: TrainState::VERSION,
                     step: 0,
                     samples: 0,
@@ -211,15 +254,13 @@ impl<B: AutodiffBackend> Run<B> {
                     .state(),
                     seed: cfg.seed,
                     config_hash: hash.clone(),
-                    param_ids: Vec::new(),
                     nan_guard: NanGuard::new(cfg.guards.nan),
                     spike: cfg.guards.spike.map(SpikeDetector::new),
                     elapsed_s: 0.0,
                     rollbacks_in_a_row: 0,
                     rollback_trigger_step: 0,
                     healthy_past_trigger: 0,
-                };
-                (model, optim, state)
+                }
             }
         };
         let resumed_from = (state.step > 0).then_some(state.step);
@@ -303,6 +344,7 @@ impl<B: AutodiffBackend> Run<B> {
         );
         let mut log = RunLog::open(
             &dir,
+            lead,
             resumed_from,
             max_steps,
             console_every,
@@ -317,7 +359,24 @@ impl<B: AutodiffBackend> Run<B> {
         if let Some(why) = microbatch_note {
             log.say(&why);
         }
-        let model = model.with_compute_dtype(compute_dtype::<B>(cfg.precision, device, &log));
+        let compute = compute_dtype::<B>(cfg.precision, device, &log);
+        sharded.model = sharded.model.clone().with_compute_dtype(compute);
+        if world_size > 1 {
+            log.say(&format!(
+                "{world_size} ranks, {} ({}); {device_batch} sequences per rank per step",
+                strategy_name(strategy),
+                sharded.comm.backend_name()
+            ));
+        }
+        if let Some(f) = &cfg.fsdp_config {
+            let inert = f.inert_keys();
+            if !inert.is_empty() {
+                log.say(&format!(
+                    "note: fsdp_config.{} change nothing in tessera (it gathers one block at a time, in order)",
+                    inert.join(", fsdp_config.")
+                ));
+            }
+        }
         for i in incidents {
             log.incident(i)?;
         }
@@ -331,34 +390,38 @@ impl<B: AutodiffBackend> Run<B> {
                 ),
             ))?;
         }
-        std::fs::write(
-            dir.config(),
-            loaded.config.to_yaml().map_err(|e| TrainError::Config {
+        if lead {
+            let yaml = loaded.config.to_yaml().map_err(|e| TrainError::Config {
                 key: "config".into(),
                 message: e.to_string(),
-            })?,
-        )
-        .map_err(|source| TrainError::Io {
-            path: dir.config(),
-            source,
-        })?;
+            })?;
+            tessera_fs::atomic_write(&dir.config(), yaml.as_bytes()).map_err(|source| {
+                TrainError::Io {
+                    path: dir.config(),
+                    source,
+                }
+            })?;
+        }
 
         let nan = state.nan_guard.clone();
         let spike = state.spike.clone();
         let eval_batches =
             (cfg.eval_subset_num_batches > 0).then_some(cfg.eval_subset_num_batches as usize);
+        let attempt = agree_on_attempt(&mut sharded.comm)?;
+        let consolidate_every_save = cfg
+            .fsdp_config
+            .as_ref()
+            .is_none_or(|f| f.state_dict_type == crate::config::StateDictType::Full);
         Ok(Self {
             model_config,
             dir,
             run_name,
-            model,
-            optim,
-            optim_kind,
+            sharded,
             schedule,
             state,
             train,
             evals,
-            checkpoints: match remote {
+            checkpoints: match remote.filter(|_| lead) {
                 Some(r) => AsyncCheckpointer::new(store).with_remote(r),
                 None => AsyncCheckpointer::new(store),
             },
@@ -372,20 +435,124 @@ impl<B: AutodiffBackend> Run<B> {
             eval_batches,
             resumed_from,
             lock,
+            attempt,
+            consolidate_every_save,
+            adapter_config,
             config: cfg,
         })
+    }
+
+    /// Whether this is rank 0, which writes the run's logs and publishes its checkpoints.
+    pub fn lead(&self) -> bool {
+        self.sharded.comm.rank() == 0
     }
 
     /// The state to write into a checkpoint now.
     pub fn checkpoint_state(&self, elapsed_s: f64) -> TrainState {
         TrainState {
             data: self.train.state(),
-            param_ids: param_ids(&self.model),
             nan_guard: self.nan.clone(),
             spike: self.spike.clone(),
             elapsed_s,
             ..self.state.clone()
         }
+    }
+}
+
+/// The communicator: NCCL between burn-cuda ranks (one GPU per process, `LOCAL_RANK` picks it),
+/// TCP otherwise.
+fn connect<B: AutodiffBackend>(
+    env: &tessera_dist::RankEnv,
+    cfg: &RendezvousConfig,
+) -> Result<Communicator, TrainError> {
+    #[cfg(feature = "cuda")]
+    if env.world_size > 1 && tessera_dist::nccl::is_cuda_backend::<B::InnerBackend>() {
+        return Communicator::connect_nccl(env, cfg, env.local_rank).map_err(TrainError::Dist);
+    }
+    Communicator::connect(env, cfg).map_err(TrainError::Dist)
+}
+
+/// Every rank resumes from the checkpoint rank 0 chose (`None`: a fresh start). The choice
+/// travels as a step number; the folder is the same on every rank (a shared file system).
+fn agree_on_checkpoint(
+    comm: &mut Communicator,
+    save_folder: &std::path::Path,
+    chosen: Option<std::path::PathBuf>,
+) -> Result<Option<std::path::PathBuf>, TrainError> {
+    const NONE: u64 = u64::MAX;
+    let mut step = [chosen
+        .as_deref()
+        .and_then(CheckpointStore::step_of)
+        .unwrap_or(NONE)];
+    comm.broadcast(&mut step, 0).map_err(TrainError::Dist)?;
+    Ok((step[0] != NONE).then(|| save_folder.join(CheckpointStore::name(step[0]))))
+}
+
+/// An id for this launch of the job, the same on every rank (rank 0's, broadcast).
+fn agree_on_attempt(comm: &mut Communicator) -> Result<String, TrainError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut id = [now ^ u64::from(std::process::id()).rotate_left(40)];
+    comm.broadcast(&mut id, 0).map_err(TrainError::Dist)?;
+    Ok(format!("a{:016x}", id[0]))
+}
+
+/// How the state is split, from `fsdp_config` and the world size.
+fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, TrainError> {
+    let Some(f) = &cfg.fsdp_config else {
+        // No fsdp_config: data parallel with replicated state (composer's DDP).
+        return Ok(Strategy::SINGLE);
+    };
+    f.validate().map_err(|(k, m)| TrainError::Config {
+        key: format!("fsdp_config.{k}"),
+        message: m,
+    })?;
+    let sharding = match f.sharding_strategy {
+        // Within one node HYBRID_SHARD is FULL_SHARD; across nodes it needs a communicator per
+        // node, which tessera-dist does not have yet.
+        ShardingStrategy::HybridShard if num_nodes > 1 => {
+            return Err(TrainError::Config {
+                key: "fsdp_config.sharding_strategy".into(),
+                message:
+                    "HYBRID_SHARD is not implemented yet; use FULL_SHARD (the same within one node)"
+                        .into(),
+            });
+        }
+        ShardingStrategy::HybridShard => ShardingStrategy::FullShard,
+        s => s,
+    };
+    // composer's FSDP mixed precision, in the run's 16-bit type (none under fp32).
+    let half = match cfg.precision {
+        Precision::Fp32 => None,
+        Precision::AmpBf16 => Some(FloatDType::BF16),
+        Precision::AmpFp16 => Some(FloatDType::F16),
+    };
+    let (param_dtype, reduce_dtype) = match f.mixed_precision {
+        FsdpPrecision::Pure => (half, half),
+        FsdpPrecision::Default => (half, None),
+        FsdpPrecision::Full => (None, None),
+    };
+    Ok(Strategy {
+        sharding,
+        recompute: f.activation_checkpointing,
+        param_dtype,
+        reduce_dtype,
+    })
+}
+
+/// How the strategy is named in the log.
+fn strategy_name(s: Strategy) -> String {
+    let name = match s.sharding {
+        ShardingStrategy::NoShard => "NO_SHARD (DDP)",
+        ShardingStrategy::ShardGradOp => "SHARD_GRAD_OP (ZeRO-2)",
+        ShardingStrategy::FullShard => "FULL_SHARD (FSDP)",
+        ShardingStrategy::HybridShard => "HYBRID_SHARD",
+    };
+    if s.recompute {
+        format!("{name} with activation checkpointing")
+    } else {
+        name.to_string()
     }
 }
 
@@ -466,7 +633,7 @@ pub fn auto_microbatch(
 /// The architecture the run builds: the `model:` fields, or a pretrained folder's `config.json`
 /// with `config_overrides` applied.
 pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
-    match &cfg.model {
+    match &cfg.model.base {
         ModelSource::Mpt(_) => cfg
             .mpt_config()
             .map_err(|e| TrainError::Config {
@@ -510,13 +677,14 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
 }
 
 /// The weights a fresh run starts from: llm-foundry's init from the run seed, the pretrained
-/// folder's weights, or `load_path`'s.
+/// folder's weights, or `load_path`'s; then, for LoRA, the adapter (new from the run seed, or
+/// read from its PEFT folder) attached with the base frozen, so only the adapter trains.
 pub fn build_model<B: AutodiffBackend>(
     cfg: &TrainConfig,
     mpt: &MptConfig,
     device: &B::Device,
 ) -> Result<Mpt<B>, TrainError> {
-    let path = match (&cfg.load_path, &cfg.model) {
+    let path = match (&cfg.load_path, &cfg.model.base) {
         (Some(p), _) => Some(p.as_str()),
         (
             None,
@@ -528,10 +696,27 @@ pub fn build_model<B: AutodiffBackend>(
         ) => Some(path.as_str()),
         _ => None,
     };
-    match path {
-        Some(p) => hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string())),
-        None => Ok(mpt.init::<B>(device, cfg.seed)),
-    }
+    let base = match path {
+        Some(p) => {
+            hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string()))?
+        }
+        None => mpt.init::<B>(device, cfg.seed),
+    };
+    let adapter_error = |key: &'static str| {
+        move |e: LoraError| TrainError::Adapter {
+            key,
+            source: Box::new(e),
+        }
+    };
+    let adapter = match &cfg.model.adapter {
+        None => return Ok(base),
+        Some(AdapterSource::New { config, .. }) => Adapter::init(config, mpt, cfg.seed, device)
+            .map_err(adapter_error("model.peft_config"))?,
+        Some(AdapterSource::Pretrained(dir)) => lora::peft::load(dir, mpt, device)
+            .map_err(adapter_error("model.pretrained_lora_id_or_path"))?,
+    };
+    base.with_adapter(adapter)
+        .map_err(adapter_error("model.peft_config"))
 }
 
 /// The tokenizer, when a `finetuning` loader needs it to tokenize its rows.

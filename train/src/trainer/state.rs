@@ -24,8 +24,6 @@ pub struct TrainState {
     /// sha256 of the resolved config's training-relevant part; a resume with a different one
     /// is refused unless forced, since it would not reproduce the run.
     pub config_hash: String,
-    /// The parameter names the optimizer state was keyed by, with the ids it had then.
-    pub param_ids: Vec<(String, String)>,
     /// The NaN guard's counters.
     pub nan_guard: NanGuard,
     /// The loss-spike detector's window, so that detection continues unchanged after a resume.
@@ -44,5 +42,7 @@ pub struct TrainState {
 }
 
 impl TrainState {
-    pub const VERSION: u32 = 1;
+    /// 2: the weights and optimizer state are in per-rank shard files (`shards.json`); 1 kept
+    /// the optimizer in burn's record format.
+    pub const VERSION: u32 = 2;
 }
