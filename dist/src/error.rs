@@ -8,11 +8,17 @@ use std::time::Duration;
 /// different operations at the same point get [`DistError::Desync`], not a garbled result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// Every rank ends with the sum of all ranks' buffers.
     AllReduce,
+    /// Every rank ends with its shard of the sum.
     ReduceScatter,
+    /// Every rank ends with all ranks' buffers, concatenated in rank order.
     AllGather,
+    /// Every rank ends with the root's buffer.
     Broadcast,
+    /// No rank goes on before all have arrived.
     Barrier,
+    /// All-gather of byte strings of any length.
     AllGatherBytes,
 }
 
