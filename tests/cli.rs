@@ -319,7 +319,10 @@ fn humaneval_left_truncates_a_prompt_longer_than_the_context_and_goes_on() {
     assert!(!err.contains("T/1: prompt"), "{err}");
     // Both comment-line prompts pass whatever the model appends: 2 programs, pass@1 = 1.
     let text = stdout(&out);
-    assert!(text.contains("2 samples over 2 problems: 2 passed"), "{text}");
+    assert!(
+        text.contains("2 samples over 2 problems: 2 passed"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -79,7 +79,10 @@ fn three_slices_merged_keep_the_documents_and_shards_of_one_process() {
         for (name, bytes) in &a {
             assert!(bytes == &b[name], "{split}/{name} differs");
         }
-        assert_eq!(read_samples(&one.join(split)), read_samples(&sliced.join(split)));
+        assert_eq!(
+            read_samples(&one.join(split)),
+            read_samples(&sliced.join(split))
+        );
     }
 
     // The candidates are the merge's input: a second merge writes the same again.

@@ -168,7 +168,11 @@ fn code_eval_left_truncates_a_prompt_longer_than_the_context_and_goes_on() {
     };
     std::fs::write(
         dir.path().join("problems.jsonl"),
-        format!("{}\n{}\n", problem("T/0", &long), problem("T/1", "# w1 w2 ")),
+        format!(
+            "{}\n{}\n",
+            problem("T/0", &long),
+            problem("T/1", "# w1 w2 ")
+        ),
     )
     .unwrap();
     let cfg_path = setup(

@@ -22,7 +22,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use crate::config::{ConfigError, EmbInit, FanMode, InitName, MptConfig, Nonlinearity, ResidualDiv};
+use crate::config::{
+    ConfigError, EmbInit, FanMode, InitName, MptConfig, Nonlinearity, ResidualDiv,
+};
 use crate::mpt::Mpt;
 use crate::spec::{ParamRole, ParamSpec};
 
@@ -44,7 +46,11 @@ impl MptConfig {
     /// A freshly initialised model, as llm-foundry would initialise it with this config, with
     /// weights determined by `seed` alone; an invalid config is an error (see
     /// [`MptConfig::validate`]) naming the field.
-    pub fn try_init<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<Mpt<B>, ConfigError> {
+    pub fn try_init<B: Backend>(
+        &self,
+        device: &B::Device,
+        seed: u64,
+    ) -> Result<Mpt<B>, ConfigError> {
         self.validate()?;
         let mut source =
             |spec: &ParamSpec| TensorData::new(init_values(self, spec, seed), spec.shape.clone());
@@ -309,10 +315,12 @@ mod tests {
         c.n_heads = 3;
         let err = c
             .try_init::<burn::backend::Flex>(&Default::default(), 0)
-            .err()
-            .expect("d_model is not a multiple of 3 heads")
+            .expect_err("d_model is not a multiple of 3 heads")
             .to_string();
-        assert!(err.contains("n_heads") && err.contains("divisible"), "{err}");
+        assert!(
+            err.contains("n_heads") && err.contains("divisible"),
+            "{err}"
+        );
     }
 
     #[test]

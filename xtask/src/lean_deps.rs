@@ -225,7 +225,8 @@ mod tests {
         // And the check can fail: with data's default features the heavy crates are there.
         let app = work.join("full/app");
         write_app(&app, &util::root(), true).unwrap();
-        let tree = util::output(cargo(&app).args(["tree", "--edges", "normal,build", "--prefix", "none"]));
+        let tree =
+            util::output(cargo(&app).args(["tree", "--edges", "normal,build", "--prefix", "none"]));
         std::fs::remove_dir_all(&work).ok();
         lean.unwrap();
         let crates = unique_crates(&tree.unwrap());

@@ -264,9 +264,12 @@ pub fn merge_candidates(
             near_dups += 1;
             continue;
         }
-        let sink = sinks
-            .get_mut(c.split as usize)
-            .ok_or_else(|| err(format!("a candidate of split {} in a run without it", c.split)))?;
+        let sink = sinks.get_mut(c.split as usize).ok_or_else(|| {
+            err(format!(
+                "a candidate of split {} in a run without it",
+                c.split
+            ))
+        })?;
         sink.push(&c.ids)?;
     }
 
@@ -275,7 +278,12 @@ pub fn merge_candidates(
         *merged.dropped.entry("near_dup".into()).or_default() += near_dups;
     }
     merged.splits.clear();
-    (merged.tokens, merged.samples, merged.tokens_dropped, merged.shards) = (0, 0, 0, 0);
+    (
+        merged.tokens,
+        merged.samples,
+        merged.tokens_dropped,
+        merged.shards,
+    ) = (0, 0, 0, 0);
     for sink in sinks {
         let (name, split) = sink.finish()?;
         merged.tokens += split.tokens;

@@ -56,8 +56,8 @@ mod sink;
 mod stages;
 
 pub use clean::{Utf8Mode, normalized_key, strip_control};
-pub use cross_slice::PendingNearDup;
 pub use config::{CleanConfig, DEFAULT_SEQ_LEN, DEFAULT_SHARD_SIZE, PrepareConfig, Slice};
+pub use cross_slice::PendingNearDup;
 pub use error::PrepareError;
 pub use input::{InputFile, InputFormat, expand_inputs};
 pub use merge::merge;

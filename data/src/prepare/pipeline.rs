@@ -145,9 +145,9 @@ pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
         _ => None,
     };
     let mut output = match &pending {
-        Some((slice, _)) => Output::Candidates(CandidateWriter::create(candidates_path(
-            &cfg.out, *slice,
-        ))?),
+        Some((slice, _)) => {
+            Output::Candidates(CandidateWriter::create(candidates_path(&cfg.out, *slice))?)
+        }
         None => {
             let mut sinks = vec![SplitSink::create(
                 TRAIN,

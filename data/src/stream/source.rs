@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub(crate) use crate::remote::is_remote;
 use crate::remote::RemoteOptions;
+pub(crate) use crate::remote::is_remote;
 #[cfg(feature = "remote")]
 use crate::remote::{RemoteDir, RemoteError};
 

@@ -161,16 +161,25 @@ mod tests {
         assert_eq!(fit.max_new_tokens, 64);
         // A short answer leaves more of the prompt.
         let fit = fit_prompt(ids.clone(), 128, 8).unwrap();
-        assert_eq!((fit.ids.len(), fit.truncated, fit.max_new_tokens), (120, 15, 8));
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (120, 15, 8)
+        );
         assert_eq!(fit.ids[0], 15);
     }
 
     #[test]
     fn a_prompt_that_fits_is_kept_whole_and_the_budget_capped_by_the_context() {
         let fit = fit_prompt(vec![5; 40], 128, 512).unwrap();
-        assert_eq!((fit.ids.len(), fit.truncated, fit.max_new_tokens), (40, 0, 88));
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (40, 0, 88)
+        );
         let fit = fit_prompt(vec![5; 40], 2048, 512).unwrap();
-        assert_eq!((fit.ids.len(), fit.truncated, fit.max_new_tokens), (40, 0, 512));
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (40, 0, 512)
+        );
         assert_eq!(fit_prompt(vec![5; 4], 1, 8), None);
         assert_eq!(fit_prompt(vec![5; 4], 16, 0), None);
         assert_eq!(fit_prompt(vec![], 16, 4), None);

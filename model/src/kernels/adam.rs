@@ -93,7 +93,10 @@ mod tests {
             let c = consts(keep);
             let n = 1000;
             let (mut p, g) = (values(n, 1), values(n, 2));
-            let (mut m, mut v) = (values(n, 3), values(n, 4).iter().map(|x| x * x).collect::<Vec<f32>>());
+            let (mut m, mut v) = (
+                values(n, 3),
+                values(n, 4).iter().map(|x| x * x).collect::<Vec<f32>>(),
+            );
             let (mut p2, mut m2, mut v2): (Vec<f32>, Vec<f32>, Vec<f32>) =
                 (p.clone(), m.clone(), v.clone());
             for i in 0..n {

@@ -137,7 +137,11 @@ impl<'a> MatRef<'a> {
     /// # Panics
     /// If `data` does not hold exactly `rows · cols` values.
     pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(Some(data.len()), rows.checked_mul(cols), "MatRef::rows: length");
+        assert_eq!(
+            Some(data.len()),
+            rows.checked_mul(cols),
+            "MatRef::rows: length"
+        );
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 
@@ -176,7 +180,11 @@ impl<'a> MatMut<'a> {
     /// # Panics
     /// If `data` does not hold exactly `rows · cols` values.
     pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(Some(data.len()), rows.checked_mul(cols), "MatMut::rows: length");
+        assert_eq!(
+            Some(data.len()),
+            rows.checked_mul(cols),
+            "MatMut::rows: length"
+        );
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 }
@@ -443,13 +451,16 @@ mod tests {
             Err(LayoutError::Stride),
             "an unused row stride still reaches gemm as an isize"
         );
-        assert_eq!(refused(0, [2, 5], [5, 1]), Ok(Layout {
-            offset: 0,
-            rows: 2,
-            cols: 5,
-            rs: 5,
-            cs: 1
-        }));
+        assert_eq!(
+            refused(0, [2, 5], [5, 1]),
+            Ok(Layout {
+                offset: 0,
+                rows: 2,
+                cols: 5,
+                rs: 5,
+                cs: 1
+            })
+        );
         assert_eq!(refused(1, [2, 5], [5, 1]), Err(LayoutError::Overrun));
         // Empty views lie nowhere, whatever their offset.
         assert!(refused(usize::MAX, [0, 5], [5, 1]).is_ok());
