@@ -246,6 +246,85 @@ fn code_execution_needs_the_explicit_flag() {
     assert!(err.contains("--allow-code-execution"), "{err}");
 }
 
+/// A tiny random MPT (max_seq_len 48) with a word-level tokenizer (`w0`..`w39`), saved in `dir`.
+fn tiny_word_model(dir: &std::path::Path) {
+    use tessera::model::{MptConfig, hf};
+    let mut cfg = MptConfig::preset("tiny").unwrap();
+    cfg.vocab_size = 42;
+    cfg.max_seq_len = 48;
+    let model = cfg.init::<burn::backend::Flex>(&Default::default(), 1);
+    hf::save(&model, &cfg, dir, hf::HfDtype::F32).unwrap();
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<|endoftext|>".into(), 0.into());
+    vocab.insert("<unk>".into(), 1.into());
+    for i in 0..40 {
+        vocab.insert(format!("w{i}"), (i + 2).into());
+    }
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+#[test]
+fn humaneval_left_truncates_a_prompt_longer_than_the_context_and_goes_on() {
+    // Before: `prompt 0 has 61 tokens; the model's max_seq_len is 48` stopped the whole run.
+    let tmp = TempDir::new("humaneval-long");
+    let model = tmp.path().join("model");
+    tiny_word_model(&model);
+    let problem = |id: &str, prompt: String| {
+        serde_json::json!({
+            "task_id": id, "prompt": prompt, "canonical_solution": "",
+            "test": "def f():\n    return None\n\ndef check(candidate):\n    assert candidate() is None\n",
+            "entry_point": "f"
+        })
+    };
+    let problems = tmp.path().join("problems.jsonl");
+    std::fs::write(
+        &problems,
+        format!(
+            "{}\n{}\n",
+            problem("T/0", format!("# {}", "w1 ".repeat(60))),
+            problem("T/1", "# w1 w2 ".into())
+        ),
+    )
+    .unwrap();
+    let out = run_ok(tessera().args([
+        "eval",
+        "humaneval",
+        "--model",
+        model.to_str().unwrap(),
+        "--problems",
+        problems.to_str().unwrap(),
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+        "--k",
+        "1",
+        "--allow-code-execution",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // 61 tokens into 48 with 4 kept for the answer: 44 kept, 17 cut.
+    assert!(
+        err.contains("T/0: prompt left-truncated by 17 tokens"),
+        "{err}"
+    );
+    assert!(!err.contains("T/1: prompt"), "{err}");
+    // Both comment-line prompts pass whatever the model appends: 2 programs, pass@1 = 1.
+    let text = stdout(&out);
+    assert!(
+        text.contains("2 samples over 2 problems: 2 passed"),
+        "{text}"
+    );
+}
+
 #[test]
 fn convert_rewrites_a_checkpoint_that_still_generates_the_same() {
     let tmp = TempDir::new("convert");

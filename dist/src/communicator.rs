@@ -95,10 +95,12 @@ impl Communicator {
         }
     }
 
+    /// This process's rank.
     pub fn rank(&self) -> usize {
         self.rank
     }
 
+    /// Ranks in the job.
     pub fn world_size(&self) -> usize {
         self.world_size
     }

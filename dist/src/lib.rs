@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 #[cfg(target_endian = "big")]
 compile_error!("tessera-dist sends buffers in memory order and assumes a little-endian host");

@@ -60,7 +60,9 @@ impl RendezvousConfig {
 /// The outcome of a rendezvous: who is where, and the data listener the mesh is built on.
 #[derive(Debug)]
 pub struct Rendezvous {
+    /// This process's rank.
     pub rank: usize,
+    /// Ranks in the job.
     pub world_size: usize,
     /// Every rank's data address, by rank.
     pub peers: Vec<SocketAddr>,

@@ -39,7 +39,7 @@ use crate::gauntlet::{self, BenchmarkResult, GauntletConfig, GauntletError};
 use crate::icl::{self, IclError, IclTaskConfig, PreparedTask, TaskDefaults, TaskResult};
 use crate::report::{EvalReport, ReportError, TaskSummary, WrittenReport, write_report};
 
-pub use code_eval::generate_code_samples;
+pub use code_eval::{GeneratedSamples, generate_code_samples};
 pub use config::{CodeEvalConfig, EvalConfig, ModelSpec};
 
 /// Errors of an evaluation run.

@@ -152,3 +152,43 @@ fn code_eval_generates_runs_in_the_sandbox_and_reports_pass_at_k() {
             .contains("Code evaluation")
     );
 }
+
+#[test]
+fn code_eval_left_truncates_a_prompt_longer_than_the_context_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // T/0's prompt is 121 tokens, longer than the model's max_seq_len of 96 (this stopped the
+    // whole evaluation before); T/1's fits. Both are comment lines, so both programs pass.
+    let long = format!("# {}", "w1 ".repeat(120));
+    let problem = |id: &str, prompt: &str| {
+        serde_json::json!({
+            "task_id": id, "prompt": prompt, "canonical_solution": "",
+            "test": "def f():\n    return None\n\ndef check(candidate):\n    assert candidate() is None\n",
+            "entry_point": "f"
+        })
+    };
+    std::fs::write(
+        dir.path().join("problems.jsonl"),
+        format!(
+            "{}\n{}\n",
+            problem("T/0", &long),
+            problem("T/1", "# w1 w2 ")
+        ),
+    )
+    .unwrap();
+    let cfg_path = setup(
+        dir.path(),
+        "code_eval:\n  problems: problems.jsonl\n  n: 1\n  k: [1]\n  max_new_tokens: 4\n  allow_code_execution: true\n",
+    );
+    let cfg = EvalConfig::from_file(&cfg_path).unwrap();
+    let out = dir.path().join("out");
+    let outcome = run_config::<Flex>(&cfg, Some(&out), &Default::default(), |_| {}).unwrap();
+    let code = outcome[0].report.code.as_ref().expect("code eval ran");
+    assert_eq!(code["programs"], 2, "{code}");
+    assert_eq!(code["pass_at_k"]["pass@1"], 1.0, "{code}");
+    // 121 tokens into 96 with 4 kept for the answer: 92 kept, 29 cut.
+    assert_eq!(
+        code["truncated_prompts"],
+        serde_json::json!([{"task_id": "T/0", "tokens_cut": 29}]),
+        "{code}"
+    );
+}

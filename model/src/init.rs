@@ -22,7 +22,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use crate::config::{EmbInit, FanMode, InitName, MptConfig, Nonlinearity, ResidualDiv};
+use crate::config::{
+    ConfigError, EmbInit, FanMode, InitName, MptConfig, Nonlinearity, ResidualDiv,
+};
 use crate::mpt::Mpt;
 use crate::spec::{ParamRole, ParamSpec};
 
@@ -42,18 +44,28 @@ pub enum InitDist {
 
 impl MptConfig {
     /// A freshly initialised model, as llm-foundry would initialise it with this config, with
-    /// weights determined by `seed` alone.
-    ///
-    /// # Panics
-    /// If the config is invalid (see [`MptConfig::validate`]; configs from JSON and presets
-    /// are always valid).
-    pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Mpt<B> {
-        if let Err(e) = self.validate() {
-            panic!("MptConfig::init on an invalid config: {e}");
-        }
+    /// weights determined by `seed` alone; an invalid config is an error (see
+    /// [`MptConfig::validate`]) naming the field.
+    pub fn try_init<B: Backend>(
+        &self,
+        device: &B::Device,
+        seed: u64,
+    ) -> Result<Mpt<B>, ConfigError> {
+        self.validate()?;
         let mut source =
             |spec: &ParamSpec| TensorData::new(init_values(self, spec, seed), spec.shape.clone());
-        Mpt::build(self, device, &mut source)
+        Ok(Mpt::build(self, device, &mut source))
+    }
+
+    /// [`MptConfig::try_init`] for a config known to be valid (configs from JSON and presets
+    /// always are).
+    ///
+    /// # Panics
+    /// If the config is invalid, with [`MptConfig::validate`]'s message. Use
+    /// [`MptConfig::try_init`] for a config built or edited in code.
+    pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Mpt<B> {
+        self.try_init(device, seed)
+            .unwrap_or_else(|e| panic!("MptConfig::init on an invalid config: {e}"))
     }
 }
 
@@ -295,6 +307,38 @@ mod tests {
                 .iter()
                 .all(|&x| x == 0.0)
         );
+    }
+
+    #[test]
+    fn try_init_refuses_an_invalid_config_naming_the_field() {
+        let mut c = MptConfig::preset("tiny").unwrap();
+        c.n_heads = 3;
+        let err = c
+            .try_init::<burn::backend::Flex>(&Default::default(), 0)
+            .expect_err("d_model is not a multiple of 3 heads")
+            .to_string();
+        assert!(
+            err.contains("n_heads") && err.contains("divisible"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn try_init_builds_what_init_builds() {
+        let c = MptConfig::preset("tiny").unwrap();
+        let dev = Default::default();
+        let a = c.try_init::<burn::backend::Flex>(&dev, 3).unwrap();
+        let b = c.init::<burn::backend::Flex>(&dev, 3);
+        let wte = |m: &Mpt<burn::backend::Flex>| m.wte.weight.val().into_data();
+        assert_eq!(wte(&a), wte(&b));
+    }
+
+    #[test]
+    #[should_panic(expected = "MptConfig::init on an invalid config")]
+    fn init_panics_on_an_invalid_config() {
+        let mut c = MptConfig::preset("tiny").unwrap();
+        c.vocab_size = 0;
+        c.init::<burn::backend::Flex>(&Default::default(), 0);
     }
 
     #[test]

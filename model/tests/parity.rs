@@ -235,7 +235,7 @@ fn incremental_decoding_matches_full_forward() {
             // Issue 2 asks for 1e-5 (logits reach |24| here). Measured: 0, bit for bit, since
             // every CPU product takes gemm's packed kernel whatever its row count and the fused
             // softmax sums a masked row like its unmasked prefix (`kernels::matmul`,
-            // `kernels::rows::sum`). Before those two, 1.2e-5.
+            // `sum` in `kernels/rows.rs`). Before those two, 1.2e-5.
             let diff = max_abs_diff(&got, &full);
             assert!(
                 diff <= 1e-5,

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use tessera::data::tokenizer::Tokenizer;
 use tessera::device::{DeviceSpec, Job};
 use tessera::eval::code::humaneval::{
-    STOP_SEQUENCES, generation_requests, samples_from_generations, truncate_at_stop,
+    STOP_SEQUENCES, fit_prompt, generation_requests, samples_from_generations, truncate_at_stop,
 };
 use tessera::eval::code::{
     AllowCodeExecution, CodeError, EvalCodeArgs, EvalOptions, Problems, SandboxConfig, eval_code,
@@ -211,9 +211,24 @@ impl Job for HumanevalJob {
         let requests = generation_requests(&problems, a.n, a.seed);
         let mut texts = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(a.n.max(1)) {
-            let prompt = tokenizer.encode(&chunk[0].prompt)?;
+            let ids = tokenizer.encode(&chunk[0].prompt)?;
+            // A prompt longer than the model's context keeps its last tokens (as ICL does).
+            let max_seq_len = model.config().max_seq_len;
+            let Some(fit) = fit_prompt(ids, max_seq_len, a.max_new_tokens) else {
+                bail!(
+                    "no room to generate: max_seq_len {max_seq_len}, --max-new-tokens {}",
+                    a.max_new_tokens
+                );
+            };
+            if fit.truncated > 0 {
+                eprintln!(
+                    "\r{}: prompt left-truncated by {} tokens to fit max_seq_len {max_seq_len}",
+                    chunk[0].task_id, fit.truncated
+                );
+            }
+            let prompt = fit.ids;
             let cfg = GenerationConfig {
-                max_new_tokens: a.max_new_tokens,
+                max_new_tokens: fit.max_new_tokens,
                 temperature: a.temperature,
                 top_p: (a.temperature > 0.0).then_some(a.top_p),
                 seed: chunk[0].seed,

@@ -16,6 +16,7 @@ mod bench_train;
 mod cold_build;
 mod k8s;
 mod launch;
+mod lean_deps;
 mod markdown;
 mod pyenv;
 mod run_paths;
@@ -56,6 +57,9 @@ enum Command {
         #[command(subcommand)]
         command: k8s::Command,
     },
+    /// Check that a program using tessera-model and tessera-data without default features
+    /// builds no tokio, object_store, parquet or plotters (and count what it builds).
+    LeanDeps(lean_deps::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Command::Launch(args) => std::process::exit(launch::run(args)?),
         Command::Slurm { command } => std::process::exit(slurm::run(command)?),
         Command::K8s { command } => std::process::exit(k8s::run(command)?),
+        Command::LeanDeps(args) => lean_deps::run(args),
     }
 }

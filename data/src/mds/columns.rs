@@ -8,7 +8,9 @@ use super::error::{MdsError, Result};
 /// One column of a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Column {
+    /// The column name.
     pub name: String,
+    /// Its encoding, parsed.
     pub encoding: Encoding,
     /// The encoding string exactly as the index (or writer) gave it.
     pub encoding_text: String,

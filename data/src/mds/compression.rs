@@ -20,10 +20,15 @@ use super::error::{MdsError, Result};
 /// A compression family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CompressionAlgo {
+    /// `br`.
     Brotli,
+    /// `bz2`.
     Bzip2,
+    /// `gz`.
     Gzip,
+    /// `snappy`.
     Snappy,
+    /// `zstd`.
     Zstd,
 }
 
@@ -55,7 +60,9 @@ impl CompressionAlgo {
 /// `zstd:3` round-trip to the same string in `index.json`, as streaming records the user's text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Compression {
+    /// The algorithm.
     pub algo: CompressionAlgo,
+    /// The level as written (`zstd:7`), or `None` for the algorithm's default.
     pub level: Option<u8>,
 }
 

@@ -11,16 +11,27 @@ use std::fmt;
 /// code (`NDArray._int2value_dtype`): the high bits give the width, the low bits signed/float.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `uint8`.
     U8,
+    /// `int8`.
     I8,
+    /// `uint16`.
     U16,
+    /// `int16`.
     I16,
+    /// `float16`.
     F16,
+    /// `uint32`.
     U32,
+    /// `int32`.
     I32,
+    /// `float32`.
     F32,
+    /// `uint64`.
     U64,
+    /// `int64`.
     I64,
+    /// `float64`.
     F64,
 }
 
@@ -128,7 +139,9 @@ pub enum Encoding {
     /// `ndarray[:dtype[:d0,d1,..]]`: C-order values, with the dtype code and/or shape header in
     /// the payload when the encoding does not fix them.
     NdArray {
+        /// The element type, when the encoding fixes it (else read from the payload).
         dtype: Option<DType>,
+        /// The shape, when the encoding fixes it (else read from the payload).
         shape: Option<Vec<u64>>,
     },
     /// Image encodings (`jpeg`, `png`, `pil`, `jpeg_array`, `jpegarray`, `list[pil]`,

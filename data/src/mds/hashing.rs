@@ -12,22 +12,39 @@ use super::error::{MdsError, Result};
 /// A hash algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlgo {
+    /// `blake2b`.
     Blake2b,
+    /// `blake2s`.
     Blake2s,
+    /// `md5`.
     Md5,
+    /// `sha1`.
     Sha1,
+    /// `sha224`.
     Sha224,
+    /// `sha256`.
     Sha256,
+    /// `sha384`.
     Sha384,
+    /// `sha512`.
     Sha512,
+    /// `sha3_224`.
     Sha3_224,
+    /// `sha3_256`.
     Sha3_256,
+    /// `sha3_384`.
     Sha3_384,
+    /// `sha3_512`.
     Sha3_512,
+    /// `xxh128`.
     Xxh128,
+    /// `xxh32`.
     Xxh32,
+    /// `xxh3_128`.
     Xxh3_128,
+    /// `xxh3_64`.
     Xxh3_64,
+    /// `xxh64`.
     Xxh64,
 }
 

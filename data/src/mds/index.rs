@@ -30,6 +30,7 @@ pub struct FileInfo {
     /// Path relative to the dataset folder: `shard.00000.mds[.zstd]`, or `sub/shard...` in a
     /// merged index.
     pub basename: String,
+    /// Its size in bytes.
     pub bytes: u64,
     /// Hash name -> hex digest.
     pub hashes: BTreeMap<String, String>,
@@ -38,20 +39,30 @@ pub struct FileInfo {
 /// One shard's entry in `index.json`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardInfo {
+    /// Each column's encoding string, in column order.
     pub column_encodings: Vec<String>,
+    /// The column names.
     pub column_names: Vec<String>,
+    /// Each column's fixed payload size, `None` for variable-size columns.
     pub column_sizes: Vec<Option<u64>>,
+    /// The shard file's compression, if any.
     pub compression: Option<Compression>,
+    /// Hash algorithms recorded for the shard files.
     pub hashes: Vec<String>,
+    /// The uncompressed shard.
     pub raw_data: FileInfo,
+    /// Samples in the shard.
     pub samples: u64,
+    /// The writer's shard size limit in bytes.
     pub size_limit: Option<u64>,
+    /// The compressed file, when compressed.
     pub zip_data: Option<FileInfo>,
 }
 
 /// A parsed `index.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Index {
+    /// The shards, in sample order.
     pub shards: Vec<ShardInfo>,
 }
 

@@ -24,7 +24,9 @@ use super::value::{NdArray, Sample, Value};
 /// One column as the first shard declares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ColumnSummary {
+    /// The column name.
     pub name: String,
+    /// Its encoding string.
     pub encoding: String,
     /// Fixed payload size, if any.
     pub size: Option<u64>,
@@ -33,17 +35,24 @@ pub struct ColumnSummary {
 /// Token counts over the token column.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TokenStats {
+    /// The token column.
     pub column: String,
+    /// Tokens over all samples.
     pub total: u64,
+    /// The fewest tokens in one sample.
     pub min_per_sample: u64,
+    /// The most tokens in one sample.
     pub max_per_sample: u64,
 }
 
 /// A dataset at a glance.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DatasetSummary {
+    /// The dataset folder.
     pub dir: PathBuf,
+    /// Samples in the dataset.
     pub samples: u64,
+    /// Shard files.
     pub shards: usize,
     /// Columns of the first shard (on-disk order).
     pub columns: Vec<ColumnSummary>,
@@ -275,7 +284,9 @@ pub fn dump_jsonl(ds: &MdsDataset, range: Range<u64>, out: &mut dyn Write) -> Re
 /// A `--range` argument: `A..B` (half-open), `A..`, `..B`, `..` or a single index `A`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleRange {
+    /// The first sample.
     pub start: u64,
+    /// One past the last sample; `None`: to the end.
     pub end: Option<u64>,
 }
 

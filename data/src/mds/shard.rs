@@ -21,6 +21,7 @@ use super::value::Sample;
 
 /// A shard's decompressed bytes: owned, or a read-only memory map of an uncompressed file.
 pub enum ShardData {
+    /// Bytes read (and decompressed) into memory.
     Owned(Vec<u8>),
     /// Safety note: a map is only sound while nobody truncates or rewrites the file; tessera
     /// writes shards by atomic rename (a new inode), never in place, and so does streaming.

@@ -52,6 +52,7 @@ impl Value {
 /// [`NdArray::to_f64_vec`]/[`NdArray::to_i64_vec`] or the typed constructors to convert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NdArray {
+    /// The element type.
     pub dtype: DType,
     /// Dimensions, each >= 1 (streaming refuses empty arrays and scalars).
     pub shape: Vec<u64>,

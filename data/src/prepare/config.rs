@@ -163,7 +163,9 @@ impl PrepareConfig {
 /// `--slice 3/4`, matching a Slurm array's `SLURM_ARRAY_TASK_ID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slice {
+    /// This slice, from 0.
     pub index: u32,
+    /// Slices in the run.
     pub count: u32,
 }
 

@@ -54,13 +54,28 @@ impl InputFormat {
 /// One input file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFile {
+    /// The file.
     pub path: PathBuf,
+    /// How it is read, from its name.
     pub format: InputFormat,
     /// Size on disk, for the progress bar and the run fingerprint.
     pub bytes: u64,
 }
 
 const SUPPORTED: &str = ".jsonl, .jsonl.gz, .jsonl.zst, .txt or .parquet";
+
+/// Why a `.parquet` input fails in a build without the `parquet` feature.
+pub(crate) const PARQUET_OFF: &str = "reading .parquet inputs needs tessera-data's `parquet` \
+     feature, which this build turned off";
+
+/// The error for a `.parquet` input in a build without the `parquet` feature.
+#[cfg_attr(feature = "parquet", allow(dead_code))]
+pub(crate) fn parquet_off(path: &Path) -> PrepareError {
+    PrepareError::Parquet {
+        path: path.to_path_buf(),
+        message: PARQUET_OFF.into(),
+    }
+}
 
 /// Expands files, globs and directories into the ordered list of input files. A glob or
 /// directory that yields nothing, a missing file or an unsupported name is an error; a file named
@@ -142,6 +157,9 @@ pub fn expand_inputs(specs: &[String]) -> Result<Vec<InputFile>, PrepareError> {
                     path: p.clone(),
                     expected: SUPPORTED,
                 })?;
+            if format == InputFormat::Parquet && !cfg!(feature = "parquet") {
+                return Err(parquet_off(&p));
+            }
             out.push(InputFile {
                 path: p,
                 format,
@@ -405,6 +423,21 @@ mod tests {
         ));
         let err = expand_inputs(&[s(d.join("missing.jsonl"))]).unwrap_err();
         assert!(err.to_string().contains("missing.jsonl"), "{err}");
+    }
+
+    #[cfg(not(feature = "parquet"))]
+    #[test]
+    fn without_the_parquet_feature_a_parquet_input_is_refused_naming_the_feature() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        write(&path, b"PAR1");
+        let err = expand_inputs(&[path.to_string_lossy().into_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d.parquet") && err.contains("`parquet` feature"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! `tessera data merge DIR`: after every `--slice i/N` run into `DIR` has finished, merge each
 //! split's slice indexes into `DIR/<split>/index.json` (mosaicml-streaming's `merge_index`
 //! layout: shard basenames prefixed by the slice folder) and sum the slice reports into
-//! `DIR/prepare.json`.
+//! `DIR/prepare.json`. A near-dedup run's slices wrote candidate documents instead of shards:
+//! for those, the merge removes near-duplicates across slices and writes the shards itself
+//! (`cross_slice`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::PrepareError;
+use super::cross_slice;
 use super::outdir::{TRAIN, VAL};
 use super::report::PrepareReport;
 
@@ -38,7 +41,10 @@ pub fn merge(out: &Path) -> Result<PrepareReport, PrepareError> {
     };
     let count = first.slice.map(|s| s.count).unwrap_or(0);
     for (path, r) in reports.values() {
-        if r.run_fingerprint != first.run_fingerprint || r.slice.map(|s| s.count) != Some(count) {
+        if r.run_fingerprint != first.run_fingerprint
+            || r.slice.map(|s| s.count) != Some(count)
+            || r.near_dup_pending != first.near_dup_pending
+        {
             return Err(err(format!(
                 "{} and {} come from different runs (settings, inputs or slice count differ)",
                 first_path.display(),
@@ -74,6 +80,13 @@ pub fn merge(out: &Path) -> Result<PrepareReport, PrepareError> {
     };
     for (_, r) in reports.values() {
         merged.add(r);
+    }
+    if let Some(pending) = &first.near_dup_pending {
+        // Near-dedup across slices, then packing: the slices wrote candidates, not shards.
+        let slices: Vec<_> = reports.values().filter_map(|(_, r)| r.slice).collect();
+        cross_slice::merge_candidates(out, &slices, pending, &mut merged)?;
+        merged.save(&out.join("prepare.json"))?;
+        return Ok(merged);
     }
     for split in [TRAIN, VAL] {
         if !merged.splits.contains_key(split) {

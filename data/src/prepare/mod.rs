@@ -29,18 +29,22 @@
 //! - **Slices** (`--slice i/N`): documents are assigned by a hash of their normalized text, so
 //!   every slice job reads all inputs but processes 1/N of the documents, exact duplicates always
 //!   meet in the same slice (exact dedup stays global), and [`merge`] joins the finished slices
-//!   with streaming's `merge_index`. Near-dup detection is per slice.
+//!   with streaming's `merge_index`. With near-dedup, slices hand their documents to [`merge`],
+//!   which removes near-duplicates across slices in input order and packs the rest, so N
+//!   slices keep the same documents and write the same shards as one process (`cross_slice`).
 //! - **Validation split**: `val_fraction` routes whole documents by a hash of their normalized
 //!   text into `val/` (the rest into `train/`), so a duplicate can never straddle the split.
 
 mod clean;
 mod config;
+mod cross_slice;
 mod error;
 pub(crate) mod input;
 mod merge;
 mod minhash;
 mod outdir;
 mod pack;
+#[cfg(feature = "parquet")]
 mod parquet;
 mod pii;
 mod pipeline;
@@ -53,6 +57,7 @@ mod stages;
 
 pub use clean::{Utf8Mode, normalized_key, strip_control};
 pub use config::{CleanConfig, DEFAULT_SEQ_LEN, DEFAULT_SHARD_SIZE, PrepareConfig, Slice};
+pub use cross_slice::PendingNearDup;
 pub use error::PrepareError;
 pub use input::{InputFile, InputFormat, expand_inputs};
 pub use merge::merge;
@@ -65,3 +70,21 @@ pub use quality::{QualityConfig, QualityFailure};
 pub use record::BadLineReason;
 pub use report::{PrepareReport, SplitReport};
 pub use sink::TOKENS_COLUMN;
+
+/// Stands in for `parquet.rs` in a build without the `parquet` feature: `.parquet` inputs are
+/// refused when the inputs are expanded, naming the file and the feature.
+#[cfg(not(feature = "parquet"))]
+mod parquet {
+    use std::path::Path;
+
+    use super::PrepareError;
+
+    /// Refuses `path` (see [`super::input::PARQUET_OFF`]).
+    pub fn read_text_column(
+        path: &Path,
+        _field: &str,
+        _each: impl FnMut(u64, Option<&[u8]>) -> bool,
+    ) -> Result<(), PrepareError> {
+        Err(super::input::parquet_off(path))
+    }
+}

@@ -27,6 +27,7 @@ use super::report::{PrepareReport, write_atomic};
 
 /// The split folder names (llm-foundry's `split` values).
 pub const TRAIN: &str = "train";
+/// The validation split's folder.
 pub const VAL: &str = "val";
 
 /// Where one unit writes.

@@ -42,9 +42,13 @@ impl Default for PiiConfig {
 /// How many replacements of each kind were made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PiiCounts {
+    /// Email addresses.
     pub emails: u64,
+    /// Phone numbers.
     pub phones: u64,
+    /// IP addresses.
     pub ips: u64,
+    /// Payment card numbers.
     pub cards: u64,
 }
 

@@ -23,6 +23,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use super::PrepareError;
 use super::clean::is_val;
 use super::config::PrepareConfig;
+use super::cross_slice::{Candidate, CandidateWriter, PendingNearDup, candidates_path};
 use super::input::{BatchLimits, InputFile, RawBatch, expand_inputs, read_batches};
 use super::minhash::{LshIndex, MinHasher};
 use super::outdir::{Start, TRAIN, UnitLayout, VAL, claim, complete};
@@ -41,8 +42,17 @@ const BATCH: BatchLimits = BatchLimits {
     docs: 8192,
 };
 
-/// Documents routed to one split, with their ids, in order.
-type Routed = Vec<(u8, Vec<u32>)>;
+/// A kept document: its split, its ids, and (only when near-dedup waits for `merge`, see
+/// `cross_slice`) its input position and signature.
+struct Kept {
+    split: u8,
+    ids: Vec<u32>,
+    at: (u32, u64),
+    sig: Option<Vec<u32>>,
+}
+
+/// Documents routed to a split, in order.
+type Routed = Vec<Kept>;
 
 /// Runs `prepare` as configured; see the module docs of `prepare` for layout and resume.
 pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
@@ -119,19 +129,42 @@ pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
         hashes,
         shard_size: cfg.shard_size,
     };
-    let mut sinks = vec![SplitSink::create(
-        TRAIN,
-        unit.split_dir(TRAIN),
-        &sink_options,
-    )?];
-    if cfg.val_fraction > 0.0 {
-        sinks.push(SplitSink::create(VAL, unit.split_dir(VAL), &sink_options)?);
-    }
+    // A slice of a near-dedup run hands its documents to `merge` instead of packing them.
+    let pending = match (cfg.slice, &clean_cfg.near_dedup) {
+        (Some(slice), Some(near_dup)) if near_dedup_in_merge(cfg) => Some((
+            slice,
+            PendingNearDup {
+                near_dup: near_dup.clone(),
+                val: cfg.val_fraction > 0.0,
+                wrap: cfg.wrap,
+                compression: cfg.compression.clone(),
+                hashes: cfg.hashes.clone(),
+                shard_size: cfg.shard_size,
+            },
+        )),
+        _ => None,
+    };
+    let mut output = match &pending {
+        Some((slice, _)) => {
+            Output::Candidates(CandidateWriter::create(candidates_path(&cfg.out, *slice))?)
+        }
+        None => {
+            let mut sinks = vec![SplitSink::create(
+                TRAIN,
+                unit.split_dir(TRAIN),
+                &sink_options,
+            )?];
+            if cfg.val_fraction > 0.0 {
+                sinks.push(SplitSink::create(VAL, unit.split_dir(VAL), &sink_options)?);
+            }
+            Output::Shards(sinks)
+        }
+    };
 
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let read_bytes = Arc::new(AtomicU64::new(0));
     let progress = Progress::new(cfg.progress, total_bytes);
-    let mut decide = Decider::new(cfg);
+    let mut decide = Decider::new(cfg, pending.is_none());
 
     let outcome = std::thread::scope(|s| {
         let (raw_tx, raw_rx) = sync_channel::<RawBatch>(2);
@@ -141,18 +174,18 @@ pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
             })
         });
         let (out_tx, out_rx) = sync_channel::<Routed>(2);
-        let writer = s.spawn(move || -> Result<Vec<SplitSink>, PrepareError> {
+        let writer = s.spawn(move || -> Result<Output, PrepareError> {
             for routed in out_rx {
-                for (split, ids) in routed {
-                    sinks[split as usize].push(&ids)?;
+                for kept in routed {
+                    output.push(kept)?;
                 }
             }
-            Ok(sinks)
+            Ok(output)
         });
         let processed = (|| -> Result<(), PrepareError> {
             for batch in raw_rx {
                 let routed = process_batch(&batch, &stages, &mut decide, &pool)?;
-                decide.tokens += routed.iter().map(|(_, ids)| ids.len() as u64).sum::<u64>();
+                decide.tokens += routed.iter().map(|k| k.ids.len() as u64).sum::<u64>();
                 progress.update(
                     read_bytes.load(Ordering::Relaxed),
                     decide.docs_in,
@@ -178,7 +211,7 @@ pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
         read?;
         Ok::<_, PrepareError>(sinks)
     });
-    let sinks = outcome?;
+    let output = outcome?;
     progress.finish();
 
     let mut report = PrepareReport {
@@ -198,6 +231,14 @@ pub fn run(cfg: &PrepareConfig) -> Result<PrepareReport, PrepareError> {
         ..Default::default()
     };
     decide.fill(&mut report);
+    report.near_dup_pending = pending.map(|(_, p)| p);
+    let sinks = match output {
+        Output::Shards(sinks) => sinks,
+        Output::Candidates(w) => {
+            w.finish()?;
+            Vec::new()
+        }
+    };
     for sink in sinks {
         let (name, split) = sink.finish()?;
         report.tokens += split.tokens;
@@ -245,11 +286,14 @@ impl EditCounts {
 }
 
 impl<'a> Decider<'a> {
-    fn new(cfg: &'a PrepareConfig) -> Self {
+    /// `near_dedup_here`: false when `merge` decides near-duplicates (see `cross_slice`).
+    fn new(cfg: &'a PrepareConfig, near_dedup_here: bool) -> Self {
         Self {
             cfg,
             exact: HashSet::new(),
-            lsh: cfg.clean.near_dedup.as_ref().map(LshIndex::new),
+            lsh: (cfg.clean.near_dedup.as_ref())
+                .filter(|_| near_dedup_here)
+                .map(LshIndex::new),
             docs_read: 0,
             docs_in: 0,
             docs_out: 0,
@@ -345,17 +389,58 @@ fn process_batch(
             }
         }
     }
+    // The signature travels on only when `merge` decides near-duplicates.
+    let hand_over = near_dedup_in_merge(stages.cfg);
+    let kept_doc = |split: u8, d: &mut super::stages::Doc, ids: Vec<u32>| Kept {
+        split,
+        ids,
+        at: (d.file, d.line),
+        sig: if hand_over { d.sig.take() } else { None },
+    };
     if stages.tokenize_early {
         return Ok(kept
             .into_iter()
-            .map(|(s, d)| (s, d.ids.unwrap_or_default()))
+            .map(|(s, mut d)| {
+                let ids = d.ids.take().unwrap_or_default();
+                kept_doc(s, &mut d, ids)
+            })
             .collect());
     }
     pool.install(|| {
-        kept.par_iter()
-            .map(|(s, d)| Ok((*s, stages.encode(&d.text, d.file, d.line)?)))
+        kept.into_par_iter()
+            .map(|(s, mut d)| {
+                let ids = stages.encode(&d.text, d.file, d.line)?;
+                Ok(kept_doc(s, &mut d, ids))
+            })
             .collect::<Result<Routed, PrepareError>>()
     })
+}
+
+/// Whether near-duplicates are decided by `merge` rather than here: in a slice of a run with
+/// near-dedup (see `cross_slice`).
+fn near_dedup_in_merge(cfg: &PrepareConfig) -> bool {
+    cfg.slice.is_some() && cfg.clean.near_dedup.is_some()
+}
+
+/// Where kept documents go: packed into shards, or handed to `merge` as candidates.
+enum Output {
+    Shards(Vec<SplitSink>),
+    Candidates(CandidateWriter),
+}
+
+impl Output {
+    fn push(&mut self, kept: Kept) -> Result<(), PrepareError> {
+        match self {
+            Output::Shards(sinks) => sinks[kept.split as usize].push(&kept.ids),
+            Output::Candidates(w) => w.push(&Candidate {
+                file: kept.at.0,
+                line: kept.at.1,
+                split: kept.split,
+                sig: kept.sig.unwrap_or_default(),
+                ids: kept.ids,
+            }),
+        }
+    }
 }
 
 /// Everything that decides the output bytes, hashed: with and without the slice.

@@ -22,6 +22,7 @@ pub struct QualityConfig {
     pub max_words: Option<usize>,
     /// Mean word length bounds in characters (3 and 10).
     pub min_mean_word_len: Option<f64>,
+    /// See `min_mean_word_len`.
     pub max_mean_word_len: Option<f64>,
     /// Largest ratio of `#` plus ellipses (`...`, `…`) to words (0.1).
     pub max_symbol_word_ratio: Option<f64>,
@@ -35,9 +36,11 @@ pub struct QualityConfig {
     pub min_stop_words: Option<usize>,
     /// Largest fraction of lines that repeat an earlier line (0.3), and of characters in them (0.2).
     pub max_dup_lines: Option<f64>,
+    /// See `max_dup_lines`.
     pub max_dup_line_chars: Option<f64>,
     /// The same for paragraphs (blank-line separated): 0.3 and 0.2.
     pub max_dup_paragraphs: Option<f64>,
+    /// See `max_dup_paragraphs`.
     pub max_dup_paragraph_chars: Option<f64>,
     /// `(n, max)`: largest character fraction of the most frequent word n-gram
     /// ((2, 0.2), (3, 0.18), (4, 0.16)).
@@ -79,19 +82,33 @@ impl Default for QualityConfig {
 /// The rule a document failed; its name is the drop reason in `prepare.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QualityFailure {
+    /// `min_words`.
     TooFewWords,
+    /// `max_words`.
     TooManyWords,
+    /// `min_mean_word_len` or `max_mean_word_len`.
     MeanWordLength,
+    /// `max_symbol_word_ratio`.
     SymbolRatio,
+    /// `max_bullet_lines`.
     BulletLines,
+    /// `max_ellipsis_lines`.
     EllipsisLines,
+    /// `min_alpha_words`.
     AlphaWords,
+    /// `min_stop_words`.
     StopWords,
+    /// `max_dup_lines`.
     DupLines,
+    /// `max_dup_line_chars`.
     DupLineChars,
+    /// `max_dup_paragraphs`.
     DupParagraphs,
+    /// `max_dup_paragraph_chars`.
     DupParagraphChars,
+    /// `max_top_ngram_chars`.
     TopNgram,
+    /// `max_dup_ngram_chars`.
     DupNgram,
 }
 

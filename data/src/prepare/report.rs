@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PrepareError;
 use super::config::Slice;
+use super::cross_slice::PendingNearDup;
 use super::pii::PiiCounts;
 
 /// At most this many bad lines are listed (all are counted).
@@ -54,12 +55,17 @@ pub struct PrepareReport {
     pub merged_slices: u32,
     /// Input files and their total size on disk.
     pub files: usize,
+    /// Their total size on disk, in bytes.
     pub input_bytes: u64,
     /// Tokenizer, vocabulary size and the packing settings used.
     pub tokenizer: String,
+    /// The tokenizer's vocabulary size.
     pub vocab_size: usize,
+    /// Tokens per packed sample.
     pub seq_len: usize,
+    /// The token appended to every document.
     pub eos_id: Option<u32>,
+    /// The token put before every document, if any.
     pub bos_id: Option<u32>,
     /// Documents parsed from the inputs (bad lines excluded), this slice or not.
     pub docs_read: u64,
@@ -75,6 +81,7 @@ pub struct PrepareReport {
     pub control_stripped: u64,
     /// PII replacements, by kind, and documents with at least one.
     pub pii: PiiCounts,
+    /// Documents with at least one PII replacement.
     pub pii_docs: u64,
     /// Lines that yielded no document (invalid JSON, missing or non-string field, null).
     pub bad_lines: u64,
@@ -82,20 +89,29 @@ pub struct PrepareReport {
     pub bad_line_examples: Vec<String>,
     /// Totals over the splits.
     pub tokens: u64,
+    /// Samples written, over the splits.
     pub samples: u64,
+    /// Tokens not written, over the splits.
     pub tokens_dropped: u64,
+    /// Shard files written, over the splits.
     pub shards: u64,
     /// Per split (`train`, `val`).
     pub splits: BTreeMap<String, SplitReport>,
     /// Wall-clock seconds and rates (for a merge: the sum over slices).
     pub seconds: f64,
+    /// Documents of this slice per second.
     pub docs_per_sec: f64,
+    /// Tokens written per second.
     pub tokens_per_sec: f64,
     /// Worker threads used.
     pub workers: usize,
     /// True when this call found the run already complete and did nothing.
     #[serde(default)]
     pub resumed: bool,
+    /// A slice of a near-dedup run: its documents wait in `near-dup/` for `merge`, which
+    /// decides the near-duplicates across slices and writes the shards (see `cross_slice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near_dup_pending: Option<PendingNearDup>,
 }
 
 impl PrepareReport {

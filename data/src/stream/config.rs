@@ -96,6 +96,7 @@ fn default_encoding() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamingConfig {
+    /// The datasets to read (one, or several to mix).
     pub streams: Vec<StreamConfig>,
     /// Samples per epoch when weighting by proportion (default: all underlying samples).
     #[serde(default)]
@@ -103,8 +104,10 @@ pub struct StreamingConfig {
     /// Shuffle the order (default false, as in streaming).
     #[serde(default)]
     pub shuffle: bool,
+    /// streaming's `shuffle_algo` (default `py1e`).
     #[serde(default)]
     pub shuffle_algo: ShuffleAlgo,
+    /// streaming's `shuffle_seed` (default 9176).
     #[serde(default = "default_seed")]
     pub shuffle_seed: u64,
     /// Default: `max(4_000_000 / num_canonical_nodes, 1 << 18)`.
@@ -113,10 +116,13 @@ pub struct StreamingConfig {
     /// Default: physical nodes (×64 for py1s/py2s). Fix it for a run you will resume elsewhere.
     #[serde(default)]
     pub num_canonical_nodes: Option<u64>,
+    /// streaming's `partition_algo` (default `relaxed`).
     #[serde(default)]
     pub partition_algo: PartitionAlgo,
+    /// streaming's `sampling_method` (default `balanced`).
     #[serde(default)]
     pub sampling_method: SamplingMethod,
+    /// streaming's `sampling_granularity` (default 1).
     #[serde(default = "default_one")]
     pub sampling_granularity: u64,
     /// Per-device batch size (the partition is laid out in whole batches).

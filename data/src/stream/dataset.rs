@@ -3,7 +3,7 @@
 //! (`batching/random.py`) for that rank.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::mds::{INDEX_BASENAME, Index, Sample, TokenSpec};
 use crate::remote::RemoteOptions;
@@ -117,7 +117,8 @@ pub struct StreamingDataset {
     /// Random-access handles for [`tokens`](Self::tokens) and the burn `Dataset` impl.
     handles: Mutex<Handles>,
     /// Epoch 0's plan, built on first use by the burn `Dataset` impl.
-    burn_plan: OnceLock<Vec<i64>>,
+    #[cfg(feature = "burn-dataset")]
+    burn_plan: std::sync::OnceLock<Vec<i64>>,
 }
 
 impl StreamingDataset {
@@ -275,7 +276,8 @@ impl StreamingDataset {
         Ok(StreamingDataset {
             handles: Mutex::new(Handles::new(inner.cache.shards.len(), inner.max_open)),
             inner: Arc::new(inner),
-            burn_plan: OnceLock::new(),
+            #[cfg(feature = "burn-dataset")]
+            burn_plan: std::sync::OnceLock::new(),
         })
     }
 
@@ -402,6 +404,8 @@ impl StreamingDataset {
 
 /// burn's random-access view: item `i` is the `i`-th sample this rank reads in epoch 0.
 /// (For other epochs, iterate a [`TokenLoader`].) An item that fails to load is `None`.
+/// With the `burn-dataset` feature (a default one).
+#[cfg(feature = "burn-dataset")]
 impl burn_dataset::Dataset<Vec<u32>> for StreamingDataset {
     fn get(&self, index: usize) -> Option<Vec<u32>> {
         let plan = self.burn_plan_ref()?;
@@ -416,6 +420,7 @@ impl burn_dataset::Dataset<Vec<u32>> for StreamingDataset {
     }
 }
 
+#[cfg(feature = "burn-dataset")]
 impl StreamingDataset {
     fn burn_plan_ref(&self) -> Option<&Vec<i64>> {
         if let Some(p) = self.burn_plan.get() {

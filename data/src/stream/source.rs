@@ -4,11 +4,15 @@
 //! Cloud credentials come from the environment, as each store's `from_env()` builder reads
 //! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), the same variables streaming's downloaders use.
 //! All remote calls run on one small tokio runtime per source; callers stay synchronous.
+//! Without the `remote` feature a URL is refused when the stream is opened, with an error that
+//! names the feature.
 
 use std::path::{Path, PathBuf};
 
+use crate::remote::RemoteOptions;
 pub(crate) use crate::remote::is_remote;
-use crate::remote::{RemoteDir, RemoteError, RemoteOptions};
+#[cfg(feature = "remote")]
+use crate::remote::{RemoteDir, RemoteError};
 
 use super::error::{Result, StreamError};
 
@@ -24,7 +28,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Local(p) => write!(f, "Local({})", p.display()),
-            Source::Remote(r) => write!(f, "Remote({})", r.0.url()),
+            Source::Remote(r) => write!(f, "Remote({})", r.url()),
         }
     }
 }
@@ -41,16 +45,30 @@ impl Source {
         if !is_remote(location) {
             return Ok(Source::Local(PathBuf::from(location)));
         }
-        Ok(Source::Remote(Box::new(Remote(
-            RemoteDir::open_with(location, options).map_err(stream_error)?,
-        ))))
+        Remote::open(location, options).map(|r| Source::Remote(Box::new(r)))
     }
 }
 
 /// A remote stream folder (see [`crate::remote`]).
+#[cfg(feature = "remote")]
 pub(crate) struct Remote(RemoteDir);
 
+/// A remote stream folder, which a build without the `remote` feature never opens.
+#[cfg(not(feature = "remote"))]
+pub(crate) struct Remote(std::convert::Infallible);
+
+#[cfg(feature = "remote")]
 impl Remote {
+    fn open(location: &str, options: RemoteOptions) -> Result<Self> {
+        RemoteDir::open_with(location, options)
+            .map(Remote)
+            .map_err(stream_error)
+    }
+
+    fn url(&self) -> &str {
+        self.0.url()
+    }
+
     /// The full URL of a file under this prefix.
     pub(crate) fn url_of(&self, relative: &str) -> String {
         self.0.url_of(relative)
@@ -63,6 +81,30 @@ impl Remote {
     }
 }
 
+#[cfg(not(feature = "remote"))]
+impl Remote {
+    /// Refuses: this build cannot reach remote locations.
+    fn open(location: &str, _options: RemoteOptions) -> Result<Self> {
+        Err(StreamError::Location {
+            location: location.to_string(),
+            reason: crate::remote::FEATURE_OFF.to_string(),
+        })
+    }
+
+    fn url(&self) -> &str {
+        match self.0 {}
+    }
+
+    pub(crate) fn url_of(&self, _relative: &str) -> String {
+        match self.0 {}
+    }
+
+    pub(crate) fn fetch(&self, _relative: &str, _retries: u32) -> Result<Vec<u8>> {
+        match self.0 {}
+    }
+}
+
+#[cfg(feature = "remote")]
 fn stream_error(e: RemoteError) -> StreamError {
     match e {
         RemoteError::Location { location, reason } => StreamError::Location { location, reason },
@@ -96,6 +138,7 @@ pub(crate) fn local_path(dir: &Path, relative: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "remote")]
     #[test]
     fn schemes_pick_remote_or_local() {
         assert!(is_remote("s3://bucket/data"));
@@ -127,6 +170,21 @@ mod tests {
         assert!(err.contains("ftp://host/x"), "{err}");
     }
 
+    #[cfg(not(feature = "remote"))]
+    #[test]
+    fn without_the_remote_feature_a_url_is_refused_naming_the_feature() {
+        assert!(matches!(
+            Source::parse("/data/mds").unwrap(),
+            Source::Local(_)
+        ));
+        let err = Source::parse("s3://bucket/prefix").unwrap_err().to_string();
+        assert!(
+            err.contains("s3://bucket/prefix") && err.contains("`remote` feature"),
+            "{err}"
+        );
+    }
+
+    #[cfg(feature = "remote")]
     #[test]
     fn file_remote_fetches_and_reports_missing_files_with_their_url() {
         let dir = tempfile::tempdir().unwrap();

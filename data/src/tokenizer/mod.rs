@@ -16,14 +16,28 @@ pub use train::{BpeTrainConfig, TrainError, TrainReport, train_bpe, train_bpe_fr
 /// Errors from loading or using a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// A tokenizer file could not be read or parsed.
     #[error("{path}: cannot load tokenizer: {message}")]
-    Load { path: PathBuf, message: String },
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The tokenizer could not encode a text.
     #[error("cannot encode text: {0}")]
     Encode(String),
+    /// The tokenizer could not decode ids.
     #[error("cannot decode ids: {0}")]
     Decode(String),
+    /// A tokenizer could not be written.
     #[error("{path}: cannot save tokenizer: {message}")]
-    Save { path: PathBuf, message: String },
+    Save {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// A loaded HF tokenizer.

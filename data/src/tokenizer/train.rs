@@ -80,15 +80,21 @@ pub struct TrainReport {
 /// Errors from training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// A training setting is invalid.
     #[error("train-tokenizer: {field}: {message}")]
     Config {
+        /// The setting at fault.
         field: &'static str,
+        /// What is wrong with it.
         message: String,
     },
+    /// Reading the training inputs failed.
     #[error(transparent)]
     Input(#[from] crate::prepare::PrepareError),
+    /// The trainer failed.
     #[error("train-tokenizer: {0}")]
     Train(String),
+    /// The trained tokenizer could not be built or saved.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 }

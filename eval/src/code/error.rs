@@ -10,36 +10,53 @@ use super::sandbox::SandboxError;
 pub enum CodeError {
     #[error("{what} {path:?}: {source}")]
     Io {
+        /// What was being read, written or checked.
         what: &'static str,
+        /// The file or folder at fault.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
     #[error("{path:?} line {line}: not valid JSON: {source}")]
     Json {
+        /// The file or folder at fault.
         path: PathBuf,
+        /// The line in the file.
         line: usize,
+        /// The underlying error.
         source: serde_json::Error,
     },
     #[error("{path:?} line {line}: field {field:?} {problem}")]
     Field {
+        /// The file or folder at fault.
         path: PathBuf,
+        /// The line in the file.
         line: usize,
+        /// The field at fault.
         field: &'static str,
+        /// What is wrong with the field.
         problem: String,
     },
     #[error("{path:?} line {line}: task {task_id:?} appears twice (first on line {first})")]
     DuplicateTask {
+        /// The file or folder at fault.
         path: PathBuf,
+        /// The line in the file.
         line: usize,
+        /// The task id.
         task_id: String,
+        /// The first one.
         first: usize,
     },
     #[error(
         "sample #{index} (0-based, in file order): task {task_id:?} is not one of the {n_problems} problems"
     )]
     UnknownTask {
+        /// The position concerned.
         index: usize,
+        /// The task id.
         task_id: String,
+        /// Problems in the problem file.
         n_problems: usize,
     },
     #[error(
@@ -47,8 +64,11 @@ pub enum CodeError {
          evaluate the samples file itself"
     )]
     AlreadyScored {
+        /// The file or folder at fault.
         path: PathBuf,
+        /// The line in the file.
         line: usize,
+        /// The field at fault.
         field: &'static str,
     },
     #[error(
@@ -56,20 +76,34 @@ pub enum CodeError {
          this too, set ignore_incomplete to score only the attempted ones"
     )]
     Incomplete {
+        /// Problems with samples.
         attempted: usize,
+        /// Problems in the problem file.
         total: usize,
+        /// The first problem without samples.
         first_missing: String,
     },
     #[error("no samples to evaluate in {path:?}")]
-    NoSamples { path: PathBuf },
+    NoSamples {
+        /// The file or folder at fault.
+        path: PathBuf,
+    },
     #[error("invalid k list {text:?}: {reason} (expected positive integers such as 1,10,100)")]
-    InvalidK { text: String, reason: String },
+    InvalidK {
+        /// The k list as given.
+        text: String,
+        /// Why it failed.
+        reason: String,
+    },
     #[error("{0}")]
     ExecutionNotAllowed(&'static str),
     #[error("{what}: got {found} results for {expected} samples")]
     Mismatch {
+        /// What was being read, written or checked.
         what: &'static str,
+        /// What was found instead.
         found: usize,
+        /// What was expected.
         expected: usize,
     },
     #[error(transparent)]

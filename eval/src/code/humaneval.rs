@@ -27,6 +27,44 @@ pub fn truncate_at_stop(generated: &str) -> &str {
     &generated[..cut]
 }
 
+/// A problem's prompt tokens made to fit the model's context, and the generation budget left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FittedPrompt {
+    /// The prompt's last tokens: all of them when they fit.
+    pub ids: Vec<u32>,
+    /// Tokens cut from the left (0 when the prompt fits).
+    pub truncated: usize,
+    /// New tokens the context still holds after the prompt, at most the requested number.
+    pub max_new_tokens: usize,
+}
+
+/// Fits a prompt of `ids` into a context of `max_seq_len` tokens, leaving room for
+/// `max_new_tokens` new ones (or for half the context, when that is less): a prompt too long
+/// for that keeps its last tokens, as the ICL generation tasks do (llm-foundry left-truncates
+/// to `max_seq_len - max_new_tokens`). The end of a HumanEval prompt is the signature and
+/// docstring being completed; the program run in the sandbox is still the whole prompt plus
+/// the completion. `None` when the context holds no prompt and answer at all
+/// (`max_seq_len < 2`) or nothing is asked for.
+pub fn fit_prompt(
+    mut ids: Vec<u32>,
+    max_seq_len: usize,
+    max_new_tokens: usize,
+) -> Option<FittedPrompt> {
+    if max_seq_len < 2 || max_new_tokens == 0 || ids.is_empty() {
+        return None;
+    }
+    let reserve = max_new_tokens.min(max_seq_len / 2);
+    let keep = max_seq_len - reserve;
+    let truncated = ids.len().saturating_sub(keep);
+    ids.drain(..truncated);
+    let max_new_tokens = max_new_tokens.min(max_seq_len - ids.len());
+    Some(FittedPrompt {
+        ids,
+        truncated,
+        max_new_tokens,
+    })
+}
+
 /// One generation request: which problem, which of its `n` samples, and the seed to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {
@@ -111,6 +149,40 @@ mod tests {
             "    x = 1\n    # inner comment\n    return x"
         );
         assert_eq!(truncate_at_stop("    return 2"), "    return 2");
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_context_keeps_its_last_tokens() {
+        // The quickstart case: a 135-token prompt and a 128-token model.
+        let ids: Vec<u32> = (0..135).collect();
+        let fit = fit_prompt(ids.clone(), 128, 512).unwrap();
+        assert_eq!(fit.truncated, 135 - 64);
+        assert_eq!(fit.ids, (71..135).collect::<Vec<u32>>());
+        assert_eq!(fit.max_new_tokens, 64);
+        // A short answer leaves more of the prompt.
+        let fit = fit_prompt(ids.clone(), 128, 8).unwrap();
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (120, 15, 8)
+        );
+        assert_eq!(fit.ids[0], 15);
+    }
+
+    #[test]
+    fn a_prompt_that_fits_is_kept_whole_and_the_budget_capped_by_the_context() {
+        let fit = fit_prompt(vec![5; 40], 128, 512).unwrap();
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (40, 0, 88)
+        );
+        let fit = fit_prompt(vec![5; 40], 2048, 512).unwrap();
+        assert_eq!(
+            (fit.ids.len(), fit.truncated, fit.max_new_tokens),
+            (40, 0, 512)
+        );
+        assert_eq!(fit_prompt(vec![5; 4], 1, 8), None);
+        assert_eq!(fit_prompt(vec![5; 4], 16, 0), None);
+        assert_eq!(fit_prompt(vec![], 16, 4), None);
     }
 
     #[test]

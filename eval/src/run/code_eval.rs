@@ -14,8 +14,20 @@ use super::{CodeEvalConfig, EvalConfig, EvalError};
 use crate::code;
 use crate::icl::{self, IclError};
 
+/// What [`generate_code_samples`] produced.
+#[derive(Debug, Clone)]
+pub struct GeneratedSamples {
+    /// `n` completions per problem, in problem order.
+    pub samples: Vec<code::Sample>,
+    /// `(task_id, tokens cut)` for each problem whose prompt was left-truncated to fit the
+    /// model's context (see [`code::humaneval::fit_prompt`]).
+    pub truncated: Vec<(String, usize)>,
+}
+
 /// HumanEval completions from `model`: `n` per problem, stopped at the Codex stop sequences,
-/// sampled with a seed per (run seed, problem, batch).
+/// sampled with a seed per (run seed, problem, batch). A prompt too long for the model's
+/// context keeps its last tokens ([`code::humaneval::fit_prompt`]) and is listed in
+/// [`GeneratedSamples::truncated`]; the evaluation goes on.
 pub fn generate_code_samples<B: Backend>(
     model: &Mpt<B>,
     tok: &Tokenizer,
@@ -24,13 +36,14 @@ pub fn generate_code_samples<B: Backend>(
     seed: u64,
     batch_size: usize,
     device: &B::Device,
-) -> Result<Vec<code::Sample>, EvalError> {
+) -> Result<GeneratedSamples, EvalError> {
     let eos = tok.eos_id().unwrap_or(0);
     let stops: Vec<String> = code::humaneval::STOP_SEQUENCES
         .iter()
         .map(|s| s.to_string())
         .collect();
     let mut samples = Vec::new();
+    let mut truncated = Vec::new();
     for (pi, p) in problems
         .iter()
         .enumerate()
@@ -40,19 +53,25 @@ pub fn generate_code_samples<B: Backend>(
             what: p.task_id.clone(),
             message: e.to_string(),
         })?;
-        let room = model.config().max_seq_len.saturating_sub(ids.len());
-        if room == 0 {
+        let max_seq_len = model.config().max_seq_len;
+        let Some(fit) = code::humaneval::fit_prompt(ids, max_seq_len, cfg.max_new_tokens) else {
             return Err(EvalError::Model {
                 name: p.task_id.clone(),
-                message: "prompt fills max_seq_len".into(),
+                message: format!(
+                    "no room to generate: max_seq_len {max_seq_len}, max_new_tokens {}",
+                    cfg.max_new_tokens
+                ),
             });
+        };
+        if fit.truncated > 0 {
+            truncated.push((p.task_id.clone(), fit.truncated));
         }
         let mut left = cfg.n;
         let mut chunk = 0u64;
         while left > 0 {
             let rows = left.min(batch_size.max(1));
             let gen_cfg = GenerationConfig {
-                max_new_tokens: cfg.max_new_tokens.min(room),
+                max_new_tokens: fit.max_new_tokens,
                 temperature: cfg.temperature,
                 top_k: None,
                 top_p: cfg.top_p,
@@ -65,7 +84,7 @@ pub fn generate_code_samples<B: Backend>(
                 tok.decode(new, true)
                     .is_ok_and(|t| icl::normalize::contains_stop(&t, &stops))
             };
-            let prompts = vec![ids.clone(); rows];
+            let prompts = vec![fit.ids.clone(); rows];
             let gens = generate(model, &prompts, &gen_cfg, Some(&stop), device).map_err(|e| {
                 EvalError::Model {
                     name: p.task_id.clone(),
@@ -86,7 +105,7 @@ pub fn generate_code_samples<B: Backend>(
             chunk += 1;
         }
     }
-    Ok(samples)
+    Ok(GeneratedSamples { samples, truncated })
 }
 
 /// Generates and executes HumanEval completions per `cfg.code_eval`; `None` without one.
@@ -105,7 +124,7 @@ pub(super) fn run_code_eval<B: Backend>(
     let allow = code::AllowCodeExecution::from_flag(c.allow_code_execution).ok_or(
         code::CodeError::ExecutionNotAllowed(code::CODE_EXECUTION_REFUSED),
     )?;
-    let samples = generate_code_samples(
+    let GeneratedSamples { samples, truncated } = generate_code_samples(
         model,
         tok,
         &problems,
@@ -144,6 +163,10 @@ pub(super) fn run_code_eval<B: Backend>(
         "pass_at_k": evaluation.pass_at_k_named(),
         "skipped_k": evaluation.skipped_k,
         "programs": evaluation.results.len(),
+        "truncated_prompts": truncated
+            .iter()
+            .map(|(task_id, cut)| serde_json::json!({"task_id": task_id, "tokens_cut": cut}))
+            .collect::<Vec<_>>(),
         "seconds": evaluation.wall.as_secs_f64(),
     })))
 }

@@ -34,6 +34,7 @@ use rayon::prelude::*;
 
 use super::gemm::{MatMut, MatRef, Threads, gemm};
 use super::rows;
+use super::simd::multiversion;
 
 /// Queries per tile. 64 × 64 tiles keep a tile's scores (16 KiB) and the blocks of queries,
 /// keys and values it reads in the L1/L2 caches, and leave enough blocks under the causal
@@ -216,7 +217,7 @@ impl RowMask<'_> {
     }
 }
 
-crate::multiversion! {
+multiversion! {
     /// `s[c] ← s[c] · scale + slope · (first + c)`: the scale and the ALiBi term, rounded as
     /// the materialised path rounds them (one product each, then the sum).
     fn scale_and_alibi(s: &mut [f32], scale: f32, slope: f32, first: i32) {
@@ -227,7 +228,7 @@ crate::multiversion! {
     }
 }
 
-crate::multiversion! {
+multiversion! {
     /// `s ← exp(s − base)`, and `sum ← Σ s`.
     fn exp_shifted(s: &mut [f32], base: f32, sum: &mut f32) {
         for x in s.iter_mut() {
@@ -237,7 +238,7 @@ crate::multiversion! {
     }
 }
 
-crate::multiversion! {
+multiversion! {
     /// `ds ← p ⊙ (dp − d)` (the softmax backward of one row, with `d = Σ p ⊙ dp`), where
     /// `ds` holds `dp` on entry.
     fn softmax_grad(p: &[f32], ds: &mut [f32], d: f32) {
@@ -247,7 +248,7 @@ crate::multiversion! {
     }
 }
 
-crate::multiversion! {
+multiversion! {
     /// `x ← c · x`.
     fn scale_row(x: &mut [f32], c: f32) {
         x.iter_mut().for_each(|v| *v *= c);

@@ -17,29 +17,73 @@ struct Layout {
     cs: usize,
 }
 
+/// Why a view was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayoutError {
+    /// The last element's offset does not fit in a `usize`.
+    Overflow,
+    /// A stride does not fit in an `isize` (gemm takes signed strides).
+    Stride,
+    /// The last element lies at or past the end of the slice.
+    Overrun,
+}
+
 impl Layout {
     /// The layout, checked to lie inside a slice of `len` values.
     ///
-    /// # Panics
-    /// If an element would lie at or past `len`.
-    fn inside(len: usize, offset: usize, [rows, cols]: [usize; 2], [rs, cs]: [usize; 2]) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = offset + (rows - 1) * rs + (cols - 1) * cs;
-            assert!(
-                last < len,
-                "a {rows}×{cols} matrix view at {offset} with strides ({rs}, {cs}) overruns {len} values"
-            );
+    /// The offsets are computed with checked arithmetic: this crate is built without overflow
+    /// checks, and a wrapped-around "last element" could pass the bounds check while gemm
+    /// writes far outside the slice. Strides must fit in an `isize`, which gemm takes.
+    fn inside(
+        len: usize,
+        offset: usize,
+        [rows, cols]: [usize; 2],
+        [rs, cs]: [usize; 2],
+    ) -> Result<Self, LayoutError> {
+        if rs > isize::MAX as usize || cs > isize::MAX as usize {
+            return Err(LayoutError::Stride);
         }
-        Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1)
+                .checked_mul(rs)
+                .and_then(|r| (cols - 1).checked_mul(cs)?.checked_add(r))
+                .and_then(|rc| rc.checked_add(offset))
+                .ok_or(LayoutError::Overflow)?;
+            if last >= len {
+                return Err(LayoutError::Overrun);
+            }
+        }
+        Ok(Self {
             offset,
             rows,
             cols,
             rs,
             cs,
+        })
+    }
+
+    /// [`Layout::inside`], panicking with the view's description when it is refused.
+    fn inside_or_panic(len: usize, offset: usize, shape: [usize; 2], strides: [usize; 2]) -> Self {
+        let [rows, cols] = shape;
+        let [rs, cs] = strides;
+        match Self::inside(len, offset, shape, strides) {
+            Ok(at) => at,
+            Err(why) => {
+                let why = match why {
+                    LayoutError::Overflow => "overflows usize",
+                    LayoutError::Stride => "has a stride past isize::MAX",
+                    LayoutError::Overrun => "overruns",
+                };
+                panic!(
+                    "a {rows}×{cols} matrix view at {offset} with strides ({rs}, {cs}) {why} ({len} values)"
+                )
+            }
         }
     }
 
     /// Whether no two elements share a place: rows, or columns, kept apart by the strides.
+    /// (No product here overflows: each is at most the last element's offset, which
+    /// [`Layout::inside`] computed without overflow.)
     fn distinct(&self) -> bool {
         let Self {
             rows, cols, rs, cs, ..
@@ -81,9 +125,10 @@ impl<'a> MatRef<'a> {
     /// The `rows × cols` matrix whose element `(i, j)` is `data[offset + i·rs + j·cs]`.
     ///
     /// # Panics
-    /// If an element would lie outside `data`.
+    /// If an element would lie outside `data` (or its offset overflow `usize`), or a stride
+    /// exceed `isize::MAX`.
     pub fn new(data: &'a [f32], offset: usize, shape: [usize; 2], strides: [usize; 2]) -> Self {
-        let at = Layout::inside(data.len(), offset, shape, strides);
+        let at = Layout::inside_or_panic(data.len(), offset, shape, strides);
         Self { data, at }
     }
 
@@ -92,7 +137,11 @@ impl<'a> MatRef<'a> {
     /// # Panics
     /// If `data` does not hold exactly `rows · cols` values.
     pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "MatRef::rows: length");
+        assert_eq!(
+            Some(data.len()),
+            rows.checked_mul(cols),
+            "MatRef::rows: length"
+        );
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 
@@ -115,9 +164,10 @@ impl<'a> MatMut<'a> {
     /// `data[offset + i·rs + j·cs]`.
     ///
     /// # Panics
-    /// If an element would lie outside `data`, or if two elements would share a place.
+    /// If an element would lie outside `data` (or its offset overflow `usize`), if a stride
+    /// exceeds `isize::MAX`, or if two elements would share a place.
     pub fn new(data: &'a mut [f32], offset: usize, shape: [usize; 2], strides: [usize; 2]) -> Self {
-        let at = Layout::inside(data.len(), offset, shape, strides);
+        let at = Layout::inside_or_panic(data.len(), offset, shape, strides);
         assert!(
             at.distinct(),
             "MatMut: strides {strides:?} overlap in a {shape:?} view"
@@ -130,7 +180,11 @@ impl<'a> MatMut<'a> {
     /// # Panics
     /// If `data` does not hold exactly `rows · cols` values.
     pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "MatMut::rows: length");
+        assert_eq!(
+            Some(data.len()),
+            rows.checked_mul(cols),
+            "MatMut::rows: length"
+        );
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 }
@@ -181,25 +235,30 @@ pub fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, c: f32, accumulate: bool, thr
 /// CPU training step of the quickstart model).
 ///
 /// # Panics
-/// If the shapes do not chain.
+/// If the shapes do not chain, or the product has more than `usize::MAX` values (a view may
+/// repeat a row with stride 0, so its row count is not bounded by its slice).
 pub fn product(lhs: MatRef, rhs: MatRef, c: f32, threads: Threads) -> Vec<f32> {
     let (m, k, n) = (lhs.at.rows, lhs.at.cols, rhs.at.cols);
+    let Some(len) = m.checked_mul(n) else {
+        panic!("gemm: a {m}×{n} product overflows usize");
+    };
     // Small products, empty contractions and vectors take gemm's special kernels; those are not
     // worth auditing for whether they read the destination, so they get a zeroed one.
-    if m * n <= 16 * 16 || m <= 1 || n <= 1 || k == 0 {
-        let mut out = vec![0.0f32; m * n];
+    if len <= 16 * 16 || m <= 1 || n <= 1 || k == 0 {
+        let mut out = vec![0.0f32; len];
         gemm(MatMut::rows(&mut out, m, n), lhs, rhs, c, false, threads);
         return out;
     }
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    // SAFETY: `out` has room for the `m × n` row-major destination, which aliases nothing.
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: `out` has room for the `m × n` row-major destination (`len` values, counted
+    // without overflow above), which aliases nothing.
     // Without `accumulate` (read_dst = false), gemm 0.19.0 (pinned in model/Cargo.toml) sets its
     // alpha to zero and its packed kernel's stores for alpha status 0 only write, full tiles and
     // edge tiles alike (gemm-common `microkernel!`), and every output belongs to one tile, so
     // afterwards all `m · n` values are initialised and none was read before being written.
     unsafe {
         call(out.as_mut_ptr(), [n, 1], lhs, rhs, c, false, threads);
-        out.set_len(m * n);
+        out.set_len(len);
     }
     out
 }
@@ -226,9 +285,12 @@ unsafe fn call(
     }
     // Flex's rule: threads only from about 192³ multiply-adds.
     let parallelism = match threads {
-        Threads::Pool if m * n * k >= 192 * 192 * 192 => gemm::Parallelism::Rayon(0),
+        Threads::Pool if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 => {
+            gemm::Parallelism::Rayon(0)
+        }
         _ => gemm::Parallelism::None,
     };
+    // Strides were checked to fit in an isize when the views were built.
     let st = |s: usize| s as isize;
     // SAFETY: the inputs were checked on construction to lie inside their slices (with k = 0
     // gemm reads none of them); the destination is the caller's promise.
@@ -357,6 +419,76 @@ mod tests {
     fn a_view_past_the_end_is_refused() {
         let v = vec![0.0f32; 10];
         MatRef::new(&v, 2, [3, 3], [3, 1]);
+    }
+
+    #[test]
+    fn offsets_that_overflow_are_refused_not_wrapped() {
+        // Each of these wraps around to a small "last element" without checked arithmetic.
+        let len = 10;
+        let refused = |offset, shape, strides| Layout::inside(len, offset, shape, strides);
+        assert_eq!(
+            refused(0, [5, 1], [1 << 62, 1]),
+            Err(LayoutError::Overflow),
+            "rows · row stride"
+        );
+        assert_eq!(
+            refused(0, [1, 5], [1, (usize::MAX / 4) + 1]),
+            Err(LayoutError::Overflow),
+            "cols · col stride"
+        );
+        assert_eq!(
+            refused(usize::MAX, [2, 1], [1, 1]),
+            Err(LayoutError::Overflow),
+            "offset + extent"
+        );
+        assert_eq!(
+            refused(3 << 62, [1, 2], [1, 1 << 62]),
+            Err(LayoutError::Overflow),
+            "the two terms each fit, their sum does not"
+        );
+        assert_eq!(
+            refused(0, [1, 2], [usize::MAX, 1]),
+            Err(LayoutError::Stride),
+            "an unused row stride still reaches gemm as an isize"
+        );
+        assert_eq!(
+            refused(0, [2, 5], [5, 1]),
+            Ok(Layout {
+                offset: 0,
+                rows: 2,
+                cols: 5,
+                rs: 5,
+                cs: 1
+            })
+        );
+        assert_eq!(refused(1, [2, 5], [5, 1]), Err(LayoutError::Overrun));
+        // Empty views lie nowhere, whatever their offset.
+        assert!(refused(usize::MAX, [0, 5], [5, 1]).is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows usize")]
+    fn a_view_whose_rows_wrap_around_is_refused() {
+        let v = vec![0.0f32; 10];
+        MatRef::new(&v, 0, [5, 1], [1 << 62, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows usize")]
+    fn a_destination_whose_offset_wraps_around_is_refused() {
+        let mut v = vec![0.0f32; 10];
+        MatMut::new(&mut v, usize::MAX, [2, 1], [1, 1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "product overflows usize")]
+    fn a_product_too_large_to_count_is_refused() {
+        // Row stride 0 repeats one row 2^62 + 1 times: a valid view of 1 value whose product
+        // with a 1×4 matrix has 2^64 + 4 values (4, wrapped).
+        let a = vec![1.0f32; 1];
+        let b = vec![1.0f32; 4];
+        let lhs = MatRef::new(&a, 0, [(1 << 62) + 1, 1], [0, 1]);
+        product(lhs, MatRef::rows(&b, 1, 4), 1.0, Threads::One);
     }
 
     #[test]

@@ -4,14 +4,21 @@
 //!
 //! Each function here is what the model calls. On Flex and `Autodiff<Flex>` with f32 tensors it
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
-//! see [`rows`] for the arithmetic and `flex` for the glue); on every other backend or dtype it
-//! runs the composed tensor-op formulation below, which is the reference the fused kernels are
-//! tested against. A CubeCL kernel for CUDA would slot in the same way.
+//! see `rows.rs` for the arithmetic and `flex.rs` for the glue); on every other backend or dtype
+//! it runs the composed tensor-op formulation below, which is the reference the fused kernels
+//! are tested against. A CubeCL kernel for CUDA would slot in the same way.
+//!
+//! [`adam_block`] is the one kernel here that the model does not call: the optimizers' update,
+//! run over the blocks [`zip_mut`] hands out.
 
+mod adam;
 mod flash;
 mod flex;
 mod gemm;
-pub mod rows;
+mod rows;
+mod simd;
+
+pub use adam::{AdamConsts, adam_block};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;

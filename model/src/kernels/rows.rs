@@ -6,7 +6,7 @@
 //! calls a scalar `erff` per element. Here each op is one pass over its rows, with the arithmetic
 //! written so that LLVM vectorises it (branch-free bodies, lane-wise accumulators instead of
 //! serial float reductions), compiled three times: for AVX-512 and for AVX2+FMA (picked at run
-//! time) and for the baseline target ([`multiversion!`](crate::multiversion)). Rows are split
+//! time) and for the baseline target (`multiversion!`, in `simd.rs`). Rows are split
 //! over rayon's threads in fixed-size blocks, and every reduction runs in a fixed order, so
 //! results do not depend on the thread count.
 //!
@@ -16,53 +16,12 @@
 
 use rayon::prelude::*;
 
+use super::simd::multiversion;
+
 /// Elements per parallel block of an element-wise kernel.
 pub(crate) const BLOCK: usize = 1 << 14;
 /// Lanes of the lane-wise accumulators (two AVX2 registers).
 const LANES: usize = 16;
-
-/// Defines `pub fn $name` whose `body` is compiled three times: for AVX-512 (F, BW, DQ, VL) and
-/// for AVX2+FMA, each picked at run time when the CPU has them, and for the baseline target.
-///
-/// The bodies are written without floating-point contractions or reassociation (Rust allows
-/// neither), so all three compute the same values; only the vector width differs.
-#[macro_export]
-macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$m])*
-        #[allow(clippy::too_many_arguments)]
-        $vis fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn generic($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) { generic($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) { generic($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports every feature enabled for `avx512`, checked above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            generic($($arg),*)
-        }
-    };
-}
 
 /// `e^x`, branch-free (Cephes `expf`). Inputs below -87.33 give exactly 0 (so masked attention
 /// scores vanish); inputs above 88 are clamped to `e^88`.
@@ -99,7 +58,8 @@ fn erf_with(z: f32, e: f32) -> f32 {
     (1.0 - poly * e).copysign(z)
 }
 
-/// `erf(z)`.
+/// `erf(z)` (the tests check [`erf_with`] through it).
+#[cfg(test)]
 #[inline(always)]
 pub fn erf(z: f32) -> f32 {
     erf_with(z, exp(-z * z))

@@ -17,6 +17,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::record::Record;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use tessera_model::kernels::{AdamConsts, adam_block};
 
 /// Adam's per-parameter state: the step count and both moment estimates.
 #[derive(Record, Clone)]
@@ -84,37 +85,6 @@ pub(crate) fn adam_direction<B: Backend, const D: usize>(
             exp_avg_sq,
         },
     )
-}
-
-/// The per-step scalars of [`adam_block`], as f32 (what the tensor ops would convert them to).
-#[derive(Clone, Copy, Debug)]
-struct AdamConsts {
-    b1: f32,
-    b2: f32,
-    c1: f32,
-    c2: f32,
-    bias1: f32,
-    bias2_sqrt: f32,
-    eps: f32,
-    /// The decay factor, when it is not 1.
-    keep: Option<f32>,
-    lr: f32,
-}
-
-tessera_model::multiversion! {
-    /// The Adam(W) update of one block of a parameter `p`, its gradient `g` and moments `m`, `v`,
-    /// in the tensor ops' order (see [`adam_update`]).
-    fn adam_block(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &AdamConsts) {
-        let keep = c.keep.unwrap_or(1.0);
-        let decays = c.keep.is_some();
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            *m = *m * c.b1 + g * c.c1;
-            *v = *v * c.b2 + g * g * c.c2;
-            let direction = *m / (v.sqrt() / c.bias2_sqrt + c.eps) / c.bias1;
-            let kept = if decays { *p * keep } else { *p };
-            *p = kept - direction * c.lr;
-        }
-    }
 }
 
 /// One whole Adam(W) step of a parameter: `p ← keep · p − lr · m̂ / (√v̂ + ε)` with the moments

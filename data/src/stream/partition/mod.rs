@@ -106,9 +106,13 @@ impl World {
 pub struct PartitionParams {
     /// Epoch size (after mixing).
     pub num_samples: u64,
+    /// Canonical nodes (the unit the shuffle is laid out in).
     pub num_canonical_nodes: u64,
+    /// Physical nodes.
     pub num_nodes: u64,
+    /// Ranks per physical node.
     pub ranks_per_node: u64,
+    /// Data loader workers per rank.
     pub workers_per_rank: u64,
     /// Per-device batch size.
     pub batch_size: u64,
@@ -172,7 +176,9 @@ impl PartitionParams {
 /// `-1` marks filler slots that are skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partition {
+    /// The five dimensions above.
     pub shape: [usize; 5],
+    /// Sample ids, row-major.
     pub ids: Vec<i64>,
 }
 

@@ -1,6 +1,4 @@
-//! Remote folders reached through `object_store`: `s3://`, `gs://`, `az://`/`abfs://`,
-//! `http(s)://` and `file://`. The streaming loader downloads shards through it and the trainer
-//! uploads checkpoints through it.
+//! Remote folders reached through `object_store` (the `remote` feature).
 //!
 //! Cloud credentials come from the environment, as each store's `from_env()` builder reads
 //! them (`AWS_*`, `GOOGLE_*`, `AZURE_*`), the same variables mosaicml-streaming and composer use.
@@ -17,16 +15,25 @@ use std::time::Duration;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreScheme, PutPayload};
 
+use super::{RemoteOptions, cancelled, is_remote};
+
 /// A remote location that could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// The location is not a URL tessera can reach.
     #[error("{location}: {reason}")]
-    Location { location: String, reason: String },
+    Location {
+        /// The location as given.
+        location: String,
+        /// Why it cannot be reached.
+        reason: String,
+    },
     /// The store failed (after any retries).
     #[error("{url}: {source}")]
     Store {
+        /// The URL concerned.
         url: String,
+        /// The store's error.
         source: object_store::Error,
     },
 }
@@ -42,45 +49,6 @@ impl RemoteError {
             }
         )
     }
-}
-
-/// Whether `location` names a remote (has a URL scheme) rather than a local path.
-pub fn is_remote(location: &str) -> bool {
-    location.split_once("://").is_some_and(|(scheme, _)| {
-        !scheme.is_empty()
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
-    })
-}
-
-/// Time limit and retry budget of remote requests.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RemoteOptions {
-    /// The longest one request (connect, send, the whole answer) may take.
-    pub timeout: Duration,
-    /// Retries after a failed or timed-out request (a missing object is not retried).
-    pub retries: u32,
-}
-
-impl Default for RemoteOptions {
-    /// mosaicml-streaming's defaults: `download_timeout: 60`, `download_retry: 2`.
-    fn default() -> Self {
-        RemoteOptions {
-            timeout: Duration::from_secs(60),
-            retries: 2,
-        }
-    }
-}
-
-/// Set by [`cancel_waits`]: every remote request in this process fails at once.
-static CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes every remote request of this process, in flight or future, fail at once with an error
-/// naming its URL. A trainer whose watchdog has declared a stall calls this so that a thread
-/// blocked on a silent server returns and the run can stop; it is not undone.
-pub fn cancel_waits() {
-    CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// After this long without an answer, a request says on stderr what it waits for (then again
@@ -253,7 +221,7 @@ impl RemoteDir {
                 Err(e)
                     if matches!(e, object_store::Error::NotFound { .. })
                         || attempt >= retries
-                        || CANCELLED.load(std::sync::atomic::Ordering::SeqCst) =>
+                        || cancelled() =>
                 {
                     return Err(RemoteError::Store {
                         url: self.url_of(relative),
@@ -298,8 +266,8 @@ impl RemoteDir {
             store: "remote",
             source: why.into(),
         };
-        let cancelled = async {
-            while !CANCELLED.load(std::sync::atomic::Ordering::SeqCst) {
+        let cancel = async {
+            while !cancelled() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -309,7 +277,7 @@ impl RemoteDir {
                     "no answer within {:.0} s (download_timeout)",
                     limit.as_secs_f64()
                 )))),
-                () = cancelled => Err(failed(
+                () = cancel => Err(failed(
                     "cancelled: the run was declared stalled while waiting for this".into(),
                 )),
             }
@@ -324,11 +292,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_are_told_from_paths() {
-        assert!(is_remote("s3://bucket/x"));
-        assert!(is_remote("file:///tmp/x"));
-        assert!(!is_remote("/tmp/x"));
-        assert!(!is_remote("data/train"));
+    fn a_path_is_not_opened_as_a_remote() {
         assert!(RemoteDir::open("data/train").is_err());
     }
 
