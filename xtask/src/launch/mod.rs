@@ -297,10 +297,10 @@ fn supervise(
                 signal: signal as i32,
             });
         }
-        for (rank, end) in ranks.reap()? {
-            if !end.succeeded() {
-                return Ok(AttemptEnd::Failed { rank, end });
-            }
+        let failed: Vec<(usize, RankEnd)> = failures(ranks)?;
+        if !failed.is_empty() {
+            let (rank, end) = root_cause(ranks, failed)?;
+            return Ok(AttemptEnd::Failed { rank, end });
         }
         if ranks.all_ended() {
             return Ok(AttemptEnd::Done);
@@ -324,6 +324,38 @@ fn supervise(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The ranks that ended with a failure since the last look.
+fn failures(ranks: &mut Ranks) -> anyhow::Result<Vec<(usize, RankEnd)>> {
+    Ok(ranks
+        .reap()?
+        .into_iter()
+        .filter(|(_, end)| !end.succeeded())
+        .collect())
+}
+
+/// The failure to blame among `failed`. A rank whose collective broke because a peer died exits
+/// with the stall code, often before the dead peer is reaped (the killed process is still being
+/// torn down): while every failure seen is a stall, wait a moment for another rank's own end,
+/// and blame that one.
+fn root_cause(
+    ranks: &mut Ranks,
+    mut failed: Vec<(usize, RankEnd)>,
+) -> anyhow::Result<(usize, RankEnd)> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while failed.iter().all(|(_, end)| *end == RankEnd::Code(exit::STALL))
+        && !ranks.all_ended()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+        failed.extend(failures(ranks)?);
+    }
+    Ok(failed
+        .iter()
+        .find(|(_, end)| *end != RankEnd::Code(exit::STALL))
+        .copied()
+        .unwrap_or(failed[0]))
 }
 
 /// `tessera` → the built binary ($TESSERA_BIN, else the newest `tessera` in the target dir's
