@@ -283,10 +283,13 @@ fn eval_losses(metrics: &Path) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
+/// Prompt/response pairs.
+type Rows = Vec<(String, String)>;
+
 /// A small instruction set the quickstart model has never seen answered: Python REPL
 /// questions (`>>> 12 + 7`, `>>> len("spam")`, …) with the REPL's answers. Deterministic; every
 /// eighth row is held out.
-fn instruction_rows() -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn instruction_rows() -> (Rows, Rows) {
     const WORDS: [&str; 16] = [
         "spam", "eggs", "python", "list", "tuple", "dict", "lambda", "yield", "class", "import",
         "print", "range", "string", "bytes", "float", "object",

@@ -35,8 +35,11 @@ pub struct OpCheck {
 /// The outcome of [`gpu_self_check`].
 #[derive(Debug, Clone)]
 pub struct SelfCheckReport {
+    /// The CUDA device index checked.
     pub device: usize,
+    /// Elements in each buffer the collectives ran on.
     pub elements: usize,
+    /// One line per collective: device result against the host path.
     pub checks: Vec<OpCheck>,
 }
 

@@ -13,12 +13,15 @@ use std::sync::Arc;
 
 use super::{CheckpointError, CheckpointStore, Payload, RemoteCheckpoints};
 
+/// The thread writing one save; it returns the published folder (on rank 0).
+type SaveThread = JoinHandle<Result<Option<PathBuf>, CheckpointError>>;
+
 /// A checkpoint store with a background writer thread (and, optionally, an object store each
 /// checkpoint is uploaded to after it is written locally).
 pub struct AsyncCheckpointer {
     store: CheckpointStore,
     remote: Option<Arc<RemoteCheckpoints>>,
-    in_flight: Option<(u64, JoinHandle<Result<Option<PathBuf>, CheckpointError>>)>,
+    in_flight: Option<(u64, SaveThread)>,
     /// Folders written so far, with their step, in order (for the run log).
     done: mpsc::Sender<(u64, PathBuf)>,
     done_rx: mpsc::Receiver<(u64, PathBuf)>,

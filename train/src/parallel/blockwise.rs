@@ -33,6 +33,9 @@ use crate::step::mix;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
+/// Gradients by unit: `(unit, flat gradient)`.
+type UnitGrads<B> = Vec<(usize, Tensor<Inner<B>, 1>)>;
+
 /// Forward and backward of one microbatch block by block. Returns the microbatch's `Σ CE` and
 /// every unit's gradient: this rank's reduce-scattered shard under `FULL_SHARD`, the full local
 /// gradient otherwise.
@@ -42,7 +45,7 @@ pub(crate) fn forward_backward<B: AutodiffBackend>(
     loss_tokens: u64,
     seed: u64,
     device: &B::Device,
-) -> Result<(f64, Vec<(usize, Tensor<Inner<B>, 1>)>), DistError> {
+) -> Result<(f64, UnitGrads<B>), DistError> {
     let gather = s.strategy.shards_params();
     let inner_dev = inner_device::<B>(device);
     let batch: DeviceBatch<B> = to_device(examples, device);

@@ -20,6 +20,9 @@ use crate::step::mix;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
+/// One flat vector on the inner backend (a unit's gradient or shard).
+type Flat<B> = Tensor<Inner<B>, 1>;
+
 /// How the state is split (resolved from `fsdp_config` and the world size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strategy {
@@ -270,7 +273,7 @@ impl<B: AutodiffBackend> Sharded<B> {
         loss_tokens: u64,
         dropout_seed: u64,
         device: &B::Device,
-    ) -> Result<(f64, Vec<Tensor<Inner<B>, 1>>), tessera_dist::DistError> {
+    ) -> Result<(f64, Vec<Flat<B>>), tessera_dist::DistError> {
         let mut accumulator = GradientsAccumulator::<Mpt<B>>::new();
         let mut loss_sum = 0.0f64;
         for (i, examples) in micro.iter().enumerate() {
@@ -305,7 +308,7 @@ impl<B: AutodiffBackend> Sharded<B> {
         loss_tokens: u64,
         dropout_seed: u64,
         device: &B::Device,
-    ) -> Result<(f64, Vec<Tensor<Inner<B>, 1>>), tessera_dist::DistError> {
+    ) -> Result<(f64, Vec<Flat<B>>), tessera_dist::DistError> {
         let mut loss_sum = 0.0f64;
         let mut acc: Vec<Option<Tensor<Inner<B>, 1>>> = vec![None; self.layout.units.len()];
         for (i, examples) in micro.iter().enumerate() {

@@ -461,6 +461,7 @@ impl<B: AutodiffBackend> Run<B> {
 
 /// The communicator: NCCL between burn-cuda ranks (one GPU per process, `LOCAL_RANK` picks it),
 /// TCP otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(clippy::extra_unused_type_parameters))]
 fn connect<B: AutodiffBackend>(
     env: &tessera_dist::RankEnv,
     cfg: &RendezvousConfig,

@@ -344,7 +344,9 @@ fn root_cause(
     mut failed: Vec<(usize, RankEnd)>,
 ) -> anyhow::Result<(usize, RankEnd)> {
     let deadline = Instant::now() + Duration::from_millis(500);
-    while failed.iter().all(|(_, end)| *end == RankEnd::Code(exit::STALL))
+    while failed
+        .iter()
+        .all(|(_, end)| *end == RankEnd::Code(exit::STALL))
         && !ranks.all_ended()
         && Instant::now() < deadline
     {
