@@ -208,3 +208,34 @@ fn lora_fine_tunes_a_frozen_base_resumes_bit_for_bit_and_merges() {
     ]));
     assert!(!out.stdout.is_empty());
 }
+
+#[test]
+fn under_amp_bf16_the_frozen_base_is_held_in_bf16_and_the_adapter_still_learns() {
+    let tmp = TempDir::new("lora-bf16");
+    let dir = tmp.path();
+    setup(dir);
+    train(dir, &yaml(BASE, 6, "3.0e-3"), "base");
+    let text = yaml(ADAPTER, 12, "1.0e-2").replace("precision: fp32", "precision: amp_bf16");
+    let stdout = train(dir, &text, "bf16");
+    let log = std::fs::read_to_string(dir.join("bf16/log.txt")).unwrap_or_default();
+    assert!(
+        stdout.contains("frozen base is held in bf16")
+            || log.contains("frozen base is held in bf16"),
+        "{stdout}"
+    );
+    let eval = metrics(&dir.join("bf16"), "eval", "loss");
+    assert!(eval.iter().all(|l| l.is_finite()), "{eval:?}");
+    assert!(
+        eval[2] < eval[0] - 0.05,
+        "the held-out loss should fall: {eval:?}"
+    );
+    // The adapter it saves is f32, PEFT-named, as under fp32.
+    let weights =
+        std::fs::read(dir.join("bf16/checkpoints/ba12/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    assert!(
+        st.tensors()
+            .iter()
+            .all(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+    );
+}

@@ -206,6 +206,21 @@ impl<B: AutodiffBackend> Run<B> {
         // Every rank builds the same model (the init is a function of the seed), then keeps its
         // shard of the training state; a resume replaces that state with the checkpoint's.
         let model = build_model::<B>(&cfg, &model_config, device)?;
+        // LoRA under amp_bf16: the frozen base is stored in bf16 (half its memory, as PEFT on a
+        // bf16 model); the adapter, its gradients and optimizer state stay f32.
+        let bf16_base = model.has_adapter()
+            && cfg.precision == Precision::AmpBf16
+            && B::supports_dtype(device, FloatDType::BF16.into());
+        let model = if bf16_base {
+            model
+                .with_base_dtype(FloatDType::BF16)
+                .map_err(|e| TrainError::Adapter {
+                    key: "precision",
+                    source: Box::new(e),
+                })?
+        } else {
+            model
+        };
         let adapter_config = model.lora_config().map(|l| {
             let base = match &cfg.model.base {
                 ModelSource::Pretrained { path, .. } => Some(path.as_str()),
@@ -360,6 +375,9 @@ impl<B: AutodiffBackend> Run<B> {
             log.say(&why);
         }
         let compute = compute_dtype::<B>(cfg.precision, device, &log);
+        if bf16_base {
+            log.say("LoRA: the frozen base is held in bf16; the adapter trains in f32");
+        }
         sharded.model = sharded.model.clone().with_compute_dtype(compute);
         if world_size > 1 {
             log.say(&format!(
