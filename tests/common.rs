@@ -25,6 +25,21 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// `tessera data train-tokenizer` on the `text` of the JSON lines in `dir/input`, writing
+/// `dir/tokenizer.json` with `vocab` tokens.
+pub fn train_tokenizer(dir: &Path, input: &str, vocab: usize) {
+    run_ok(tessera().current_dir(dir).args([
+        "data",
+        "train-tokenizer",
+        "--input",
+        input,
+        "--out",
+        "tokenizer.json",
+        "--vocab-size",
+        &vocab.to_string(),
+    ]));
+}
+
 /// A packed token dataset: `samples` rows of `seq` tokens from a small vocabulary, with enough
 /// structure (a repeating pattern with noise) that a tiny model's loss falls.
 pub fn write_token_dataset(dir: &Path, samples: usize, seq: usize, vocab: u32, seed: u64) {

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TempDir, run_ok, tessera};
+use common::{TempDir, run_ok, tessera, train_tokenizer};
 
 fn example(name: &str) -> Command {
     // tests run from target/<profile>/deps; cargo puts examples in target/<profile>/examples.
@@ -50,16 +50,7 @@ fn setup(dir: &Path) {
         "icl_tasks:\n  - label: sums\n    dataset_uri: lm.jsonl\n    num_fewshot: [0]\n    icl_task_type: language_modeling\n",
     )
     .unwrap();
-    run_ok(tessera().current_dir(dir).args([
-        "data",
-        "train-tokenizer",
-        "--input",
-        "docs.jsonl",
-        "--out",
-        "tokenizer.json",
-        "--vocab-size",
-        "300",
-    ]));
+    train_tokenizer(dir, "docs.jsonl", 300);
     let yaml = r#"
 run_name: base
 max_seq_len: 64

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{TempDir, run_ok, tessera};
+use common::{TempDir, run_ok, tessera, train_tokenizer};
 
 /// A tokenizer and prompt/response rows: 48 to train on, 16 held out.
 fn setup(dir: &Path) {
@@ -27,16 +27,7 @@ fn setup(dir: &Path) {
     std::fs::write(dir.join("docs.jsonl"), docs).unwrap();
     std::fs::write(dir.join("train.jsonl"), train).unwrap();
     std::fs::write(dir.join("held.jsonl"), held).unwrap();
-    run_ok(tessera().current_dir(dir).args([
-        "data",
-        "train-tokenizer",
-        "--input",
-        "docs.jsonl",
-        "--out",
-        "tokenizer.json",
-        "--vocab-size",
-        "300",
-    ]));
+    train_tokenizer(dir, "docs.jsonl", 300);
 }
 
 /// `model` is the YAML of the model block (indented by two spaces).

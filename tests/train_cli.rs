@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{TempDir, run_ok, tessera, write_token_dataset};
+use common::{TempDir, run_ok, tessera, train_tokenizer, write_token_dataset};
 
 /// A tiny corpus, a tokenizer trained on it, and prompt/response rows.
 fn setup(dir: &Path) {
@@ -23,16 +23,7 @@ fn setup(dir: &Path) {
     }
     std::fs::write(dir.join("docs.jsonl"), docs).unwrap();
     std::fs::write(dir.join("rows.jsonl"), rows).unwrap();
-    run_ok(tessera().current_dir(dir).args([
-        "data",
-        "train-tokenizer",
-        "--input",
-        "docs.jsonl",
-        "--out",
-        "tokenizer.json",
-        "--vocab-size",
-        "300",
-    ]));
+    train_tokenizer(dir, "docs.jsonl", 300);
     let lm: String = (0..12)
         .map(|i| format!("{}\n", serde_json::json!({"context": format!("What is {} plus 1? The answer is", i % 7), "continuation": format!("{}.", i % 7 + 1)})))
         .collect();

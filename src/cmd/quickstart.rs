@@ -22,6 +22,7 @@ use tessera::data::tokenizer::{BpeTrainConfig, Tokenizer, train_bpe_from_inputs}
 use tessera::device::{DeviceSpec, Job};
 use tessera::model::{GenerationConfig, generate, hf};
 use tessera::train::config;
+use tessera::train::metrics::jsonl::read_jsonl;
 use tessera::train::trainer::{TrainOptions, train};
 
 /// The corpus slice (first 163 documents of the fixture corpus; see fixtures/corpus/LICENSE.md).
@@ -138,16 +139,7 @@ impl Job for Quickstart {
             yaml_path.display()
         );
         let loaded = config::load_file(&yaml_path, &[])?;
-        let opts = TrainOptions {
-            config_path: Some(yaml_path.clone()),
-            run_dir: Some(dir.join("run")),
-            device_label: super::device_label(spec),
-            peak_flops: None,
-            ranks: None,
-            sample_log: None,
-            device_memory: spec.memory_bytes(),
-            on_stall: None,
-        };
+        let opts = train_options(&yaml_path, &dir.join("run"), spec);
         let summary = train::<B>(&loaded, &opts, None, &device)?;
 
         println!("[5/{stages}] sample (temperature 0.8, top-k 40):");
@@ -235,16 +227,7 @@ fn lora_stage<B: AutodiffBackend>(
     );
     let loaded = config::load_file(&yaml_path, &[])?;
     let run_dir = dir.join("run");
-    let opts = TrainOptions {
-        config_path: Some(yaml_path.clone()),
-        run_dir: Some(run_dir.clone()),
-        device_label: super::device_label(spec),
-        peak_flops: None,
-        ranks: None,
-        sample_log: None,
-        device_memory: spec.memory_bytes(),
-        on_stall: None,
-    };
+    let opts = train_options(&yaml_path, &run_dir, spec);
     let summary = train::<B>(&loaded, &opts, None, device)?;
     let held = eval_losses(&run_dir.join("metrics.jsonl"))?;
     if let (Some(first), Some(last)) = (held.first(), held.last()) {
@@ -266,21 +249,28 @@ fn lora_stage<B: AutodiffBackend>(
     Ok(())
 }
 
+/// How both stages train: one process, on `spec`, into `run_dir`.
+fn train_options(yaml_path: &Path, run_dir: &Path, spec: DeviceSpec) -> TrainOptions {
+    TrainOptions {
+        config_path: Some(yaml_path.to_path_buf()),
+        run_dir: Some(run_dir.to_path_buf()),
+        device_label: super::device_label(spec),
+        peak_flops: None,
+        ranks: None,
+        sample_log: None,
+        device_memory: spec.memory_bytes(),
+        on_stall: None,
+    }
+}
+
 /// Every eval loss of a run, in order, from its `metrics.jsonl`.
 fn eval_losses(metrics: &Path) -> anyhow::Result<Vec<f64>> {
-    let text = std::fs::read_to_string(metrics)
-        .with_context(|| format!("reading {}", metrics.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", metrics.display(), i + 1))?;
-        if v["kind"] == "eval"
-            && let Some(l) = v["loss"].as_f64()
-        {
-            out.push(l);
-        }
-    }
-    Ok(out)
+    let rows: Vec<serde_json::Value> = read_jsonl(metrics)?;
+    Ok(rows
+        .iter()
+        .filter(|v| v["kind"] == "eval")
+        .filter_map(|v| v["loss"].as_f64())
+        .collect())
 }
 
 /// Prompt/response pairs.

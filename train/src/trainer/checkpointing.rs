@@ -177,23 +177,25 @@ impl RankSnapshot {
         part.push(staging.write_file(SHARDS_FILE, &meta_json)?);
         part.push(staging.write_file(STATE_FILE, &lead.state)?);
         part.push(staging.write_file(CONFIG_FILE, &lead.config_json)?);
-        if let Some(adapter_config) = &lead.adapter_config {
-            // A PEFT adapter folder (with the base's config.json beside it) that `peft` and
-            // `tessera serve --adapter` read as it is.
-            staging.wait_for_others(self.world, 0, wait)?;
-            let reader = ShardReader::open(staging.dir())?;
-            part.push(staging.write_file_with(peft::WEIGHTS_FILE, |w| {
-                write_consolidated_as(&reader, w, peft::WEIGHTS_FILE, &peft::peft_name_of)
-                    .map_err(std::io::Error::other)
-            })?);
-            part.push(staging.write_file(peft::CONFIG_FILE, adapter_config)?);
-        } else if lead.consolidate {
+        // A LoRA run always consolidates (the adapter is small): into PEFT's folder layout
+        // (`peft` and `tessera serve --adapter` read it as it is, the base's config.json beside
+        // it); any other run into `model.safetensors`, when asked to.
+        if lead.adapter_config.is_some() || lead.consolidate {
             // Every shard file must be complete before it is read.
             staging.wait_for_others(self.world, 0, wait)?;
             let reader = ShardReader::open(staging.dir())?;
-            part.push(staging.write_file_with(MODEL_FILE, |w| {
-                write_consolidated(&reader, w).map_err(std::io::Error::other)
-            })?);
+            match &lead.adapter_config {
+                Some(adapter_config) => {
+                    part.push(staging.write_file_with(peft::WEIGHTS_FILE, |w| {
+                        write_consolidated_as(&reader, w, peft::WEIGHTS_FILE, &peft::peft_name_of)
+                            .map_err(std::io::Error::other)
+                    })?);
+                    part.push(staging.write_file(peft::CONFIG_FILE, adapter_config)?);
+                }
+                None => part.push(staging.write_file_with(MODEL_FILE, |w| {
+                    write_consolidated(&reader, w).map_err(std::io::Error::other)
+                })?),
+            }
         }
         staging.finish_part(0, part)?;
         store.commit(&staging, self.world, wait).map(Some)
