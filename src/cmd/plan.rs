@@ -210,10 +210,7 @@ fn memory_input(args: &Args, d: &Described, precision: Precision) -> anyhow::Res
         input.microbatches_per_step = per_rank.div_ceil(input.microbatch);
     }
     if let Some(name) = &args.sharding {
-        input.sharding = match sharding_of(name)? {
-            ShardingStrategy::HybridShard => ShardingStrategy::FullShard,
-            s => s,
-        };
+        input.sharding = sharding_of(name)?.within_one_node();
     }
     if args.activation_checkpointing {
         input.recompute = true;

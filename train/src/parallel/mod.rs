@@ -51,3 +51,14 @@ pub enum ShardingStrategy {
     #[serde(rename = "HYBRID_SHARD")]
     HybridShard,
 }
+
+impl ShardingStrategy {
+    /// What the strategy does on one node: `HYBRID_SHARD` is `FULL_SHARD` there (across nodes
+    /// the trainer refuses it).
+    pub fn within_one_node(self) -> Self {
+        match self {
+            ShardingStrategy::HybridShard => ShardingStrategy::FullShard,
+            s => s,
+        }
+    }
+}

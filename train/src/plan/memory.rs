@@ -50,6 +50,16 @@ pub enum OptimizerStateKind {
     Lion,
 }
 
+impl OptimizerStateKind {
+    /// The state optimizer `name` keeps.
+    pub fn of(name: crate::optim::OptimizerName) -> Self {
+        match name {
+            crate::optim::OptimizerName::DecoupledLionw => OptimizerStateKind::Lion,
+            _ => OptimizerStateKind::Adam,
+        }
+    }
+}
+
 /// The fused unembedding loss's logits block, in elements (`tessera_model::lm_loss`).
 const LOGITS_BLOCK_ELEMENTS: f64 = (1u64 << 22) as f64;
 
@@ -164,10 +174,7 @@ impl MemoryInput {
             crate::config::MicroBatchSize::Fixed(m) => m.clamp(1, device_batch),
             crate::config::MicroBatchSize::Auto => device_batch,
         };
-        let optimizer = match cfg.optimizer.name {
-            crate::optim::OptimizerName::DecoupledLionw => OptimizerStateKind::Lion,
-            _ => OptimizerStateKind::Adam,
-        };
+        let optimizer = OptimizerStateKind::of(cfg.optimizer.name);
         let base = MemoryInput {
             microbatches_per_step: device_batch.div_ceil(microbatch),
             ..Self::from_mpt(
@@ -182,13 +189,11 @@ impl MemoryInput {
         };
         match &cfg.fsdp_config {
             None => base.with_strategy(ShardingStrategy::NoShard, false, FsdpPrecision::Full),
-            Some(f) => {
-                let sharding = match f.sharding_strategy {
-                    ShardingStrategy::HybridShard => ShardingStrategy::FullShard,
-                    s => s,
-                };
-                base.with_strategy(sharding, f.activation_checkpointing, f.mixed_precision)
-            }
+            Some(f) => base.with_strategy(
+                f.sharding_strategy.within_one_node(),
+                f.activation_checkpointing,
+                f.mixed_precision,
+            ),
         }
     }
 

@@ -13,7 +13,6 @@ use crate::batch::Example;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{LoadedConfig, MicroBatchSize, TrainConfig};
 use crate::finetune::{FinetuneTokenizer, Packing, tokenizer_file};
-use crate::optim::OptimizerName;
 use crate::plan::{MemoryInput, OptimizerStateKind, memory_estimate};
 use crate::run_dir::{RunDir, SaveFolder, run_name};
 
@@ -91,10 +90,7 @@ pub fn run_preflight<B: AutodiffBackend>(
             // As the trainer: `auto` is the whole device batch in one microbatch.
             MicroBatchSize::Auto => device_batch,
         },
-        optimizer: match cfg.optimizer.name {
-            OptimizerName::DecoupledLionw => OptimizerStateKind::Lion,
-            _ => OptimizerStateKind::Adam,
-        },
+        optimizer: OptimizerStateKind::of(cfg.optimizer.name),
     };
     let mpt = model(&mut r, cfg);
     let tokenizer = tokenizer(&mut r, cfg, mpt.as_ref());

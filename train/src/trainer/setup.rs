@@ -538,8 +538,7 @@ fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, TrainError>
                         .into(),
             });
         }
-        ShardingStrategy::HybridShard => ShardingStrategy::FullShard,
-        s => s,
+        s => s.within_one_node(),
     };
     // composer's FSDP mixed precision, in the run's 16-bit type (none under fp32).
     let half = match cfg.precision {
@@ -598,10 +597,7 @@ pub fn auto_microbatch(
         });
     };
     let budget = 0.9 * capacity as f64;
-    let optimizer = match cfg.optimizer.name {
-        crate::optim::OptimizerName::DecoupledLionw => crate::plan::OptimizerStateKind::Lion,
-        _ => crate::plan::OptimizerStateKind::Adam,
-    };
+    let optimizer = crate::plan::OptimizerStateKind::of(cfg.optimizer.name);
     let need = |m: usize| {
         crate::plan::memory_estimate(&crate::plan::MemoryInput::from_mpt(
             model,
