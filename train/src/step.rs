@@ -1,7 +1,7 @@
 //! One optimizer step, the one the trainer runs: forward and backward over the microbatches,
 //! gradients accumulated and weighted by loss-generating tokens and synced over ranks, then
-//! global-norm clipping and the update (see [`crate::parallel::Sharded`], which does the work;
-//! the trainer calls its two halves with the guards' verdict in between).
+//! global-norm clipping and the update (see [`crate::parallel::Sharded`], which does the work),
+//! with the guards' verdict in between.
 //!
 //! Weighting: each microbatch contributes `Σ CE / N`, with `N` the loss tokens of the *whole*
 //! step over every rank, so the accumulated gradient is that of the mean loss over every token
@@ -47,27 +47,65 @@ pub struct StepSettings {
     pub dropout_seed: u64,
 }
 
-/// One whole step with no guard in between: [`Sharded::forward_backward`], then
-/// [`Sharded::apply`]. `micro` are this rank's microbatches.
-pub fn train_step<B: AutodiffBackend>(
+/// What the guards decide about a step from its loss, before its update.
+#[derive(Debug)]
+pub enum Verdict<H> {
+    /// Apply the update.
+    Apply,
+    /// Leave the model as it is; `H` says what to do instead (skip the batch, roll back…).
+    Hold(H),
+}
+
+/// One whole step: [`Sharded::forward_backward`] over this rank's microbatches `micro`, then
+/// `judge` sees the step's loss and its tokens (padding excluded), then [`Sharded::apply`] unless it held the
+/// update. Every training loop in tessera runs this function.
+pub fn train_step<B: AutodiffBackend, H, E: From<tessera_dist::DistError>>(
+    sharded: &mut Sharded<B>,
+    micro: &[Vec<Example>],
+    settings: StepSettings,
+    device: &B::Device,
+    judge: impl FnOnce(f64, u64) -> Result<Verdict<H>, E>,
+) -> Result<(StepOutcome, Option<H>), E> {
+    sharded.reset_comm_time();
+    let first_micro = sharded.comm.rank() * micro.len();
+    let grads = sharded.forward_backward(micro, first_micro, settings.dropout_seed, device)?;
+    let (loss, loss_tokens, tokens) = (grads.loss, grads.loss_tokens, grads.tokens);
+    let (grad_norm, applied, held) = match judge(loss, tokens)? {
+        Verdict::Apply => {
+            let applied = sharded.apply(grads, settings.lr, settings.clip_norm)?;
+            (applied.grad_norm, applied.applied, None)
+        }
+        Verdict::Hold(h) => (f64::NAN, false, Some(h)),
+    };
+    let outcome = StepOutcome {
+        loss,
+        grad_norm,
+        loss_tokens,
+        tokens,
+        applied,
+        comm_s: sharded.comm_seconds(),
+    };
+    Ok((outcome, held))
+}
+
+/// [`train_step`] with no guard in between: the update is always offered to the optimizer
+/// (which still skips a non-finite one).
+pub fn unguarded_step<B: AutodiffBackend>(
     sharded: &mut Sharded<B>,
     micro: &[Vec<Example>],
     settings: StepSettings,
     device: &B::Device,
 ) -> Result<StepOutcome, tessera_dist::DistError> {
-    sharded.reset_comm_time();
-    let first_micro = sharded.comm.rank() * micro.len();
-    let grads = sharded.forward_backward(micro, first_micro, settings.dropout_seed, device)?;
-    let (loss, loss_tokens, tokens) = (grads.loss, grads.loss_tokens, grads.tokens);
-    let applied = sharded.apply(grads, settings.lr, settings.clip_norm)?;
-    Ok(StepOutcome {
-        loss,
-        grad_norm: applied.grad_norm,
-        loss_tokens,
-        tokens,
-        applied: applied.applied,
-        comm_s: sharded.comm_seconds(),
-    })
+    let apply = |_, _| Ok::<_, tessera_dist::DistError>(Verdict::<()>::Apply);
+    Ok(train_step(sharded, micro, settings, device, apply)?.0)
+}
+
+/// The seed of the dropout masks of the step that follows `done` steps: a pure function of
+/// the run seed and the step, so a resumed run draws the same masks.
+pub fn dropout_seed(seed: u64, done: u64) -> u64 {
+    /// The purpose of this derived random stream.
+    const DROPOUT: u64 = 0xd20;
+    mix(mix(seed, DROPOUT), done)
 }
 
 /// Mean loss of `examples` under `model` without gradients: `(Σ CE, loss tokens)`.
@@ -178,10 +216,10 @@ mod tests {
         let cfg = tiny();
         let all = examples(4, 12, 1);
         let mut a = sharded(&cfg, 3, Strategy::SINGLE);
-        let out_a = train_step(&mut a, std::slice::from_ref(&all), SETTINGS, &device).unwrap();
+        let out_a = unguarded_step(&mut a, std::slice::from_ref(&all), SETTINGS, &device).unwrap();
         let mut b = sharded(&cfg, 3, Strategy::SINGLE);
         let micro = vec![all[..1].to_vec(), all[1..].to_vec()];
-        let out_b = train_step(&mut b, &micro, SETTINGS, &device).unwrap();
+        let out_b = unguarded_step(&mut b, &micro, SETTINGS, &device).unwrap();
 
         assert!(out_a.applied && out_b.applied);
         assert!(
@@ -216,8 +254,8 @@ mod tests {
             },
         );
         for _ in 0..3 {
-            let a = train_step(&mut whole, &micro, SETTINGS, &device).unwrap();
-            let b = train_step(&mut blocks, &micro, SETTINGS, &device).unwrap();
+            let a = unguarded_step(&mut whole, &micro, SETTINGS, &device).unwrap();
+            let b = unguarded_step(&mut blocks, &micro, SETTINGS, &device).unwrap();
             assert_eq!(a.loss.to_bits(), b.loss.to_bits());
             assert_eq!(a.grad_norm.to_bits(), b.grad_norm.to_bits());
         }
@@ -240,7 +278,7 @@ mod tests {
         let (s1, n1) = eval_loss(&inner, &short, &device);
         let (s2, n2) = eval_loss(&inner, &long, &device);
         assert_eq!((n1, n2), (1, 11));
-        let out = train_step(&mut s, &[short, long], SETTINGS, &device).unwrap();
+        let out = unguarded_step(&mut s, &[short, long], SETTINGS, &device).unwrap();
         let expected = (s1 + s2) / 12.0;
         assert!(
             (out.loss - expected).abs() < 1e-5,
@@ -257,13 +295,14 @@ mod tests {
         let ex = examples(2, 12, 3);
         let mut free = sharded(&cfg, 6, Strategy::SINGLE);
         let unclipped =
-            train_step(&mut free, std::slice::from_ref(&ex), SETTINGS, &device).unwrap();
+            unguarded_step(&mut free, std::slice::from_ref(&ex), SETTINGS, &device).unwrap();
         let mut clipped = sharded(&cfg, 6, Strategy::SINGLE);
         let settings = StepSettings {
             clip_norm: Some(1e-3),
             ..SETTINGS
         };
-        let out = train_step(&mut clipped, std::slice::from_ref(&ex), settings, &device).unwrap();
+        let out =
+            unguarded_step(&mut clipped, std::slice::from_ref(&ex), settings, &device).unwrap();
         assert!((out.grad_norm - unclipped.grad_norm).abs() < 1e-6 * unclipped.grad_norm.max(1.0));
         assert!(out.grad_norm > 1e-3);
         assert!(weights(&free) != weights(&clipped));
@@ -281,7 +320,7 @@ mod tests {
             lr: 1.0,
             ..SETTINGS
         };
-        let out = train_step(&mut s, &[ex], settings, &device).unwrap();
+        let out = unguarded_step(&mut s, &[ex], settings, &device).unwrap();
         assert!(!out.applied);
         assert_eq!(weights(&s), before);
     }
@@ -301,7 +340,7 @@ mod tests {
             ..SETTINGS
         };
         let ex = examples(2, 12, 5);
-        let out = train_step(&mut s, std::slice::from_ref(&ex), settings, &device).unwrap();
+        let out = unguarded_step(&mut s, std::slice::from_ref(&ex), settings, &device).unwrap();
         assert!(
             out.applied && out.loss.is_finite() && out.grad_norm > 0.0,
             "{out:?}"
@@ -320,7 +359,7 @@ mod tests {
         }
         // And the step moved the loss the way an f32 step does.
         let mut f32_run = sharded(&cfg, 3, Strategy::SINGLE);
-        let f32_out = train_step(&mut f32_run, &[ex], settings, &device).unwrap();
+        let f32_out = unguarded_step(&mut f32_run, &[ex], settings, &device).unwrap();
         assert!(
             (out.loss - f32_out.loss).abs() < 0.05 * f32_out.loss,
             "{} vs {}",

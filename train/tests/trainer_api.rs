@@ -1,5 +1,5 @@
 //! The `Trainer` builder from outside the crate: it runs the step `tessera train` runs (the same
-//! bits as calling `train_step` by hand), its callbacks see every step, evaluation and
+//! bits as calling `unguarded_step` by hand), its callbacks see every step, evaluation and
 //! checkpoint and can stop the run, and its checkpoints load back (a transformers folder, or a
 //! PEFT folder when an adapter trains).
 
@@ -11,7 +11,7 @@ use tessera_model::{Mpt, MptConfig, hf};
 use tessera_train::batch::Example;
 use tessera_train::optim::{OptimizerConfig, OptimizerName};
 use tessera_train::parallel::{Sharded, Strategy};
-use tessera_train::step::{StepSettings, mix, train_step};
+use tessera_train::step::{StepSettings, dropout_seed, unguarded_step};
 use tessera_train::trainer::{Control, Trainer, microbatches};
 
 type B = Autodiff<Flex>;
@@ -78,10 +78,10 @@ fn the_builder_runs_the_trainers_step_bit_for_bit() {
         let settings = StepSettings {
             lr: 3e-3,
             clip_norm: Some(0.5),
-            dropout_seed: mix(17, t),
+            dropout_seed: dropout_seed(9, t - 1),
         };
         want.push(
-            train_step(&mut s, &microbatches(batch(t), 2), settings, &device)
+            unguarded_step(&mut s, &microbatches(batch(t), 2), settings, &device)
                 .unwrap()
                 .loss,
         );
@@ -184,4 +184,127 @@ fn an_adapter_trains_alone_and_is_saved_as_a_peft_folder() {
             .any(|(_, v)| v.iter::<f32>().any(|x| x != 0.0)),
         "B starts at zero and must have trained"
     );
+}
+
+/// A packed token dataset of `samples` rows of 16 tokens below 64.
+fn write_dataset(dir: &std::path::Path, samples: u32) {
+    use tessera_data::mds::{MdsWriter, WriterOptions};
+    let mut w = MdsWriter::create(
+        dir,
+        &[("tokens", "ndarray:int32")],
+        WriterOptions::default(),
+    )
+    .unwrap();
+    for s in 0..samples {
+        let row: Vec<u32> = (0..16u32).map(|i| (s * 7 + i * 3) % 64).collect();
+        w.write_tokens(&row).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn yaml(data: &std::path::Path) -> String {
+    format!(
+        r#"
+run_name: api
+seed: 5
+max_seq_len: 16
+model:
+  name: mpt_causal_lm
+  d_model: 32
+  n_heads: 2
+  n_layers: 2
+  max_seq_len: 16
+  vocab_size: 64
+tokenizer:
+  name: unused-by-training
+train_loader:
+  name: text
+  dataset:
+    local: {data}
+    shuffle: true
+    max_seq_len: 16
+optimizer:
+  name: decoupled_adamw
+  lr: 1.0e-3
+scheduler:
+  name: constant_with_warmup
+  t_warmup: 0ba
+max_duration: 6ba
+eval_interval: 100ba
+save_interval: 100ba
+global_train_batch_size: 4
+device_train_microbatch_size: 2
+precision: fp32
+autoresume: true
+progress_bar: false
+"#,
+        data = data.display()
+    )
+}
+
+/// `tessera train`'s run built as a `Trainer`: a step callback sees its steps and stops it
+/// (the stop is checkpointed, and the report says who stopped it), the next launch resumes
+/// from that checkpoint, and a setter that would override the YAML is refused by name.
+#[test]
+fn a_yaml_run_takes_callbacks_resumes_and_refuses_code_settings() {
+    use tessera_train::trainer::TrainOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let data = tmp.path().join("data");
+    write_dataset(&data, 40);
+    let loaded = tessera_train::config::load_str(&yaml(&data), "api.yaml", &[]).unwrap();
+    let opts = TrainOptions {
+        run_dir: Some(tmp.path().join("run")),
+        ..TrainOptions::default()
+    };
+
+    let mut seen = Vec::new();
+    let first = Trainer::<B>::from_yaml(&loaded, &opts, &device)
+        .unwrap()
+        .on_step(|s| {
+            seen.push(s.step);
+            if s.step == 3 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .run(&device)
+        .unwrap();
+    assert_eq!(seen, [1, 2, 3]);
+    assert_eq!(first.steps, 3);
+    let report = std::fs::read_to_string(&first.report).unwrap();
+    assert!(
+        report.contains("a callback asked to stop after step 3"),
+        "{report}"
+    );
+    let checkpoint = first.final_checkpoint.expect("the stop is checkpointed");
+    assert!(checkpoint.ends_with("ba3"), "{}", checkpoint.display());
+
+    let mut resumed = Vec::new();
+    let second = Trainer::<B>::from_yaml(&loaded, &opts, &device)
+        .unwrap()
+        .on_step(|s| {
+            resumed.push(s.step);
+            Control::Continue
+        })
+        .run(&device)
+        .unwrap();
+    assert_eq!(resumed, [4, 5, 6]);
+    assert_eq!(second.steps, 6);
+
+    let other = TrainOptions {
+        run_dir: Some(tmp.path().join("other")),
+        ..TrainOptions::default()
+    };
+    let err = Trainer::<B>::from_yaml(&loaded, &other, &device)
+        .unwrap()
+        .max_steps(2)
+        .run(&device)
+        .unwrap_err();
+    assert!(err.to_string().starts_with("max_steps: "), "{err}");
+    let err = Trainer::<B>::from_config(&config(), 1, &device)
+        .run(&device)
+        .unwrap_err();
+    assert!(err.to_string().contains("call fit(batches)"), "{err}");
 }

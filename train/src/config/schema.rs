@@ -368,10 +368,11 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// `device_train_microbatch_size`: a count, or `auto` (the trainer probes what fits).
+/// `device_train_microbatch_size`: a count, or `auto` (the trainer picks the largest
+/// microbatch its memory model says fits the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MicroBatchSize {
-    /// Find the largest microbatch that fits in memory (llm-foundry's default).
+    /// The largest microbatch the memory model says fits (llm-foundry's default, which probes).
     #[default]
     Auto,
     /// This many sequences per device per forward.

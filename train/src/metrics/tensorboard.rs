@@ -12,7 +12,9 @@
 //!   `repeated Value value = 1`, and a scalar `Value` is `tag` (1, string) + `simple_value`
 //!   (2, float).
 //! - The first record carries `file_version: "brain.Event:2"`; the name is
-//!   `events.out.tfevents.<unix seconds>.<host>.<pid>.0`, which TensorBoard globs for.
+//!   `events.out.tfevents.<unix seconds>.<host>.<pid>.<n>`, which TensorBoard globs for; `n`
+//!   counts the writers this process opened (as TensorFlow's global uid does), so two runs in
+//!   one process within a second get two files.
 //!
 //! Every record is flushed as soon as it is written.
 
@@ -145,9 +147,11 @@ impl EventWriter {
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
             })
             .unwrap_or_else(|| "localhost".into());
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = now();
         let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{}.0",
+            "events.out.tfevents.{}.{host}.{}.{n}",
             t as u64,
             std::process::id()
         ));
@@ -251,10 +255,10 @@ mod tests {
         w.add_scalars(&[("train/lr", 1e-3), ("train/mfu", 0.4)], 2)
             .unwrap();
         let name = w.path().file_name().unwrap().to_string_lossy().to_string();
-        assert!(
-            name.starts_with("events.out.tfevents.") && name.ends_with(".0"),
-            "{name}"
-        );
+        assert!(name.starts_with("events.out.tfevents."), "{name}");
+        // A second writer in the same second and process gets its own file.
+        let other = EventWriter::create(dir.path().join("tb")).unwrap();
+        assert_ne!(other.path(), w.path());
         let records = read_records(&std::fs::read(w.path()).unwrap());
         assert_eq!(records.len(), 3);
         assert!(records[0].windows(13).any(|x| x == b"brain.Event:2"));

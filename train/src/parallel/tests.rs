@@ -13,7 +13,7 @@ use tessera_model::{Mpt, MptConfig};
 use super::{Sharded, ShardingStrategy, Strategy};
 use crate::batch::Example;
 use crate::optim::{OptimizerConfig, OptimizerName};
-use crate::step::{StepOutcome, StepSettings, train_step};
+use crate::step::{StepOutcome, StepSettings, unguarded_step};
 
 type B = Autodiff<Flex>;
 
@@ -99,7 +99,7 @@ fn single(micro: usize, lora: bool) -> (Vec<StepOutcome>, Weights) {
     let outs = (0..STEPS)
         .map(|t| {
             let m = crate::trainer::microbatches(batch(t, 2 * micro), 2);
-            train_step(&mut s, &m, settings(t), &device).unwrap()
+            unguarded_step(&mut s, &m, settings(t), &device).unwrap()
         })
         .collect();
     (outs, weights(&mut s))
@@ -149,7 +149,7 @@ fn ranks(world: usize, strategy: Strategy, lora: bool) -> Vec<(Vec<StepOutcome>,
                     .map(|t| {
                         let all = crate::trainer::microbatches(batch(t, 2 * world), 2);
                         let mine = vec![all[rank].clone()];
-                        train_step(&mut s, &mine, settings(t), &device).unwrap()
+                        unguarded_step(&mut s, &mine, settings(t), &device).unwrap()
                     })
                     .collect();
                 (outs, weights(&mut s))

@@ -24,7 +24,8 @@
 //! saved state in `tessera-model`): per block, for T = b·s tokens of width h and a heads, the
 //! norms' inputs (2·T·h), the Wqkv input (T·h), q, k and v (3·T·h), the attention output (T·h),
 //! the FFN's input (T·h), its up-projection and GELU output (2·4·T·h): 16·T·h elements, plus the
-//! attention probabilities a·b·s² (tessera's attention materialises them, in f32). The head
+//! attention probabilities a·b·s² (the composed attention on CUDA and wgpu materialises them,
+//! in f32; CPU training's flash kernel does not, so there the term overstates). The head
 //! keeps the final norm's input and output and the gradient at its input (3·T·h), plus one
 //! block of logits and its softmax gradient (the fused unembedding loss computes the logits in
 //! blocks of 4 Mi elements). Elements are 4 bytes under `fp32`, 2 under `amp_*` (the probability

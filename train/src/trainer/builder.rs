@@ -1,11 +1,12 @@
-//! A training loop for Rust programs: any `Mpt<B>` (with or without a LoRA adapter), batches
-//! from any iterator, an optimizer and a schedule, and callbacks that watch every step,
-//! evaluation and checkpoint and may stop the run.
+//! [`Trainer`]: the training loop for Rust programs and for `tessera train` alike.
 //!
-//! It runs the step `tessera train` runs ([`crate::step::train_step`] on a
-//! [`crate::parallel::Sharded`] state): the same microbatch weighting, clipping and optimizer,
-//! bit for bit. What the YAML path adds on top (run folder and lock, resumable sharded
-//! checkpoints, guards, data-state resumption, reports) stays in [`super::train`].
+//! A library user brings any `Mpt<B>` (with or without a LoRA adapter), batches from any
+//! iterator, an optimizer and a schedule, and callbacks that watch every step, evaluation and
+//! checkpoint and may stop the run; [`Trainer::fit`] trains it. A YAML config is one more way
+//! to build a trainer: [`Trainer::from_yaml`] adds the run folder and its lock, the
+//! `train_loader`, resumable sharded checkpoints, the guards and the report, and
+//! [`Trainer::run`] trains it. Both run the same loop and the same step
+//! ([`crate::step::train_step`]).
 //!
 //! ```no_run
 //! # use burn::backend::{Autodiff, Flex};
@@ -27,27 +28,37 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use tessera_dist::Communicator;
-use tessera_model::hf::{self, HfDtype};
-use tessera_model::lora;
+use tessera_model::hf;
 use tessera_model::{Mpt, MptConfig};
 
-use super::{TrainError, microbatches};
+use super::evaluation::{EvalSet, EvalSource};
+use super::fit::{Batches, Hooks, Parts, run_loop};
+use super::log::RunLog;
+use super::plan::StepPlan;
+use super::recovery::Guards;
+use super::saving::Saver;
+use super::state::TrainState;
+use super::timing::Timing;
+use super::yaml_run::YamlRun;
+use super::{TrainError, TrainOptions, TrainSummary};
 use crate::batch::Example;
+use crate::config::LoadedConfig;
+use crate::guard::{GuardsConfig, NanGuard, SpikeDetector};
 use crate::optim::{OptimizerConfig, OptimizerName};
 use crate::parallel::{Sharded, Strategy};
-use crate::schedule::{LrSchedule, lr_at};
-use crate::step::{StepOutcome, StepSettings, eval_loss, mix, train_step};
+use crate::schedule::LrSchedule;
+use crate::step::StepOutcome;
 
 /// What a callback tells the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     /// Go on.
     Continue,
-    /// Stop after this step (the final checkpoint, if any, is still written).
+    /// Stop after this step (evaluation and the final checkpoint, if any, still run).
     Stop,
 }
 
@@ -62,27 +73,30 @@ pub struct StepInfo {
     pub outcome: StepOutcome,
 }
 
-/// One evaluation.
-#[derive(Debug, Clone, Copy)]
+/// One evaluation of one eval set.
+#[derive(Debug, Clone)]
 pub struct EvalInfo {
-    /// The step it followed.
+    /// The eval set (`eval`, or the YAML loader's `label`).
+    pub label: String,
+    /// The step it followed (0: before the first, with `eval_first`).
     pub step: u64,
-    /// Mean cross-entropy over the eval set's loss tokens.
+    /// Mean cross-entropy over the eval set's loss tokens (over every rank).
     pub loss: f64,
     /// Loss tokens it averaged over.
     pub loss_tokens: usize,
 }
 
-/// One written checkpoint.
+/// One checkpoint.
 #[derive(Debug, Clone)]
 pub struct CheckpointInfo {
     /// The step it holds.
     pub step: u64,
-    /// The folder: a transformers folder, or a PEFT adapter folder when an adapter trains.
+    /// The folder: a transformers folder, or a PEFT adapter folder when an adapter trains; a
+    /// YAML run's resumable checkpoint is still being written by a background thread.
     pub path: PathBuf,
 }
 
-/// How a run ended.
+/// How [`Trainer::fit`] ended.
 pub struct FitSummary<B: AutodiffBackend> {
     /// The trained model (with its adapter attached, if one trained).
     pub model: Mpt<B>,
@@ -98,19 +112,26 @@ pub struct FitSummary<B: AutodiffBackend> {
     pub stopped_by_callback: bool,
 }
 
-/// What [`Trainer::fit`] has done so far.
-#[derive(Default)]
-struct Progress {
-    steps: u64,
-    last: Option<StepOutcome>,
-    evals: Vec<EvalInfo>,
-    checkpoints: Vec<PathBuf>,
+/// A training run under construction; [`Trainer::fit`] or [`Trainer::run`] trains it.
+pub struct Trainer<'a, B: AutodiffBackend> {
+    build: Build<B>,
+    hooks: Hooks<'a, B>,
 }
 
-type Hook<'a, T> = Box<dyn FnMut(&T) -> Control + 'a>;
+/// What the trainer is built from.
+enum Build<B: AutodiffBackend> {
+    /// A model and settings from code, made into the loop's parts by `fit`.
+    Code(Box<CodeRun<B>>),
+    /// A YAML run: every part is built (and resumed) already, so its settings are the YAML's;
+    /// the setters that would change them are recorded to refuse the run.
+    Yaml {
+        run: Box<YamlRun<B>>,
+        refused: Vec<&'static str>,
+    },
+}
 
-/// A training run under construction; [`Trainer::fit`] runs it.
-pub struct Trainer<'a, B: AutodiffBackend> {
+/// A trainer's settings from code.
+struct CodeRun<B: AutodiffBackend> {
     model: Mpt<B>,
     optimizer: OptimizerConfig,
     schedule: Option<LrSchedule>,
@@ -119,19 +140,19 @@ pub struct Trainer<'a, B: AutodiffBackend> {
     clip_norm: Option<f64>,
     seed: u64,
     parallel: Option<(Communicator, Strategy)>,
+    guards: GuardsConfig,
     eval: Option<(u64, Vec<Example>)>,
     checkpoint: Option<(u64, PathBuf)>,
-    on_step: Vec<Hook<'a, StepInfo>>,
-    on_eval: Vec<Hook<'a, EvalInfo>>,
-    on_checkpoint: Vec<Hook<'a, CheckpointInfo>>,
 }
 
 impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     /// Trains `model`: every parameter that requires a gradient (only the adapter's, when
     /// [`Mpt::with_adapter`] attached one). Defaults: decoupled AdamW at lr 1e-3 (composer's
-    /// defaults), constant lr, 1000 steps, the whole batch as one microbatch, clipping at 1.0.
+    /// defaults), constant lr, 1000 steps, the whole batch as one microbatch, clipping at 1.0,
+    /// the NaN guard (a non-finite step is skipped; many in a row stop the run) and no spike
+    /// detection or watchdog.
     pub fn new(model: Mpt<B>) -> Self {
-        Self {
+        let code = CodeRun {
             model,
             optimizer: OptimizerConfig::new(OptimizerName::DecoupledAdamw, 1e-3),
             schedule: None,
@@ -140,11 +161,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             clip_norm: Some(1.0),
             seed: 17,
             parallel: None,
+            guards: GuardsConfig {
+                spike: None,
+                watchdog: None,
+                ..GuardsConfig::default()
+            },
             eval: None,
             checkpoint: None,
-            on_step: Vec::new(),
-            on_eval: Vec::new(),
-            on_checkpoint: Vec::new(),
+        };
+        Self {
+            build: Build::Code(Box::new(code)),
+            hooks: Hooks::default(),
         }
     }
 
@@ -155,211 +182,294 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
 
     /// The model in a transformers folder (`config.json` + safetensors).
     pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, TrainError> {
-        let (_, model) =
-            hf::load::<B>(dir.as_ref(), device).map_err(|e| TrainError::Model(e.to_string()))?;
+        let (_, model) = hf::load::<B>(dir.as_ref(), device).map_err(|e| TrainError::Model {
+            key: "from_pretrained",
+            source: Box::new(e),
+        })?;
         Ok(Self::new(model))
+    }
+
+    /// The run a YAML config describes, as `tessera train` runs it: the ranks connected, the
+    /// run folder locked, the model built or resumed from the newest checkpoint that
+    /// verifies, and the data, schedule, guards and logs ready. Train it with
+    /// [`Trainer::run`]; callbacks may be added, the settings are the YAML's.
+    pub fn from_yaml(
+        loaded: &LoadedConfig,
+        opts: &TrainOptions,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let run = YamlRun::start(loaded, opts, device)?;
+        Ok(Self {
+            build: Build::Yaml {
+                run: Box::new(run),
+                refused: Vec::new(),
+            },
+            hooks: Hooks::default(),
+        })
+    }
+
+    /// The run folder of a YAML run (`None` for a trainer built from code).
+    pub fn run_dir(&self) -> Option<&crate::run_dir::RunDir> {
+        match &self.build {
+            Build::Yaml { run, .. } => Some(&run.folder.dir),
+            Build::Code(_) => None,
+        }
+    }
+
+    /// Applies a setting made from code; on a YAML run the YAML decides, so it is recorded
+    /// and the run refused.
+    fn set(mut self, name: &'static str, f: impl FnOnce(&mut CodeRun<B>)) -> Self {
+        match &mut self.build {
+            Build::Code(code) => f(code),
+            Build::Yaml { refused, .. } => refused.push(name),
+        }
+        self
     }
 
     /// The model changed by `f`: to attach a LoRA adapter to a model loaded by
     /// [`Trainer::from_pretrained`], for instance.
-    pub fn map_model<E>(mut self, f: impl FnOnce(Mpt<B>) -> Result<Mpt<B>, E>) -> Result<Self, E> {
-        self.model = f(self.model)?;
-        Ok(self)
+    pub fn map_model<E>(self, f: impl FnOnce(Mpt<B>) -> Result<Mpt<B>, E>) -> Result<Self, E> {
+        let build = match self.build {
+            Build::Code(code) => {
+                let mut code = *code;
+                code.model = f(code.model)?;
+                Build::Code(Box::new(code))
+            }
+            Build::Yaml { run, mut refused } => {
+                refused.push("map_model");
+                Build::Yaml { run, refused }
+            }
+        };
+        Ok(Self {
+            build,
+            hooks: self.hooks,
+        })
     }
 
     /// The optimizer (its `lr` is the peak the schedule scales).
-    pub fn optimizer(mut self, optimizer: OptimizerConfig) -> Self {
-        self.optimizer = optimizer;
-        self
+    pub fn optimizer(self, optimizer: OptimizerConfig) -> Self {
+        self.set("optimizer", |c| c.optimizer = optimizer)
     }
 
     /// The learning-rate schedule, in steps (see [`crate::schedule::SchedulerConfig::resolve`]
     /// to build one from llm-foundry's keys). Without one, the lr stays at the optimizer's.
-    pub fn schedule(mut self, schedule: LrSchedule) -> Self {
-        self.schedule = Some(schedule);
-        self
+    pub fn schedule(self, schedule: LrSchedule) -> Self {
+        self.set("schedule", |c| c.schedule = Some(schedule))
     }
 
     /// Stop after this many steps (or earlier, when the batches run out).
-    pub fn max_steps(mut self, steps: u64) -> Self {
-        self.max_steps = steps;
-        self
+    pub fn max_steps(self, steps: u64) -> Self {
+        self.set("max_steps", |c| c.max_steps = steps)
     }
 
     /// Sequences per forward/backward; a step's batch is split into microbatches of this size
     /// and their gradients accumulated (weighted by loss tokens).
-    pub fn microbatch_size(mut self, size: usize) -> Self {
-        self.microbatch_size = size.max(1);
-        self
+    pub fn microbatch_size(self, size: usize) -> Self {
+        self.set("microbatch_size", |c| c.microbatch_size = size.max(1))
     }
 
     /// Clip the global gradient norm to this (`None`: no clipping).
-    pub fn clip_norm(mut self, clip: Option<f64>) -> Self {
-        self.clip_norm = clip;
-        self
+    pub fn clip_norm(self, clip: Option<f64>) -> Self {
+        self.set("clip_norm", |c| c.clip_norm = clip)
     }
 
     /// The seed of the dropout masks (each step's masks are a function of it and the step).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
+    pub fn seed(self, seed: u64) -> Self {
+        self.set("seed", |c| c.seed = seed)
+    }
+
+    /// The guards (llm-foundry-style YAML `guards:` keys): NaN handling, loss-spike detection
+    /// and the stall watchdog. A rollback needs resumable checkpoints, which only a YAML run
+    /// writes; from code a diverging run stops with [`TrainError::Diverged`].
+    pub fn guards(self, guards: GuardsConfig) -> Self {
+        self.set("guards", |c| c.guards = guards)
     }
 
     /// Train as one rank of several: `comm` connects them ([`Communicator::connect`] with
     /// composer's environment), `strategy` shards the state. Each rank passes its own batches.
-    pub fn distributed(mut self, comm: Communicator, strategy: Strategy) -> Self {
-        self.parallel = Some((comm, strategy));
-        self
+    pub fn distributed(self, comm: Communicator, strategy: Strategy) -> Self {
+        self.set("distributed", |c| c.parallel = Some((comm, strategy)))
     }
 
-    /// Evaluate the mean loss over `examples` every `every` steps and after the last.
-    pub fn eval_every(mut self, every: u64, examples: Vec<Example>) -> Self {
-        self.eval = Some((every.max(1), examples));
-        self
+    /// Evaluate the mean loss over `examples` (this rank's; the sums are added over ranks)
+    /// every `every` steps and after the last.
+    pub fn eval_every(self, every: u64, examples: Vec<Example>) -> Self {
+        self.set("eval_every", |c| c.eval = Some((every.max(1), examples)))
     }
 
     /// Write the model every `every` steps and after the last, to `dir/ba{step}`: a
     /// transformers folder, or a PEFT adapter folder when an adapter trains.
-    pub fn checkpoint_every(mut self, every: u64, dir: impl Into<PathBuf>) -> Self {
-        self.checkpoint = Some((every.max(1), dir.into()));
-        self
+    pub fn checkpoint_every(self, every: u64, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        self.set("checkpoint_every", |c| {
+            c.checkpoint = Some((every.max(1), dir))
+        })
     }
 
     /// Called after every step.
     pub fn on_step(mut self, f: impl FnMut(&StepInfo) -> Control + 'a) -> Self {
-        self.on_step.push(Box::new(f));
+        self.hooks.on_step.push(Box::new(f));
         self
     }
 
-    /// Called after every evaluation.
+    /// Called after every evaluation of every eval set.
     pub fn on_eval(mut self, f: impl FnMut(&EvalInfo) -> Control + 'a) -> Self {
-        self.on_eval.push(Box::new(f));
+        self.hooks.on_eval.push(Box::new(f));
         self
     }
 
     /// Called after every checkpoint.
     pub fn on_checkpoint(mut self, f: impl FnMut(&CheckpointInfo) -> Control + 'a) -> Self {
-        self.on_checkpoint.push(Box::new(f));
+        self.hooks.on_checkpoint.push(Box::new(f));
+        self
+    }
+
+    /// At every evaluation, also evaluates the inference model (on rank 0; ICL tasks, for
+    /// instance) and logs the named scalars it returns. Its arguments: the model and the step.
+    pub fn evaluate_model_with(
+        mut self,
+        f: impl FnMut(&Mpt<B::InnerBackend>, u64) -> Vec<(String, f64)> + 'a,
+    ) -> Self {
+        self.hooks.model_eval = Some(Box::new(f));
         self
     }
 
     /// Trains on `batches` (one item per step: this rank's sequences of the step) until
     /// `max_steps`, the end of the batches, or a callback's [`Control::Stop`].
     pub fn fit(
-        mut self,
-        batches: impl IntoIterator<Item = Result<Vec<Example>, TrainError>>,
+        self,
+        batches: impl IntoIterator<Item = Result<Vec<Example>, TrainError>> + 'a,
         device: &B::Device,
     ) -> Result<FitSummary<B>, TrainError> {
+        let started = Instant::now();
+        let code = match self.build {
+            Build::Code(code) => code,
+            Build::Yaml { .. } => {
+                return Err(TrainError::Config {
+                    key: "batches".into(),
+                    message: "a trainer built from YAML reads its train_loader: call run()".into(),
+                });
+            }
+        };
+        let parts = code.into_parts(
+            Batches::Caller(Box::new(batches.into_iter())),
+            self.hooks,
+            device,
+        )?;
+        let mut ended = run_loop(parts, started, Timing::default(), device);
+        ended.outcome?;
+        Ok(FitSummary {
+            model: ended.sharded.full_model().map_err(TrainError::Dist)?,
+            steps: ended.state.step,
+            last: ended.last,
+            evals: ended.eval_infos,
+            checkpoints: ended.checkpoints,
+            stopped_by_callback: ended.stopped_by_callback,
+        })
+    }
+
+    /// Trains a YAML run ([`Trainer::from_yaml`]) until its `max_duration` or a callback's
+    /// [`Control::Stop`]. However it ends, it leaves a complete `report.md` that says how;
+    /// an error is returned after the report is written.
+    pub fn run(self, device: &B::Device) -> Result<TrainSummary, TrainError> {
+        match self.build {
+            Build::Yaml { run, refused } => {
+                if let Some(name) = refused.first() {
+                    return Err(TrainError::Config {
+                        key: (*name).into(),
+                        message: "a trainer built from YAML takes its settings from the YAML; \
+                                  only callbacks may be added"
+                            .into(),
+                    });
+                }
+                run.train(self.hooks, device)
+            }
+            Build::Code(_) => Err(TrainError::Config {
+                key: "run".into(),
+                message: "run() trains a YAML run (Trainer::from_yaml); call fit(batches)".into(),
+            }),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> CodeRun<B> {
+    /// The loop's parts: the model sharded over the ranks with its optimizer state, the plan,
+    /// the guards, and where evaluation and checkpoints go.
+    fn into_parts<'a>(
+        self,
+        batches: Batches<'a>,
+        hooks: Hooks<'a, B>,
+        device: &B::Device,
+    ) -> Result<Parts<'a, B>, TrainError> {
         self.optimizer.validate().map_err(|e| TrainError::Config {
             key: format!("optimizer.{}", e.key()),
             message: e.message(),
         })?;
-        let config = self.model.config().clone();
+        self.guards
+            .validate()
+            .map_err(|(key, message)| TrainError::Config {
+                key: format!("guards.{key}"),
+                message,
+            })?;
+        let model_config = self.model.config().clone();
+        let adapter_only = self.model.has_adapter();
         let (comm, strategy) = self
             .parallel
-            .take()
             .unwrap_or_else(|| (Communicator::single(), Strategy::SINGLE));
-        let adapter = self.model.lora_config().cloned();
-        let mut sharded = Sharded::new(self.model, self.optimizer.build(), strategy, comm, device)
+        let sharded = Sharded::new(self.model, self.optimizer.build(), strategy, comm, device)
             .map_err(TrainError::Dist)?;
-        let mut summary = Progress::default();
-        let mut batches = batches.into_iter();
-        let mut stop = false;
-        while summary.steps < self.max_steps && !stop {
-            let Some(batch) = batches.next() else { break };
-            let batch = batch?;
-            if batch.is_empty() {
-                return Err(TrainError::Config {
-                    key: "batches".into(),
-                    message: format!("batch {} is empty", summary.steps + 1),
-                });
-            }
-            let step = summary.steps + 1;
-            let lr = self
-                .schedule
-                .as_ref()
-                .map_or(self.optimizer.lr(), |s| lr_at(step - 1, s));
-            let micro = microbatches(batch, self.microbatch_size);
-            let settings = StepSettings {
-                lr,
-                clip_norm: self.clip_norm,
-                dropout_seed: mix(self.seed, step),
-            };
-            let outcome =
-                train_step(&mut sharded, &micro, settings, device).map_err(TrainError::Dist)?;
-            summary.steps = step;
-            summary.last = Some(outcome);
-            let info = StepInfo { step, lr, outcome };
-            stop |= call(&mut self.on_step, &info);
-            let last = stop || step == self.max_steps;
-            if let Some((every, examples)) = &self.eval
-                && (step.is_multiple_of(*every) || last)
-            {
-                let model = sharded.full_model().map_err(TrainError::Dist)?.valid();
-                let (mut sum, mut tokens) = (0.0, 0usize);
-                for chunk in examples.chunks(self.microbatch_size.min(examples.len()).max(1)) {
-                    let (s, k) = eval_loss(&model, chunk, device);
-                    sum += s;
-                    tokens += k;
-                }
-                let info = EvalInfo {
-                    step,
-                    loss: sum / tokens.max(1) as f64,
-                    loss_tokens: tokens,
-                };
-                summary.evals.push(info);
-                stop |= call(&mut self.on_eval, &info);
-            }
-            let last = stop || step == self.max_steps;
-            if let Some((every, dir)) = &self.checkpoint
-                && (step.is_multiple_of(*every) || last)
-            {
-                let model = sharded.full_model().map_err(TrainError::Dist)?;
-                let path = dir.join(format!("ba{step}"));
-                if sharded.comm.rank() == 0 {
-                    write_model(&model, &config, adapter.is_some(), &path)?;
-                }
-                summary.checkpoints.push(path.clone());
-                stop |= call(&mut self.on_checkpoint, &CheckpointInfo { step, path });
-            }
-        }
-        Ok(FitSummary {
-            model: sharded.full_model().map_err(TrainError::Dist)?,
-            steps: summary.steps,
-            last: summary.last,
-            evals: summary.evals,
-            checkpoints: summary.checkpoints,
-            stopped_by_callback: stop,
+        let plan = StepPlan {
+            max_steps: self.max_steps,
+            microbatch: self.microbatch_size,
+            clip_norm: self.clip_norm,
+            lr: self.optimizer.lr(),
+            schedule: self.schedule,
+            seed: self.seed,
+            eval_every: self.eval.as_ref().map(|(every, _)| *every),
+            eval_first: false,
+            eval_batches: None,
+            save_every: self.checkpoint.as_ref().map(|(every, _)| *every),
+        };
+        let evals = self
+            .eval
+            .into_iter()
+            .map(|(_, examples)| EvalSet {
+                label: "eval".into(),
+                source: EvalSource::Examples {
+                    examples,
+                    batch: self.microbatch_size,
+                },
+            })
+            .collect();
+        let saver = match self.checkpoint {
+            Some((_, dir)) => Saver::Folders { dir, adapter_only },
+            None => Saver::None,
+        };
+        let state = TrainState::fresh(
+            self.seed,
+            String::new(),
+            tessera_data::stream::StreamState::start(self.seed, 1),
+            NanGuard::new(self.guards.nan),
+            self.guards.spike.map(SpikeDetector::new),
+        );
+        let watchdog = self.guards.watchdog.map(|w| {
+            crate::guard::Watchdog::spawn(std::time::Duration::from_secs_f64(w.timeout_s), |_| {
+                tessera_data::remote::cancel_waits()
+            })
+        });
+        Ok(Parts {
+            sharded,
+            model_config,
+            plan,
+            batches,
+            evals,
+            guards: Guards::from_state(&state, self.guards.max_rollbacks),
+            saver,
+            state,
+            log: RunLog::silent(),
+            hooks,
+            watchdog,
+            sample_log: None,
         })
-    }
-}
-
-/// Runs every hook; true if any asked to stop.
-fn call<T>(hooks: &mut [Hook<'_, T>], info: &T) -> bool {
-    let mut stop = false;
-    for h in hooks.iter_mut() {
-        stop |= h(info) == Control::Stop;
-    }
-    stop
-}
-
-/// The model as a transformers folder, or its adapter as a PEFT folder.
-fn write_model<B: AutodiffBackend>(
-    model: &Mpt<B>,
-    config: &MptConfig,
-    adapter_only: bool,
-    path: &Path,
-) -> Result<(), TrainError> {
-    let inner = model.valid();
-    if adapter_only {
-        let adapter = inner
-            .adapter()
-            .expect("the model carries the adapter it trained");
-        lora::peft::save(&adapter, path, None).map_err(|e| TrainError::Adapter {
-            key: "checkpoint",
-            source: Box::new(e),
-        })
-    } else {
-        hf::save(&inner, config, path, HfDtype::F32).map_err(|e| TrainError::Model(e.to_string()))
     }
 }

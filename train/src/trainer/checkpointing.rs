@@ -89,7 +89,10 @@ impl RankSnapshot {
                 // Host sync: this rank's shard of one vector.
                 let data = t.clone().slice([local.clone()]).into_data();
                 let values = data.convert::<f32>().into_vec::<f32>().map_err(|e| {
-                    TrainError::Checkpoint(format!("reading unit {u} back from the device: {e:?}"))
+                    TrainError::DeviceRead {
+                        what: format!("unit {u} of the training state"),
+                        detail: format!("{e:?}"),
+                    }
                 })?;
                 Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
             };
@@ -114,16 +117,24 @@ impl RankSnapshot {
             .then(|| -> Result<LeadFiles, TrainError> {
                 Ok(LeadFiles {
                     meta: ShardsMeta::of(&layout, moments, steps),
-                    state: serde_json::to_vec_pretty(state)
-                        .map_err(|e| TrainError::Checkpoint(format!("encoding state.json: {e}")))?,
+                    state: serde_json::to_vec_pretty(state).map_err(|source| {
+                        TrainError::Encode {
+                            file: STATE_FILE,
+                            source,
+                        }
+                    })?,
                     config_json: serde_json::to_vec_pretty(&model_config.to_hf_json()).map_err(
-                        |e| TrainError::Checkpoint(format!("encoding config.json: {e}")),
+                        |source| TrainError::Encode {
+                            file: CONFIG_FILE,
+                            source,
+                        },
                     )?,
                     consolidate,
                     adapter_config: adapter_config
                         .map(|c| {
-                            serde_json::to_vec_pretty(c).map_err(|e| {
-                                TrainError::Checkpoint(format!("encoding adapter_config.json: {e}"))
+                            serde_json::to_vec_pretty(c).map_err(|source| TrainError::Encode {
+                                file: "adapter_config.json",
+                                source,
                             })
                         })
                         .transpose()?,
@@ -218,17 +229,20 @@ pub fn restore<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
     let state_path = dir.join(STATE_FILE);
-    let bad = |what: String| TrainError::Checkpoint(format!("{}: {what}", state_path.display()));
+    let bytes = std::fs::read(&state_path).map_err(|source| TrainError::Io {
+        path: state_path.clone(),
+        source,
+    })?;
     let train: TrainState =
-        serde_json::from_slice(&std::fs::read(&state_path).map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|source| TrainError::StateFile {
+            path: state_path.clone(),
+            source,
+        })?;
     if train.version != TrainState::VERSION {
-        return Err(bad(format!(
-            "state version {} is not {} (written by another tessera; older checkpoints kept \
-             the optimizer in burn's record format, which this one does not read)",
-            train.version,
-            TrainState::VERSION
-        )));
+        return Err(TrainError::StateVersion {
+            path: state_path,
+            found: train.version,
+        });
     }
     let reader = ShardReader::open(dir)?;
     reader.meta.check_matches(layout, &dir.join(SHARDS_FILE))?;
@@ -238,12 +252,12 @@ pub fn restore<B: AutodiffBackend>(
     };
     let has_state = !reader.meta.moments.is_empty();
     if has_state && reader.meta.moments != want {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: the optimizer state holds {:?}, but optimizer {} keeps {want:?}",
-            dir.join(SHARDS_FILE).display(),
-            reader.meta.moments,
-            optim.name()
-        )));
+        return Err(TrainError::OptimizerMismatch {
+            path: dir.join(SHARDS_FILE),
+            saved: reader.meta.moments.clone(),
+            optimizer: optim.name(),
+            keeps: want.iter().map(|m| m.to_string()).collect(),
+        });
     }
     let vector = |u: usize, kind: &str| -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
         let range = layout.shard(u, rank);

@@ -1,7 +1,6 @@
 //! The run's own record: `metrics.jsonl`, `incidents.jsonl`, TensorBoard events, `loss.png` and
 //! the console (a progress bar, or one line per logged step).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,7 +16,6 @@ use super::TrainError;
 /// Writers for one run, opened once. Only rank 0 writes; on the other ranks every call does
 /// nothing (they take the same decisions from the same reduced numbers).
 pub struct RunLog {
-    dir: RunDir,
     files: Option<Files>,
     bar: Option<ProgressBar>,
     console_every: u64,
@@ -33,6 +31,7 @@ pub struct RunLog {
 
 /// The files rank 0 writes.
 struct Files {
+    dir: RunDir,
     metrics: JsonlWriter,
     incidents: JsonlWriter,
     tensorboard: EventWriter,
@@ -54,19 +53,7 @@ impl RunLog {
         title: String,
     ) -> Result<Self, TrainError> {
         if !lead {
-            return Ok(Self {
-                dir: dir.clone(),
-                files: None,
-                bar: None,
-                console_every: console_every.max(1),
-                throughput: Throughput::new(20),
-                train_curve: Vec::new(),
-                eval_curve: Vec::new(),
-                started: Instant::now(),
-                flops_per_token,
-                peak_flops,
-                title,
-            });
+            return Ok(Self::silent());
         }
         dir.create().map_err(|source| TrainError::Io {
             path: dir.root().to_path_buf(),
@@ -99,8 +86,8 @@ impl RunLog {
             bar
         });
         Ok(Self {
-            dir: dir.clone(),
             files: Some(Files {
+                dir: dir.clone(),
                 metrics,
                 incidents: JsonlWriter::open(dir.incidents())?,
                 tensorboard: EventWriter::create(dir.tensorboard())?,
@@ -115,6 +102,23 @@ impl RunLog {
             peak_flops,
             title,
         })
+    }
+
+    /// A log that records nothing: the other ranks', and a run without a run folder. It still
+    /// keeps the loss curves.
+    pub fn silent() -> Self {
+        Self {
+            files: None,
+            bar: None,
+            console_every: 1,
+            throughput: Throughput::new(20),
+            train_curve: Vec::new(),
+            eval_curve: Vec::new(),
+            started: Instant::now(),
+            flops_per_token: 0.0,
+            peak_flops: None,
+            title: String::new(),
+        }
     }
 
     /// Records a finished step.
@@ -264,11 +268,11 @@ impl RunLog {
 
     /// Redraws `loss.png` from the curves so far.
     pub fn plot(&self) -> Result<(), TrainError> {
-        if self.files.is_none() {
+        let Some(files) = &self.files else {
             return Ok(());
-        }
+        };
         plot_loss(
-            &self.dir.loss_plot(),
+            &files.dir.loss_plot(),
             &self.title,
             &self.train_curve,
             &self.eval_curve,
@@ -286,19 +290,10 @@ impl RunLog {
         &self.train_curve
     }
 
-    /// The eval loss curve so far.
-    pub fn eval_curve(&self) -> &[(u64, f64)] {
-        &self.eval_curve
-    }
-
     /// Ends the progress bar.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-    }
-
-    pub fn metrics_path(&self) -> PathBuf {
-        self.dir.metrics()
     }
 }

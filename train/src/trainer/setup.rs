@@ -1,486 +1,31 @@
-//! Everything the loop needs, built once from the config: the run folder, the ranks, the model
-//! (fresh, pretrained or resumed) with its sharded training state, the schedule, the data and
-//! the writers.
+//! The pieces of a YAML run's setup (see [`super::yaml_run`]) that preflight and `tessera plan`
+//! use too: the architecture, the weights, the sharding strategy, the microbatch size, the
+//! tokenizer, the communicator and the config hash.
 
 use std::path::Path;
 
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
-use tessera_data::stream::World;
 use tessera_dist::{Communicator, RendezvousConfig};
 use tessera_model::lora::{self, Adapter, LoraError};
 use tessera_model::{Mpt, MptConfig, hf};
 
 use crate::batch::Separator;
-use crate::checkpoint::{AsyncCheckpointer, CheckpointStore, RemoteCheckpoints};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{
-    AdapterSource, FsdpPrecision, LoadedConfig, LoaderKind, MicroBatchSize, ModelSource, Precision,
-    TrainConfig,
+    AdapterSource, FsdpPrecision, LoaderKind, ModelSource, Precision, TrainConfig,
 };
 use crate::finetune::FinetuneTokenizer;
-use crate::guard::{NanGuard, SpikeDetector};
-use crate::metrics::{Incident, IncidentKind};
-use crate::parallel::{Sharded, ShardingStrategy, Strategy};
-use crate::run_dir::{RunDir, SaveFolder, run_name};
-use crate::run_lock::RunLock;
-use crate::schedule::LrSchedule;
+use crate::parallel::{ShardingStrategy, Strategy};
 
-use super::checkpointing::restore;
-use super::data::Loader;
+use super::TrainError;
 use super::log::RunLog;
-use super::state::TrainState;
-use super::{TrainError, TrainOptions};
-
-/// A run, ready for its first (or next) step.
-pub struct Run<B: AutodiffBackend> {
-    pub config: TrainConfig,
-    pub model_config: MptConfig,
-    pub dir: RunDir,
-    pub run_name: String,
-    /// The model and this rank's shard of its training state, with the communicator.
-    pub sharded: Sharded<B>,
-    pub schedule: LrSchedule,
-    pub state: TrainState,
-    pub train: Loader,
-    pub evals: Vec<(String, Loader)>,
-    pub checkpoints: AsyncCheckpointer,
-    pub log: RunLog,
-    pub nan: NanGuard,
-    pub spike: Option<SpikeDetector>,
-    pub max_steps: u64,
-    pub microbatch: usize,
-    pub eval_every: Option<u64>,
-    pub save_every: Option<u64>,
-    pub eval_batches: Option<usize>,
-    pub resumed_from: Option<u64>,
-    /// Held by rank 0 for the run's life: no second trainer writes to this run folder.
-    pub lock: Option<RunLock>,
-    /// This launch of the job, shared by its ranks: names its checkpoint staging folders.
-    pub attempt: String,
-    /// Whether every checkpoint holds the consolidated `model.safetensors` (else only the last).
-    pub consolidate_every_save: bool,
-    /// A LoRA run's `adapter_config.json` (PEFT's), written into every checkpoint beside the
-    /// adapter's weights.
-    pub adapter_config: Option<serde_json::Value>,
-}
-
-impl<B: AutodiffBackend> Run<B> {
-    /// Builds the run, resuming from the newest valid checkpoint when `autoresume` is set.
-    pub fn start(
-        loaded: &LoadedConfig,
-        opts: &TrainOptions,
-        device: &B::Device,
-    ) -> Result<Self, TrainError> {
-        let cfg = loaded.config.clone();
-        let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
-        let dir = RunDir::for_run(opts.run_dir.as_deref(), &run_name);
-        let hash = config_hash(&cfg)?;
-        let env = opts
-            .ranks
-            .clone()
-            .unwrap_or_else(tessera_dist::RankEnv::single);
-        let mut comm = connect::<B>(&env, &RendezvousConfig::new(hash.clone()))?;
-        let (rank, world_size) = (comm.rank(), comm.world_size());
-        let lead = rank == 0;
-        // Rank 0 alone owns the run folder (every rank reads and writes checkpoints in it).
-        let lock = if lead {
-            Some(RunLock::acquire(dir.root())?)
-        } else {
-            None
-        };
-        // A remote save_folder (s3://…) is staged in the run folder and uploaded from there.
-        let target = SaveFolder::resolve(cfg.save_folder.as_deref(), &run_name, &dir);
-        let save_folder = target.local(&dir);
-        let remote = match &target {
-            SaveFolder::Remote(url) => Some(RemoteCheckpoints::open(url)?),
-            SaveFolder::Local(_) => None,
-        };
-        let keep = (cfg.save_num_checkpoints_to_keep >= 0)
-            .then_some(cfg.save_num_checkpoints_to_keep as usize);
-        let store = CheckpointStore::new(&save_folder, keep);
-
-        // The model, before any data: a bad config should fail fast.
-        let model_config = resolve_model(&cfg)?;
-        if cfg.max_seq_len > model_config.max_seq_len {
-            return Err(TrainError::Config {
-                key: "max_seq_len".into(),
-                message: format!(
-                    "{} exceeds the model's max_seq_len ({})",
-                    cfg.max_seq_len, model_config.max_seq_len
-                ),
-            });
-        }
-        let world = World::new(rank as u64, world_size as u64, env.local_world_size as u64)
-            .map_err(|e| TrainError::data("world", e))?;
-        if !cfg.global_train_batch_size.is_multiple_of(world_size) {
-            return Err(TrainError::Config {
-                key: "global_train_batch_size".into(),
-                message: format!(
-                    "{} does not split evenly over {world_size} ranks",
-                    cfg.global_train_batch_size
-                ),
-            });
-        }
-        let device_batch = cfg.global_train_batch_size / world_size;
-        let strategy = strategy(&cfg, env.num_nodes())?;
-        let (microbatch, microbatch_note) = match cfg.device_train_microbatch_size {
-            MicroBatchSize::Fixed(m) => (m.min(device_batch), None),
-            MicroBatchSize::Auto => {
-                let (m, why) = auto_microbatch(
-                    &cfg,
-                    &model_config,
-                    device_batch,
-                    world_size,
-                    opts.device_memory,
-                )?;
-                (m, Some(why))
-            }
-        };
-        let optim_kind = cfg.optimizer.build();
-
-        let mut incidents = Vec::new();
-        if let Some(h) = lock.as_ref().and_then(|l| l.took_over.as_ref()) {
-            incidents.push(Incident::now(
-                0,
-                IncidentKind::LockTakeover,
-                format!(
-                    "took over the lock on {} left by {h}, which is no longer running",
-                    dir.root().display()
-                ),
-            ));
-        }
-        if lead {
-            for r in store.recover(None)? {
-                incidents.push(Incident::now(
-                    0,
-                    IncidentKind::CorruptCheckpoint,
-                    format!("repaired an interrupted save: {r:?}"),
-                ));
-            }
-        }
-        // Rank 0 picks the checkpoint (after repairing the folder); every rank resumes from it.
-        let mut resume_from: Option<std::path::PathBuf> = None;
-        if cfg.autoresume && lead {
-            let (mut newest, corrupt) = store.newest_verified()?;
-            let resumable_step = newest.as_ref().map_or(0, |c| c.step);
-            for (path, why) in corrupt {
-                let step = CheckpointStore::step_of(&path).unwrap_or(0);
-                let mut incident = Incident::now(
-                    step,
-                    IncidentKind::CorruptCheckpoint,
-                    format!("{} skipped: {why}", path.display()),
-                );
-                // The steps between the checkpoint resumed from and this one are trained again.
-                incident.lost_steps = step.saturating_sub(resumable_step);
-                incidents.push(incident);
-            }
-            // A newer checkpoint on the remote (another machine wrote it): download and verify it.
-            if let Some(r) = &remote {
-                let (got, bad) = r.download_newest(&store, newest.as_ref().map(|c| c.step))?;
-                for (url, why) in bad {
-                    incidents.push(Incident::now(
-                        0,
-                        IncidentKind::CorruptCheckpoint,
-                        format!("{url} skipped: {why}"),
-                    ));
-                }
-                if let Some((step, dir)) = got {
-                    newest = Some(crate::checkpoint::Resumable { step, dir });
-                }
-            }
-            resume_from = newest.map(|c| c.dir);
-        } else if lead && !cfg.autoresume && !cfg.save_overwrite && !store.list()?.is_empty() {
-            return Err(TrainError::Config {
-                key: "save_folder".into(),
-                message: format!(
-                    "{} already holds checkpoints; set autoresume: true to continue that run, or save_overwrite: true",
-                    save_folder.display()
-                ),
-            });
-        }
-        let resume_from = agree_on_checkpoint(&mut comm, &save_folder, resume_from)?;
-
-        let separator = separator(&cfg, &model_config);
-        let tokenizer = finetune_tokenizer(&cfg)?;
-        // Every rank builds the same model (the init is a function of the seed), then keeps its
-        // shard of the training state; a resume replaces that state with the checkpoint's.
-        let model = build_model::<B>(&cfg, &model_config, device)?;
-        // LoRA under amp_bf16: the frozen base is stored in bf16 (half its memory, as PEFT on a
-        // bf16 model); the adapter, its gradients and optimizer state stay f32.
-        let bf16_base = model.has_adapter()
-            && cfg.precision == Precision::AmpBf16
-            && B::supports_dtype(device, FloatDType::BF16.into());
-        let model = if bf16_base {
-            model
-                .with_base_dtype(FloatDType::BF16)
-                .map_err(|e| TrainError::Adapter {
-                    key: "precision",
-                    source: Box::new(e),
-                })?
-        } else {
-            model
-        };
-        let adapter_config = model.lora_config().map(|l| {
-            let base = match &cfg.model.base {
-                ModelSource::Pretrained { path, .. } => Some(path.as_str()),
-                ModelSource::Mpt(_) => cfg.load_path.as_deref(),
-            };
-            l.to_adapter_config(base)
-        });
-        let mut sharded =
-            Sharded::new(model, optim_kind, strategy, comm, device).map_err(TrainError::Dist)?;
-        let state = match &resume_from {
-            Some(dir) => {
-                let layout = sharded.layout.clone();
-                let r = restore::<B>(dir, &layout, sharded.shard_rank(), optim_kind, device)?;
-                if r.train.config_hash != hash {
-                    return Err(TrainError::Config {
-                        key: "autoresume".into(),
-                        message: format!(
-                            "{} was written with a different config (hash {} ≠ {}); resuming would not reproduce that run. \
-                             Use a new save_folder, or set autoresume: false",
-                            dir.display(),
-                            &r.train.config_hash[..12.min(r.train.config_hash.len())],
-                            &hash[..12]
-                        ),
-                    });
-                }
-                sharded.set_state(r.state).map_err(TrainError::Dist)?;
-                r.train
-            }
-            None => {
-                let data_state = None;
-                TrainState {
-                    version: TrainState::VERSION,
-                    step: 0,
-                    samples: 0,
-                    tokens: 0,
-                    data: Loader::open(
-                        "train_loader",
-                        &cfg.train_loader,
-                        tokenizer.as_ref(),
-                        cfg.max_seq_len,
-                        device_batch,
-                        world,
-                        data_state,
-                        separator,
-                    )?
-                    .state(),
-                    seed: cfg.seed,
-                    config_hash: hash.clone(),
-                    nan_guard: NanGuard::new(cfg.guards.nan),
-                    spike: cfg.guards.spike.map(SpikeDetector::new),
-                    elapsed_s: 0.0,
-                    rollbacks_in_a_row: 0,
-                    rollback_trigger_step: 0,
-                    healthy_past_trigger: 0,
-                }
-            }
-        };
-        let resumed_from = (state.step > 0).then_some(state.step);
-
-        let train = Loader::open(
-            "train_loader",
-            &cfg.train_loader,
-            tokenizer.as_ref(),
-            cfg.max_seq_len,
-            device_batch,
-            world,
-            Some(state.data),
-            separator,
-        )?;
-        let batches_per_epoch = train.epoch_size() / cfg.global_train_batch_size as u64;
-        if batches_per_epoch == 0 {
-            return Err(TrainError::Config {
-                key: "global_train_batch_size".into(),
-                message: format!(
-                    "{} exceeds the {} samples of one epoch of train_loader",
-                    cfg.global_train_batch_size,
-                    train.epoch_size()
-                ),
-            });
-        }
-        let ctx = cfg.time_context(Some(batches_per_epoch));
-        let max_steps =
-            cfg.max_batches(Some(batches_per_epoch))
-                .map_err(|e| TrainError::Config {
-                    key: "max_duration".into(),
-                    message: e.to_string(),
-                })?;
-        let schedule = cfg
-            .scheduler
-            .resolve(cfg.optimizer.lr(), &ctx)
-            .map_err(|e| TrainError::Config {
-                key: format!("scheduler.{}", e.key()),
-                message: e.message(),
-            })?;
-        let every = |key: &str, d: crate::config::Duration| -> Result<Option<u64>, TrainError> {
-            let n = d.whole_batches(&ctx).map_err(|e| TrainError::Config {
-                key: key.into(),
-                message: e.to_string(),
-            })?;
-            Ok((n > 0).then_some(n))
-        };
-        let eval_every = every("eval_interval", cfg.eval_interval)?;
-        let save_every = every("save_interval", cfg.save_interval)?;
-        let eval_batch = cfg.eval_batch_size();
-        let mut evals = Vec::new();
-        for (i, l) in cfg.eval_loader.iter().enumerate() {
-            let label = l.label.clone().unwrap_or_else(|| {
-                if cfg.eval_loader.len() == 1 {
-                    "eval".into()
-                } else {
-                    format!("eval{i}")
-                }
-            });
-            let key = format!("eval_loader[{i}]");
-            evals.push((
-                label,
-                Loader::open(
-                    &key,
-                    l,
-                    tokenizer.as_ref(),
-                    cfg.max_seq_len,
-                    eval_batch,
-                    world,
-                    None,
-                    separator,
-                )?,
-            ));
-        }
-
-        let console_every = every("console_log_interval", cfg.console_log_interval)?.unwrap_or(1);
-        let flops_per_token =
-            model_config.flops_per_sequence(cfg.max_seq_len, true) / cfg.max_seq_len as f64;
-        let title = format!(
-            "{run_name}: {}M-parameter MPT",
-            model_config.num_params() / 1_000_000
-        );
-        let mut log = RunLog::open(
-            &dir,
-            lead,
-            resumed_from,
-            max_steps,
-            console_every,
-            cfg.progress_bar,
-            flops_per_token,
-            opts.peak_flops,
-            title,
-        )?;
-        if let Some(w) = loaded.ignored_warning() {
-            log.say(&format!("warning: {w}"));
-        }
-        if let Some(why) = microbatch_note {
-            log.say(&why);
-        }
-        let compute = compute_dtype::<B>(cfg.precision, device, &log);
-        if bf16_base {
-            log.say("LoRA: the frozen base is held in bf16; the adapter trains in f32");
-        }
-        sharded.model = sharded.model.clone().with_compute_dtype(compute);
-        if world_size > 1 {
-            log.say(&format!(
-                "{world_size} ranks, {} ({}); {device_batch} sequences per rank per step",
-                strategy_name(strategy),
-                sharded.comm.backend_name()
-            ));
-        }
-        if let Some(f) = &cfg.fsdp_config {
-            let inert = f.inert_keys();
-            if !inert.is_empty() {
-                log.say(&format!(
-                    "note: fsdp_config.{} change nothing in tessera (it gathers one block at a time, in order)",
-                    inert.join(", fsdp_config.")
-                ));
-            }
-        }
-        for i in incidents {
-            log.incident(i)?;
-        }
-        if let Some(step) = resumed_from {
-            log.incident(Incident::now(
-                step,
-                IncidentKind::Resume,
-                format!(
-                    "resumed from {}",
-                    save_folder.join(CheckpointStore::name(step)).display()
-                ),
-            ))?;
-        }
-        if lead {
-            let yaml = loaded.config.to_yaml().map_err(|e| TrainError::Config {
-                key: "config".into(),
-                message: e.to_string(),
-            })?;
-            tessera_fs::atomic_write(&dir.config(), yaml.as_bytes()).map_err(|source| {
-                TrainError::Io {
-                    path: dir.config(),
-                    source,
-                }
-            })?;
-        }
-
-        let nan = state.nan_guard.clone();
-        let spike = state.spike.clone();
-        let eval_batches =
-            (cfg.eval_subset_num_batches > 0).then_some(cfg.eval_subset_num_batches as usize);
-        let attempt = agree_on_attempt(&mut sharded.comm)?;
-        let consolidate_every_save = cfg
-            .fsdp_config
-            .as_ref()
-            .is_none_or(|f| f.state_dict_type == crate::config::StateDictType::Full);
-        Ok(Self {
-            model_config,
-            dir,
-            run_name,
-            sharded,
-            schedule,
-            state,
-            train,
-            evals,
-            checkpoints: match remote.filter(|_| lead) {
-                Some(r) => AsyncCheckpointer::new(store).with_remote(r),
-                None => AsyncCheckpointer::new(store),
-            },
-            log,
-            nan,
-            spike,
-            max_steps,
-            microbatch,
-            eval_every,
-            save_every,
-            eval_batches,
-            resumed_from,
-            lock,
-            attempt,
-            consolidate_every_save,
-            adapter_config,
-            config: cfg,
-        })
-    }
-
-    /// Whether this is rank 0, which writes the run's logs and publishes its checkpoints.
-    pub fn lead(&self) -> bool {
-        self.sharded.comm.rank() == 0
-    }
-
-    /// The state to write into a checkpoint now.
-    pub fn checkpoint_state(&self, elapsed_s: f64) -> TrainState {
-        TrainState {
-            data: self.train.state(),
-            nan_guard: self.nan.clone(),
-            spike: self.spike.clone(),
-            elapsed_s,
-            ..self.state.clone()
-        }
-    }
-}
 
 /// The communicator: NCCL between burn-cuda ranks (one GPU per process, `LOCAL_RANK` picks it),
 /// TCP otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(clippy::extra_unused_type_parameters))]
-fn connect<B: AutodiffBackend>(
+pub(crate) fn connect<B: AutodiffBackend>(
     env: &tessera_dist::RankEnv,
     cfg: &RendezvousConfig,
 ) -> Result<Communicator, TrainError> {
@@ -493,7 +38,7 @@ fn connect<B: AutodiffBackend>(
 
 /// Every rank resumes from the checkpoint rank 0 chose (`None`: a fresh start). The choice
 /// travels as a step number; the folder is the same on every rank (a shared file system).
-fn agree_on_checkpoint(
+pub(crate) fn agree_on_checkpoint(
     comm: &mut Communicator,
     save_folder: &std::path::Path,
     chosen: Option<std::path::PathBuf>,
@@ -508,7 +53,7 @@ fn agree_on_checkpoint(
 }
 
 /// An id for this launch of the job, the same on every rank (rank 0's, broadcast).
-fn agree_on_attempt(comm: &mut Communicator) -> Result<String, TrainError> {
+pub(crate) fn agree_on_attempt(comm: &mut Communicator) -> Result<String, TrainError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -518,7 +63,7 @@ fn agree_on_attempt(comm: &mut Communicator) -> Result<String, TrainError> {
 }
 
 /// How the state is split, from `fsdp_config` and the world size.
-fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, TrainError> {
+pub(crate) fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, TrainError> {
     let Some(f) = &cfg.fsdp_config else {
         // No fsdp_config: data parallel with replicated state (composer's DDP).
         return Ok(Strategy::SINGLE);
@@ -560,7 +105,7 @@ fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, TrainError>
 }
 
 /// How the strategy is named in the log.
-fn strategy_name(s: Strategy) -> String {
+pub(crate) fn strategy_name(s: Strategy) -> String {
     let name = match s.sharding {
         ShardingStrategy::NoShard => "NO_SHARD (DDP)",
         ShardingStrategy::ShardGradOp => "SHARD_GRAD_OP (ZeRO-2)",
@@ -669,10 +214,14 @@ pub fn resolve_model(cfg: &TrainConfig) -> Result<MptConfig, TrainError> {
                 path: file.clone(),
                 source,
             })?;
-            let mut json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| TrainError::Model(format!("{}: {e}", file.display())))?;
-            let obj = json.as_object_mut().ok_or_else(|| {
-                TrainError::Model(format!("{}: expected a JSON object", file.display()))
+            let mut json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| TrainError::Config {
+                    key: "model.pretrained_model_name_or_path".into(),
+                    message: format!("{}: {e}", file.display()),
+                })?;
+            let obj = json.as_object_mut().ok_or_else(|| TrainError::Config {
+                key: "model.pretrained_model_name_or_path".into(),
+                message: format!("{}: expected a JSON object", file.display()),
             })?;
             for (k, v) in config_overrides {
                 obj.insert(k.clone(), v.clone());
@@ -711,10 +260,16 @@ pub fn build_model<B: AutodiffBackend>(
         ) => Some(path.as_str()),
         _ => None,
     };
+    let key = if cfg.load_path.is_some() {
+        "load_path"
+    } else {
+        "model.pretrained_model_name_or_path"
+    };
     let base = match path {
-        Some(p) => {
-            hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model(e.to_string()))?
-        }
+        Some(p) => hf::load_weights(mpt, p, device).map_err(|e| TrainError::Model {
+            key,
+            source: Box::new(e),
+        })?,
         None => mpt.init::<B>(device, cfg.seed),
     };
     let adapter_error = |key: &'static str| {
@@ -748,7 +303,7 @@ pub fn finetune_tokenizer(cfg: &TrainConfig) -> Result<Option<FinetuneTokenizer>
 /// The dtype the model's matmuls run in for `precision` (parameters and optimizer state stay
 /// f32 whatever it is). A backend without arithmetic in that dtype computes in f32, with one
 /// warning naming it.
-fn compute_dtype<B: AutodiffBackend>(
+pub(crate) fn compute_dtype<B: AutodiffBackend>(
     precision: Precision,
     device: &B::Device,
     log: &RunLog,
@@ -789,7 +344,7 @@ pub fn separator(cfg: &TrainConfig, model: &MptConfig) -> Option<Separator> {
 
 /// sha256 of the config with the keys that may change across a resume removed (how long to
 /// train, how often to log, eval or save, and where).
-fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
+pub(crate) fn config_hash(cfg: &TrainConfig) -> Result<String, TrainError> {
     let mut v = serde_json::to_value(cfg).map_err(|e| TrainError::Config {
         key: "config".into(),
         message: e.to_string(),

@@ -42,6 +42,31 @@ pub struct TrainState {
 }
 
 impl TrainState {
+    /// The state before the first step.
+    pub fn fresh(
+        seed: u64,
+        config_hash: String,
+        data: StreamState,
+        nan_guard: NanGuard,
+        spike: Option<SpikeDetector>,
+    ) -> Self {
+        TrainState {
+            version: Self::VERSION,
+            step: 0,
+            samples: 0,
+            tokens: 0,
+            data,
+            seed,
+            config_hash,
+            nan_guard,
+            spike,
+            elapsed_s: 0.0,
+            rollbacks_in_a_row: 0,
+            rollback_trigger_step: 0,
+            healthy_past_trigger: 0,
+        }
+    }
+
     /// 2: the weights and optimizer state are in per-rank shard files (`shards.json`); 1 kept
     /// the optimizer in burn's record format.
     pub const VERSION: u32 = 2;
