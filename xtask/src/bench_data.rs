@@ -3,6 +3,11 @@
 //! `convert_dataset_json` and mosaicml-streaming's `StreamingDataset` — on the same data, the
 //! same tokenizer, the same machine, in one run.
 //!
+//! The read comparison is like for like: tessera's batched read against streaming fed through a
+//! torch `DataLoader` (the way llm-foundry feeds training) with the same shuffle, the same batch
+//! size and the last partial batch dropped on both sides, at `num_workers` 0 and 2 (and the core
+//! count, where there are more than 2 cores); the headline ratio is against the fastest of those.
+//!
 //! Every side is run `--repeats` times and the fastest run counts (the CI machine is shared, so
 //! the fastest run is the one least disturbed). The table, the goal verdicts (≥ 10× each) and the
 //! reasons for any missing comparison go to the `data` section of BENCHMARKS.md.
@@ -14,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::bench_data_report::{DataReport, MdsMatch, PrepareRun, ReadRun};
+use crate::bench_data_report::{DataReport, MdsMatch, PrepareRun, ReadRun, StreamingRead};
 use crate::bench_env::{self, Scratch};
 use crate::{markdown, pyenv, util};
 
@@ -34,7 +39,8 @@ pub struct Args {
     /// Epochs per read run (each with its own shuffle).
     #[arg(long, default_value_t = 5)]
     pub epochs: u64,
-    /// Do not create the llm-foundry venv when it is missing (the comparison is then skipped).
+    /// Do not create the llm-foundry or the mosaicml-streaming venv when missing (that comparison
+    /// is then reported as not measured, with the reason).
     #[arg(long)]
     pub no_install: bool,
 }
@@ -61,7 +67,8 @@ struct PrepareJson {
     tokens_per_sec: f64,
 }
 
-/// `tessera bench-stream` and `streaming_iter_bench.py` print the same fields.
+/// `tessera bench-stream` and `streaming_iter_bench.py` print the same fields (the script adds
+/// the time to its first batch and versions).
 #[derive(Deserialize)]
 struct ReadJson {
     samples: u64,
@@ -70,6 +77,24 @@ struct ReadJson {
     dataset_samples: u64,
     open_seconds: f64,
     seconds: f64,
+    #[serde(default)]
+    first_batch_seconds: Option<f64>,
+    #[serde(default)]
+    batch_shape: Option<Vec<u64>>,
+    #[serde(default)]
+    batch_dtype: Option<String>,
+    #[serde(default)]
+    torch: Option<String>,
+}
+
+/// The DataLoader `num_workers` settings the streaming side runs with: none (the main process
+/// reads), 2, and every core where there are more.
+fn loader_workers(cores: usize) -> Vec<usize> {
+    let mut w = vec![0, 2];
+    if cores > 2 {
+        w.push(cores);
+    }
+    w
 }
 
 /// `llmfoundry_convert_bench.py`'s output.
@@ -163,28 +188,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cmd.args(["--num-canonical-nodes", "1"]);
         json_line::<ReadJson>(&util::output(&mut cmd)?)
     })?;
-    let streaming_python = pyenv::system();
-    let streaming_read = best_read(args.repeats, || {
-        let mut cmd = Command::new(&streaming_python);
-        cmd.arg(util::root().join("xtask/python/streaming_iter_bench.py"))
-            .arg(&dataset)
-            .arg("--shuffle");
-        cmd.args([
-            "--batch",
-            &args.batch.to_string(),
-            "--epochs",
-            &args.epochs.to_string(),
-        ]);
-        cmd.args(["--num-canonical-nodes", "1"]);
-        let out = util::output(&mut cmd)?;
-        if let Some(why) = skipped(&out) {
-            bail!("{why}");
-        }
-        json_line::<ReadJson>(&out)
-    })
-    .map_err(|e| format!("{e:#}"));
-    let streaming_version =
-        pyenv::version_of(&streaming_python, "mosaicml-streaming").unwrap_or_else(|| "?".into());
+    let streaming_python = pyenv::streaming(!args.no_install);
+    let streaming_reads: Vec<StreamingRead> = loader_workers(cores())
+        .into_iter()
+        .map(|n| {
+            let run = match &streaming_python {
+                Ok(py) => streaming_read(&py.exe, &dataset, &args, n).map_err(|e| format!("{e:#}")),
+                Err(why) => Err(why.clone()),
+            };
+            match &run {
+                Ok(r) => println!(
+                    "streaming + DataLoader, num_workers {n}: {:.0} tokens/s",
+                    r.tokens_per_s()
+                ),
+                Err(why) => println!("streaming + DataLoader, num_workers {n}, missing: {why}"),
+            }
+            StreamingRead {
+                num_workers: n,
+                run,
+            }
+        })
+        .collect();
 
     let report = DataReport {
         input: format!(
@@ -197,13 +221,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|(r, _)| r.clone())
             .map_err(Clone::clone),
         output_match: foundry.as_ref().ok().map(|(_, m)| m.clone()),
-        tessera_read: read_run("tessera `TokenLoader::next_batch_into`", tessera_read),
-        streaming_read: streaming_read.map(|r| {
-            read_run(
-                &format!("mosaicml-streaming {streaming_version} `StreamingDataset`"),
-                r,
-            )
-        }),
+        tessera_read: read_run(
+            "tessera `TokenLoader::next_batch_into`",
+            "1 thread",
+            tessera_read,
+        ),
+        streaming_reads,
         batch: args.batch,
         epochs: args.epochs,
         repeats: args.repeats,
@@ -225,9 +248,67 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
-fn read_run(tool: &str, (r, runs): (ReadJson, Vec<f64>)) -> ReadRun {
+/// One streaming + DataLoader configuration, fastest of `args.repeats` runs (each its own
+/// process, so streaming's shared memory starts clean).
+fn streaming_read(
+    python: &Path,
+    dataset: &Path,
+    args: &Args,
+    num_workers: usize,
+) -> anyhow::Result<ReadRun> {
+    let run = best_read(args.repeats, || {
+        let mut cmd = Command::new(python);
+        cmd.arg(util::root().join("xtask/python/streaming_iter_bench.py"))
+            .arg(dataset)
+            .arg("--shuffle");
+        cmd.args([
+            "--batch",
+            &args.batch.to_string(),
+            "--epochs",
+            &args.epochs.to_string(),
+            "--num-workers",
+            &num_workers.to_string(),
+        ]);
+        cmd.args(["--num-canonical-nodes", "1"]);
+        let out = util::output(&mut cmd)?;
+        if let Some(why) = skipped(&out) {
+            bail!("{why}");
+        }
+        json_line::<ReadJson>(&out)
+    })?;
+    let streaming_version =
+        pyenv::version_of(python, "mosaicml-streaming").unwrap_or_else(|| "?".into());
+    let torch = run.0.torch.clone().unwrap_or_else(|| "?".into());
+    let mut note = Vec::new();
+    if let (Some(shape), Some(dtype)) = (&run.0.batch_shape, &run.0.batch_dtype) {
+        let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+        note.push(format!("batches are {dtype} [{}]", dims.join(", ")));
+    }
+    if let Some(first) = run.0.first_batch_seconds {
+        note.push(format!(
+            "first batch after {first:.3} s of the fastest run{}",
+            if num_workers > 0 {
+                " (worker start-up)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut r = read_run(
+        &format!(
+            "mosaicml-streaming {streaming_version} `StreamingDataset` + torch {torch} `DataLoader`"
+        ),
+        &StreamingRead::workers_label(num_workers),
+        run,
+    );
+    r.note = (!note.is_empty()).then(|| note.join(", "));
+    Ok(r)
+}
+
+fn read_run(tool: &str, workers: &str, (r, runs): (ReadJson, Vec<f64>)) -> ReadRun {
     ReadRun {
         tool: tool.into(),
+        workers: workers.into(),
         samples: r.samples,
         dataset_samples: r.dataset_samples,
         tokens: r.tokens,
@@ -235,6 +316,7 @@ fn read_run(tool: &str, (r, runs): (ReadJson, Vec<f64>)) -> ReadRun {
         open_seconds: r.open_seconds,
         seconds: r.seconds,
         runs,
+        note: None,
     }
 }
 
@@ -519,6 +601,25 @@ mod tests {
             Some("no torch")
         );
         assert_eq!(skipped(out), None);
+        // The DataLoader script's line adds the batch, the first batch's time and versions.
+        let r: ReadJson = json_line(
+            "{\"samples\": 16, \"tokens\": 32768, \"token_sum\": 5, \"batches\": 2, \
+             \"batch_shape\": [8, 2048], \"batch_dtype\": \"torch.int64\", \
+             \"dataset_samples\": 17, \"num_workers\": 2, \"open_seconds\": 0.01, \
+             \"first_batch_seconds\": 1.5, \"seconds\": 2.0, \"torch\": \"2.7.0+cpu\"}",
+        )
+        .unwrap();
+        assert_eq!(r.batch_shape.as_deref(), Some(&[8, 2048][..]));
+        assert_eq!(r.batch_dtype.as_deref(), Some("torch.int64"));
+        assert_eq!(r.first_batch_seconds, Some(1.5));
+        assert_eq!(r.torch.as_deref(), Some("2.7.0+cpu"));
+    }
+
+    #[test]
+    fn the_dataloader_runs_with_0_and_2_workers_and_every_core() {
+        assert_eq!(loader_workers(1), [0, 2]);
+        assert_eq!(loader_workers(2), [0, 2]);
+        assert_eq!(loader_workers(16), [0, 2, 16]);
     }
 
     #[test]
