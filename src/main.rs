@@ -52,7 +52,8 @@ enum Command {
     /// Check this build on this device against transformers' reference outputs (the `mpt/`
     /// fixtures): logits, loss, every gradient, greedy generation.
     Parity(cmd::parity::Args),
-    /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory.
+    /// Cost a training run before launching it (Chinchilla, inference-aware), or its memory and
+    /// step time.
     Plan(cmd::plan::Args),
     /// Memory of CPU training steps, full fine-tuning against LoRA (f32 or bf16 base).
     #[command(hide = true)]

@@ -148,9 +148,9 @@ fn lora_fine_tunes_a_frozen_base_resumes_bit_for_bit_and_merges() {
             .contains(&"base_model.model.transformer.blocks.1.attn.Wqkv.lora_A.weight".to_string())
     );
     // The state holds the adapter only: its shard is a small fraction of the base's size.
-    let shard_bytes = std::fs::metadata(ck.join("shard-00000-of-00001.safetensors"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let shard_bytes = std::fs::metadata(ck.join("rank00000-of-00001.safetensors"))
+        .expect("the checkpoint holds rank 0's shard")
+        .len();
     assert!(
         shard_bytes < base_weights.len() as u64,
         "the checkpoint should not hold the frozen base ({shard_bytes} bytes)"

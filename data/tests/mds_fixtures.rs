@@ -23,7 +23,7 @@ const DATASETS: [&str; 5] = [
     "mixed_columns",
 ];
 
-/// The closed-form token sequence of sample `i` (fixtures README, "mds/").
+/// The closed-form token sequence of sample `i` (the shared fixtures README, "mds/").
 fn closed_form_tokens(generator: &Json, i: u64) -> Vec<u32> {
     let g = |k: &str| generator[k].as_u64().unwrap();
     let len = g("min_len") + (i * g("len_mul")) % g("len_mod");

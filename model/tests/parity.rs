@@ -1,5 +1,5 @@
 //! Parity with transformers' `MptForCausalLM` on the three fixture checkpoints
-//! (`fixtures/mpt/`, produced by `gen_mpt.py`; see the fixtures README): logits, hidden states,
+//! (`fixtures/mpt/`, produced by `gen_mpt.py`; see the shared fixtures README): logits, hidden states,
 //! loss, every gradient, one SGD step, greedy generation with and without a KV cache.
 
 mod common;
@@ -11,7 +11,7 @@ use tessera_model::generate::{GenerationConfig, generate};
 use tessera_model::loss::{IGNORE_INDEX, mean_cross_entropy, token_cross_entropy};
 use tessera_model::{Mpt, MptInput, hf};
 
-/// The fixtures README: logits within 1e-4 absolute (values reach |22|).
+/// The shared fixtures README: logits within 1e-4 absolute (values reach |22|).
 const LOGITS_TOL: f32 = 1e-4;
 
 fn load<Bk: Backend>(name: &str) -> Mpt<Bk> {
@@ -299,7 +299,7 @@ fn icl_model_with_full_vocab_matches_transformers() {
 }
 
 /// Every parameter's gradient within 1e-4 relative (`max |got - want| / max |want|`) of
-/// transformers'. Aim 1e-4 (issue 2); the fixtures README suggests 1e-3.
+/// transformers'. Aim 1e-4 (issue 2); the shared fixtures README suggests 1e-3.
 fn assert_gradients_match(
     name: &str,
     got: &std::collections::BTreeMap<String, Vec<f32>>,

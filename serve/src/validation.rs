@@ -1,7 +1,7 @@
 //! Request bodies to engine work: parse the JSON, check every field against OpenAI's rules
 //! and this model's limits, tokenize, and resolve the model name. Every failure is a 4xx
-//! [`ApiError`] naming the field; nothing here can panic on input (the fuzz test at the end
-//! throws arbitrary bytes and JSON at it).
+//! [`ApiError`] naming the field; nothing here can panic on input (the fuzz test in
+//! `validation/tests.rs` throws arbitrary bytes and JSON at it).
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;

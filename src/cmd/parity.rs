@@ -1,6 +1,6 @@
 //! `tessera parity`: checks this build, on this device, against transformers' `MptForCausalLM`.
 //!
-//! The `mpt/` fixtures (written by `gen_mpt.py`, see fixtures/README.md) hold transformers'
+//! The `mpt/` fixtures (written by `gen_mpt.py`, see `shared/fixtures/README.md`) hold transformers'
 //! logits, loss, every gradient and a greedy generation for small MPT checkpoints. Run this once
 //! on a new machine or backend (`--device cuda`) before trusting a training run there: it
 //! recomputes all of them with tessera and fails if any is outside its tolerance. The model

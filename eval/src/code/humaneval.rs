@@ -1,9 +1,10 @@
 //! HumanEval generation conventions: prompts, stop sequences, seeds, and turning raw model
 //! output into samples.
 //!
-//! `tessera eval humaneval --model DIR --n 20 --temperature 0.2 --k 1,10` generates `n`
-//! completions per problem and scores them with [`super::evaluate_samples`]. The model side
-//! lives with the CLI; this file holds the conventions both halves must agree on.
+//! `tessera eval humaneval --model DIR --problems HumanEval.jsonl.gz --n 20 --temperature 0.2
+//! --k 1,10` generates `n` completions per problem and scores them with
+//! [`super::evaluate_samples`]. The model side lives with the CLI; this file holds the
+//! conventions both halves must agree on.
 
 use super::problems::{Problems, Sample};
 

@@ -6,7 +6,8 @@
 //!   position embeddings, biases everywhere, no ALiBi.
 //! - The released Hugging Face checkpoints `mosaicml/mpt-7b`, `mpt-7b-8k`, `mpt-30b`: ALiBi,
 //!   `no_bias`, vocab 50432.
-//! - `tiny`: a d_model 64 ALiBi model for smoke tests and the quickstart.
+//! - `tiny`: a d_model 64 ALiBi model for smoke tests (the quickstart writes its own, larger
+//!   model config).
 
 use super::*;
 
