@@ -26,12 +26,17 @@ use crate::icl::yaml::{check_keys, load_yaml_file};
 /// Errors from reading or applying a gauntlet definition.
 #[derive(Debug, thiserror::Error)]
 pub enum GauntletError {
+    /// Reading or interpolating the YAML failed, or a block has an unknown key.
     #[error("{0}")]
     Yaml(#[from] crate::icl::IclError),
+    /// The definition is malformed or inconsistent (e.g. a category defined twice).
     #[error("{origin}: {context}: {message}")]
     Invalid {
+        /// The file it came from.
         origin: PathBuf,
+        /// Where in the definition, e.g. `eval_gauntlet` or `categories.NAME.BENCHMARK`.
         context: String,
+        /// What is wrong.
         message: String,
     },
 }
@@ -39,10 +44,13 @@ pub enum GauntletError {
 /// How benchmarks are weighted inside a category.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Weighting {
+    /// Every benchmark weighs 1 (`EQUAL`).
     #[serde(rename = "EQUAL")]
     Equal,
+    /// Weight by the benchmark's number of examples (`SAMPLE_SZ`).
     #[serde(rename = "SAMPLE_SZ")]
     SampleSize,
+    /// Weight by `max(log2(examples), 1)` (`LOG_SAMPLE_SZ`).
     #[serde(rename = "LOG_SAMPLE_SZ")]
     LogSampleSize,
 }
@@ -51,7 +59,9 @@ pub enum Weighting {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Benchmark {
+    /// The ICL task's label.
     pub name: String,
+    /// Which few-shot result of it counts.
     pub num_fewshot: usize,
     /// Accuracy of random guessing (0.25 for four choices).
     pub random_baseline: f64,
@@ -68,7 +78,9 @@ impl Benchmark {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Category {
+    /// The category's name, unique in the gauntlet.
     pub name: String,
+    /// Its benchmarks; all must have results for the category to be scored.
     pub benchmarks: Vec<Benchmark>,
 }
 
@@ -76,12 +88,16 @@ pub struct Category {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GauntletConfig {
+    /// How benchmarks are weighted inside a category (default `EQUAL`).
     #[serde(default = "equal")]
     pub weighting: Weighting,
+    /// Subtract each benchmark's `random_baseline` from its accuracy (default true).
     #[serde(default = "yes")]
     pub subtract_random_baseline: bool,
+    /// Then divide by `1 - random_baseline`, so a perfect score is 1 (default true).
     #[serde(default = "yes")]
     pub rescale_accuracy: bool,
+    /// The categories, in report order.
     pub categories: Vec<Category>,
     /// Named averages over categories (sorted by name). Categories named here but not defined
     /// are allowed, as llm-foundry allows them (its own `eval_gauntlet.yaml` averages a
@@ -191,6 +207,7 @@ impl GauntletConfig {
 pub struct BenchmarkResult {
     /// `"{label}/{n}-shot"` or `"{label}/{n}-shot/{category}"`.
     pub label: String,
+    /// The result's accuracy, in [0, 1].
     pub accuracy: f64,
     /// Number of examples evaluated.
     pub num_samples: usize,
@@ -199,6 +216,7 @@ pub struct BenchmarkResult {
 /// A category's score, or why it has none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CategoryScore {
+    /// The category's name.
     pub name: String,
     /// `None` when the category was dropped.
     pub score: Option<f64>,
@@ -211,6 +229,7 @@ pub struct CategoryScore {
 /// The gauntlet's output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GauntletReport {
+    /// Every category of the config, in config order, dropped ones included.
     pub categories: Vec<CategoryScore>,
     /// Named averages, sorted by name.
     pub averages: Vec<(String, f64)>,

@@ -18,14 +18,20 @@ use crate::icl::TaskResult;
 /// Errors writing a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// Creating the folder or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The folder or file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// Serialising to JSON failed.
     #[error("serialising {what}: {source}")]
     Json {
+        /// What was being serialised: the report, or a task's label.
         what: String,
+        /// The serde error.
         source: serde_json::Error,
     },
 }
@@ -33,15 +39,25 @@ pub enum ReportError {
 /// One evaluator's headline numbers (no per-example detail).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskSummary {
+    /// As [`TaskResult::label`].
     pub label: String,
+    /// As [`TaskResult::benchmark`].
     pub benchmark: String,
+    /// As [`TaskResult::num_fewshot`].
     pub num_fewshot: usize,
+    /// As [`TaskResult::category`].
     pub category: Option<String>,
+    /// The task type's YAML name, e.g. `multiple_choice`.
     pub icl_task_type: String,
+    /// As [`TaskResult::metric`].
     pub metric: String,
+    /// As [`TaskResult::n_examples`].
     pub n_examples: usize,
+    /// As [`TaskResult::n_correct`].
     pub n_correct: usize,
+    /// As [`TaskResult::accuracy`].
     pub accuracy: f64,
+    /// As [`TaskResult::n_truncated`].
     pub n_truncated: usize,
 }
 
@@ -65,10 +81,13 @@ impl From<&TaskResult> for TaskSummary {
 /// Everything one evaluation of one model produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// The model's name, as in the eval config.
     pub model_name: String,
     /// Training step, when evaluated from inside a run.
     pub step: Option<u64>,
+    /// One summary per evaluator, in evaluation order.
     pub tasks: Vec<TaskSummary>,
+    /// The gauntlet's scores, when a gauntlet was configured and there were results.
     pub gauntlet: Option<GauntletReport>,
     /// Code-eval results (pass@k per task), when code evaluation ran.
     pub code: Option<serde_json::Value>,
@@ -200,8 +219,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
 /// Paths of a written report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WrittenReport {
+    /// `results.json`.
     pub json: PathBuf,
+    /// `results.md`.
     pub markdown: PathBuf,
+    /// `examples.jsonl`, when per-example results were written.
     pub examples: Option<PathBuf>,
 }
 

@@ -45,31 +45,49 @@ pub use config::{CodeEvalConfig, EvalConfig, ModelSpec};
 /// Errors of an evaluation run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// Loading, preparing or evaluating an ICL task failed.
     #[error(transparent)]
     Icl(#[from] IclError),
+    /// The gauntlet definition could not be read or is invalid.
     #[error(transparent)]
     Gauntlet(#[from] GauntletError),
+    /// Writing the report failed.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// Code evaluation failed (inputs, opt-in, sandbox).
     #[error(transparent)]
     Code(#[from] code::CodeError),
+    /// The eval config is invalid.
     #[error("{origin}: {context}: {message}")]
     Config {
+        /// The config file.
         origin: PathBuf,
+        /// Where in it, e.g. `models[0]` or `code_eval`.
         context: String,
+        /// What is wrong.
         message: String,
     },
+    /// A model or its tokenizer could not be loaded, or code-eval generation failed for it.
     #[error("model `{name}`: {message}")]
-    Model { name: String, message: String },
+    Model {
+        /// The model's name, or the code-eval task being generated for.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// ICL tasks prepared once (tokenized prompts) and the gauntlet, ready to evaluate any model
 /// that shares the tokenizer: what a trainer builds at start-up and reuses every interval.
 #[derive(Clone, Debug)]
 pub struct EvalSuite {
+    /// The ICL evaluators, tokenized (code-evaluation tasks left out).
     pub tasks: Vec<PreparedTask>,
+    /// Applied to the task results when set.
     pub gauntlet: Option<GauntletConfig>,
+    /// Pad and EOS ids, from the tokenizer.
     pub options: icl::EvalOptions,
+    /// Remarks copied into every report (skipped tasks, subsetting).
     pub notes: Vec<String>,
 }
 
@@ -191,8 +209,11 @@ pub fn evaluate_and_write<B: Backend>(
 /// One model's outcome of [`run_config`].
 #[derive(Clone, Debug)]
 pub struct ModelOutcome {
+    /// The model evaluated.
     pub model: ModelSpec,
+    /// Its report.
     pub report: EvalReport,
+    /// Where the report was written.
     pub written: WrittenReport,
 }
 

@@ -16,25 +16,37 @@ use tessera_model::{FinishReason, GenerationConfig, Mpt, generate};
 /// Errors of the vibe check.
 #[derive(Debug, thiserror::Error)]
 pub enum VibesError {
+    /// Reading the prompts file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The prompts file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// A JSON Lines prompts file has a bad line.
     #[error("{path}:{line}: {message}")]
     Prompts {
+        /// The prompts file.
         path: PathBuf,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with the line.
         message: String,
     },
+    /// The tokenizer could not be loaded, or failed to encode or decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The prompt list is empty.
     #[error("no prompts to run")]
     NoPrompts,
+    /// Generation failed.
     #[error("generation: {0}")]
     Generate(String),
+    /// The model could not be loaded.
     #[error("model: {0}")]
     Model(String),
+    /// Writing the markdown report failed.
     #[error("writing the report: {0}")]
     Write(String),
 }
@@ -52,11 +64,15 @@ pub const BUILTIN_PROMPTS: &[&str] = &[
 /// Sampling settings for the vibe check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VibesConfig {
+    /// Length limit of each answer, in tokens.
     pub max_new_tokens: usize,
     /// 0 means greedy.
     pub temperature: f32,
+    /// Sample only among the `k` most likely tokens.
     pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probability reaches `p`.
     pub top_p: Option<f32>,
+    /// Run seed; each (prompt, sample) pair's seed is derived from it.
     pub seed: u64,
     /// Answers per prompt.
     pub samples_per_prompt: usize,
@@ -122,9 +138,13 @@ pub fn parse_prompts(text: &str, origin: &Path) -> Result<Vec<String>, VibesErro
 /// One sampled answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VibeSample {
+    /// Index of the prompt in the prompt list.
     pub prompt_index: usize,
+    /// Which of the prompt's samples this is.
     pub sample_index: usize,
+    /// The decoded answer, special tokens skipped.
     pub text: String,
+    /// Tokens generated.
     pub new_tokens: usize,
     /// Whether the model ended the answer itself (EOS) rather than hitting the length limit.
     pub stopped: bool,

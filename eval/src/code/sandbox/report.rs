@@ -47,14 +47,18 @@ pub enum Layer {
 /// Whether a layer is active, and what it does (or why it is not active).
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerStatus {
+    /// The layer.
     pub layer: Layer,
+    /// Whether it is active on this machine.
     pub active: bool,
+    /// What it does here, or why it is off.
     pub detail: String,
 }
 
 /// The isolation a sandbox actually has on this machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct IsolationReport {
+    /// Every layer, active or not.
     pub layers: Vec<LayerStatus>,
     /// For each threat, the active layers that stop it (empty: nothing does).
     pub guarantees: Vec<Guarantee>,
@@ -65,7 +69,9 @@ pub struct IsolationReport {
 /// A threat and the active layers that contain it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Guarantee {
+    /// The threat, e.g. network access or writes outside the sandbox folder.
     pub threat: &'static str,
+    /// The active layers that stop it; empty when nothing does.
     pub blocked_by: Vec<Layer>,
     /// How well: e.g. "per sandbox" or "shared by all concurrent sandboxes".
     pub note: String,
