@@ -28,7 +28,9 @@ pub struct Example {
 /// How `sequence_id` is derived from a packed sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Separator {
+    /// This token id ends each document (it belongs to the document it closes).
     Eos(u32),
+    /// This token id starts each document (it belongs to the document it opens).
     Bos(u32),
 }
 

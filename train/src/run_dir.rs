@@ -21,6 +21,7 @@ pub fn run_name(configured: Option<&str>, config_path: Option<&Path>) -> String 
 /// `checkpoints/`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SaveFolder {
+    /// A local folder: checkpoints are written straight into it.
     Local(PathBuf),
     /// An object-store URL (`s3://…`): checkpoints are staged in the run folder's
     /// `checkpoints/` and uploaded from there.
@@ -28,6 +29,8 @@ pub enum SaveFolder {
 }
 
 impl SaveFolder {
+    /// The folder for `save_folder` (`configured`), with `{run_name}` substituted; without one,
+    /// `dir`'s `checkpoints/`.
     pub fn resolve(configured: Option<&str>, run_name: &str, dir: &RunDir) -> Self {
         match configured.map(|f| f.replace("{run_name}", run_name)) {
             Some(f) if tessera_data::remote::is_remote(&f) => SaveFolder::Remote(f),
@@ -66,6 +69,7 @@ impl RunDir {
         )
     }
 
+    /// The run folder.
     pub fn root(&self) -> &Path {
         &self.root
     }

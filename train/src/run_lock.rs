@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 /// Who holds (or held) a run folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
+    /// The holder's process id.
     pub pid: u32,
+    /// The holder's host name.
     pub host: String,
     /// Unix time in seconds when the lock was taken.
     pub since: u64,
@@ -31,14 +33,23 @@ impl std::fmt::Display for Holder {
 /// Why a run folder could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// Another live trainer holds the folder's lock.
     #[error(
         "{folder} is in use by another trainer ({holder}); stop it, or give this run another \
          run_name or --run-dir"
     )]
-    Busy { folder: PathBuf, holder: String },
+    Busy {
+        /// The run folder.
+        folder: PathBuf,
+        /// Who holds it, as recorded in the lock file (or `unknown holder`).
+        holder: String,
+    },
+    /// The folder or its lock file could not be created, read, written or locked.
     #[error("{path}: {source}")]
     Io {
+        /// The folder or lock file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

@@ -28,6 +28,7 @@ pub struct AsyncCheckpointer {
 }
 
 impl AsyncCheckpointer {
+    /// A writer for `store`, with no save in flight.
     pub fn new(store: CheckpointStore) -> Self {
         let (done, done_rx) = mpsc::channel();
         Self {
@@ -45,6 +46,7 @@ impl AsyncCheckpointer {
         self
     }
 
+    /// The store it writes to.
     pub fn store(&self) -> &CheckpointStore {
         &self.store
     }

@@ -15,7 +15,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestEntry {
+    /// The file's sha256, in hex.
     pub sha256: String,
+    /// The file's size, in bytes.
     pub bytes: u64,
 }
 
@@ -24,6 +26,7 @@ pub struct ManifestEntry {
 pub struct Manifest {
     /// Format version, for readers of older checkpoints.
     pub version: u32,
+    /// Each file's entry, by its path relative to the checkpoint folder.
     pub files: BTreeMap<String, ManifestEntry>,
 }
 

@@ -37,34 +37,58 @@ use std::path::PathBuf;
 /// Errors from writing, verifying or loading checkpoints.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// A file or folder could not be read, written, renamed or removed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A JSON file (manifest, shard metadata…) could not be encoded or decoded.
     #[error("{path}: invalid JSON: {source}")]
     Json {
+        /// The JSON file.
         path: PathBuf,
+        /// The JSON error.
         source: serde_json::Error,
     },
+    /// A file's sha256 does not match its manifest entry.
     #[error("{path}: checksum mismatch for {file}: expected sha256 {expected}, found {found}")]
     Checksum {
+        /// The checkpoint folder.
         path: PathBuf,
+        /// The file, relative to the folder.
         file: String,
+        /// The sha256 the manifest records (hex).
         expected: String,
+        /// The sha256 of the file on disk (hex).
         found: String,
     },
+    /// A file's size does not match its manifest entry.
     #[error("{path}: {file} has {found} bytes, the manifest says {expected}")]
     Size {
+        /// The checkpoint folder.
         path: PathBuf,
+        /// The file, relative to the folder.
         file: String,
+        /// The size the manifest records, in bytes.
         expected: u64,
+        /// The size on disk, in bytes.
         found: u64,
     },
+    /// A checkpoint (or a file or name in it) is malformed.
     #[error("{path}: {what}")]
-    Invalid { path: PathBuf, what: String },
+    Invalid {
+        /// The folder or file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The background writer thread could not be started or panicked.
     #[error("checkpoint writer thread failed: {0}")]
     Writer(String),
+    /// The remote checkpoint folder could not be listed, read or written.
     #[error("remote checkpoint folder: {0}")]
     Remote(String),
 }

@@ -42,6 +42,7 @@ impl RemoteCheckpoints {
         })
     }
 
+    /// The folder's URL.
     pub fn url(&self) -> &str {
         self.dir.url()
     }

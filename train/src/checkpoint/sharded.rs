@@ -53,6 +53,7 @@ pub struct UnitMeta {
     pub numel: usize,
     /// The padded length the shards split.
     pub padded: usize,
+    /// The unit's parameters, in layout order.
     pub params: Vec<ParamMeta>,
 }
 
@@ -62,11 +63,14 @@ pub struct UnitMeta {
 pub struct ParamMeta {
     /// Checkpoint (transformers) name.
     pub name: String,
+    /// Its shape (transformers' layout).
     pub shape: Vec<usize>,
+    /// Offset of its first element within the unit's flat vector.
     pub offset: usize,
 }
 
 impl ShardsMeta {
+    /// The `version` this build writes and reads.
     pub const VERSION: u32 = 1;
 
     /// The metadata of `layout`'s shards.
@@ -184,6 +188,7 @@ fn write_safetensors_header(
 /// Reads ranges of units from the shard files of one checkpoint, whatever number of shards
 /// wrote them.
 pub struct ShardReader {
+    /// The checkpoint's `shards.json`.
     pub meta: ShardsMeta,
     dir: PathBuf,
     files: Vec<memmap2::Mmap>,

@@ -37,7 +37,9 @@ const REPLACED_PREFIX: &str = ".replaced-ba";
 /// (`model.safetensors`, `state.json`, …); the manifest is added here.
 #[derive(Debug, Clone)]
 pub struct Payload {
+    /// The step the checkpoint is of (its folder is `ba{step}`).
     pub step: u64,
+    /// Each file's name and bytes.
     pub files: Vec<(String, Vec<u8>)>,
 }
 
@@ -47,7 +49,9 @@ pub type Rejected<Where> = (Where, CheckpointError);
 /// A checkpoint that verified and can be resumed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resumable {
+    /// The checkpoint's step.
     pub step: u64,
+    /// Its folder.
     pub dir: PathBuf,
 }
 
@@ -117,6 +121,7 @@ pub enum Recovered {
 }
 
 impl CheckpointStore {
+    /// A store over the folder `root`, keeping at most `keep` checkpoints (`None`: all).
     pub fn new(root: impl Into<PathBuf>, keep: Option<usize>) -> Self {
         Self {
             root: root.into(),
@@ -131,6 +136,7 @@ impl CheckpointStore {
         self
     }
 
+    /// The folder holding the checkpoints.
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -38,13 +38,16 @@ pub enum StateDictType {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsdpConfig {
+    /// `sharding_strategy`: how parameters, gradients and optimizer state are split over ranks.
     #[serde(default)]
     pub sharding_strategy: ShardingStrategy,
+    /// `mixed_precision`: the dtype parameters are gathered and gradients reduced in.
     #[serde(default)]
     pub mixed_precision: FsdpPrecision,
     /// Recompute each block's forward during the backward instead of keeping its activations.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// `state_dict_type`: whether checkpoints also hold the consolidated weights.
     #[serde(default)]
     pub state_dict_type: StateDictType,
     /// Not implemented: refused when true.
@@ -58,16 +61,22 @@ pub struct FsdpConfig {
     /// start-up warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_checkpointing_reentrant: Option<bool>,
+    /// PyTorch's `limit_all_gathers`: accepted, no effect (see [`Self::inert_keys`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_all_gathers: Option<bool>,
+    /// PyTorch's `forward_prefetch`: accepted, no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_prefetch: Option<bool>,
+    /// PyTorch's `backward_prefetch` (any value): accepted, no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backward_prefetch: Option<Value>,
+    /// PyTorch's `sync_module_states`: accepted, no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_module_states: Option<bool>,
+    /// PyTorch's `use_orig_params`: accepted, no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_orig_params: Option<bool>,
+    /// composer's `verbose`: accepted, no effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verbose: Option<bool>,
 }

@@ -26,7 +26,9 @@ use crate::batch::IGNORE;
 /// Which prompt tokens are targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetPrompts {
+    /// No prompt tokens (`target_prompts: none`, the default).
     None,
+    /// Every prompt token (`target_prompts: all`).
     All,
     /// Prompts of at least this many tokens.
     MinLength(usize),
@@ -35,14 +37,18 @@ pub enum TargetPrompts {
 /// Which responses are targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetResponses {
+    /// Only the last response (`target_responses: last`, the default).
     Last,
+    /// Every response (`target_responses: all`).
     All,
 }
 
 /// The loss policy of a loader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Targets {
+    /// `target_prompts`: which prompt tokens are targets.
     pub prompts: TargetPrompts,
+    /// `target_responses`: which responses are targets.
     pub responses: TargetResponses,
 }
 
@@ -83,7 +89,9 @@ impl Targets {
 /// One prompt and its response, tokenized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Turn {
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// The response's token ids.
     pub response: Vec<u32>,
 }
 
@@ -168,6 +176,7 @@ pub struct Encoder<'a> {
 }
 
 impl<'a> Encoder<'a> {
+    /// An encoder for `tokenizer`, rendering chat rows with `template`.
     pub fn new(tokenizer: &'a Tokenizer, template: &'a ChatTemplate) -> Self {
         let probe = |add: bool| {
             tokenizer
@@ -291,7 +300,9 @@ pub enum Dropped {
 /// A trainable example: at most `max_seq_len` tokens and their unshifted labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tokenized {
+    /// The token ids.
     pub ids: Vec<u32>,
+    /// One label per id: the id where it is a target, [`IGNORE`] elsewhere.
     pub labels: Vec<i64>,
     /// Tokens cut off the end by truncation.
     pub truncated: usize,

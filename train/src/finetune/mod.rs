@@ -63,35 +63,59 @@ pub use tokenizer::{ChatTemplate, FinetuneTokenizer, tokenizer_file};
 pub enum FinetuneError {
     /// A setting is missing, malformed or unsupported.
     #[error("{key}: {message}")]
-    Config { key: String, message: String },
+    Config {
+        /// The setting (e.g. `train_loader.dataset.hf_name`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A data file or folder could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A line that is not a valid row.
     #[error("{path}:{line}: {message}")]
     Row {
+        /// The data file.
         path: PathBuf,
+        /// The line number in it.
         line: usize,
+        /// What is wrong with the row.
         message: String,
     },
+    /// A row's text could not be tokenized.
     #[error("{path}:{line}: {source}")]
     Encode {
+        /// The data file.
         path: PathBuf,
+        /// The line number in it.
         line: usize,
+        /// The tokenizer's error.
         source: TokenizerError,
     },
+    /// The tokenizer could not be loaded or used.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     /// The data holds too little to train on.
     #[error("{key}: {message}")]
-    TooSmall { key: String, message: String },
+    TooSmall {
+        /// The loader (`train_loader`, …).
+        key: String,
+        /// What is missing.
+        message: String,
+    },
     /// A resume state that cannot belong to this dataset.
     #[error("{key}: resume state {found} does not fit this dataset: {expected}")]
     State {
+        /// The loader (`train_loader`, …).
         key: String,
+        /// The saved state's position or seed.
         found: String,
+        /// What this dataset allows.
         expected: String,
     },
 }
@@ -100,14 +124,23 @@ pub enum FinetuneError {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Packing {
     /// One example per sequence; `trim` cuts batches to their longest example (multiple of 8).
-    Padded { trim: bool },
+    Padded {
+        /// `allow_pad_trimming`: trim each batch (but the run's first) to its longest example.
+        trim: bool,
+    },
     /// `per_batch = ⌊ratio × global batch⌋` examples packed into each global batch.
-    Packed { ratio: f64, per_batch: usize },
+    Packed {
+        /// The packing ratio (`packing_ratio`, or the one `auto` chose).
+        ratio: f64,
+        /// Examples packed into each global batch.
+        per_batch: usize,
+    },
 }
 
 /// What reading the data found.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct FinetuneStats {
+    /// Data files read.
     pub files: usize,
     /// Rows read.
     pub rows: usize,

@@ -12,7 +12,9 @@
 /// A sequence being filled: total tokens and the examples in it, in the order they were added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bin {
+    /// Tokens in the bin.
     pub size: usize,
+    /// The ids of the examples in it.
     pub items: Vec<u32>,
 }
 

@@ -24,9 +24,13 @@ use crate::config::DatasetConfig;
 /// A chat role llm-foundry allows (`_ALLOWED_ROLES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// `system`.
     System,
+    /// `user`.
     User,
+    /// `assistant`.
     Assistant,
+    /// `tool`.
     Tool,
 }
 
@@ -45,7 +49,9 @@ impl Role {
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Who speaks.
     pub role: Role,
+    /// What is said.
     pub content: String,
 }
 
@@ -53,7 +59,12 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Row {
     /// `{"prompt": …, "response" | "completion": …}`.
-    PromptResponse { prompt: String, response: String },
+    PromptResponse {
+        /// The prompt text.
+        prompt: String,
+        /// The response (or completion) text.
+        response: String,
+    },
     /// `{"messages": [{"role": …, "content": …}, …]}`, already validated as llm-foundry's
     /// `_validate_chat_formatted_example` does.
     Chat(Vec<Message>),
@@ -62,15 +73,20 @@ pub enum Row {
 /// A row and where it was read (an index into [`Rows::files`] and a 1-based line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRow {
+    /// Index into [`Rows::files`].
     pub file: usize,
+    /// 1-based line in that file.
     pub line: usize,
+    /// The row's content.
     pub row: Row,
 }
 
 /// Every row of a dataset, in file then line order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rows {
+    /// The data files, in the order read.
     pub files: Vec<PathBuf>,
+    /// Every row of every file.
     pub rows: Vec<SourceRow>,
 }
 

@@ -25,7 +25,9 @@ pub enum ChatTemplate {
 /// A tokenizer and the chat template that goes with it.
 #[derive(Debug, Clone)]
 pub struct FinetuneTokenizer {
+    /// The tokenizer.
     pub tokenizer: Tokenizer,
+    /// How chat rows are rendered to text before tokenizing.
     pub chat_template: ChatTemplate,
 }
 

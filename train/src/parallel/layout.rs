@@ -27,6 +27,7 @@ pub const CHUNK: usize = 4096;
 pub struct FlatParam {
     /// Checkpoint (transformers) name.
     pub name: String,
+    /// burn's id of the parameter in the module.
     pub id: ParamId,
     /// Shape as the module holds it (transformers' layout).
     pub shape: Vec<usize>,
@@ -35,6 +36,7 @@ pub struct FlatParam {
 }
 
 impl FlatParam {
+    /// Its number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -48,6 +50,7 @@ impl FlatParam {
 /// One unit: the root or one block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
+    /// The unit's parameters, in flat-vector order.
     pub params: Vec<FlatParam>,
     /// Elements of real parameters.
     pub numel: usize,
@@ -58,7 +61,9 @@ pub struct Unit {
 /// The units of a model, sharded `shards` ways.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatLayout {
+    /// The units; unit 0 is the root.
     pub units: Vec<Unit>,
+    /// How many ways each unit is split.
     pub shards: usize,
     by_id: HashMap<ParamId, (usize, usize)>,
 }

@@ -26,6 +26,7 @@ type Flat<B> = Tensor<Inner<B>, 1>;
 /// How the state is split (resolved from `fsdp_config` and the world size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Strategy {
+    /// `fsdp_config.sharding_strategy`: what is split over the ranks.
     pub sharding: ShardingStrategy,
     /// Recompute each block's forward in its backward (`activation_checkpointing`).
     pub recompute: bool,
@@ -91,10 +92,15 @@ pub struct Sharded<B: AutodiffBackend> {
     /// The model the forward runs on. Under `FULL_SHARD` its trainable parameters are empty
     /// between uses; everywhere else they are the current weights.
     pub model: Mpt<B>,
+    /// How the trainable parameters are flattened into units and split over the ranks.
     pub layout: FlatLayout,
+    /// This rank's master weights and optimizer state.
     pub state: ShardState<Inner<B>>,
+    /// The optimizer the updates use.
     pub optim: Optim,
+    /// How the state is split.
     pub strategy: Strategy,
+    /// The communicator to the other ranks.
     pub comm: Communicator,
     comm_time: Duration,
 }

@@ -26,7 +26,7 @@
 //!
 //! **Memory** ([`memory`]): what one rank holds under each sharding strategy.
 //!
-//! **Step time** ([`step_time`]): compute at an MFU plus the bytes each strategy moves, on
+//! **Step time** ([`mod@step_time`]): compute at an MFU plus the bytes each strategy moves, on
 //! NVLink and InfiniBand.
 
 pub mod memory;

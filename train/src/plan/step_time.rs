@@ -84,14 +84,18 @@ pub struct StepTimeInput {
     pub peak_flops: f64,
     /// Model FLOPs utilisation of the compute (0–1).
     pub mfu: f64,
+    /// `fsdp_config.sharding_strategy`: which collectives a step runs.
     pub sharding: ShardingStrategy,
+    /// `fsdp_config.mixed_precision`: the bytes per element gathered and reduced.
     pub mixed_precision: FsdpPrecision,
+    /// The links the rings cross.
     pub interconnect: Interconnect,
 }
 
 /// The modelled step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepTimeModel {
+    /// What the model was computed from.
     pub input: StepTimeInput,
     /// Seconds of compute.
     pub compute_s: f64,

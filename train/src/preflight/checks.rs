@@ -80,8 +80,11 @@ pub fn vocab_check(tokenizer: &Path, tokenizer_vocab: usize, model_vocab: usize)
 /// How long the run is in steps and epochs, given the training data's size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct DurationFacts {
+    /// Optimizer steps in one epoch (whole global batches).
     pub steps_per_epoch: u64,
+    /// Optimizer steps in the run (`max_duration` in steps).
     pub max_steps: u64,
+    /// Epochs the run covers.
     pub epochs: f64,
 }
 
@@ -158,15 +161,21 @@ pub fn saves_in_run(max_steps: u64, save_every: Option<u64>) -> u64 {
 /// What was found about the save folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SaveFacts {
+    /// The save folder.
     pub folder: std::path::PathBuf,
     /// `Err(why)` when a file could not be created there.
     pub writable: Result<(), String>,
+    /// Free space on its file system, in bytes, when known.
     pub free_bytes: Option<u64>,
+    /// Estimated size of one checkpoint, in bytes.
     pub checkpoint_bytes: u64,
+    /// Checkpoints on disk at the run's peak (see [`checkpoints_on_disk`]).
     pub checkpoints: u64,
     /// Checkpoints already in the folder.
     pub existing: usize,
+    /// The config's `autoresume`.
     pub autoresume: bool,
+    /// The config's `save_overwrite`.
     pub save_overwrite: bool,
 }
 
@@ -294,13 +303,21 @@ pub fn resume_check(autoresume: bool, save_every: Option<u64>, max_steps: Option
 /// Inputs of the failure-budget arithmetic (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FailureInput {
+    /// Seconds per optimizer step.
     pub step_time_s: f64,
+    /// Steps between checkpoints (`None`: only the final one).
     pub save_every: Option<u64>,
+    /// Optimizer steps in the run.
     pub max_steps: u64,
+    /// Devices of the launch (`D`).
     pub devices: usize,
+    /// Expected failures per device per day (`λ`).
     pub failures_per_device_day: f64,
+    /// Size of one checkpoint, in bytes (for Young's interval).
     pub checkpoint_bytes: u64,
+    /// Warn above this many seconds between checkpoints.
     pub max_interval_s: f64,
+    /// Warn when one failure loses more than this share of the run.
     pub max_loss_per_failure: f64,
 }
 

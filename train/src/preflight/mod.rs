@@ -39,22 +39,34 @@ use serde::Serialize;
 use checks::FailureBudget;
 pub use run::{preflight_file, run_preflight};
 
+/// Name of the check that the YAML validates and the global batch splits over the devices.
 pub const CONFIG: &str = "config";
+/// Name of the check that this build can run the launch as configured.
 pub const PARALLELISM: &str = "parallelism";
+/// Name of the check that the architecture resolves and covers `max_seq_len`.
 pub const MODEL: &str = "model";
+/// Name of the check that `tokenizer.name` loads and fits `model.vocab_size`.
 pub const TOKENIZER: &str = "tokenizer";
+/// Name of the check that the train loader opens and its first batch reads.
 pub const TRAIN_DATA: &str = "train data";
+/// Name of the check that every eval loader opens.
 pub const EVAL_DATA: &str = "eval data";
+/// Name of the check that the save folder is writable and has disk for the checkpoints.
 pub const SAVE_FOLDER: &str = "save folder";
+/// Name of the check that runs one real training step.
 pub const FORWARD_BACKWARD: &str = "forward/backward";
+/// Name of the check that the memory estimate fits the device.
 pub const MEMORY: &str = "memory";
+/// Name of the check that autoresume is on with a save interval inside the run.
 pub const AUTORESUME: &str = "autoresume";
+/// Name of the check on the expected work lost to failures between checkpoints.
 pub const CHECKPOINT_INTERVAL: &str = "checkpoint interval";
 
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Checked and fine.
     Pass,
     /// Runs, but something deserves a look.
     Warn,
@@ -79,12 +91,16 @@ impl Status {
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
+    /// The check's name (one of the constants above, e.g. [`CONFIG`]).
     pub name: &'static str,
+    /// Its verdict.
     pub status: Status,
+    /// What was found, in one line.
     pub detail: String,
 }
 
 impl Check {
+    /// A check line from its name, verdict and detail.
     pub fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
         Self {
             name,
@@ -159,22 +175,37 @@ impl Default for PreflightOptions {
 /// The numbers behind the verdicts (absent where a check could not compute them).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Facts {
+    /// The model's parameter count.
     pub params: Option<u64>,
+    /// Sequences in one epoch of the train data.
     pub sequences_per_epoch: Option<u64>,
+    /// Tokens in one epoch of the train data.
     pub tokens_per_epoch: Option<u64>,
+    /// Optimizer steps in one epoch.
     pub steps_per_epoch: Option<u64>,
+    /// Optimizer steps in the run (`max_duration` in steps).
     pub max_steps: Option<u64>,
+    /// Epochs the run covers (`max_duration` in epochs).
     pub epochs: Option<f64>,
+    /// Steps between checkpoints (`save_interval` in steps).
     pub save_every_steps: Option<u64>,
+    /// Estimated size of one checkpoint, in bytes (see [`checks::checkpoint_bytes`]).
     pub checkpoint_bytes: Option<u64>,
+    /// Checkpoints on disk at the run's peak (see [`checks::checkpoints_on_disk`]).
     pub checkpoints_on_disk: Option<u64>,
+    /// Free space in the save folder's file system, in bytes.
     pub free_disk_bytes: Option<u64>,
+    /// The loss of the forward/backward check's step.
     pub first_loss: Option<f64>,
     /// Seconds per optimizer step (measured here, or given).
     pub step_time_s: Option<f64>,
+    /// This process's peak resident memory after the forward/backward check, in bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// One rank's estimated memory for one microbatch, in bytes.
     pub memory_estimate_bytes: Option<f64>,
+    /// The memory the estimate is checked against (`--device-memory` or host RAM), in bytes.
     pub device_memory_bytes: Option<u64>,
+    /// The expected work lost to failures, behind the checkpoint interval check.
     pub failure: Option<FailureBudget>,
 }
 
@@ -183,7 +214,9 @@ pub struct Facts {
 pub struct PreflightReport {
     /// What was checked ("runs/x on cpu").
     pub subject: String,
+    /// The checklist lines, in the order they ran.
     pub checks: Vec<Check>,
+    /// The numbers behind them.
     pub facts: Facts,
 }
 

@@ -65,6 +65,7 @@ pub struct Trial {
     pub warm: bool,
     /// The microbatch's mean loss.
     pub loss: f64,
+    /// Global L2 norm of the gradient before clipping.
     pub grad_norm: f64,
 }
 

@@ -37,7 +37,9 @@ use crate::parallel::shard::ShardState;
 use super::TrainError;
 use super::state::TrainState;
 
+/// The consolidated, transformers-loadable weights inside a checkpoint.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The model's transformers `config.json` inside a checkpoint.
 pub const CONFIG_FILE: &str = "config.json";
 
 /// One rank's part of a checkpoint, copied to the host. Taking it is the only part of a save
@@ -215,7 +217,9 @@ impl RankSnapshot {
 
 /// A checkpoint read back for this rank.
 pub struct Restored<B: AutodiffBackend> {
+    /// This rank's master weights and optimizer state.
     pub state: ShardState<B::InnerBackend>,
+    /// The training state saved with it (`state.json`).
     pub train: TrainState,
 }
 

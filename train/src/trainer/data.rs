@@ -17,7 +17,9 @@ use super::TrainError;
 /// Either kind of loader: packed pre-tokenized text (`name: text`) or prompt/response rows
 /// (`name: finetuning`). The loop, evaluation and preflight see only this.
 pub enum Loader {
+    /// Packed pre-tokenized text (`name: text`).
     Text(TextData),
+    /// Prompt/response or chat rows (`name: finetuning`).
     Finetune(FinetuneData),
 }
 

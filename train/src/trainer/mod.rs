@@ -93,15 +93,21 @@ impl std::fmt::Debug for StallHook {
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The run folder.
     pub run_dir: PathBuf,
+    /// The step the run ended at.
     pub steps: u64,
+    /// Training tokens consumed (padding excluded).
     pub tokens: u64,
     /// The train loss of the first and the last logged step.
     pub first_loss: Option<f64>,
+    /// See `first_loss`.
     pub last_loss: Option<f64>,
     /// The last evaluation of each eval set.
     pub eval: Vec<(String, f64)>,
+    /// The newest checkpoint on disk at the end.
     pub final_checkpoint: Option<PathBuf>,
+    /// The run's `report.md`.
     pub report: PathBuf,
 }
 

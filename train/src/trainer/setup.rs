@@ -1,4 +1,4 @@
-//! The pieces of a YAML run's setup (see [`super::yaml_run`]) that preflight and `tessera plan`
+//! The pieces of a YAML run's setup (see `yaml_run.rs`) that preflight and `tessera plan`
 //! use too: the architecture, the weights, the sharding strategy, the microbatch size, the
 //! tokenizer, the communicator and the config hash.
 

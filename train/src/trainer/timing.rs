@@ -31,10 +31,15 @@ pub enum Phase {
 /// Accumulated seconds per phase, plus each step's duration and tokens.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timing {
+    /// Seconds in [`Phase::Setup`].
     pub setup_s: f64,
+    /// Seconds in [`Phase::Data`].
     pub data_s: f64,
+    /// Seconds in [`Phase::Step`].
     pub step_s: f64,
+    /// Seconds in [`Phase::Eval`].
     pub eval_s: f64,
+    /// Seconds in [`Phase::Checkpoint`].
     pub checkpoint_s: f64,
     /// Wall time of the whole `train` call.
     pub total_s: f64,
