@@ -16,6 +16,7 @@ pub type Cpu = burn::backend::Flex;
 /// Where to run, as given by `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceSpec {
+    /// The CPU (`cpu`), through [`Cpu`].
     #[default]
     Cpu,
     /// A wgpu adapter: `wgpu` is the default adapter, `wgpu:N` the N-th discrete GPU.
@@ -87,7 +88,9 @@ impl DeviceSpec {
 /// A command that runs on any training-capable backend. Inference-only work uses
 /// `B::InnerBackend` (or `model.valid()`).
 pub trait Job {
+    /// What the command returns.
     type Output;
+    /// Runs the command on backend `B`'s `device` (`spec` says which one, for messages).
     fn run<B: AutodiffBackend>(self, device: B::Device, spec: DeviceSpec) -> Self::Output;
 }
 

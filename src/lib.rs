@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 //!
 //! The `tessera` facade: the workspace crates under one name, plus the backend selection the
 //! binary uses. Fine-tuners can depend on this crate alone.

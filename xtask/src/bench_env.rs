@@ -122,3 +122,98 @@ mod tests {
         assert!(!p.exists());
     }
 }
+
+/// This CPU's f32 peak from its datasheet quantities: cores × clock × SIMD lanes × 2 (an FMA
+/// is a multiply and an add) × FMA units per core. The clock and the vector width are read from
+/// `/proc/cpuinfo`; the FMA units per core are not visible there, so they are an assumption
+/// that the table states.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuPeak {
+    /// Cores the benchmark uses.
+    pub cores: usize,
+    /// The clock, in GHz (`cpu MHz`: the nominal clock under a hypervisor).
+    pub ghz: f64,
+    /// f32 lanes of the widest vector FMA the CPU has (16 with AVX-512, 8 with AVX2 + FMA).
+    pub lanes: usize,
+    /// The instruction set behind `lanes`.
+    pub isa: &'static str,
+    /// FMA units per core (assumed: 2, as on Xeon Scalable Gold/Platinum and recent EPYC).
+    pub fma_units: usize,
+}
+
+impl CpuPeak {
+    /// The peak of `cores` cores of this machine's CPU; `None` where `/proc/cpuinfo` does not
+    /// give the clock.
+    pub fn detect(cores: usize) -> Option<CpuPeak> {
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        Self::from_cpuinfo(&info, cores)
+    }
+
+    /// [`CpuPeak::detect`] from the text of `/proc/cpuinfo`.
+    pub fn from_cpuinfo(info: &str, cores: usize) -> Option<CpuPeak> {
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let mhz: f64 = field("cpu MHz")?.parse().ok()?;
+        let flags = field("flags").unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        let (lanes, isa) = if has("avx512f") {
+            (16, "AVX-512")
+        } else if has("avx2") && has("fma") {
+            (8, "AVX2 + FMA")
+        } else {
+            (4, "SSE")
+        };
+        Some(CpuPeak {
+            cores,
+            ghz: mhz / 1000.0,
+            lanes,
+            isa,
+            fma_units: 2,
+        })
+    }
+
+    /// FLOP/s.
+    pub fn flops(&self) -> f64 {
+        self.cores as f64 * self.ghz * 1e9 * self.lanes as f64 * 2.0 * self.fma_units as f64
+    }
+
+    /// The arithmetic, for the table.
+    pub fn arithmetic(&self) -> String {
+        format!(
+            "{} cores × {:.2} GHz × {} f32 lanes ({}) × 2 FLOPs per FMA × {} FMA units per core \
+             (assumed; `/proc/cpuinfo` does not say) = {:.1} GFLOP/s",
+            self.cores,
+            self.ghz,
+            self.lanes,
+            self.isa,
+            self.fma_units,
+            self.flops() / 1e9
+        )
+    }
+}
+
+#[cfg(test)]
+mod cpu_peak_tests {
+    use super::CpuPeak;
+
+    #[test]
+    fn the_peak_is_cores_clock_lanes_and_fma() {
+        let info = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\ncpu MHz\t\t: 2600.000\nflags\t\t: fpu sse avx2 fma avx512f\n";
+        let p = CpuPeak::from_cpuinfo(info, 2).unwrap();
+        assert_eq!((p.lanes, p.isa, p.fma_units), (16, "AVX-512", 2));
+        // 2 × 2.6e9 × 16 × 2 × 2
+        assert!((p.flops() - 332.8e9).abs() < 1.0, "{}", p.flops());
+        assert!(
+            p.arithmetic().ends_with("= 332.8 GFLOP/s"),
+            "{}",
+            p.arithmetic()
+        );
+        let avx2 = CpuPeak::from_cpuinfo("cpu MHz : 3000\nflags : avx2 fma\n", 1).unwrap();
+        assert_eq!(avx2.lanes, 8);
+        assert!(CpuPeak::from_cpuinfo("flags : avx2\n", 1).is_none());
+    }
+}

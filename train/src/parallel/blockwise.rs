@@ -36,7 +36,8 @@ type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 /// Gradients by unit: `(unit, flat gradient)`.
 type UnitGrads<B> = Vec<(usize, Tensor<Inner<B>, 1>)>;
 
-/// Forward and backward of one microbatch block by block. Returns the microbatch's `Σ CE` and
+/// Forward and backward of one microbatch block by block. Returns the microbatch's `Σ CE` (on
+/// the device) and
 /// every unit's gradient: this rank's reduce-scattered shard under `FULL_SHARD`, the full local
 /// gradient otherwise.
 pub(crate) fn forward_backward<B: AutodiffBackend>(
@@ -45,7 +46,7 @@ pub(crate) fn forward_backward<B: AutodiffBackend>(
     loss_tokens: u64,
     seed: u64,
     device: &B::Device,
-) -> Result<(f64, UnitGrads<B>), DistError> {
+) -> Result<(Tensor<Inner<B>, 1>, UnitGrads<B>), DistError> {
     let gather = s.strategy.shards_params();
     let inner_dev = inner_device::<B>(device);
     let batch: DeviceBatch<B> = to_device(examples, device);
@@ -82,8 +83,7 @@ pub(crate) fn forward_backward<B: AutodiffBackend>(
     let last = h.require_grad();
     let ce_sum = s.model.head_loss_sum(last.clone(), batch.targets);
     let mut grads = (ce_sum.clone() / loss_tokens as f64).backward();
-    // Host sync: the microbatch's loss.
-    let loss = f64::from(ce_sum.into_scalar().elem::<f32>());
+    let loss = ce_sum.inner();
     let mut g = last
         .grad_remove(&mut grads)
         .expect("the head's input requires a gradient");
@@ -176,5 +176,3 @@ fn free_units<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     module.map(&mut Free { layout, which })
 }
-
-use burn::tensor::ElementConversion as _;

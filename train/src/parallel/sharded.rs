@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor};
 use tessera_dist::Communicator;
 use tessera_model::{Mpt, MptInput};
@@ -22,6 +22,9 @@ type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
 /// One flat vector on the inner backend (a unit's gradient or shard).
 type Flat<B> = Tensor<Inner<B>, 1>;
+
+/// Each microbatch's `Σ CE` (still on the device) and this rank's gradient shard of every unit.
+type LocalGrads<B> = (Vec<Flat<B>>, Vec<Flat<B>>);
 
 /// How the state is split (resolved from `fsdp_config` and the world size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,11 +207,12 @@ impl<B: AutodiffBackend> Sharded<B> {
                 shards: Vec::new(),
             });
         }
-        let (mut loss_sum, shards) = if self.strategy.blockwise() {
+        let (losses, shards) = if self.strategy.blockwise() {
             self.forward_backward_blockwise(micro, first_micro, loss_tokens, dropout_seed, device)?
         } else {
             self.forward_backward_whole(micro, first_micro, loss_tokens, dropout_seed, device)?
         };
+        let mut loss_sum = host_sum(losses);
         self.timed(|c| c.all_reduce(std::slice::from_mut(&mut loss_sum)))?;
         Ok(StepGradients {
             loss: loss_sum / loss_tokens as f64,
@@ -270,8 +274,9 @@ impl<B: AutodiffBackend> Sharded<B> {
         self.comm_time = Duration::ZERO;
     }
 
-    /// Forward and backward of every microbatch through the whole graph at once; returns the
-    /// local loss sum and this rank's (synced) gradient shard of every unit.
+    /// Forward and backward of every microbatch through the whole graph at once; returns each
+    /// microbatch's `Σ CE` (still on the device) and this rank's (synced) gradient shard of
+    /// every unit.
     fn forward_backward_whole(
         &mut self,
         micro: &[Vec<Example>],
@@ -279,9 +284,9 @@ impl<B: AutodiffBackend> Sharded<B> {
         loss_tokens: u64,
         dropout_seed: u64,
         device: &B::Device,
-    ) -> Result<(f64, Vec<Flat<B>>), tessera_dist::DistError> {
+    ) -> Result<LocalGrads<B>, tessera_dist::DistError> {
         let mut accumulator = GradientsAccumulator::<Mpt<B>>::new();
-        let mut loss_sum = 0.0f64;
+        let mut losses = Vec::with_capacity(micro.len());
         for (i, examples) in micro.iter().enumerate() {
             B::seed(device, mix(dropout_seed, (first_micro + i) as u64));
             let batch: DeviceBatch<B> = to_device(examples, device);
@@ -292,8 +297,7 @@ impl<B: AutodiffBackend> Sharded<B> {
             };
             let ce_sum = self.model.loss_sum(input, batch.targets);
             let grads = (ce_sum.clone() / loss_tokens as f64).backward();
-            // Host sync: the microbatch's loss.
-            loss_sum += f64::from(ce_sum.into_scalar().elem::<f32>());
+            losses.push(ce_sum.inner());
             accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
         }
         let mut grads = accumulator.grads();
@@ -303,7 +307,7 @@ impl<B: AutodiffBackend> Sharded<B> {
             let flat = unit_grad::<B>(&self.layout, u, &mut grads, &inner_device);
             shards.push(self.sync_unit_grad(flat)?);
         }
-        Ok((loss_sum, shards))
+        Ok((losses, shards))
     }
 
     /// The block-by-block forward and backward ([`blockwise`]).
@@ -314,14 +318,14 @@ impl<B: AutodiffBackend> Sharded<B> {
         loss_tokens: u64,
         dropout_seed: u64,
         device: &B::Device,
-    ) -> Result<(f64, Vec<Flat<B>>), tessera_dist::DistError> {
-        let mut loss_sum = 0.0f64;
+    ) -> Result<LocalGrads<B>, tessera_dist::DistError> {
+        let mut losses = Vec::with_capacity(micro.len());
         let mut acc: Vec<Option<Tensor<Inner<B>, 1>>> = vec![None; self.layout.units.len()];
         for (i, examples) in micro.iter().enumerate() {
             let seed = mix(dropout_seed, (first_micro + i) as u64);
             let (l, unit_grads) =
                 blockwise::forward_backward(self, examples, loss_tokens, seed, device)?;
-            loss_sum += l;
+            losses.push(l);
             for (u, g) in unit_grads {
                 acc[u] = Some(match acc[u].take() {
                     Some(a) => a.add(g),
@@ -341,7 +345,7 @@ impl<B: AutodiffBackend> Sharded<B> {
                 self.sync_unit_grad(g)?
             });
         }
-        Ok((loss_sum, shards))
+        Ok((losses, shards))
     }
 
     /// A unit's full local gradient → this rank's shard of the sum over ranks (reduced in
@@ -454,9 +458,19 @@ fn arrive<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// The sum of the microbatches' loss sums, in microbatch order, read back from the device in
+/// one transfer per step: a read per microbatch would make the host wait for the device after
+/// each one (the device queue runs dry), and the order keeps the sum the same at any world size.
+fn host_sum<B: Backend>(losses: Vec<Tensor<B, 1>>) -> f64 {
+    if losses.is_empty() {
+        return 0.0;
+    }
+    // Host sync: once per step.
+    let data = Tensor::cat(losses, 0).into_data();
+    data.iter::<f32>().map(f64::from).sum()
+}
+
 /// The inner backend's device for `device` (an autodiff backend shares its inner one's).
 pub(crate) fn inner_device<B: AutodiffBackend>(device: &B::Device) -> B::Device {
     device.clone()
 }
-
-use burn::tensor::ElementConversion as _;

@@ -118,14 +118,6 @@ pub enum TrainError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The run was stopped at a step for the given reason.
-    #[error("stopped at step {step}: {reason}")]
-    Aborted {
-        /// The step it stopped at.
-        step: u64,
-        /// Why it stopped.
-        reason: String,
-    },
     /// The guards gave up on a diverging run (see [`crate::guard`]).
     #[error("diverged at step {step}: {detail}")]
     Diverged {
@@ -212,7 +204,7 @@ impl TrainError {
             | TrainError::Finetune(_)
             | TrainError::Adapter { .. }
             | TrainError::Lock(_) => Failure::BadInput,
-            TrainError::Diverged { .. } | TrainError::Aborted { .. } => Failure::Diverged,
+            TrainError::Diverged { .. } => Failure::Diverged,
             TrainError::Stalled { .. } => Failure::Transient,
             TrainError::Dist(e) => match e {
                 tessera_dist::DistError::Mismatch { .. }
