@@ -66,6 +66,43 @@ fn json_of(cmd: &mut Command) -> anyhow::Result<Value> {
     serde_json::from_str(line).with_context(|| format!("parsing benchmark output: {out}"))
 }
 
+/// The OpenBLAS that `bench-blas` links (`burn/openblas-system`): Debian's `libopenblas-dev`,
+/// installed with apt-get when missing (as `.ci/run` installs lavapipe).
+fn ensure_openblas() -> anyhow::Result<()> {
+    let installed = Command::new("dpkg")
+        .args(["-s", "libopenblas-dev"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        return Ok(());
+    }
+    println!("installing libopenblas-dev (Debian) for the ndarray + OpenBLAS build");
+    let root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || util::output(Command::new("id").arg("-u")).is_ok_and(|id| id.trim() == "0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        util::run(&mut cmd)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&[
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "libopenblas-dev",
+    ])
+    .context("installing libopenblas-dev for `bench-blas`")
+}
+
 fn backends(steps: usize) -> anyhow::Result<()> {
     let variants: [(&str, &[&str], &str); 3] = [
         ("flex", &[], "flex"),
@@ -74,6 +111,9 @@ fn backends(steps: usize) -> anyhow::Result<()> {
     ];
     let mut rows = Vec::new();
     for (label, features, backend) in variants {
+        if features.contains(&"bench-blas") {
+            ensure_openblas()?;
+        }
         let bin = tessera_with(features, &label.replace([' ', '+'], ""))?;
         let mut cmd = Command::new(&bin);
         cmd.args([
