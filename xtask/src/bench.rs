@@ -160,8 +160,9 @@ fn backends(steps: usize) -> anyhow::Result<()> {
             next.0,
             if best.0 == "flex" {
                 "flex is the default CPU backend: fastest end to end, pure Rust (no BLAS to install), \
-                 and it has f16. Its figures include tessera's fused CPU kernels (GELU, softmax, \
-                 norms, fused unembedding + cross-entropy), which run on flex only."
+                 and it has f16. Its figures include tessera's fused CPU kernels (flash attention, \
+                 linear layers through gemm, GELU, softmax, norms, fused unembedding + \
+                 cross-entropy), which run on flex only."
             } else {
                 "flex is no longer the fastest here: revisit the default CPU backend."
             }
