@@ -79,8 +79,7 @@ fn ensure_openblas() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("installing libopenblas-dev (Debian) for the ndarray + OpenBLAS build");
-    let root = std::env::var("USER").is_ok_and(|u| u == "root")
-        || util::output(Command::new("id").arg("-u")).is_ok_and(|id| id.trim() == "0");
+    let root = util::output(Command::new("id").arg("-u")).is_ok_and(|id| id.trim() == "0");
     let apt = |args: &[&str]| {
         let mut cmd = if root {
             Command::new("apt-get")

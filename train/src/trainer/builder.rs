@@ -36,7 +36,7 @@ use tessera_model::hf;
 use tessera_model::{Mpt, MptConfig};
 
 use super::evaluation::{EvalSet, EvalSource};
-use super::fit::{Batches, Hooks, Parts, run_loop};
+use super::fit::{Batches, Hooks, Parts, arm_watchdog, run_loop};
 use super::log::RunLog;
 use super::plan::StepPlan;
 use super::recovery::Guards;
@@ -452,11 +452,7 @@ impl<B: AutodiffBackend> CodeRun<B> {
             NanGuard::new(self.guards.nan),
             self.guards.spike.map(SpikeDetector::new),
         );
-        let watchdog = self.guards.watchdog.map(|w| {
-            crate::guard::Watchdog::spawn(std::time::Duration::from_secs_f64(w.timeout_s), |_| {
-                tessera_data::remote::cancel_waits()
-            })
-        });
+        let watchdog = arm_watchdog(self.guards.watchdog, None);
         Ok(Parts {
             sharded,
             model_config,

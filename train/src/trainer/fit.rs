@@ -3,13 +3,13 @@
 //! update → log → callbacks → eval → checkpoint. Each stage is handed the parts it uses.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use tessera_model::MptConfig;
 
 use crate::batch::Example;
-use crate::guard::{StallReport, Watchdog};
+use crate::guard::{StallReport, Watchdog, WatchdogConfig};
 use crate::metrics::{Incident, IncidentKind};
 use crate::parallel::Sharded;
 use crate::step::{StepOutcome, train_step};
@@ -22,7 +22,9 @@ use super::recovery::{Guards, Hold};
 use super::saving::Saver;
 use super::state::TrainState;
 use super::timing::{Phase, Timing};
-use super::{CheckpointInfo, Control, EvalInfo, StepInfo, TrainError, check_vocab, microbatches};
+use super::{
+    CheckpointInfo, Control, EvalInfo, StallHook, StepInfo, TrainError, check_vocab, microbatches,
+};
 
 /// Where a step's batch comes from.
 pub(crate) enum Batches<'a> {
@@ -140,10 +142,7 @@ pub(crate) fn run_loop<B: AutodiffBackend>(
     let mut eval_infos = Vec::new();
     let mut checkpoints = Vec::new();
     let mut stop = false;
-    let check_stall = || match watchdog.as_ref().and_then(|w| w.handle().stalled()) {
-        Some(r) => Err(stall_error(&r)),
-        None => Ok(()),
-    };
+    let check_stall = || check_stall(watchdog.as_ref());
 
     let mut outcome = (|| -> Result<(), TrainError> {
         if plan.eval_first && state.step == 0 {
@@ -194,7 +193,8 @@ pub(crate) fn run_loop<B: AutodiffBackend>(
 
             // Forward, backward, the guards' verdict, the update.
             let step_started = Instant::now();
-            let micro = microbatches(examples.clone(), plan.microbatch);
+            let sequences = examples.len();
+            let micro = microbatches(examples, plan.microbatch);
             let settings = plan.settings(state.step);
             let mut normal = false;
             let (out, held) =
@@ -224,7 +224,7 @@ pub(crate) fn run_loop<B: AutodiffBackend>(
             }
             timing.step(step_started.elapsed(), out.tokens);
             state.step = step;
-            state.samples += (examples.len() * sharded.comm.world_size()) as u64;
+            state.samples += (sequences * sharded.comm.world_size()) as u64;
             state.tokens += out.tokens;
             guards.step_done(step, normal);
             last = Some(out);
@@ -326,8 +326,32 @@ fn log_failure(log: &mut RunLog, e: &TrainError, at_step: u64) {
     let _ = log.incident(incident);
 }
 
+/// Starts the stall watchdog `cfg` asks for. On a stall it makes a thread blocked on a silent
+/// remote return (the loop then stops the run at its next check) and calls `hook`.
+pub(crate) fn arm_watchdog(
+    cfg: Option<WatchdogConfig>,
+    hook: Option<StallHook>,
+) -> Option<Watchdog> {
+    cfg.map(|cfg| {
+        Watchdog::spawn(Duration::from_secs_f64(cfg.timeout_s), move |r| {
+            tessera_data::remote::cancel_waits();
+            if let Some(h) = hook {
+                (h.0)(r)
+            }
+        })
+    })
+}
+
+/// [`TrainError::Stalled`] once the watchdog has declared a stall.
+pub(crate) fn check_stall(watchdog: Option<&Watchdog>) -> Result<(), TrainError> {
+    match watchdog.and_then(|w| w.handle().stalled()) {
+        Some(r) => Err(stall_error(&r)),
+        None => Ok(()),
+    }
+}
+
 /// The error for a stall the watchdog saw.
-pub(crate) fn stall_error(r: &StallReport) -> TrainError {
+fn stall_error(r: &StallReport) -> TrainError {
     TrainError::Stalled {
         last_step: r
             .last_step

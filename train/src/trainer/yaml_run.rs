@@ -4,7 +4,7 @@
 //! to the loop and writes the report however the run ends.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
@@ -26,7 +26,7 @@ use crate::run_lock::RunLock;
 use super::checkpointing::restore;
 use super::data::Loader;
 use super::evaluation::{EvalSet, EvalSource};
-use super::fit::{Batches, Ended, Hooks, Parts, run_loop, stall_error};
+use super::fit::{Batches, Ended, Hooks, Parts, arm_watchdog, check_stall, run_loop};
 use super::log::RunLog;
 use super::plan::StepPlan;
 use super::recovery::Guards;
@@ -78,16 +78,7 @@ impl<B: AutodiffBackend> YamlRun<B> {
         let started = Instant::now();
         // Armed before setup: a data source or device that hangs while the run starts is a
         // stall too. It only marks the stall; the loop turns it into an error.
-        let watchdog = loaded.config.guards.watchdog.map(|cfg| {
-            let hook = opts.on_stall.clone();
-            Watchdog::spawn(Duration::from_secs_f64(cfg.timeout_s), move |r| {
-                // A thread blocked on a silent remote returns now, and the loop stops the run.
-                tessera_data::remote::cancel_waits();
-                if let Some(h) = hook {
-                    (h.0)(r)
-                }
-            })
-        });
+        let watchdog = arm_watchdog(loaded.config.guards.watchdog, opts.on_stall.clone());
         let cfg = loaded.config.clone();
         let run_name = run_name(cfg.run_name.as_deref(), opts.config_path.as_deref());
         let dir = RunDir::for_run(opts.run_dir.as_deref(), &run_name);
@@ -308,9 +299,7 @@ impl<B: AutodiffBackend> YamlRun<B> {
             Some(r) => AsyncCheckpointer::new(store).with_remote(r),
             None => AsyncCheckpointer::new(store),
         };
-        if let Some(r) = watchdog.as_ref().and_then(|w| w.handle().stalled()) {
-            return Err(stall_error(&r));
-        }
+        check_stall(watchdog.as_ref())?;
         let mut timing = Timing::default();
         timing.add(Phase::Setup, started);
         Ok(Self {
