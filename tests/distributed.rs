@@ -4,6 +4,8 @@
 //! - With `NO_SHARD`, `SHARD_GRAD_OP` and `FULL_SHARD`, 2 and 4 ranks reach the same per-step
 //!   losses, gradient norms and final weights, bit for bit, as one process training the same
 //!   global batch as that many microbatches.
+//! - `HYBRID_SHARD` on 2 nodes of 2 ranks stays within f32 rounding of one process (its
+//!   gradients are summed node by node), writes a checkpoint in 4 parts, and resumes on 1.
 //! - A 4-rank run killed mid-run resumes on 2 ranks: every sample of the epoch is seen exactly
 //!   once, and the losses continue the killed run's.
 
@@ -79,8 +81,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `world` ranks of `tessera train yaml` in `dir`.
+/// Starts `world` ranks of `tessera train yaml` in `dir`, on one node.
 fn spawn_ranks(dir: &Path, yaml: &Path, world: usize, extra: &[&str]) -> Vec<Child> {
+    spawn_ranks_on_nodes(dir, yaml, world, world, extra)
+}
+
+/// [`spawn_ranks`] with `per_node` ranks to a node, as a launcher on each of
+/// `world / per_node` nodes would start them (here all on 127.0.0.1). Rank `r`'s output goes
+/// to `dir/rank{r}.stdout`.
+fn spawn_ranks_on_nodes(
+    dir: &Path,
+    yaml: &Path,
+    world: usize,
+    per_node: usize,
+    extra: &[&str],
+) -> Vec<Child> {
     let port = free_port().to_string();
     (0..world)
         .map(|rank| {
@@ -90,12 +105,12 @@ fn spawn_ranks(dir: &Path, yaml: &Path, world: usize, extra: &[&str]) -> Vec<Chi
                 .args(extra)
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", world.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .env("LOCAL_WORLD_SIZE", world.to_string())
-                .env("NODE_RANK", "0")
+                .env("LOCAL_RANK", (rank % per_node).to_string())
+                .env("LOCAL_WORLD_SIZE", per_node.to_string())
+                .env("NODE_RANK", (rank / per_node).to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(dir.join(format!("rank{rank}.stdout"))).unwrap())
                 .stderr(Stdio::piped());
             cmd.spawn().expect("starting a rank")
         })
@@ -415,4 +430,83 @@ fn losses_or_empty(run: &Path) -> BTreeMap<u64, f64> {
     } else {
         BTreeMap::new()
     }
+}
+
+#[test]
+fn hybrid_shard_on_2_nodes_of_2_matches_one_process_and_resumes_on_1() {
+    let tmp = TempDir::new("dist-hybrid");
+    let data = tmp.path().join("data");
+    write_token_dataset(&data, 256, 32, 128, 21);
+    // The shuffle depends on the canonical node count, which defaults to the physical one:
+    // fixed, one process and two nodes read the same global batches.
+    let yaml_for = |save: &Path, strategy: &str, microbatch: usize| {
+        config(&data, save, Some(strategy), microbatch).replace(
+            "shuffle_seed: 5",
+            "shuffle_seed: 5\n    num_canonical_nodes: 2",
+        )
+    };
+    let one_dir = tmp.path().join("one");
+    std::fs::create_dir_all(&one_dir).unwrap();
+    let one_yaml = one_dir.join("dist.yaml");
+    std::fs::write(&one_yaml, yaml_for(&one_dir.join("ck"), "FULL_SHARD", 2)).unwrap();
+    common::run_ok(
+        tessera()
+            .current_dir(&one_dir)
+            .args(["train", one_yaml.to_str().unwrap()]),
+    );
+
+    let save = tmp.path().join("ck");
+    let yaml = tmp.path().join("dist.yaml");
+    std::fs::write(&yaml, yaml_for(&save, "HYBRID_SHARD", 2)).unwrap();
+    let ranks = spawn_ranks_on_nodes(tmp.path(), &yaml, 4, 2, &[]);
+    wait_all(ranks, Duration::from_secs(600));
+    let run = tmp.path().join("runs/dist");
+
+    let log = std::fs::read_to_string(tmp.path().join("rank0.stdout")).unwrap();
+    assert!(
+        log.contains("HYBRID_SHARD (FSDP within each node, replicated over 2 nodes)"),
+        "the run does not say it ran HYBRID_SHARD over 2 nodes:\n{log}"
+    );
+    // The same losses as one process to f32 rounding: the gradients are summed node by node,
+    // (g0 + g1) + (g2 + g3), not in rank order.
+    let (want, got) = (losses(&one_dir.join("runs/dist")), losses(&run));
+    assert_eq!(got.len() as u64, STEPS);
+    for (step, w) in &want {
+        let g = got[step];
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs(),
+            "step {step}: {g} vs one process's {w}"
+        );
+    }
+    // Each of the 4 ranks wrote a quarter of the state, although it holds half of it.
+    let last = save.join(format!("ba{STEPS}"));
+    for r in 0..4 {
+        let part = last.join(format!("rank{r:05}-of-00004.safetensors"));
+        assert!(part.is_file(), "{} is missing", part.display());
+    }
+    assert!(last.join("model.safetensors").is_file());
+
+    // One process resumes from the 4-part checkpoint of step 10 and repeats steps 11-20: the
+    // same losses, to the same rounding.
+    std::fs::remove_dir_all(&last).unwrap();
+    std::fs::write(save.join("latest"), "ba10").unwrap();
+    std::fs::rename(run.join("metrics.jsonl"), run.join("metrics.hybrid.jsonl")).unwrap();
+    common::run_ok(
+        tessera()
+            .current_dir(tmp.path())
+            .args(["train", yaml.to_str().unwrap()]),
+    );
+    let again = losses(&run);
+    assert_eq!(
+        again.keys().copied().collect::<Vec<_>>(),
+        (11..=STEPS).collect::<Vec<_>>()
+    );
+    for step in 11..=STEPS {
+        let (g, a) = (got[&step], again[&step]);
+        assert!(
+            (g - a).abs() <= 1e-4 * g.abs(),
+            "step {step}: resumed {a} vs {g}"
+        );
+    }
+    assert!(save.join(format!("ba{STEPS}/model.safetensors")).is_file());
 }

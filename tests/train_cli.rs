@@ -247,8 +247,9 @@ save_folder: file://{bucket}/run1
     assert!(bucket.join("run1/ba6/model.safetensors").exists());
 }
 
-/// `plan --memory --config` reads the run's fsdp_config and batch; `preflight` refuses a launch
-/// this build cannot run (HYBRID_SHARD across nodes, a backend compiled out) with a named ✗ line.
+/// `plan --memory --config` reads the run's fsdp_config and batch; `preflight` says how
+/// HYBRID_SHARD splits over nodes and refuses a launch this build cannot run (CPU offload, a
+/// backend compiled out) with a named ✗ line.
 #[test]
 fn plan_and_preflight_follow_fsdp_config() {
     let tmp = TempDir::new("plan-fsdp");
@@ -311,15 +312,40 @@ fsdp_config: {{sharding_strategy: {strategy}, mixed_precision: FULL}}
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
+    // HYBRID_SHARD over 2 nodes passes and says how it splits; CPU offload is refused by key.
     std::fs::write(tmp.path().join("hybrid.yaml"), yaml("HYBRID_SHARD")).unwrap();
-    let v = preflight("hybrid.yaml", &["--devices", "4", "--nodes", "2"]);
+    let out = run_ok(tessera().current_dir(tmp.path()).args([
+        "preflight",
+        "hybrid.yaml",
+        "--json",
+        "--no-step",
+        "--devices",
+        "4",
+        "--nodes",
+        "2",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["checks"][1]["name"], "parallelism", "{v}");
+    assert_eq!(v["checks"][1]["status"], "pass", "{v}");
+    assert!(
+        v["checks"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("sharded over each node's 2 ranks, replicated over 2 nodes"),
+        "{v}"
+    );
+    let offload = yaml("FULL_SHARD").replace(
+        "mixed_precision: FULL",
+        "mixed_precision: FULL, cpu_offload: true",
+    );
+    std::fs::write(tmp.path().join("offload.yaml"), offload).unwrap();
+    let v = preflight("offload.yaml", &["--devices", "4", "--nodes", "2"]);
     assert_eq!(v["checks"][1]["status"], "fail", "{v}");
     assert!(
         v["checks"][1]["detail"]
             .as_str()
             .unwrap()
-            .contains("HYBRID_SHARD across 2 nodes"),
+            .contains("fsdp_config.cpu_offload"),
         "{v}"
     );
     // A backend this build lacks is one failed line, not a crash.

@@ -95,6 +95,47 @@ impl Communicator {
         }
     }
 
+    /// Splits the ranks into groups, as `MPI_Comm_split` and `ncclCommSplit` do: the ranks that
+    /// pass the same `color` form one group, numbered in the order of their ranks here, and each
+    /// gets a communicator among its group. Every rank must call it (it gathers the colors).
+    ///
+    /// `HYBRID_SHARD` uses two: the ranks of a node (the shard group) and the ranks with the
+    /// same local rank on every node (the replica group). On TCP a group runs on the mesh's
+    /// existing connections (see [`TcpComm::subgroup`]); on NCCL it is `ncclCommSplit`'s
+    /// communicator, beside a TCP group for host buffers. Errors from a group's collectives
+    /// name ranks of the whole job, as this communicator's do.
+    pub fn split(&mut self, color: usize) -> Result<Communicator, DistError> {
+        let mut colors = vec![0u64; self.world_size];
+        self.all_gather(&[color as u64], &mut colors)?;
+        let members: Vec<usize> = (0..self.world_size)
+            .filter(|r| colors[*r] == color as u64)
+            .collect();
+        let rank = members
+            .iter()
+            .position(|m| *m == self.rank)
+            .expect("this rank has its own color");
+        let world_size = members.len();
+        let backend = match &mut self.backend {
+            Backend::Single => Backend::Single,
+            Backend::Tcp(_) if world_size == 1 => Backend::Single,
+            Backend::Tcp(tcp) => Backend::Tcp(tcp.subgroup(&members)?),
+            #[cfg(feature = "cuda")]
+            Backend::Nccl { nccl, tcp } => {
+                let nccl = nccl.split(color, self.rank, world_size)?;
+                let tcp = match tcp {
+                    Some(tcp) if world_size > 1 => Some(tcp.subgroup(&members)?),
+                    _ => None,
+                };
+                Backend::Nccl { nccl, tcp }
+            }
+        };
+        Ok(Communicator {
+            backend,
+            rank,
+            world_size,
+        })
+    }
+
     /// This process's rank.
     pub fn rank(&self) -> usize {
         self.rank

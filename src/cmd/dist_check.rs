@@ -37,7 +37,7 @@ fn check(ordinal: usize, args: &Args) -> anyhow::Result<()> {
             report.device, report.elements
         );
         println!(
-            "{:<16} {:<6} {:<9} {:>10} {:>10}  bit-exact",
+            "{:<24} {:<6} {:<9} {:>10} {:>10}  bit-exact",
             "op", "dtype", "in place", "nccl ms", "host ms"
         );
     }
@@ -47,14 +47,15 @@ fn check(ordinal: usize, args: &Args) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({
                     "op": format!("{:?}", c.op), "dtype": format!("{:?}", c.dtype),
-                    "in_place": c.in_place, "bit_exact": c.bit_exact,
+                    "in_place": c.in_place, "via_split": c.via_split,
+                    "bit_exact": c.bit_exact,
                     "device_ms": c.device_ms, "host_ms": c.host_ms,
                 })
             );
         } else {
             println!(
-                "{:<16} {:<6} {:<9} {:>10.3} {:>10.3}  {}",
-                format!("{:?}", c.op),
+                "{:<24} {:<6} {:<9} {:>10.3} {:>10.3}  {}",
+                format!("{:?}{}", c.op, if c.via_split { " (split)" } else { "" }),
                 format!("{:?}", c.dtype),
                 c.in_place,
                 c.device_ms,

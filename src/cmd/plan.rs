@@ -64,7 +64,11 @@ pub struct Args {
     /// With --memory: ranks the run shards over (alias --devices; default 1).
     #[arg(long, alias = "devices")]
     world_size: Option<usize>,
-    /// NO_SHARD, SHARD_GRAD_OP or FULL_SHARD (default FULL_SHARD, or the YAML's fsdp_config).
+    /// With --memory: nodes the ranks are spread over (HYBRID_SHARD shards within each; default 1).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// NO_SHARD, SHARD_GRAD_OP, FULL_SHARD or HYBRID_SHARD (default FULL_SHARD, or the YAML's
+    /// fsdp_config).
     #[arg(long)]
     sharding: Option<String>,
     /// Recompute each block's forward in its backward (fsdp_config.activation_checkpointing).
@@ -180,7 +184,7 @@ fn mixed_of(name: &str) -> anyhow::Result<FsdpPrecision> {
 fn memory_input(args: &Args, d: &Described, precision: Precision) -> anyhow::Result<MemoryInput> {
     let world = args.world_size.unwrap_or(1).max(1);
     let mut input = match &d.train {
-        Some(cfg) => MemoryInput::from_train_config(cfg, &d.model, world),
+        Some(cfg) => MemoryInput::from_train_config(cfg, &d.model, world, args.nodes),
         None => MemoryInput::from_mpt(
             &d.model,
             d.model.max_seq_len,
@@ -194,6 +198,7 @@ fn memory_input(args: &Args, d: &Described, precision: Precision) -> anyhow::Res
     if d.train.is_none() {
         input.precision = precision;
     }
+    input.nodes = args.nodes.max(1);
     if let Some(s) = args.seq_len {
         input.seq_len = s;
     }
@@ -210,7 +215,7 @@ fn memory_input(args: &Args, d: &Described, precision: Precision) -> anyhow::Res
         input.microbatches_per_step = per_rank.div_ceil(input.microbatch);
     }
     if let Some(name) = &args.sharding {
-        input.sharding = sharding_of(name)?.within_one_node();
+        input.sharding = sharding_of(name)?;
     }
     if args.activation_checkpointing {
         input.recompute = true;
@@ -238,6 +243,7 @@ fn memory(args: &Args, precision: Precision) -> anyhow::Result<()> {
             serde_json::json!({
                 "params": d.model.num_params(),
                 "world_size": input.world_size,
+                "nodes": input.nodes,
                 "sharding": strategy_name(input.sharding),
                 "recompute": input.recompute,
                 "microbatch": input.microbatch,
@@ -255,12 +261,13 @@ fn memory(args: &Args, precision: Precision) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{} parameters, seq {}, microbatch {} × {} per step, {} rank(s), {}{}, precision {}, mixed_precision {:?}",
+        "{} parameters, seq {}, microbatch {} × {} per step, {} rank(s) on {} node(s), {}{}, precision {}, mixed_precision {:?}",
         d.model.num_params(),
         input.seq_len,
         input.microbatch,
         input.microbatches_per_step,
         input.world_size,
+        input.nodes,
         strategy_name(input.sharding),
         if input.recompute {
             " + activation checkpointing"
@@ -326,6 +333,8 @@ fn step_time_table(args: &Args, precision: Precision) -> anyhow::Result<()> {
         for s in [
             ShardingStrategy::NoShard,
             ShardingStrategy::ShardGradOp,
+            ShardingStrategy::FullShard,
+            ShardingStrategy::HybridShard,
             sharding,
         ]
         .into_iter()

@@ -16,7 +16,7 @@ pub struct Args {
     /// Devices the run will use (for the failure-rate and memory checks).
     #[arg(long, default_value_t = 1)]
     devices: usize,
-    /// Nodes the devices are spread over (HYBRID_SHARD across nodes is refused).
+    /// Nodes the devices are spread over (HYBRID_SHARD shards within each).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
     /// Memory of one device, in bytes (default: this machine's RAM on the CPU).

@@ -214,6 +214,87 @@ impl NcclComm {
         })
     }
 
+    /// `ncclCommSplit`: this rank's communicator among the ranks that pass the same `color`,
+    /// ordered by `key` (the rank in this communicator), with its own stream on the same
+    /// device. It blocks until every rank of this communicator has called it, so like
+    /// [`NcclComm::init`] it runs on a helper thread abandoned if the timeout passes first.
+    pub(crate) fn split(
+        &mut self,
+        color: usize,
+        key: usize,
+        group_size: usize,
+    ) -> Result<NcclComm, DistError> {
+        if let Some(first) = &self.poisoned {
+            return Err(DistError::Poisoned {
+                first: first.clone(),
+                culprit: None,
+            });
+        }
+        let ctx = self.stream.context().clone();
+        let stream = ctx.new_stream().map_err(|e| DistError::Nccl {
+            detail: format!("cannot create a CUDA stream for a split communicator: {e:?}"),
+            culprit: None,
+        })?;
+        let parent = RawComm(self.comm.0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let parent = parent;
+            let result = ctx
+                .bind_to_thread()
+                .map_err(|e| format!("{e:?}"))
+                .and_then(|()| {
+                    let mut comm = std::mem::MaybeUninit::uninit();
+                    // SAFETY: the parent communicator is alive (its owner waits for this
+                    // thread's answer or exits); `comm` is written by NCCL before it is read; a
+                    // null config asks for the parent's settings.
+                    // (cudarc's safe wrapper is gated on older CUDA versions; the symbol is
+                    // loaded the same way.)
+                    match unsafe {
+                        sys::ncclCommSplit(
+                            parent.0,
+                            color as i32,
+                            key as i32,
+                            comm.as_mut_ptr(),
+                            std::ptr::null_mut(),
+                        )
+                    } {
+                        // SAFETY: NCCL wrote the communicator.
+                        sys::ncclResult_t::ncclSuccess => {
+                            Ok(RawComm(unsafe { comm.assume_init() }))
+                        }
+                        other => Err(format!("{other:?}")),
+                    }
+                });
+            let _ = tx.send(result);
+        });
+        let comm = match rx.recv_timeout(self.timeout) {
+            Ok(Ok(comm)) => comm,
+            Ok(Err(e)) => {
+                return Err(DistError::Nccl {
+                    detail: format!("ncclCommSplit (color {color}) failed: {e}"),
+                    culprit: None,
+                });
+            }
+            Err(_) => {
+                return Err(DistError::Nccl {
+                    detail: format!(
+                        "ncclCommSplit (color {color}) did not finish within {:?} (a rank never \
+                         called it)",
+                        self.timeout
+                    ),
+                    culprit: None,
+                });
+            }
+        };
+        Ok(NcclComm {
+            comm,
+            stream,
+            world_size: group_size,
+            timeout: self.timeout,
+            poisoned: None,
+        })
+    }
+
     pub(crate) fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }

@@ -24,6 +24,9 @@ pub struct OpCheck {
     pub dtype: DType,
     /// Whether the output buffer was the input's (the input had no other owner).
     pub in_place: bool,
+    /// Whether it ran on a communicator made by [`Communicator::split`] (`ncclCommSplit`, as
+    /// `HYBRID_SHARD`'s groups are).
+    pub via_split: bool,
     /// The device result equals the host result bit for bit.
     pub bit_exact: bool,
     /// Wall time of the device (NCCL) path: sync, collective, wait.
@@ -52,8 +55,8 @@ impl SelfCheckReport {
 
 /// Runs all_reduce, reduce_scatter, all_gather and broadcast through NCCL at world size 1 on
 /// CUDA device `ordinal`, on f32 and bf16 tensors of `elements` values, in place and out of
-/// place, and compares each with the host path. The hidden `tessera dist-check` runs it on a GPU
-/// machine.
+/// place, then on f32 through a split communicator, and compares each with the host path. The
+/// hidden `tessera dist-check` runs it on a GPU machine.
 pub fn gpu_self_check(ordinal: usize, elements: usize) -> Result<SelfCheckReport, DistError> {
     let device = CudaDevice::new(ordinal);
     let cfg = RendezvousConfig::new("gpu-self-check");
@@ -78,42 +81,47 @@ pub fn gpu_self_check(ordinal: usize, elements: usize) -> Result<SelfCheckReport
         })
         .collect();
     let mut checks = Vec::new();
-    for dtype in [DType::F32, DType::BF16] {
-        for in_place in [true, false] {
-            for op in [
-                Op::AllReduce,
-                Op::ReduceScatter,
-                Op::AllGather,
-                Op::Broadcast,
-            ] {
-                let make = || {
-                    Tensor::<Cuda, 1>::from_data(
-                        TensorData::new(values.clone(), [elements]),
-                        (&device, dtype),
-                    )
-                };
-                let input = make();
-                // An extra owner forces the out-of-place path.
-                let keep = (!in_place).then(|| input.clone());
-                let start = Instant::now();
-                let on_device = run(&mut nccl, op, input)?.into_data();
-                let device_ms = start.elapsed().as_secs_f64() * 1e3;
-                drop(keep);
+    let mut split = nccl.split(0)?;
+    let cases = [DType::F32, DType::BF16]
+        .into_iter()
+        .flat_map(|dtype| [(dtype, true, false), (dtype, false, false)])
+        .chain([(DType::F32, true, true)]);
+    for (dtype, in_place, via_split) in cases {
+        for op in [
+            Op::AllReduce,
+            Op::ReduceScatter,
+            Op::AllGather,
+            Op::Broadcast,
+        ] {
+            let make = || {
+                Tensor::<Cuda, 1>::from_data(
+                    TensorData::new(values.clone(), [elements]),
+                    (&device, dtype),
+                )
+            };
+            let input = make();
+            // An extra owner forces the out-of-place path.
+            let keep = (!in_place).then(|| input.clone());
+            let start = Instant::now();
+            let comm = if via_split { &mut split } else { &mut nccl };
+            let on_device = run(comm, op, input)?.into_data();
+            let device_ms = start.elapsed().as_secs_f64() * 1e3;
+            drop(keep);
 
-                let start = Instant::now();
-                let on_host = run_host(&mut host, op, make())?.into_data();
-                let host_ms = start.elapsed().as_secs_f64() * 1e3;
+            let start = Instant::now();
+            let on_host = run_host(&mut host, op, make())?.into_data();
+            let host_ms = start.elapsed().as_secs_f64() * 1e3;
 
-                checks.push(OpCheck {
-                    op,
-                    dtype,
-                    in_place,
-                    bit_exact: on_device.as_bytes() == on_host.as_bytes()
-                        && on_device.dtype == on_host.dtype,
-                    device_ms,
-                    host_ms,
-                });
-            }
+            checks.push(OpCheck {
+                op,
+                dtype,
+                in_place,
+                via_split,
+                bit_exact: on_device.as_bytes() == on_host.as_bytes()
+                    && on_device.dtype == on_host.dtype,
+                device_ms,
+                host_ms,
+            });
         }
     }
     Ok(SelfCheckReport {

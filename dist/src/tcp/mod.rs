@@ -37,11 +37,18 @@ pub(crate) const MAX_BLOB_BYTES: u64 = 256 << 20;
 const ABORT_NOTICE: Duration = Duration::from_millis(50);
 
 pub(crate) struct TcpComm {
+    /// This rank, and the number of ranks, in this communicator (a group's differ from the
+    /// job's).
     rank: usize,
     world_size: usize,
+    /// This rank in the whole job, as errors and abort notices name it.
+    world_rank: usize,
+    /// By rank in this communicator; `None` at this rank.
     links: Vec<Option<Link>>,
     timeout: Duration,
     seq: u64,
+    /// Groups made from this communicator so far (each gets its own sequence numbers).
+    splits: u64,
     /// The first failure: its message and the rank it blamed.
     poisoned: Option<(String, Option<usize>)>,
 }
@@ -55,7 +62,7 @@ impl TcpComm {
     ) -> Result<TcpComm, DistError> {
         let streams = mesh::connect_mesh(rdv, Instant::now() + connect_timeout, connect_timeout)?;
         let mut links = Vec::with_capacity(streams.len());
-        for stream in streams {
+        for (peer, stream) in streams.into_iter().enumerate() {
             links.push(match stream {
                 None => None,
                 Some(stream) => {
@@ -65,6 +72,7 @@ impl TcpComm {
                             .map_err(|e| DistError::io("duplicating a data connection", e))
                     };
                     Some(Link {
+                        world_rank: peer,
                         reader: LinkReader::new(clone()?),
                         writer: LinkWriter::new(clone()?),
                         control: stream,
@@ -75,10 +83,63 @@ impl TcpComm {
         }
         Ok(TcpComm {
             rank: rdv.rank,
+            world_rank: rdv.rank,
             world_size: rdv.world_size,
             links,
             timeout,
             seq: 0,
+            splits: 0,
+            poisoned: None,
+        })
+    }
+
+    /// A communicator among `members` (ranks of this one, ascending, this rank among them) on
+    /// the connections this one already has: the mesh is full, so every pair of members is
+    /// connected. The two share those sockets, which is safe because a rank runs one collective
+    /// at a time and every rank calls them in the same order. Its collectives are numbered
+    /// from `tag << 48`, which tells them apart on the wire from this communicator's (and from
+    /// other groups'): a rank that calls a group's collective while its peer calls another
+    /// communicator's gets [`DistError::Desync`], not a wrong result.
+    pub fn subgroup(&mut self, members: &[usize]) -> Result<TcpComm, DistError> {
+        if let Some((first, culprit)) = &self.poisoned {
+            return Err(DistError::Poisoned {
+                first: first.clone(),
+                culprit: *culprit,
+            });
+        }
+        let rank = members
+            .iter()
+            .position(|m| *m == self.rank)
+            .expect("the caller includes this rank");
+        self.splits += 1;
+        let mut links = Vec::with_capacity(members.len());
+        for &m in members {
+            links.push(match &self.links[m] {
+                None => None,
+                Some(link) => {
+                    let clone = || {
+                        link.control
+                            .try_clone()
+                            .map_err(|e| DistError::io("duplicating a data connection", e))
+                    };
+                    Some(Link {
+                        world_rank: link.world_rank,
+                        reader: LinkReader::new(clone()?),
+                        writer: LinkWriter::new(clone()?),
+                        control: clone()?,
+                        write_broken: false,
+                    })
+                }
+            });
+        }
+        Ok(TcpComm {
+            rank,
+            world_rank: self.world_rank,
+            world_size: members.len(),
+            links,
+            timeout: self.timeout,
+            seq: self.splits << 48,
+            splits: 0,
             poisoned: None,
         })
     }
@@ -125,7 +186,7 @@ impl TcpComm {
         let reason = err.to_string();
         for link in self.links.iter_mut().flatten() {
             if !link.write_broken {
-                let blamed = culprit.unwrap_or(self.rank);
+                let blamed = culprit.unwrap_or(self.world_rank);
                 let _ = link
                     .writer
                     .write_abort(blamed, &reason, Instant::now() + ABORT_NOTICE);

@@ -24,6 +24,10 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// One connection, split in the halves a phase uses at once.
 pub(crate) struct Link {
+    /// The peer's rank in the whole job. Links are indexed by rank within their communicator
+    /// (a group's differs from the job's, see [`super::TcpComm::subgroup`]); errors name this
+    /// one, so a log points at the same process whichever communicator failed.
+    pub world_rank: usize,
     pub reader: LinkReader,
     pub writer: LinkWriter,
     /// A third handle on the socket, to shut it down while the others are in use.
@@ -42,6 +46,8 @@ pub(crate) struct Outgoing<'a> {
 /// The reading side of a phase, handed to the collective's receive step.
 pub(crate) struct Incoming<'a> {
     readers: Vec<Option<&'a mut LinkReader>>,
+    /// Each link's peer, as a rank of the whole job.
+    world_ranks: Vec<usize>,
     op: Op,
     deadline: Instant,
     timeout: Duration,
@@ -74,16 +80,18 @@ impl Incoming<'_> {
     /// Fills `buf` with `peer`'s data.
     pub fn data(&mut self, peer: usize, buf: &mut [u8]) -> Result<(), DistError> {
         let (deadline, op, timeout) = (self.deadline, self.op, self.timeout);
+        let named = self.world_ranks[peer];
         self.reader(peer)
             .read_data(buf, deadline)
-            .map_err(|e| link_error(op, peer, timeout, e))
+            .map_err(|e| link_error(op, named, timeout, e))
     }
 
     fn read_begin(&mut self, peer: usize) -> Result<Begin, DistError> {
         let (deadline, op, timeout) = (self.deadline, self.op, self.timeout);
+        let named = self.world_ranks[peer];
         self.reader(peer)
             .read_begin(deadline)
-            .map_err(|e| link_error(op, peer, timeout, e))
+            .map_err(|e| link_error(op, named, timeout, e))
     }
 
     fn reader(&mut self, peer: usize) -> &mut LinkReader {
@@ -95,14 +103,15 @@ impl Incoming<'_> {
     fn desync(&self, peer: usize, got: &Begin, expected: &Begin) -> DistError {
         DistError::Desync {
             op: self.op,
-            peer,
+            peer: self.world_ranks[peer],
             theirs: got.to_string(),
             ours: expected.to_string(),
         }
     }
 }
 
-/// Turns a link failure into the error that names the peer and the operation.
+/// Turns a link failure into the error that names the peer (its rank in the job) and the
+/// operation.
 pub(crate) fn link_error(op: Op, peer: usize, timeout: Duration, e: LinkError) -> DistError {
     match e {
         LinkError::Closed(detail) => DistError::PeerClosed { op, peer, detail },
@@ -137,20 +146,24 @@ pub(crate) fn run_phase<R>(
     let mut writers: Vec<Option<&mut LinkWriter>> = Vec::with_capacity(links.len());
     let mut controls = Vec::with_capacity(links.len());
     let mut broken = Vec::with_capacity(links.len());
+    let mut world_ranks = Vec::with_capacity(links.len());
     for link in links.iter_mut() {
         match link {
             Some(Link {
+                world_rank,
                 reader,
                 writer,
                 control,
                 write_broken,
             }) => {
+                world_ranks.push(*world_rank);
                 readers.push(Some(reader));
                 writers.push(Some(writer));
                 controls.push(Some(&*control));
                 broken.push(Some(write_broken));
             }
             None => {
+                world_ranks.push(usize::MAX); // this rank: never read from or sent to
                 readers.push(None);
                 writers.push(None);
                 controls.push(None);
@@ -160,6 +173,7 @@ pub(crate) fn run_phase<R>(
     }
     let mut incoming = Incoming {
         readers,
+        world_ranks: world_ranks.clone(),
         op,
         deadline,
         timeout,
@@ -211,7 +225,7 @@ pub(crate) fn run_phase<R>(
                     *flag = true;
                 }
                 if send_failure.is_none() {
-                    send_failure = Some(link_error(op, peer, timeout, e));
+                    send_failure = Some(link_error(op, world_ranks[peer], timeout, e));
                 }
             }
         }

@@ -162,6 +162,23 @@ impl FlatLayout {
         out
     }
 
+    /// The same padding split `shards` ways, a divisor of the current count: each new shard is
+    /// several current ones end to end. `HYBRID_SHARD` pads for the whole job but shards within
+    /// a node, so every rank can still write an equal part of a checkpoint.
+    ///
+    /// # Panics
+    /// If `shards` does not divide the current count (a caller's bug, not bad input).
+    pub fn regroup(mut self, shards: usize) -> Self {
+        let shards = shards.max(1);
+        assert!(
+            self.shards.is_multiple_of(shards),
+            "{shards} shards do not divide the layout's {}",
+            self.shards
+        );
+        self.shards = shards;
+        self
+    }
+
     /// Shard `rank`'s range of unit `u`'s flat vector.
     pub fn shard(&self, u: usize, rank: usize) -> Range<usize> {
         let len = self.units[u].padded / self.shards;

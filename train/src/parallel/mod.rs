@@ -17,6 +17,12 @@
 //! | `NO_SHARD` (DDP) | all-reduced | replicated | replicated |
 //! | `SHARD_GRAD_OP` (ZeRO-2) | reduce-scattered | 1/N per rank | replicated (all-gathered after the update) |
 //! | `FULL_SHARD` (FSDP) | reduce-scattered per block | 1/N per rank | 1/N per rank; each block all-gathered for its forward and again for its backward, then freed |
+//! | `HYBRID_SHARD` | reduce-scattered per block within the node, then all-reduced across nodes | 1/L per rank (L ranks per node) | 1/L per rank, gathered within the node |
+//!
+//! `HYBRID_SHARD` keeps the all-gathers, the frequent and latency-bound traffic, on a node's
+//! fast links (NVLink); only the gradient all-reduce, 1/L of the model per rank, crosses nodes.
+//! Its gradient sums are added node by node, so its results match one process to rounding, not
+//! bit for bit.
 //!
 //! `FULL_SHARD` and `activation_checkpointing` run the block loop here ([`blockwise`]): the
 //! forward keeps only each block's input, and the backward recomputes one block at a time, so a
@@ -54,7 +60,7 @@ pub enum ShardingStrategy {
 
 impl ShardingStrategy {
     /// What the strategy does on one node: `HYBRID_SHARD` is `FULL_SHARD` there (across nodes
-    /// the trainer refuses it).
+    /// it shards within each node and replicates across them, [`Strategy::replicas`]).
     pub fn within_one_node(self) -> Self {
         match self {
             ShardingStrategy::HybridShard => ShardingStrategy::FullShard,

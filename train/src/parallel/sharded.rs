@@ -38,6 +38,9 @@ pub struct Strategy {
     pub param_dtype: Option<FloatDType>,
     /// The dtype gradients are reduced in (FSDP's `reduce_dtype`); `None`: f32.
     pub reduce_dtype: Option<FloatDType>,
+    /// `HYBRID_SHARD`'s replicas: the state is sharded within groups of `world / replicas`
+    /// consecutive ranks (a node) and replicated across the groups. 1 everywhere else.
+    pub replicas: usize,
 }
 
 impl Strategy {
@@ -47,6 +50,7 @@ impl Strategy {
         recompute: false,
         param_dtype: None,
         reduce_dtype: None,
+        replicas: 1,
     };
 
     /// Whether optimizer state and master weights are split across ranks.
@@ -90,6 +94,25 @@ pub struct Applied {
     pub applied: bool,
 }
 
+/// `HYBRID_SHARD`'s two groups (torchtitan's `dp_shard` and `dp_replicate` meshes).
+struct HybridGroups {
+    /// The ranks of this node: the state is sharded over them.
+    shard: Communicator,
+    /// The ranks holding the same shard on every node: gradients are summed over them.
+    replica: Communicator,
+}
+
+/// Which ranks a collective runs among.
+#[derive(Clone, Copy)]
+enum Among {
+    /// Every rank of the job.
+    All,
+    /// The ranks the state is sharded over (all of them, except under `HYBRID_SHARD`).
+    Shards,
+    /// `HYBRID_SHARD`'s replicas of this rank's shard.
+    Replicas,
+}
+
 /// The model and this rank's shard of its training state.
 pub struct Sharded<B: AutodiffBackend> {
     /// The model the forward runs on. Under `FULL_SHARD` its trainable parameters are empty
@@ -103,36 +126,37 @@ pub struct Sharded<B: AutodiffBackend> {
     pub optim: Optim,
     /// How the state is split.
     pub strategy: Strategy,
-    /// The communicator to the other ranks.
+    /// The communicator to every other rank of the job.
     pub comm: Communicator,
+    /// `HYBRID_SHARD` across nodes: the shard and replica groups.
+    groups: Option<HybridGroups>,
     comm_time: Duration,
 }
 
 impl<B: AutodiffBackend> Sharded<B> {
     /// Wraps `model` (whose current weights become the master weights) for this rank. Every
-    /// rank must call it (sharded states gather once).
+    /// rank must call it (sharded states gather once, and `HYBRID_SHARD` splits the
+    /// communicator into its groups).
     pub fn new(
         model: Mpt<B>,
         optim: Optim,
         strategy: Strategy,
-        comm: Communicator,
+        mut comm: Communicator,
         device: &B::Device,
     ) -> Result<Self, tessera_dist::DistError> {
-        let shards = if strategy.shards_state() {
-            comm.world_size()
-        } else {
-            1
+        let groups = hybrid_groups(&mut comm, strategy)?;
+        let (shards, rank) = match (&groups, strategy.shards_state()) {
+            (_, false) => (1, 0),
+            (Some(g), true) => (g.shard.world_size(), g.shard.rank()),
+            (None, true) => (comm.world_size(), comm.rank()),
         };
-        let layout = FlatLayout::of_mpt(&model, shards);
+        // Padded for the whole job even when sharded over a node, so that each of the job's
+        // ranks can write an equal part of a checkpoint (`RankSnapshot`), as under NO_SHARD.
+        let layout = FlatLayout::of_mpt(&model, comm.world_size()).regroup(shards);
         let inner_device = inner_device::<B>(device);
         let units: Vec<_> = (0..layout.units.len())
             .map(|u| unit_values::<B, _>(&model, &layout, u, &inner_device))
             .collect();
-        let rank = if strategy.shards_state() {
-            comm.rank()
-        } else {
-            0
-        };
         let state = ShardState::from_units(&layout, rank, units);
         let mut s = Sharded {
             model,
@@ -141,6 +165,7 @@ impl<B: AutodiffBackend> Sharded<B> {
             optim,
             strategy,
             comm,
+            groups,
             comm_time: Duration::ZERO,
         };
         if strategy.shards_params() {
@@ -155,22 +180,43 @@ impl<B: AutodiffBackend> Sharded<B> {
 
     /// This rank's index among the shards (0 when the state is replicated).
     pub fn shard_rank(&self) -> usize {
-        if self.strategy.shards_state() {
-            self.comm.rank()
-        } else {
-            0
+        match (&self.groups, self.strategy.shards_state()) {
+            (_, false) => 0,
+            (Some(g), true) => g.shard.rank(),
+            (None, true) => self.comm.rank(),
         }
     }
 
-    /// Runs a collective, counting its time.
+    /// Which part of a checkpoint this rank writes, of `world_size` equal parts: the part of
+    /// the state it holds that is its own. That is its rank, except under `HYBRID_SHARD`, where
+    /// node `n` writes piece `n` of the shard it holds (and its replicas the other pieces).
+    pub fn checkpoint_part(&self) -> usize {
+        match &self.groups {
+            None => self.comm.rank(),
+            Some(g) => g.shard.rank() * g.replica.world_size() + g.replica.rank(),
+        }
+    }
+
+    /// Runs a collective among `among`, counting its time.
     fn timed<T>(
         &mut self,
+        among: Among,
         f: impl FnOnce(&mut Communicator) -> Result<T, tessera_dist::DistError>,
     ) -> Result<T, tessera_dist::DistError> {
+        let comm = match (among, &mut self.groups) {
+            (Among::Shards, Some(g)) => &mut g.shard,
+            (Among::Replicas, Some(g)) => &mut g.replica,
+            _ => &mut self.comm,
+        };
         let t = Instant::now();
-        let r = f(&mut self.comm);
+        let r = f(comm);
         self.comm_time += t.elapsed();
         r
+    }
+
+    /// How many ranks the state is sharded over (1 when it is replicated).
+    fn shard_count(&self) -> usize {
+        self.layout.shards
     }
 
     /// Forward and backward over this rank's `micro`batches, and the gradient sync.
@@ -197,7 +243,7 @@ impl<B: AutodiffBackend> Sharded<B> {
                 .map(|e| e.tokens() as u64)
                 .sum::<u64>(),
         ];
-        self.timed(|c| c.all_reduce(&mut counts))?;
+        self.timed(Among::All, |c| c.all_reduce(&mut counts))?;
         let [loss_tokens, tokens] = counts;
         if loss_tokens == 0 {
             return Ok(StepGradients {
@@ -213,7 +259,9 @@ impl<B: AutodiffBackend> Sharded<B> {
             self.forward_backward_whole(micro, first_micro, loss_tokens, dropout_seed, device)?
         };
         let mut loss_sum = host_sum(losses);
-        self.timed(|c| c.all_reduce(std::slice::from_mut(&mut loss_sum)))?;
+        self.timed(Among::All, |c| {
+            c.all_reduce(std::slice::from_mut(&mut loss_sum))
+        })?;
         Ok(StepGradients {
             loss: loss_sum / loss_tokens as f64,
             loss_tokens,
@@ -238,7 +286,7 @@ impl<B: AutodiffBackend> Sharded<B> {
             });
         }
         let mut sums: Vec<f64> = grads.shards.iter().flat_map(chunk_sumsq).collect();
-        if self.strategy.shards_state() && self.comm.world_size() > 1 {
+        if self.shard_count() > 1 {
             sums = self.gather_chunk_sums(&sums)?;
         }
         let grad_norm = norm_of(&sums);
@@ -349,7 +397,9 @@ impl<B: AutodiffBackend> Sharded<B> {
     }
 
     /// A unit's full local gradient → this rank's shard of the sum over ranks (reduced in
-    /// `reduce_dtype` when one is set, and back to f32).
+    /// `reduce_dtype` when one is set, and back to f32). Under `HYBRID_SHARD` the shard is
+    /// reduce-scattered within the node, then all-reduced over the nodes: the sum is the same,
+    /// added in another order (node by node) than the job's rank order.
     pub(crate) fn sync_unit_grad(
         &mut self,
         flat: Tensor<Inner<B>, 1>,
@@ -359,19 +409,22 @@ impl<B: AutodiffBackend> Sharded<B> {
         }
         let dtype = self.strategy.reduce_dtype;
         let flat = travel(flat, dtype);
-        let synced = if self.strategy.shards_state() {
-            self.timed(|c| c.reduce_scatter_tensor(flat))?
+        let mut synced = if self.strategy.shards_state() {
+            self.timed(Among::Shards, |c| c.reduce_scatter_tensor(flat))?
         } else {
-            self.timed(|c| c.all_reduce_tensor(flat))?
+            self.timed(Among::All, |c| c.all_reduce_tensor(flat))?
         };
+        if self.groups.is_some() {
+            synced = self.timed(Among::Replicas, |c| c.all_reduce_tensor(synced))?;
+        }
         Ok(arrive(synced, dtype))
     }
 
-    /// Every rank's chunk sums, reordered unit by unit (and within a unit, rank by rank).
+    /// Every shard's chunk sums, reordered unit by unit (and within a unit, shard by shard).
     fn gather_chunk_sums(&mut self, mine: &[f64]) -> Result<Vec<f64>, tessera_dist::DistError> {
-        let world = self.comm.world_size();
+        let world = self.shard_count();
         let mut all = vec![0.0f64; mine.len() * world];
-        self.timed(|c| c.all_gather(mine, &mut all))?;
+        self.timed(Among::Shards, |c| c.all_gather(mine, &mut all))?;
         let per_unit: Vec<usize> = (0..self.layout.units.len())
             .map(|u| self.layout.shard_len(u) / super::layout::CHUNK)
             .collect();
@@ -408,12 +461,12 @@ impl<B: AutodiffBackend> Sharded<B> {
         u: usize,
     ) -> Result<Tensor<Inner<B>, 1>, tessera_dist::DistError> {
         let shard = self.state.master[u].clone();
-        if !self.strategy.shards_state() || self.comm.world_size() == 1 {
+        if self.shard_count() == 1 {
             return Ok(shard);
         }
         let dtype = self.strategy.param_dtype;
         let shard = travel(shard, dtype);
-        let full = self.timed(|c| c.all_gather_tensor(shard))?;
+        let full = self.timed(Among::Shards, |c| c.all_gather_tensor(shard))?;
         Ok(arrive(full, dtype))
     }
 
@@ -434,6 +487,32 @@ impl<B: AutodiffBackend> Sharded<B> {
     pub fn comm_seconds(&self) -> f64 {
         self.comm_time.as_secs_f64()
     }
+}
+
+/// `HYBRID_SHARD`'s groups, when the strategy asks for replicas: node `n` is ranks
+/// `n·L .. (n+1)·L` (composer's numbering, which the rank environment checks), so the shard
+/// group is a rank's node and the replica group its local rank on every node.
+fn hybrid_groups(
+    comm: &mut Communicator,
+    strategy: Strategy,
+) -> Result<Option<HybridGroups>, tessera_dist::DistError> {
+    let replicas = strategy.replicas.max(1);
+    if replicas == 1 {
+        return Ok(None);
+    }
+    let world = comm.world_size();
+    if strategy.sharding != ShardingStrategy::HybridShard || !world.is_multiple_of(replicas) {
+        return Err(tessera_dist::DistError::Env(format!(
+            "{replicas} replicas (nodes) need HYBRID_SHARD and a world size that is a multiple \
+             of them, not {:?} on {world} ranks",
+            strategy.sharding
+        )));
+    }
+    let per_node = world / replicas;
+    let rank = comm.rank();
+    let shard = comm.split(rank / per_node)?;
+    let replica = comm.split(rank % per_node)?;
+    Ok(Some(HybridGroups { shard, replica }))
 }
 
 /// `t` in the dtype it travels in.

@@ -105,13 +105,14 @@ fn single(micro: usize, lora: bool) -> (Vec<StepOutcome>, Weights) {
     (outs, weights(&mut s))
 }
 
-fn env(rank: usize, world: usize, port: u16) -> RankEnv {
+/// Rank `rank` of `world`, `per_node` ranks to a node (composer's numbering).
+fn env(rank: usize, world: usize, per_node: usize, port: u16) -> RankEnv {
     RankEnv {
         rank,
         world_size: world,
-        local_rank: rank,
-        local_world_size: world,
-        node_rank: 0,
+        local_rank: rank % per_node,
+        local_world_size: per_node,
+        node_rank: rank / per_node,
         master_addr: "127.0.0.1".into(),
         master_port: port,
         source: EnvSource::Composer,
@@ -120,6 +121,16 @@ fn env(rank: usize, world: usize, port: u16) -> RankEnv {
 
 /// `world` ranks as threads; rank `r` gets microbatch `r` of each step's global batch.
 fn ranks(world: usize, strategy: Strategy, lora: bool) -> Vec<(Vec<StepOutcome>, Weights)> {
+    ranks_on_nodes(world, world, strategy, lora)
+}
+
+/// [`ranks`] with `per_node` ranks to a node.
+fn ranks_on_nodes(
+    world: usize,
+    per_node: usize,
+    strategy: Strategy,
+    lora: bool,
+) -> Vec<(Vec<StepOutcome>, Weights)> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut listener = Some(listener);
@@ -131,9 +142,10 @@ fn ranks(world: usize, strategy: Strategy, lora: bool) -> Vec<(Vec<StepOutcome>,
                     timeout: Duration::from_secs(60),
                     ..RendezvousConfig::new("parallel-test")
                 };
+                let env = env(rank, world, per_node, port);
                 let comm = match l {
-                    Some(l) => Communicator::connect_on(&env(rank, world, port), &cfg, l),
-                    None => Communicator::connect(&env(rank, world, port), &cfg),
+                    Some(l) => Communicator::connect_on(&env, &cfg, l),
+                    None => Communicator::connect(&env, &cfg),
                 }
                 .unwrap();
                 let device = Default::default();
@@ -219,6 +231,7 @@ fn fsdp_mixed_precision_gathers_and_reduces_in_bf16_and_stays_close_to_f32() {
         recompute: false,
         param_dtype: Some(FloatDType::BF16),
         reduce_dtype: Some(FloatDType::BF16),
+        replicas: 1,
     };
     for (outs, _) in ranks(2, pure, false) {
         // The first step's loss is the same model's (bf16 rounding of the gathered weights
@@ -273,5 +286,78 @@ fn a_lora_adapter_alone_trains_and_shards_bit_for_bit_under_every_strategy() {
         ShardingStrategy::FullShard,
     ] {
         check_model(2, sharding, true);
+    }
+}
+
+/// How far apart two runs' weights are: the largest difference, and the share of weights more
+/// than `1e-5` apart.
+fn weights_apart(a: &Weights, b: &Weights) -> (f32, f64) {
+    let pairs = || a.iter().flat_map(|(k, x)| x.iter().zip(&b[k]));
+    let largest = pairs().map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+    let far = pairs().filter(|(p, q)| (*p - *q).abs() > 1e-5).count();
+    (largest, far as f64 / pairs().count() as f64)
+}
+
+#[test]
+fn hybrid_shard_on_2_nodes_matches_one_process() {
+    for recompute in [false, true] {
+        let strategy = Strategy {
+            sharding: ShardingStrategy::HybridShard,
+            recompute,
+            replicas: 2,
+            ..Strategy::SINGLE
+        };
+        // 2 nodes of 1 rank: nothing is sharded, and the sum over the nodes is the rank-order
+        // sum, so the run is one process's bit for bit.
+        let (want_outs, want_weights) = single(2, false);
+        for (rank, (outs, w)) in ranks_on_nodes(2, 1, strategy, false)
+            .into_iter()
+            .enumerate()
+        {
+            assert!(same_bits(&outs, &want_outs), "2x1 rank {rank}: {outs:?}");
+            assert!(w == want_weights, "2x1 rank {rank}: weights differ");
+        }
+        // 2 nodes of 2 ranks: the state is sharded over a node's 2 ranks, and the gradient is
+        // summed as (g0 + g1) + (g2 + g3) instead of ((g0 + g1) + g2) + g3, so it matches to
+        // f32 rounding: every rank agrees bit for bit, and the losses and norms stay within 1e-5
+        // of one process's.
+        let (want_outs, want_weights) = single(4, false);
+        let runs = ranks_on_nodes(4, 2, strategy, false);
+        for (rank, (outs, w)) in runs.iter().enumerate() {
+            assert!(
+                same_bits(outs, &runs[0].0),
+                "2x2 rank {rank} disagrees with rank 0"
+            );
+            assert!(
+                *w == runs[0].1,
+                "2x2 rank {rank}: weights differ from rank 0's"
+            );
+            for (a, b) in outs.iter().zip(&want_outs) {
+                assert_eq!(a.applied, b.applied);
+                assert!(
+                    (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs(),
+                    "{a:?} vs {b:?}"
+                );
+                assert!(
+                    (a.grad_norm - b.grad_norm).abs() <= 1e-5 * b.grad_norm.abs(),
+                    "{a:?} vs {b:?}"
+                );
+            }
+            // AdamW divides by the gradient's running RMS, so a weight whose gradient is
+            // near zero (sums that nearly cancel, where the order of addition decides the
+            // sign of the residue) can move by up to about lr per step either way: the few
+            // such weights stay within Σ lr of one process's, the rest within 1e-5.
+            let (largest, far) = weights_apart(w, &want_weights);
+            let lr_sum: f64 = (0..STEPS).map(|t| settings(t).lr).sum();
+            assert!(
+                f64::from(largest) <= lr_sum,
+                "2x2 rank {rank}: {largest} apart"
+            );
+            assert!(
+                far < 0.01,
+                "2x2 rank {rank}: {:.2}% of weights apart",
+                far * 100.0
+            );
+        }
     }
 }

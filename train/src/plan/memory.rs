@@ -93,7 +93,9 @@ pub struct MemoryInput {
     pub optimizer: OptimizerStateKind,
     /// Ranks.
     pub world_size: usize,
-    /// `fsdp_config.sharding_strategy` (`HYBRID_SHARD` is `FULL_SHARD` within a node).
+    /// Nodes the ranks are spread over (`HYBRID_SHARD` shards within each).
+    pub nodes: usize,
+    /// `fsdp_config.sharding_strategy`.
     pub sharding: ShardingStrategy,
     /// `fsdp_config.activation_checkpointing`.
     pub recompute: bool,
@@ -135,6 +137,7 @@ impl MemoryInput {
             precision,
             optimizer,
             world_size: world_size.max(1),
+            nodes: 1,
             sharding: if sharded {
                 ShardingStrategy::FullShard
             } else {
@@ -160,14 +163,15 @@ impl MemoryInput {
         }
     }
 
-    /// A training config's run on `world_size` ranks: its shape, batch split, precision,
-    /// optimizer and `fsdp_config`, resolved as the trainer resolves them (no `fsdp_config`:
-    /// replicated state; `HYBRID_SHARD`: `FULL_SHARD` within a node; `auto` microbatch: the
-    /// whole device batch).
+    /// A training config's run on `world_size` ranks over `nodes` nodes: its shape, batch
+    /// split, precision, optimizer and `fsdp_config`, resolved as the trainer resolves them (no
+    /// `fsdp_config`: replicated state; `HYBRID_SHARD`: sharded within each node; `auto`
+    /// microbatch: the whole device batch).
     pub fn from_train_config(
         cfg: &crate::config::TrainConfig,
         model: &tessera_model::MptConfig,
         world_size: usize,
+        nodes: usize,
     ) -> Self {
         let world = world_size.max(1);
         let device_batch = (cfg.global_train_batch_size / world).max(1);
@@ -178,6 +182,7 @@ impl MemoryInput {
         let optimizer = OptimizerStateKind::of(cfg.optimizer.name);
         let base = MemoryInput {
             microbatches_per_step: device_batch.div_ceil(microbatch),
+            nodes: nodes.max(1),
             ..Self::from_mpt(
                 model,
                 cfg.max_seq_len,
@@ -191,18 +196,21 @@ impl MemoryInput {
         match &cfg.fsdp_config {
             None => base.with_strategy(ShardingStrategy::NoShard, false, FsdpPrecision::Full),
             Some(f) => base.with_strategy(
-                f.sharding_strategy.within_one_node(),
+                f.sharding_strategy,
                 f.activation_checkpointing,
                 f.mixed_precision,
             ),
         }
     }
 
-    /// Ranks the master weights and moments are split over.
+    /// Ranks the master weights and moments are split over: none, every rank, or under
+    /// `HYBRID_SHARD` the ranks of one node.
     fn state_shards(&self) -> f64 {
+        let world = self.world_size.max(1);
         match self.sharding {
             ShardingStrategy::NoShard => 1.0,
-            _ => self.world_size.max(1) as f64,
+            ShardingStrategy::HybridShard => (world / self.nodes.clamp(1, world)) as f64,
+            _ => world as f64,
         }
     }
 
@@ -213,9 +221,10 @@ impl MemoryInput {
         )
     }
 
-    /// `n` rounded up to the unit padding (a multiple of `shards × CHUNK`).
+    /// `n` rounded up to the unit padding (a multiple of `world_size × CHUNK`, whatever the
+    /// strategy: each rank writes an equal part of a checkpoint).
     fn padded(&self, n: u64) -> f64 {
-        let step = (self.state_shards() as u64) * CHUNK as u64;
+        let step = (self.world_size.max(1) as u64) * CHUNK as u64;
         (n.div_ceil(step) * step) as f64
     }
 
@@ -299,8 +308,9 @@ pub fn memory_estimate(m: &MemoryInput) -> MemoryEstimate {
     let blockwise = m.recompute || m.shards_params();
 
     let master = 4.0 * p / shards;
-    // On one rank a "gathered" unit is the master shard itself: the model views it.
-    let alone = m.world_size <= 1;
+    // Unsharded (one rank, or HYBRID_SHARD with one rank per node), a "gathered" unit is the
+    // master shard itself: the model views it.
+    let alone = shards <= 1.0;
     let params = match m.sharding {
         _ if alone => 0.0,
         ShardingStrategy::NoShard => 0.0,
@@ -371,6 +381,7 @@ mod tests {
             precision: Precision::Fp32,
             optimizer: OptimizerStateKind::Adam,
             world_size: world,
+            nodes: 1,
             sharding,
             recompute: false,
             mixed_precision: FsdpPrecision::Full,
@@ -382,12 +393,39 @@ mod tests {
     }
 
     #[test]
+    fn hybrid_shard_shards_the_state_over_a_node_only() {
+        // 16 ranks on 2 nodes: the state is split 8 ways, like FULL_SHARD on 8 ranks, with
+        // the padding of 16.
+        let hybrid = MemoryInput {
+            nodes: 2,
+            ..input(ShardingStrategy::HybridShard, 16)
+        };
+        let e = memory_estimate(&hybrid);
+        let p = hybrid.padded_params();
+        assert_eq!(e.master, 4.0 * p / 8.0);
+        assert_eq!(e.optimizer, 8.0 * p / 8.0);
+        let full16 = memory_estimate(&input(ShardingStrategy::FullShard, 16));
+        assert_eq!(e.master, 2.0 * full16.master);
+        // On one node it is FULL_SHARD.
+        let one_node = input(ShardingStrategy::HybridShard, 16);
+        assert_eq!(memory_estimate(&one_node).master, full16.master);
+        // One rank per node: nothing is sharded, and the model views the master weights.
+        let per_rank = MemoryInput {
+            nodes: 16,
+            ..input(ShardingStrategy::HybridShard, 16)
+        };
+        let e = memory_estimate(&per_rank);
+        assert_eq!(e.master, 4.0 * per_rank.padded_params());
+        assert_eq!(e.params, 0.0);
+    }
+
+    #[test]
     fn no_shard_replicates_everything_and_the_model_views_the_master() {
         let m = input(ShardingStrategy::NoShard, 8);
         let e = memory_estimate(&m);
         let p = m.padded_params();
-        // Padding is at most one CHUNK per unit here (S = 1).
-        assert!(p >= 1e9 && p < 1e9 + 25.0 * CHUNK as f64);
+        // Padding is at most 8 CHUNKs per unit here (a multiple of world × CHUNK).
+        assert!(p >= 1e9 && p < 1e9 + 25.0 * 8.0 * CHUNK as f64);
         assert_eq!(e.master, 4.0 * p);
         assert_eq!(e.params, 0.0);
         assert_eq!(e.optimizer, 8.0 * p);

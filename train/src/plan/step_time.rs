@@ -12,6 +12,7 @@
 //! | `NO_SHARD` (DDP) | one all-reduce of the gradients | `2·(G-1)/G·P·b_reduce` |
 //! | `SHARD_GRAD_OP` (ZeRO-2) | reduce-scatter of the gradients, all-gather of the parameters | `(G-1)/G·P·(b_reduce + b_param)` |
 //! | `FULL_SHARD` (FSDP) | per unit and per microbatch: all-gather (forward), all-gather (backward), reduce-scatter | `k·(G-1)/G·P·(2·b_param + b_reduce)` |
+//! | `HYBRID_SHARD` | `FULL_SHARD`'s within each node of L GPUs, then an all-reduce of each gradient shard over the n nodes | NVLink: `k·(L-1)/L·P·(2·b_param + b_reduce)`; InfiniBand: `2·(n-1)/n·P/L·b_reduce` |
 //!
 //! k is the microbatches per step on one rank: tessera's FSDP gathers and reduce-scatters every
 //! unit once per microbatch, while DDP and ZeRO-2 sync once per step, after accumulation.
@@ -20,7 +21,8 @@
 //!
 //! **Bandwidth**: within one node (G ≤ GPUs per node) the ring runs over NVLink, across nodes
 //! it is limited by each GPU's InfiniBand link (a ring through every GPU crosses a node boundary
-//! at each node, and every GPU's own NIC carries its share). The figures are the datasheets'
+//! at each node, and every GPU's own NIC carries its share). `HYBRID_SHARD` uses both: its two
+//! parts are timed on their own links and added. The figures are the datasheets'
 //! times an efficiency the caller states (see docs/distributed.md for the sources).
 //!
 //! **Overlap**: tessera runs collectives between kernels, not alongside them, so the step is
@@ -140,11 +142,28 @@ pub fn step_time(i: StepTimeInput) -> StepTimeModel {
     let ring = (g - 1.0) / g;
     let (bp, br) = wire_bytes(i.mixed_precision);
     let p = i.params;
+    let k = i.microbatches_per_rank.max(1) as f64;
+    let per_node = i.interconnect.gpus_per_node.max(1);
+    if i.sharding == ShardingStrategy::HybridShard && i.gpus > per_node {
+        let (l, n) = (per_node as f64, (i.gpus / per_node).max(1) as f64);
+        let within = k * (l - 1.0) / l * p * (2.0 * bp + br);
+        let across = 2.0 * (n - 1.0) / n * (p / l) * br;
+        let comm_s = within / i.interconnect.ring_bytes_per_s(per_node)
+            + across / i.interconnect.ring_bytes_per_s(i.gpus);
+        let comm_bytes = within + across;
+        return StepTimeModel {
+            input: i,
+            compute_s,
+            comm_bytes,
+            bandwidth: comm_bytes / comm_s,
+            comm_s,
+        };
+    }
     let comm_bytes = match i.sharding {
         ShardingStrategy::NoShard => 2.0 * ring * p * br,
         ShardingStrategy::ShardGradOp => ring * p * (br + bp),
         ShardingStrategy::FullShard | ShardingStrategy::HybridShard => {
-            i.microbatches_per_rank.max(1) as f64 * ring * p * (2.0 * bp + br)
+            k * ring * p * (2.0 * bp + br)
         }
     };
     let bandwidth = i.interconnect.ring_bytes_per_s(i.gpus);
@@ -163,6 +182,8 @@ impl StepTimeModel {
         let i = &self.input;
         let link = if i.gpus <= i.interconnect.gpus_per_node {
             "NVLink"
+        } else if i.sharding == ShardingStrategy::HybridShard {
+            "NVLink+IB"
         } else {
             "IB"
         };
@@ -262,5 +283,27 @@ mod tests {
             "{}",
             many.row()
         );
+    }
+
+    #[test]
+    fn hybrid_shard_gathers_on_nvlink_and_sends_only_a_shard_over_infiniband() {
+        let p = 7e9;
+        // On one node it is FULL_SHARD.
+        let one = step_time(input(ShardingStrategy::HybridShard, 8));
+        assert_eq!(
+            one.comm_bytes,
+            step_time(input(ShardingStrategy::FullShard, 8)).comm_bytes
+        );
+        // 64 GPUs = 8 nodes of 8: FSDP within the node, then an all-reduce of P/8 (PURE: bf16)
+        // over the 8 nodes.
+        let m = step_time(input(ShardingStrategy::HybridShard, 64));
+        let within = 7.0 / 8.0 * p * 6.0;
+        let across = 2.0 * 7.0 / 8.0 * (p / 8.0) * 2.0;
+        assert_eq!(m.comm_bytes, within + across);
+        let want_s = within / (450e9 * 0.8) + across / (50e9 * 0.8);
+        assert!((m.comm_s - want_s).abs() < 1e-12 * want_s);
+        // Less time on the wire than FULL_SHARD's ring over InfiniBand.
+        assert!(m.comm_s < step_time(input(ShardingStrategy::FullShard, 64)).comm_s / 4.0);
+        assert!(m.row().contains("NVLink+IB"), "{}", m.row());
     }
 }

@@ -4,8 +4,8 @@
 //! failed, a check is reported as skipped, never as passed):
 //! 1. **config** — the YAML validates; the global batch splits over the devices;
 //!    **parallelism** — this build can run the launch as configured: the backend is compiled
-//!    in and has the devices, `fsdp_config` asks for nothing unimplemented (CPU offload,
-//!    `HYBRID_SHARD` across nodes), the devices split evenly over the nodes
+//!    in and has the devices, `fsdp_config` asks for nothing unimplemented (CPU offload),
+//!    the devices split evenly over the nodes
 //!    ([`parallel::parallel_check`]);
 //! 2. **model** — the architecture resolves (fields or a pretrained `config.json`) and covers
 //!    `max_seq_len`;
@@ -129,7 +129,7 @@ pub struct PreflightOptions {
     pub device_memory: Option<u64>,
     /// Devices of the launch: splits the global batch, and scales the failure rate.
     pub world_size: usize,
-    /// Nodes the devices are spread over (`HYBRID_SHARD` across nodes is refused).
+    /// Nodes the devices are spread over (`HYBRID_SHARD` shards within each).
     pub nodes: usize,
     /// Devices of this kind one node has, when the backend says (`None`: the CPU, where ranks
     /// are processes and any number runs).

@@ -388,7 +388,7 @@ fn memory(r: &mut PreflightReport, ctx: &Ctx, mpt: Option<&MptConfig>) {
     };
     // What one rank allocates under the run's fsdp_config (the model `tessera plan --memory`
     // prints).
-    let input = MemoryInput::from_train_config(ctx.cfg, m, ctx.world);
+    let input = MemoryInput::from_train_config(ctx.cfg, m, ctx.world, ctx.opts.nodes);
     let estimate = memory_estimate(&input).total();
     r.facts.memory_estimate_bytes = Some(estimate);
     let capacity = match (ctx.opts.device_memory, ctx.opts.device_is_host) {

@@ -248,14 +248,10 @@ fn a_launch_this_build_cannot_run_fails_parallelism_and_skips_the_rest() {
         run_step: false,
         ..PreflightOptions::default()
     };
-    let r = run(
-        &yaml,
-        &["fsdp_config={sharding_strategy: HYBRID_SHARD}"],
-        &opts,
-    );
+    let r = run(&yaml, &["fsdp_config={cpu_offload: true}"], &opts);
     assert_eq!(r.status(CONFIG), Some(Status::Pass));
     assert_eq!(r.status(PARALLELISM), Some(Status::Fail), "{}", r.render());
-    assert!(r.checks[1].detail.contains("HYBRID_SHARD across 2 nodes"));
+    assert!(r.checks[1].detail.contains("fsdp_config.cpu_offload"));
     assert!(r.checks[2..].iter().all(|c| c.status == Status::Skip));
     // The memory check follows fsdp_config: FULL_SHARD on 4 ranks predicts less than NO_SHARD.
     let opts = PreflightOptions {

@@ -48,6 +48,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub struct RankSnapshot {
     step: u64,
     rank: usize,
+    /// Which of the `world` shard files this rank writes ([`Sharded::checkpoint_part`]).
+    part: usize,
     world: usize,
     vectors: Vec<(String, Vec<u8>)>,
     lead: Option<LeadFiles>,
@@ -75,17 +77,18 @@ impl RankSnapshot {
     ) -> Result<Self, TrainError> {
         let rank = sharded.comm.rank();
         let world = sharded.comm.world_size();
-        // The files always split the state `world` ways: a replicated state is written 1/N by
-        // each rank.
+        // The files always split the state `world` ways: a replicated state (or, under
+        // HYBRID_SHARD, a node's shard) is written 1/N by each rank that holds it.
         let layout = sharded.layout.reshard(world);
         let own = sharded.shard_rank();
+        let part = sharded.checkpoint_part();
         let mut vectors = Vec::new();
         let mut steps = Vec::new();
         let mut moments: Vec<String> = Vec::new();
         for u in 0..layout.units.len() {
             // The slice of what this rank holds that is its part of the files.
             let held = sharded.layout.shard(u, own);
-            let want = layout.shard(u, rank);
+            let want = layout.shard(u, part);
             let local = want.start - held.start..want.end - held.start;
             let bytes = |t: &Tensor<B::InnerBackend, 1>| -> Result<Vec<u8>, TrainError> {
                 // Host sync: this rank's shard of one vector.
@@ -146,6 +149,7 @@ impl RankSnapshot {
         Ok(RankSnapshot {
             step: state.step,
             rank,
+            part,
             world,
             vectors,
             lead,
@@ -169,11 +173,11 @@ impl RankSnapshot {
             .map(|(n, b)| (n.clone(), b.as_slice()))
             .collect();
         let meta = BTreeMap::from([
-            ("rank".to_string(), self.rank.to_string()),
+            ("rank".to_string(), self.part.to_string()),
             ("world".to_string(), self.world.to_string()),
         ]);
         part.push(
-            staging.write_file_with(&shard_file(self.rank, self.world), |w| {
+            staging.write_file_with(&shard_file(self.part, self.world), |w| {
                 write_shard_file(w, &views, meta)
             })?,
         );

@@ -72,18 +72,13 @@ pub(crate) fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, 
         key: format!("fsdp_config.{k}"),
         message: m,
     })?;
-    let sharding = match f.sharding_strategy {
-        // Within one node HYBRID_SHARD is FULL_SHARD; across nodes it needs a communicator per
-        // node, which tessera-dist does not have yet.
+    // HYBRID_SHARD: FULL_SHARD within each node, replicated across the nodes (on one node it
+    // is FULL_SHARD).
+    let (sharding, replicas) = match f.sharding_strategy {
         ShardingStrategy::HybridShard if num_nodes > 1 => {
-            return Err(TrainError::Config {
-                key: "fsdp_config.sharding_strategy".into(),
-                message:
-                    "HYBRID_SHARD is not implemented yet; use FULL_SHARD (the same within one node)"
-                        .into(),
-            });
+            (ShardingStrategy::HybridShard, num_nodes)
         }
-        s => s.within_one_node(),
+        s => (s.within_one_node(), 1),
     };
     // composer's FSDP mixed precision, in the run's 16-bit type (none under fp32).
     let half = match cfg.precision {
@@ -101,21 +96,25 @@ pub(crate) fn strategy(cfg: &TrainConfig, num_nodes: usize) -> Result<Strategy, 
         recompute: f.activation_checkpointing,
         param_dtype,
         reduce_dtype,
+        replicas,
     })
 }
 
 /// How the strategy is named in the log.
 pub(crate) fn strategy_name(s: Strategy) -> String {
     let name = match s.sharding {
-        ShardingStrategy::NoShard => "NO_SHARD (DDP)",
-        ShardingStrategy::ShardGradOp => "SHARD_GRAD_OP (ZeRO-2)",
-        ShardingStrategy::FullShard => "FULL_SHARD (FSDP)",
-        ShardingStrategy::HybridShard => "HYBRID_SHARD",
+        ShardingStrategy::NoShard => "NO_SHARD (DDP)".to_string(),
+        ShardingStrategy::ShardGradOp => "SHARD_GRAD_OP (ZeRO-2)".to_string(),
+        ShardingStrategy::FullShard => "FULL_SHARD (FSDP)".to_string(),
+        ShardingStrategy::HybridShard => format!(
+            "HYBRID_SHARD (FSDP within each node, replicated over {} nodes)",
+            s.replicas
+        ),
     };
     if s.recompute {
         format!("{name} with activation checkpointing")
     } else {
-        name.to_string()
+        name
     }
 }
 
