@@ -184,7 +184,7 @@ fn mixed_of(name: &str) -> anyhow::Result<FsdpPrecision> {
 fn memory_input(args: &Args, d: &Described, precision: Precision) -> anyhow::Result<MemoryInput> {
     let world = args.world_size.unwrap_or(1).max(1);
     let mut input = match &d.train {
-        Some(cfg) => MemoryInput::from_train_config(cfg, &d.model, world, args.nodes),
+        Some(cfg) => MemoryInput::from_train_config(cfg, &d.model, world, args.nodes)?,
         None => MemoryInput::from_mpt(
             &d.model,
             d.model.max_seq_len,
@@ -254,6 +254,7 @@ fn memory(args: &Args, precision: Precision) -> anyhow::Result<()> {
                 "gradients": est.grads,
                 "activations": est.activations,
                 "update": est.update,
+                "frozen_base": est.frozen,
                 "resident": est.resident(),
                 "total": est.total(),
             })

@@ -1,10 +1,16 @@
 //! `tessera plan --memory`: the bytes one rank allocates, term by term, under each sharding
 //! strategy, as [`crate::parallel`] does it (not as PyTorch's FSDP does it).
 //!
-//! P parameters are laid out as units (the root: embeddings and final norm; one per block),
-//! each padded to a multiple of `shards × CHUNK` ([`crate::parallel::layout`]). U is the largest
-//! unit, S the number of state shards (1 under `NO_SHARD`, the world size N otherwise). All
-//! master weights, gradients and moments are f32.
+//! P trainable parameters are laid out as units (the root: embeddings and final norm; one per
+//! block), each padded to a multiple of `N × CHUNK` for N ranks ([`crate::parallel::layout`]).
+//! U is the largest unit, S the number of state shards (1 under `NO_SHARD`, the L ranks of a
+//! node under `HYBRID_SHARD`, N otherwise; the table's N is S). All master weights, gradients
+//! and moments are f32.
+//!
+//! **LoRA**: P counts the adapter's parameters, which are all that trains, shards and has
+//! moments. The frozen base is held whole on every rank, its matrices in bf16 under `amp_bf16`
+//! (f32 otherwise) and its norms and biases in f32 ([`tessera_model::lora::training_memory`]):
+//! a resident `frozen base` term.
 //!
 //! | term | `NO_SHARD` | `SHARD_GRAD_OP` | `FULL_SHARD` |
 //! |---|---|---|---|
@@ -38,7 +44,9 @@
 //! The peak is `resident + max(backward, update)`: master, parameters and moments are resident;
 //! the backward's gradients and activations and the update's transients come and go.
 
-use crate::config::{FsdpPrecision, Precision};
+use tessera_model::lora::{LoraConfig, LoraError};
+
+use crate::config::{AdapterSource, FsdpPrecision, Precision};
 use crate::parallel::ShardingStrategy;
 use crate::parallel::layout::CHUNK;
 
@@ -58,6 +66,13 @@ impl OptimizerStateKind {
             crate::optim::OptimizerName::DecoupledLionw => OptimizerStateKind::Lion,
             _ => OptimizerStateKind::Adam,
         }
+    }
+}
+
+fn adapter_error(key: &'static str, e: LoraError) -> crate::trainer::TrainError {
+    crate::trainer::TrainError::Adapter {
+        key,
+        source: Box::new(e),
     }
 }
 
@@ -101,6 +116,8 @@ pub struct MemoryInput {
     pub recompute: bool,
     /// `fsdp_config.mixed_precision`: the dtype parameters travel in when gathered.
     pub mixed_precision: FsdpPrecision,
+    /// Bytes of a frozen base every rank holds whole (a LoRA run; 0 otherwise).
+    pub frozen_bytes: f64,
 }
 
 impl MemoryInput {
@@ -145,7 +162,28 @@ impl MemoryInput {
             },
             recompute: false,
             mixed_precision: FsdpPrecision::Default,
+            frozen_bytes: 0.0,
         }
+    }
+
+    /// The same run training a LoRA adapter on the base: P becomes the adapter's parameters
+    /// (all in the blocks), and the base, frozen, is held whole in `base_dtype` on every rank.
+    pub fn with_lora(
+        self,
+        model: &tessera_model::MptConfig,
+        lora: &tessera_model::lora::LoraConfig,
+        base_dtype: burn::tensor::FloatDType,
+    ) -> Result<Self, tessera_model::lora::LoraError> {
+        let m = tessera_model::lora::training_memory(model, Some(lora), base_dtype)?;
+        let adapter = m.trainable_params;
+        let layers = self.n_layers.max(1) as u64;
+        Ok(MemoryInput {
+            params: adapter,
+            root_params: 0,
+            block_params: adapter.div_ceil(layers),
+            frozen_bytes: (m.weight_bytes - 4 * adapter) as f64,
+            ..self
+        })
     }
 
     /// The same input under `fsdp_config`'s strategy, recomputation and mixed precision.
@@ -164,15 +202,16 @@ impl MemoryInput {
     }
 
     /// A training config's run on `world_size` ranks over `nodes` nodes: its shape, batch
-    /// split, precision, optimizer and `fsdp_config`, resolved as the trainer resolves them (no
-    /// `fsdp_config`: replicated state; `HYBRID_SHARD`: sharded within each node; `auto`
-    /// microbatch: the whole device batch).
+    /// split, precision, optimizer, `fsdp_config` and LoRA adapter, resolved as the trainer
+    /// resolves them (no `fsdp_config`: replicated state; `HYBRID_SHARD`: sharded within each
+    /// node; `auto` microbatch: the whole device batch; a LoRA base in bf16 under `amp_bf16`).
+    /// Fails only when a `pretrained_lora_id_or_path` adapter's config cannot be read.
     pub fn from_train_config(
         cfg: &crate::config::TrainConfig,
         model: &tessera_model::MptConfig,
         world_size: usize,
         nodes: usize,
-    ) -> Self {
+    ) -> Result<Self, crate::trainer::TrainError> {
         let world = world_size.max(1);
         let device_batch = (cfg.global_train_batch_size / world).max(1);
         let microbatch = match cfg.device_train_microbatch_size {
@@ -193,14 +232,37 @@ impl MemoryInput {
                 false,
             )
         };
-        match &cfg.fsdp_config {
+        let run = match &cfg.fsdp_config {
             None => base.with_strategy(ShardingStrategy::NoShard, false, FsdpPrecision::Full),
             Some(f) => base.with_strategy(
                 f.sharding_strategy,
                 f.activation_checkpointing,
                 f.mixed_precision,
             ),
-        }
+        };
+        let (key, lora) = match &cfg.model.adapter {
+            None => return Ok(run),
+            Some(AdapterSource::New { config, .. }) => ("model.peft_config", config.clone()),
+            Some(AdapterSource::Pretrained(dir)) => {
+                let key = "model.pretrained_lora_id_or_path";
+                let path = std::path::Path::new(dir).join(tessera_model::lora::peft::CONFIG_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|source| {
+                    crate::trainer::TrainError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                let lora = LoraConfig::from_adapter_config(&text, &path.display().to_string())
+                    .map_err(|e| adapter_error(key, e))?;
+                (key, lora)
+            }
+        };
+        let base_dtype = match cfg.precision {
+            Precision::AmpBf16 => burn::tensor::FloatDType::BF16,
+            _ => burn::tensor::FloatDType::F32,
+        };
+        run.with_lora(model, &lora, base_dtype)
+            .map_err(|e| adapter_error(key, e))
     }
 
     /// Ranks the master weights and moments are split over: none, every rank, or under
@@ -255,12 +317,14 @@ pub struct MemoryEstimate {
     pub activations: f64,
     /// What the update holds beyond the resident state (gradient shards and the transient copy).
     pub update: f64,
+    /// A LoRA run's frozen base, held whole (0 otherwise).
+    pub frozen: f64,
 }
 
 impl MemoryEstimate {
-    /// Held all the time: master weights, parameters and moments.
+    /// Held all the time: master weights, parameters, moments and a frozen base.
     pub fn resident(&self) -> f64 {
-        self.master + self.params + self.optimizer
+        self.master + self.params + self.optimizer + self.frozen
     }
 
     /// The peak: resident state plus the larger of the backward and the update.
@@ -276,8 +340,13 @@ impl MemoryEstimate {
         } else {
             "update"
         };
+        let frozen = if self.frozen > 0.0 {
+            format!("  frozen base     {:>10.1}\n", m(self.frozen))
+        } else {
+            String::new()
+        };
         format!(
-            "per-rank memory (MiB)\n  master weights  {:>10.1}\n  parameters      {:>10.1}\n  optimizer       {:>10.1}\n  gradients       {:>10.1}\n  activations     {:>10.1}\n  update          {:>10.1}\n  peak            {:>10.1}  (resident + the {phase})\n",
+            "per-rank memory (MiB)\n{frozen}  master weights  {:>10.1}\n  parameters      {:>10.1}\n  optimizer       {:>10.1}\n  gradients       {:>10.1}\n  activations     {:>10.1}\n  update          {:>10.1}\n  peak            {:>10.1}  (resident + the {phase})\n",
             m(self.master),
             m(self.params),
             m(self.optimizer),
@@ -358,6 +427,7 @@ pub fn memory_estimate(m: &MemoryInput) -> MemoryEstimate {
         grads,
         activations: blocks + head,
         update: 4.0 * p / shards + update_copy,
+        frozen: m.frozen_bytes,
     }
 }
 
@@ -385,11 +455,71 @@ mod tests {
             sharding,
             recompute: false,
             mixed_precision: FsdpPrecision::Full,
+            frozen_bytes: 0.0,
         }
     }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn a_lora_run_trains_and_shards_only_the_adapter_and_holds_the_base_whole() {
+        let yaml = |precision: &str, adapter: bool| {
+            let peft = if adapter {
+                "\n  peft_config: {peft_type: LORA, r: 8, lora_alpha: 16, target_modules: [Wqkv, out_proj, up_proj, down_proj]}"
+            } else {
+                ""
+            };
+            format!(
+                "run_name: l\nmax_seq_len: 64\n\
+                 model:\n  name: mpt_causal_lm\n  d_model: 128\n  n_heads: 4\n  n_layers: 4\n  \
+                 vocab_size: 1000\n  max_seq_len: 64{peft}\n\
+                 tokenizer: {{name: unused}}\n\
+                 train_loader: {{name: text, dataset: {{local: /nonexistent, max_seq_len: 64}}}}\n\
+                 optimizer: {{name: decoupled_adamw, lr: 1.0e-3}}\n\
+                 scheduler: {{name: constant_with_warmup, t_warmup: 0ba}}\n\
+                 max_duration: 10ba\nglobal_train_batch_size: 8\ndevice_train_microbatch_size: 2\n\
+                 precision: {precision}\nfsdp_config: {{sharding_strategy: FULL_SHARD}}\n"
+            )
+        };
+        let load = |text: &str| crate::config::load_str(text, "l.yaml", &[]).unwrap().config;
+        let full_cfg = load(&yaml("amp_bf16", false));
+        let lora_cfg = load(&yaml("amp_bf16", true));
+        let model = crate::trainer::setup::resolve_model(&full_cfg).unwrap();
+        let full = MemoryInput::from_train_config(&full_cfg, &model, 4, 1).unwrap();
+        let lora = MemoryInput::from_train_config(&lora_cfg, &model, 4, 1).unwrap();
+        let Some(crate::config::AdapterSource::New { config, .. }) = &lora_cfg.model.adapter else {
+            panic!("the YAML has a peft_config");
+        };
+        let mem = tessera_model::lora::training_memory(
+            &model,
+            Some(config),
+            burn::tensor::FloatDType::BF16,
+        )
+        .unwrap();
+        // The adapter: r·(d_in + d_out) per target per block.
+        let per_block = 8 * ((128 + 384) + (128 + 128) + (128 + 512) + (512 + 128));
+        assert_eq!(lora.params, 4 * per_block);
+        assert_eq!(lora.params, mem.trainable_params);
+        assert_eq!(lora.root_params, 0);
+        assert_eq!(full.frozen_bytes, 0.0);
+        // The base: bf16 matrices plus f32 norms, held whole on each of the 4 ranks.
+        assert_eq!(
+            lora.frozen_bytes,
+            (mem.weight_bytes - 4 * mem.trainable_params) as f64
+        );
+        let (e_full, e_lora) = (memory_estimate(&full), memory_estimate(&lora));
+        assert_eq!(e_lora.frozen, lora.frozen_bytes);
+        assert_eq!(e_lora.master, 4.0 * lora.padded_params() / 4.0);
+        assert_eq!(e_lora.optimizer, 8.0 * lora.padded_params() / 4.0);
+        assert!(e_lora.master < e_full.master / 10.0);
+        // Activations do not depend on what trains.
+        assert_eq!(e_lora.activations, e_full.activations);
+        // Under fp32 the base stays f32: twice the bf16 matrices.
+        let fp32 = load(&yaml("fp32", true));
+        let lora32 = MemoryInput::from_train_config(&fp32, &model, 4, 1).unwrap();
+        assert!(lora32.frozen_bytes > 1.9 * lora.frozen_bytes);
     }
 
     #[test]

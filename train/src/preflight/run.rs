@@ -386,9 +386,15 @@ fn memory(r: &mut PreflightReport, ctx: &Ctx, mpt: Option<&MptConfig>) {
         r.push(Check::skip(MEMORY, "the model is unknown"));
         return;
     };
-    // What one rank allocates under the run's fsdp_config (the model `tessera plan --memory`
-    // prints).
-    let input = MemoryInput::from_train_config(ctx.cfg, m, ctx.world, ctx.opts.nodes);
+    // What one rank allocates under the run's fsdp_config and adapter (the model `tessera plan
+    // --memory` prints).
+    let input = match MemoryInput::from_train_config(ctx.cfg, m, ctx.world, ctx.opts.nodes) {
+        Ok(input) => input,
+        Err(e) => {
+            r.push(Check::new(MEMORY, Status::Fail, e.to_string()));
+            return;
+        }
+    };
     let estimate = memory_estimate(&input).total();
     r.facts.memory_estimate_bytes = Some(estimate);
     let capacity = match (ctx.opts.device_memory, ctx.opts.device_is_host) {
