@@ -96,10 +96,11 @@ impl TcpComm {
     /// A communicator among `members` (ranks of this one, ascending, this rank among them) on
     /// the connections this one already has: the mesh is full, so every pair of members is
     /// connected. The two share those sockets, which is safe because a rank runs one collective
-    /// at a time and every rank calls them in the same order. Its collectives are numbered
-    /// from `tag << 48`, which tells them apart on the wire from this communicator's (and from
-    /// other groups'): a rank that calls a group's collective while its peer calls another
-    /// communicator's gets [`DistError::Desync`], not a wrong result.
+    /// at a time and every rank calls them in the same order. The n-th group made from this
+    /// communicator numbers its collectives from `n << 48`, which tells them apart on the wire
+    /// from this communicator's and from other groups': a rank that calls a group's collective
+    /// while its peer calls another communicator's gets [`DistError::Desync`], not a wrong
+    /// result.
     pub fn subgroup(&mut self, members: &[usize]) -> Result<TcpComm, DistError> {
         if let Some((first, culprit)) = &self.poisoned {
             return Err(DistError::Poisoned {
