@@ -12,6 +12,8 @@
 //! run over the blocks [`zip_mut`] hands out.
 
 mod adam;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flash;
 mod flex;
 mod gemm;
@@ -22,6 +24,8 @@ pub use adam::{AdamConsts, adam_block};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use burn::tensor::TensorMetadata;
 use burn::tensor::activation;
 use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
 
@@ -159,10 +163,22 @@ pub fn attention<B: Backend>(
     scale: f64,
 ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
-        Ok(out) => Ok(float(out)),
-        Err((q, k, v)) => Err((float(q), float(k), float(v))),
-    }
+    let (q, k, v) = match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
+        Ok(out) => return Ok(float(out)),
+        Err(inputs) => inputs,
+    };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (q, k, v) = {
+        let s_k = k.shape()[1];
+        match cube::Masks::of(bias, q.shape().dims::<4>(), s_k) {
+            Some(masks) if cube::enabled() => match cube::attention::<B>(q, k, v, &masks, scale) {
+                Ok(out) => return Ok(float(out)),
+                Err(inputs) => inputs,
+            },
+            _ => (q, k, v),
+        }
+    };
+    Err((float(q), float(k), float(v)))
 }
 
 /// `x.swap_dims(1, 2)`, as a contiguous tensor on Flex: attention's head transposes.
