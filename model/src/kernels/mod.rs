@@ -12,6 +12,7 @@
 //! run over the blocks [`zip_mut`] hands out.
 
 mod adam;
+mod check;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 mod flash;
@@ -21,6 +22,7 @@ mod rows;
 mod simd;
 
 pub use adam::{AdamConsts, adam_block};
+pub use check::{AttentionCase, AttentionCheck, check_attention};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;

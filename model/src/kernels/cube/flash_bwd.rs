@@ -36,6 +36,7 @@ pub(super) fn flash_backward_dq<F: Float>(
     delta: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] chunk: usize,
     #[comptime] block: usize,
     #[comptime] causal: bool,
     #[comptime] alibi: bool,
@@ -66,17 +67,21 @@ pub(super) fn flash_backward_dq<F: Float>(
     let mut acc = Array::<f32>::new(head_dim);
     let mut d = 0.0f32;
     let mut row_lse = 0.0f32;
-    for c in 0..head_dim {
-        let mut x = 0.0f32;
-        let mut dy = 0.0f32;
-        if active {
-            x = f32::cast_from(q[q_at + c]);
-            dy = f32::cast_from(d_out[q_at + c]);
-            d += dy * f32::cast_from(out[q_at + c]);
+    for c0 in 0..head_dim / chunk {
+        #[unroll]
+        for u in 0..chunk {
+            let c = c0 * chunk + u;
+            let mut x = 0.0f32;
+            let mut dy = 0.0f32;
+            if active {
+                x = f32::cast_from(q[q_at + c]);
+                dy = f32::cast_from(d_out[q_at + c]);
+                d += dy * f32::cast_from(out[q_at + c]);
+            }
+            q_row[c] = x;
+            do_row[c] = dy;
+            acc[c] = 0.0;
         }
-        q_row[c] = x;
-        do_row[c] = dy;
-        acc[c] = 0.0;
     }
     if active {
         row_lse = lse[row_at];
@@ -90,11 +95,15 @@ pub(super) fn flash_backward_dq<F: Float>(
     let tiles = (end + block - 1) / block;
     for tile in 0..tiles {
         let k0 = tile * block;
-        load_tile::<F>(k, &mut k_tile, b, k0, g, block, head_dim, block);
-        load_tile::<F>(v, &mut v_tile, b, k0, g, block, head_dim, block);
+        let mut kc = end - k0;
+        if kc > block {
+            kc = block;
+        }
+        load_tile::<F>(k, &mut k_tile, b, k0, g, block, head_dim, chunk);
+        load_tile::<F>(v, &mut v_tile, b, k0, g, block, head_dim, chunk);
         sync_cube();
         if active && !uniform {
-            for kk in 0..block {
+            for kk in 0..kc {
                 let t = k0 + kk;
                 if visible(
                     key_mask,
@@ -111,14 +120,22 @@ pub(super) fn flash_backward_dq<F: Float>(
                 ) {
                     let mut dot = 0.0f32;
                     let mut dp = 0.0f32;
-                    for c in 0..head_dim {
-                        dot += q_row[c] * k_tile[kk * head_dim + c];
-                        dp += do_row[c] * v_tile[kk * head_dim + c];
+                    for c0 in 0..head_dim / chunk {
+                        #[unroll]
+                        for u in 0..chunk {
+                            let c = c0 * chunk + u;
+                            dot += q_row[c] * k_tile[kk * head_dim + c];
+                            dp += do_row[c] * v_tile[kk * head_dim + c];
+                        }
                     }
                     let p = f32::exp(score(dot, t, i, offset, scale, slope) - row_lse);
                     let ds = p * (dp - d);
-                    for c in 0..head_dim {
-                        acc[c] += ds * k_tile[kk * head_dim + c];
+                    for c0 in 0..head_dim / chunk {
+                        #[unroll]
+                        for u in 0..chunk {
+                            let c = c0 * chunk + u;
+                            acc[c] += ds * k_tile[kk * head_dim + c];
+                        }
                     }
                 }
             }
@@ -131,18 +148,30 @@ pub(super) fn flash_backward_dq<F: Float>(
         for t in 0..s_k {
             let at = ((b * s_k + t) * kv_heads + g) * head_dim;
             let mut dp = 0.0f32;
-            for c in 0..head_dim {
-                dp += do_row[c] * f32::cast_from(v[at + c]);
+            for c0 in 0..head_dim / chunk {
+                #[unroll]
+                for u in 0..chunk {
+                    let c = c0 * chunk + u;
+                    dp += do_row[c] * f32::cast_from(v[at + c]);
+                }
             }
             let ds = p * (dp - d);
-            for c in 0..head_dim {
-                acc[c] += ds * f32::cast_from(k[at + c]);
+            for c0 in 0..head_dim / chunk {
+                #[unroll]
+                for u in 0..chunk {
+                    let c = c0 * chunk + u;
+                    acc[c] += ds * f32::cast_from(k[at + c]);
+                }
             }
         }
     }
     if active {
-        for c in 0..head_dim {
-            dq[q_at + c] = F::cast_from(acc[c] * scale);
+        for c0 in 0..head_dim / chunk {
+            #[unroll]
+            for u in 0..chunk {
+                let c = c0 * chunk + u;
+                dq[q_at + c] = F::cast_from(acc[c] * scale);
+            }
         }
     }
 }
@@ -165,6 +194,7 @@ pub(super) fn flash_backward_dkv<F: Float>(
     dv: &mut Tensor<F>,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] chunk: usize,
     #[comptime] block: usize,
     #[comptime] causal: bool,
     #[comptime] alibi: bool,
@@ -190,17 +220,21 @@ pub(super) fn flash_backward_dkv<F: Float>(
     let mut v_row = Array::<f32>::new(head_dim);
     let mut dk_acc = Array::<f32>::new(head_dim);
     let mut dv_acc = Array::<f32>::new(head_dim);
-    for c in 0..head_dim {
-        let mut x = 0.0f32;
-        let mut y = 0.0f32;
-        if active {
-            x = f32::cast_from(k[k_at + c]);
-            y = f32::cast_from(v[k_at + c]);
+    for c0 in 0..head_dim / chunk {
+        #[unroll]
+        for u in 0..chunk {
+            let c = c0 * chunk + u;
+            let mut x = 0.0f32;
+            let mut y = 0.0f32;
+            if active {
+                x = f32::cast_from(k[k_at + c]);
+                y = f32::cast_from(v[k_at + c]);
+            }
+            k_row[c] = x;
+            v_row[c] = y;
+            dk_acc[c] = 0.0;
+            dv_acc[c] = 0.0;
         }
-        k_row[c] = x;
-        v_row[c] = y;
-        dk_acc[c] = 0.0;
-        dv_acc[c] = 0.0;
     }
     let mut q_tile = SharedMemory::<f32>::new(block * head_dim);
     let mut do_tile = SharedMemory::<f32>::new(block * head_dim);
@@ -225,8 +259,12 @@ pub(super) fn flash_backward_dkv<F: Float>(
         let rows_at = (b * heads + j) * s_q;
         for tile in first_tile..tiles {
             let q0 = tile * block;
-            load_tile::<F>(q, &mut q_tile, b, q0, j, block, head_dim, block);
-            load_tile::<F>(d_out, &mut do_tile, b, q0, j, block, head_dim, block);
+            let mut qc = s_q - q0;
+            if qc > block {
+                qc = block;
+            }
+            load_tile::<F>(q, &mut q_tile, b, q0, j, block, head_dim, chunk);
+            load_tile::<F>(d_out, &mut do_tile, b, q0, j, block, head_dim, chunk);
             let r = UNIT_POS_X as usize;
             let mut l = 0.0f32;
             let mut dd = 0.0f32;
@@ -238,7 +276,7 @@ pub(super) fn flash_backward_dkv<F: Float>(
             delta_tile[r] = dd;
             sync_cube();
             if active {
-                for rr in 0..block {
+                for rr in 0..qc {
                     let i = q0 + rr;
                     if i < s_q {
                         let row_lse = lse_tile[rr];
@@ -259,20 +297,32 @@ pub(super) fn flash_backward_dkv<F: Float>(
                             has_sequence_id,
                         ) {
                             let mut dot = 0.0f32;
-                            for c in 0..head_dim {
-                                dot += q_tile[rr * head_dim + c] * k_row[c];
+                            for c0 in 0..head_dim / chunk {
+                                #[unroll]
+                                for u in 0..chunk {
+                                    let c = c0 * chunk + u;
+                                    dot += q_tile[rr * head_dim + c] * k_row[c];
+                                }
                             }
                             p = f32::exp(score(dot, t, i, offset, scale, slope) - row_lse);
                         }
                         if p != 0.0 {
                             let mut dp = 0.0f32;
-                            for c in 0..head_dim {
-                                dp += do_tile[rr * head_dim + c] * v_row[c];
+                            for c0 in 0..head_dim / chunk {
+                                #[unroll]
+                                for u in 0..chunk {
+                                    let c = c0 * chunk + u;
+                                    dp += do_tile[rr * head_dim + c] * v_row[c];
+                                }
                             }
                             let ds = p * (dp - delta_tile[rr]);
-                            for c in 0..head_dim {
-                                dv_acc[c] += p * do_tile[rr * head_dim + c];
-                                dk_acc[c] += ds * q_tile[rr * head_dim + c];
+                            for c0 in 0..head_dim / chunk {
+                                #[unroll]
+                                for u in 0..chunk {
+                                    let c = c0 * chunk + u;
+                                    dv_acc[c] += p * do_tile[rr * head_dim + c];
+                                    dk_acc[c] += ds * q_tile[rr * head_dim + c];
+                                }
                             }
                         }
                     }
@@ -286,22 +336,34 @@ pub(super) fn flash_backward_dkv<F: Float>(
                 if lse[rows_at + i] > UNIFORM_ABOVE {
                     let at = ((b * s_q + i) * heads + j) * head_dim;
                     let mut dp = 0.0f32;
-                    for c in 0..head_dim {
-                        dp += f32::cast_from(d_out[at + c]) * v_row[c];
+                    for c0 in 0..head_dim / chunk {
+                        #[unroll]
+                        for u in 0..chunk {
+                            let c = c0 * chunk + u;
+                            dp += f32::cast_from(d_out[at + c]) * v_row[c];
+                        }
                     }
                     let ds = p_uniform * (dp - delta[rows_at + i]);
-                    for c in 0..head_dim {
-                        dv_acc[c] += p_uniform * f32::cast_from(d_out[at + c]);
-                        dk_acc[c] += ds * f32::cast_from(q[at + c]);
+                    for c0 in 0..head_dim / chunk {
+                        #[unroll]
+                        for u in 0..chunk {
+                            let c = c0 * chunk + u;
+                            dv_acc[c] += p_uniform * f32::cast_from(d_out[at + c]);
+                            dk_acc[c] += ds * f32::cast_from(q[at + c]);
+                        }
                     }
                 }
             }
         }
     }
     if active {
-        for c in 0..head_dim {
-            dk[k_at + c] = F::cast_from(dk_acc[c] * scale);
-            dv[k_at + c] = F::cast_from(dv_acc[c]);
+        for c0 in 0..head_dim / chunk {
+            #[unroll]
+            for u in 0..chunk {
+                let c = c0 * chunk + u;
+                dk[k_at + c] = F::cast_from(dk_acc[c] * scale);
+                dv[k_at + c] = F::cast_from(dv_acc[c]);
+            }
         }
     }
 }

@@ -7,6 +7,10 @@
 
 use cubecl::prelude::*;
 
+// Every loop over `head_dim` runs `head_dim / chunk` times over an unrolled body of `chunk`
+// steps: llvmpipe (lavapipe) ends an invocation's loops silently once they have iterated 65535
+// times in all, and unrolling wholly makes its shader compiles far too slow.
+
 /// The score that marks a masked key (its probability is 0). Finite, because WGSL has no
 /// infinity literal.
 pub(super) const MASKED: f32 = -3.0e38;
@@ -89,9 +93,8 @@ pub(super) fn key_end(
 
 /// Copies `block` rows of `head_dim` values, rows `row0..` of head `head` of batch element `b`
 /// of `x` (`[batch, rows, heads, head_dim]`), into `tile` as f32, zeros past the last row.
-/// Every unit of the cube takes part (`units` of them).
+/// Every unit of the cube takes part (`block` of them, `head_dim` values each).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn load_tile<F: Float>(
     x: &Tensor<F>,
     tile: &mut SharedMemory<f32>,
@@ -100,20 +103,23 @@ pub(super) fn load_tile<F: Float>(
     head: usize,
     #[comptime] block: usize,
     #[comptime] head_dim: usize,
-    #[comptime] units: usize,
+    #[comptime] chunk: usize,
 ) {
     let rows = x.shape(1);
     let heads = x.shape(2);
-    let mut at = UNIT_POS_X as usize;
-    while at < block * head_dim {
-        let row = row0 + at / head_dim;
-        let c = at % head_dim;
-        let mut value = 0.0f32;
-        if row < rows {
-            value = f32::cast_from(x[((b * rows + row) * heads + head) * head_dim + c]);
+    for n0 in 0..head_dim / chunk {
+        #[unroll]
+        for u in 0..chunk {
+            let n = n0 * chunk + u;
+            let at = n * block + UNIT_POS_X as usize;
+            let row = row0 + at / head_dim;
+            let c = at % head_dim;
+            let mut value = 0.0f32;
+            if row < rows {
+                value = f32::cast_from(x[((b * rows + row) * heads + head) * head_dim + c]);
+            }
+            tile[at] = value;
         }
-        tile[at] = value;
-        at += units;
     }
 }
 
@@ -134,6 +140,7 @@ pub(super) fn flash_forward<F: Float>(
     lse: &mut Tensor<f32>,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] chunk: usize,
     #[comptime] block: usize,
     #[comptime] causal: bool,
     #[comptime] alibi: bool,
@@ -160,13 +167,17 @@ pub(super) fn flash_forward<F: Float>(
     let q_at = ((b * s_q + i) * heads + j) * head_dim;
     let mut q_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    for c in 0..head_dim {
-        let mut x = 0.0f32;
-        if active {
-            x = f32::cast_from(q[q_at + c]);
+    for c0 in 0..head_dim / chunk {
+        #[unroll]
+        for u in 0..chunk {
+            let c = c0 * chunk + u;
+            let mut x = 0.0f32;
+            if active {
+                x = f32::cast_from(q[q_at + c]);
+            }
+            q_row[c] = x;
+            acc[c] = 0.0;
         }
-        q_row[c] = x;
-        acc[c] = 0.0;
     }
     let mut k_tile = SharedMemory::<f32>::new(block * head_dim);
     let mut v_tile = SharedMemory::<f32>::new(block * head_dim);
@@ -179,12 +190,17 @@ pub(super) fn flash_forward<F: Float>(
     let mut sum = 0.0f32;
     for tile in 0..tiles {
         let k0 = tile * block;
-        load_tile::<F>(k, &mut k_tile, b, k0, g, block, head_dim, block);
-        load_tile::<F>(v, &mut v_tile, b, k0, g, block, head_dim, block);
+        // A runtime bound: LLVM would unroll a constant one (lavapipe then compiles for minutes).
+        let mut kc = end - k0;
+        if kc > block {
+            kc = block;
+        }
+        load_tile::<F>(k, &mut k_tile, b, k0, g, block, head_dim, chunk);
+        load_tile::<F>(v, &mut v_tile, b, k0, g, block, head_dim, chunk);
         sync_cube();
         if active {
             let mut tile_max = f32::new(MASKED);
-            for kk in 0..block {
+            for kk in 0..kc {
                 let t = k0 + kk;
                 let mut s = f32::new(MASKED);
                 if visible(
@@ -201,8 +217,12 @@ pub(super) fn flash_forward<F: Float>(
                     has_sequence_id,
                 ) {
                     let mut dot = 0.0f32;
-                    for c in 0..head_dim {
-                        dot += q_row[c] * k_tile[kk * head_dim + c];
+                    for c0 in 0..head_dim / chunk {
+                        #[unroll]
+                        for u in 0..chunk {
+                            let c = c0 * chunk + u;
+                            dot += q_row[c] * k_tile[kk * head_dim + c];
+                        }
                     }
                     s = score(dot, t, i, offset, scale, slope);
                     if s > tile_max {
@@ -220,16 +240,24 @@ pub(super) fn flash_forward<F: Float>(
                 // 0 while the row is still empty (max = MASKED).
                 let rescale = f32::exp(max - new_max);
                 sum *= rescale;
-                for c in 0..head_dim {
-                    acc[c] *= rescale;
+                for c0 in 0..head_dim / chunk {
+                    #[unroll]
+                    for u in 0..chunk {
+                        let c = c0 * chunk + u;
+                        acc[c] *= rescale;
+                    }
                 }
-                for kk in 0..block {
+                for kk in 0..kc {
                     let s = scores[kk];
                     if s > MASKED_BELOW {
                         let p = f32::exp(s - new_max);
                         sum += p;
-                        for c in 0..head_dim {
-                            acc[c] += p * v_tile[kk * head_dim + c];
+                        for c0 in 0..head_dim / chunk {
+                            #[unroll]
+                            for u in 0..chunk {
+                                let c = c0 * chunk + u;
+                                acc[c] += p * v_tile[kk * head_dim + c];
+                            }
                         }
                     }
                 }
@@ -243,25 +271,41 @@ pub(super) fn flash_forward<F: Float>(
         let lse_at = (b * heads + j) * s_q + i;
         if sum > 0.0 {
             let inv = 1.0f32 / sum;
-            for c in 0..head_dim {
-                out[q_at + c] = F::cast_from(acc[c] * inv);
+            for c0 in 0..head_dim / chunk {
+                #[unroll]
+                for u in 0..chunk {
+                    let c = c0 * chunk + u;
+                    out[q_at + c] = F::cast_from(acc[c] * inv);
+                }
             }
             lse[lse_at] = max + f32::ln(sum);
         } else {
             // Every key masked: the uniform average of all values, read straight from global
             // memory (no barrier: other units may have left the loop).
             let p = 1.0f32 / f32::cast_from(s_k);
-            for c in 0..head_dim {
-                acc[c] = 0.0;
+            for c0 in 0..head_dim / chunk {
+                #[unroll]
+                for u in 0..chunk {
+                    let c = c0 * chunk + u;
+                    acc[c] = 0.0;
+                }
             }
             for t in 0..s_k {
                 let at = ((b * s_k + t) * kv_heads + g) * head_dim;
-                for c in 0..head_dim {
-                    acc[c] += p * f32::cast_from(v[at + c]);
+                for c0 in 0..head_dim / chunk {
+                    #[unroll]
+                    for u in 0..chunk {
+                        let c = c0 * chunk + u;
+                        acc[c] += p * f32::cast_from(v[at + c]);
+                    }
                 }
             }
-            for c in 0..head_dim {
-                out[q_at + c] = F::cast_from(acc[c]);
+            for c0 in 0..head_dim / chunk {
+                #[unroll]
+                for u in 0..chunk {
+                    let c = c0 * chunk + u;
+                    out[q_at + c] = F::cast_from(acc[c]);
+                }
             }
             lse[lse_at] = UNIFORM;
         }

@@ -70,6 +70,10 @@ type Prim<B> = FloatTensor<B>;
 const MAX_HEAD_DIM: usize = 256;
 /// Rows per tile (and units per cube) when the device's shared memory allows it.
 const BLOCK: usize = 32;
+/// Mesa's llvmpipe (lavapipe, wgpu's adapter where there is no GPU) ends every loop of an
+/// invocation once it has iterated 65535 times in all, silently: a kernel then writes partial
+/// sums. On wgpu the kernels are refused beyond this many (see [`loop_iterations`]).
+const WGPU_LOOP_BUDGET: usize = 60_000;
 
 /// The bias of an attention call by its parts, as [`attention`] takes it: [`AttnBias`]'s
 /// parts, with the causal mask optional (the model's bias is always causal; the tests also
@@ -164,6 +168,8 @@ impl Dims {
 #[derive(Clone, Copy, Debug)]
 struct Config {
     head_dim: usize,
+    /// The steps of each loop over `head_dim` that are unrolled (divides it).
+    chunk: usize,
     block: usize,
     causal: bool,
     alibi: bool,
@@ -204,11 +210,17 @@ pub(crate) fn attention<B: Backend>(
     scale: f64,
 ) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>)> {
     #[cfg(feature = "wgpu")]
-    let (q, k, v) =
-        match on::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>(q, k, v, masks, scale) {
-            Ok(out) => return Ok(out),
-            Err(inputs) => inputs,
-        };
+    let (q, k, v) = match on::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>(
+        q,
+        k,
+        v,
+        masks,
+        scale,
+        Some(WGPU_LOOP_BUDGET),
+    ) {
+        Ok(out) => return Ok(out),
+        Err(inputs) => inputs,
+    };
     #[cfg(feature = "cuda")]
     let (q, k, v) = match on::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>(q, k, v, masks, scale) {
         Ok(out) => return Ok(out),
@@ -235,6 +247,7 @@ fn on<B: Backend, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     v: Prim<B>,
     masks: &Masks<B>,
     scale: f64,
+    loop_budget: Option<usize>,
 ) -> Result<Prim<B>, (Prim<B>, Prim<B>, Prim<B>)> {
     type Inner<R, F, I, BT> = CubeBackend<R, F, I, BT>;
     let (plain, tracked) = is_cube::<B, R, F, I, BT>();
@@ -260,8 +273,12 @@ fn on<B: Backend, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElemen
     let (true, Some(block)) = (supported, block) else {
         return Err((q, k, v));
     };
+    if loop_budget.is_some_and(|most| loop_iterations(&d, block) > most) {
+        return Err((q, k, v));
+    }
     let cfg = Config {
         head_dim: d.head_dim,
+        chunk: chunk(d.head_dim),
         block,
         causal: masks.causal,
         alibi: masks.slopes.is_some(),
@@ -344,6 +361,29 @@ fn upload<B: Backend, BI: Backend, R: CubeRuntime>(
     }
 }
 
+/// The steps of a loop over `head_dim` unrolled at a time: the largest of 16, 8, 4, 2, 1 that
+/// divides it.
+fn chunk(head_dim: usize) -> usize {
+    [16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&n| head_dim.is_multiple_of(n))
+        .unwrap_or(1)
+}
+
+/// A bound on the loop iterations of one unit of any of the three kernels, where each loop over
+/// `head_dim` counts `head_dim / chunk`: the forward and `dQ` walk the keys (two such loops per
+/// key, and, for a wholly masked row, all keys once more); `dK`/`dV` walk every query row of the
+/// group's heads (three such loops per row, and once more for wholly masked rows before the
+/// block), loading two tiles per block of rows.
+fn loop_iterations(d: &Dims, block: usize) -> usize {
+    let group = d.heads / d.kv_heads;
+    let per_row = d.head_dim / chunk(d.head_dim);
+    let per_tile = 2 * per_row + 1;
+    let query_side = d.seq_k * (3 + 3 * per_row) + d.seq_k.div_ceil(block) * per_tile;
+    let key_side = group * (d.seq_q * (2 + 6 * per_row) + d.seq_q.div_ceil(block) * per_tile);
+    query_side.max(key_side) + 4 * per_row
+}
+
 /// The grid of the query-side kernels (forward, `dQ`): (query blocks, heads, batch).
 fn query_grid(d: &Dims, block: usize) -> CubeCount {
     CubeCount::Static(
@@ -383,6 +423,7 @@ fn forward<R: CubeRuntime>(
         lse.clone().into_tensor_arg(),
         cfg.scale,
         cfg.head_dim,
+        cfg.chunk,
         cfg.block,
         cfg.causal,
         cfg.alibi,
@@ -440,6 +481,7 @@ fn backward<R: CubeRuntime>(
         arg(&delta),
         cfg.scale,
         cfg.head_dim,
+        cfg.chunk,
         cfg.block,
         cfg.causal,
         cfg.alibi,
@@ -469,6 +511,7 @@ fn backward<R: CubeRuntime>(
         arg(&dv),
         cfg.scale,
         cfg.head_dim,
+        cfg.chunk,
         cfg.block,
         cfg.causal,
         cfg.alibi,

@@ -379,3 +379,12 @@ fn model_attention_takes_the_cube_kernel_on_wgpu_without_a_dense_bias() {
     let wrong = AttnBias::new(3, None, 6, 0, None, None, &dev);
     assert!(crate::kernels::attention(t(q), t(k), t(v), &wrong, 1.0).is_err());
 }
+
+#[test]
+#[ignore = "needs Mesa lavapipe (wgpu)"]
+fn cube_attention_over_long_loops_matches_the_composed_one() {
+    // 800 query rows for each key unit of the dK/dV kernel: past lavapipe's 65535 loop
+    // iterations per invocation if the head_dim loops were not partly unrolled (it then stops
+    // the loops silently and the gradients come out partial).
+    matches_composed(&Case::new(1, 400, 2, 1, 64), 101);
+}
