@@ -14,6 +14,10 @@
 //! A row whose keys are all masked (log-sum-exp [`UNIFORM`]) has probability `1 / s_k` for
 //! every key, masked or not, as in the forward.
 
+// Kernel code: a comptime flag must be its own `if` (it selects code, it is not a run-time
+// condition), and `div_ceil` is not among CubeCL's intrinsics.
+#![allow(clippy::collapsible_if, clippy::manual_div_ceil)]
+
 use cubecl::prelude::*;
 
 use super::flash_fwd::{UNIFORM_ABOVE, key_end, load_tile, score, visible};

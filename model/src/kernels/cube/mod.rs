@@ -73,6 +73,7 @@ const BLOCK: usize = 32;
 /// Mesa's llvmpipe (lavapipe, wgpu's adapter where there is no GPU) ends every loop of an
 /// invocation once it has iterated 65535 times in all, silently: a kernel then writes partial
 /// sums. On wgpu the kernels are refused beyond this many (see [`loop_iterations`]).
+#[cfg(feature = "wgpu")]
 const WGPU_LOOP_BUDGET: usize = 60_000;
 
 /// The bias of an attention call by its parts, as [`attention`] takes it: [`AttnBias`]'s
@@ -222,10 +223,11 @@ pub(crate) fn attention<B: Backend>(
         Err(inputs) => inputs,
     };
     #[cfg(feature = "cuda")]
-    let (q, k, v) = match on::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>(q, k, v, masks, scale) {
-        Ok(out) => return Ok(out),
-        Err(inputs) => inputs,
-    };
+    let (q, k, v) =
+        match on::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>(q, k, v, masks, scale, None) {
+            Ok(out) => return Ok(out),
+            Err(inputs) => inputs,
+        };
     Err((q, k, v))
 }
 
