@@ -30,7 +30,11 @@
 //! `head_dim = 128` live in local memory on CUDA), no split over the key axis for short query
 //! counts. Refused, so the caller runs the composed path: other backends (Fusion included),
 //! dtypes other than f32/f16/bf16 or not supported by the device, `head_dim` above 256, mixed
-//! dtypes, and biases whose parts do not fit the shapes. Soft-capping, dropout, RoPE, a KV
+//! dtypes, biases whose parts do not fit the shapes, and, on wgpu only, calls whose units would
+//! loop more than lavapipe allows ([`loop_iterations`] over 60,000: about
+//! `group × s_q × (2 + 6 · head_dim / 16)`, so a sequence of 2048 with `head_dim` 64 passes for
+//! one query head per key/value head and not for more; a real GPU through wgpu is held to it
+//! too, as the adapter cannot be told apart here). Soft-capping, dropout, RoPE, a KV
 //! cache and mixed-precision compute never reach [`super::attention`] (the model keeps those
 //! composed).
 
