@@ -255,6 +255,7 @@ fn matches_composed(case: &Case, seed: u64) -> f32 {
             .into_data();
         worst = worst.max(assert_close(name, case, dw, dc));
     }
+    eprintln!("worst relative error {worst:.2e}: {case:?}");
     worst
 }
 
