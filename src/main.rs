@@ -76,6 +76,9 @@ enum Command {
     /// NCCL collectives on one GPU against the host path (needs the `cuda` feature; GPU checks).
     #[command(hide = true)]
     DistCheck(cmd::dist_check::Args),
+    /// The fused attention against the composed path, values and gradients (GPU checks).
+    #[command(hide = true)]
+    KernelCheck(cmd::kernel_check::Args),
 }
 
 fn main() {
@@ -100,6 +103,7 @@ fn main() {
         Command::BenchCode(args) => cmd::bench_code::run(args),
         Command::InitLora(args) => cmd::init_lora::run(args),
         Command::DistCheck(args) => cmd::dist_check::run(args, cli.device),
+        Command::KernelCheck(args) => cmd::kernel_check::run(args, cli.device),
     };
     if let Err(err) = result {
         // One line per cause, outermost first: "error: <what failed>: <why>".

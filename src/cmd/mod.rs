@@ -10,6 +10,7 @@ pub mod eval;
 pub mod generate;
 pub mod init_lora;
 pub mod inspect;
+pub mod kernel_check;
 pub mod parity;
 pub mod plan;
 pub mod preflight;

@@ -13,6 +13,9 @@
 #   1. `tessera parity --device cuda`: logits, loss, every gradient and greedy generation against
 #      transformers' reference outputs (fixtures/mpt), and transformers itself on the same GPU
 #      with TF32 off and on as the yardstick (xtask/python/torch_fixture_parity.py);
+#   1b. `tessera kernel-check --device cuda`: the CubeCL flash attention (model/src/kernels/cube)
+#      against the composed path, output and q/k/v gradients, head_dim 64 and 128, causal with
+#      ALiBi, GQA and a padded row, in f32, f16 and bf16; fails outside tolerance or if refused;
 #   2. `tessera generate --device cuda` on every fixture checkpoint (transformers' greedy tokens),
 #      and `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
 #   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
@@ -20,7 +23,8 @@
 #   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
 #   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak;
 #   6. wgpu (a binary built with `--features cuda,wgpu`): whether the machine offers a Vulkan
-#      adapter, then `tessera parity --device wgpu` and a short `tessera quickstart --device wgpu`;
+#      adapter, then `tessera kernel-check`, `tessera parity --device wgpu` and a short
+#      `tessera quickstart --device wgpu`;
 #   7. `tessera dist-check --device cuda`: NCCL at world size 1, every collective against the host;
 #   8. with an xtask binary (third argument), `cargo xtask bench gpu`: tessera `train` vs PyTorch
 #      (transformers' MPT, bf16 autocast, SDPA, fused AdamW) on MPT-125M/350M/1B at seq 2048 with
@@ -71,6 +75,8 @@ step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record sta
 step parity 90 "$BIN" --device cuda parity --fixtures fixtures --json
 step torch_parity 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda
 step torch_parity_tf32 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda --tf32
+# The fused attention kernel against the composed path (values, gradients; f32, f16, bf16).
+step kernel_check 120 "$BIN" --device cuda kernel-check --seq 512
 # `tessera generate` on the GPU prints transformers' greedy tokens for every fixture checkpoint.
 generate_check() {
     for m in fixtures/mpt/*/; do
@@ -117,6 +123,8 @@ step train_bf16 75 "$BIN" --device cuda train "$WORK/qs/quickstart.yaml" --run-d
 # .devrun/vulkan/ (`apt-get download libvulkan1`, then `dpkg-deb -x`).
 [ -d .devrun/vulkan ] && export LD_LIBRARY_PATH="$PWD/.devrun/vulkan:$LD_LIBRARY_PATH"
 step wgpu_info 20 bash -c 'ldconfig -p | grep -i vulkan; ls -l /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1; true'
+# At seq 128: longer calls can pass the loop budget the kernels keep to on wgpu (lavapipe's).
+step wgpu_kernel_check 120 "$BIN" --device wgpu kernel-check --seq 128
 step wgpu_parity 150 "$BIN" --device wgpu parity --fixtures fixtures --json
 step wgpu_quickstart 180 "$BIN" --device wgpu quickstart --run-dir "$WORK/qs_wgpu" --steps 60
 # NCCL on this GPU at world size 1 (needs libnccl; tessera built with `--features cuda`).
@@ -137,14 +145,14 @@ done
 
 echo "== summary =="
 cat "$OUTDIR/status.txt"
-for f in parity torch_parity torch_parity_tf32 generate; do cat "$OUTDIR/$f.log" 2>/dev/null; done
+for f in parity torch_parity torch_parity_tf32 kernel_check generate; do cat "$OUTDIR/$f.log" 2>/dev/null; done
 tail -n 3 "$OUTDIR/quickstart.log" 2>/dev/null
 for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 torch_f32 torch_tf32 torch_bf16; do
     tail -n 1 "$OUTDIR/$f.log" 2>/dev/null
 done
 tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null
 tail -n 3 "$OUTDIR/train_metrics.jsonl" 2>/dev/null
-for f in wgpu_info wgpu_parity; do tail -n 12 "$OUTDIR/$f.log" 2>/dev/null; done
+for f in wgpu_info wgpu_kernel_check wgpu_parity; do tail -n 12 "$OUTDIR/$f.log" 2>/dev/null; done
 tail -n 4 "$OUTDIR/wgpu_quickstart.log" 2>/dev/null
 tail -n 20 "$OUTDIR/dist_check.log" 2>/dev/null
 cat "$OUTDIR/bench-gpu/report.md" 2>/dev/null || tail -n 20 "$OUTDIR/bench_gpu.log" 2>/dev/null

@@ -6,12 +6,16 @@
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
 //! see `rows.rs` for the arithmetic and `flex.rs` for the glue); on every other backend or dtype
 //! it runs the composed tensor-op formulation below, which is the reference the fused kernels
-//! are tested against. A CubeCL kernel for CUDA would slot in the same way.
+//! are tested against. Attention also has a CubeCL kernel for burn's wgpu and CUDA backends
+//! (`cube/`, with the `wgpu` or `cuda` feature), wired the same way.
 //!
 //! [`adam_block`] is the one kernel here that the model does not call: the optimizers' update,
 //! run over the blocks [`zip_mut`] hands out.
 
 mod adam;
+mod check;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 mod flash;
 mod flex;
 mod gemm;
@@ -19,9 +23,12 @@ mod rows;
 mod simd;
 
 pub use adam::{AdamConsts, adam_block};
+pub use check::{AttentionCase, AttentionCheck, check_attention};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use burn::tensor::TensorMetadata;
 use burn::tensor::activation;
 use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
 
@@ -142,11 +149,14 @@ pub type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 /// When training on the CPU (`Autodiff<Flex>`, f32) this is one graph node, a flash attention
 /// (`flash`): tiled, with an online softmax, the bias computed inside from its parts, causal
 /// tiles skipped, and a backward that recomputes the probabilities tile by tile, so no
-/// `[batch, heads, s_q, s_k]` tensor exists (neither the bias nor the probabilities). Elsewhere
-/// it hands the inputs back, and the caller runs the composed path (head transposes, then
-/// [`crate::attention::attention`] with [`AttnBias::dense`]), the reference this kernel is
-/// tested against. Plain Flex stays composed because cached decoding relies on its
-/// row-independent products ([`matmul`]).
+/// `[batch, heads, s_q, s_k]` tensor exists (neither the bias nor the probabilities). On burn's
+/// wgpu and CUDA backends (built with the `wgpu` / `cuda` feature, without burn's `fusion`) the
+/// same function runs as CubeCL kernels (`cube`): one graph node under autodiff, the forward
+/// alone without; f32, and f16/bf16 where the device has them; `TESSERA_CUBE_ATTENTION=0` turns
+/// them off. Elsewhere, or for inputs those kernels refuse, it hands the inputs back, and the
+/// caller runs the composed path (head transposes, then [`crate::attention::attention`] with
+/// [`AttnBias::dense`]), the reference the kernels are tested against. Plain Flex stays
+/// composed because cached decoding relies on its row-independent products ([`matmul`]).
 ///
 /// # Shapes
 /// - `q`: `[batch, s_q, heads, head_dim]`; `k`, `v`: `[batch, s_k, kv_heads, head_dim]`
@@ -159,10 +169,22 @@ pub fn attention<B: Backend>(
     scale: f64,
 ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
-        Ok(out) => Ok(float(out)),
-        Err((q, k, v)) => Err((float(q), float(k), float(v))),
-    }
+    let (q, k, v) = match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
+        Ok(out) => return Ok(float(out)),
+        Err(inputs) => inputs,
+    };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (q, k, v) = {
+        let s_k = k.shape()[1];
+        match cube::Masks::of(bias, q.shape().dims::<4>(), s_k) {
+            Some(masks) if cube::enabled() => match cube::attention::<B>(q, k, v, &masks, scale) {
+                Ok(out) => return Ok(float(out)),
+                Err(inputs) => inputs,
+            },
+            _ => (q, k, v),
+        }
+    };
+    Err((float(q), float(k), float(v)))
 }
 
 /// `x.swap_dims(1, 2)`, as a contiguous tensor on Flex: attention's head transposes.

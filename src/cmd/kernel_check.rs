@@ -1,0 +1,151 @@
+//! Hidden `tessera kernel-check`: the fused attention (the CubeCL flash kernel on wgpu and CUDA,
+//! the CPU flash kernel on Flex) against the composed path, values and gradients, on a few
+//! shapes (head_dim 64 and 128, causal with ALiBi, GQA, a padded row) in f32, f16 and bf16, for
+//! `xtask/scripts/gpu-check.sh`. Fails when an error is outside its dtype's tolerance, or when
+//! the kernel refuses an f32 case on wgpu/CUDA (or any case on CUDA).
+
+use anyhow::bail;
+use burn::tensor::FloatDType;
+use burn::tensor::backend::AutodiffBackend;
+use tessera::device::{DeviceSpec, Job};
+use tessera::model::kernels::{AttentionCase, AttentionCheck, check_attention};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Queries (and keys) per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Also f16 and bf16 (the default on CUDA; wgpu devices mostly lack them, lavapipe does).
+    #[arg(long)]
+    half: bool,
+    /// One JSON line per case instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
+    let half = args.half || matches!(device, DeviceSpec::Cuda(_));
+    let reports = device.run(CheckJob { args: &args, half })?;
+    let mut failed = Vec::new();
+    if !args.json {
+        println!("fused attention against the composed path on {device}");
+        println!(
+            "{:<5} {:>3} {:>5} {:>2}/{:<2} {:>4} {:>5} {:>5}  {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}  ok",
+            "dtype",
+            "b",
+            "seq",
+            "h",
+            "kv",
+            "hd",
+            "alibi",
+            "fused",
+            "out",
+            "dq",
+            "dk",
+            "dv",
+            "fused ms",
+            "composed ms"
+        );
+    }
+    for r in &reports {
+        let c = &r.case;
+        // A refused half-precision case is a device without the type, except on CUDA.
+        let must_fuse = !matches!(device, DeviceSpec::Cpu)
+            && (c.dtype == FloatDType::F32 || matches!(device, DeviceSpec::Cuda(_)));
+        let ok = r.passed() && (r.fused || !must_fuse);
+        if !ok {
+            failed.push(format!("{c:?}"));
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device": device.to_string(), "dtype": format!("{:?}", c.dtype),
+                    "batch": c.batch, "seq": c.seq, "heads": c.heads, "kv_heads": c.kv_heads,
+                    "head_dim": c.head_dim, "alibi": c.alibi, "padding": c.padding,
+                    "fused": r.fused, "errors": r.errors, "tolerance": r.tolerance(),
+                    "fused_ms": r.fused_ms, "composed_ms": r.composed_ms, "ok": ok,
+                })
+            );
+        } else {
+            let e = r.errors;
+            println!(
+                "{:<5} {:>3} {:>5} {:>2}/{:<2} {:>4} {:>5} {:>5}  {:>9.2e} {:>9.2e} {:>9.2e} {:>9.2e} {:>10.1} {:>11.1}  {}",
+                format!("{:?}", c.dtype),
+                c.batch,
+                c.seq,
+                c.heads,
+                c.kv_heads,
+                c.head_dim,
+                c.alibi,
+                r.fused,
+                e[0],
+                e[1],
+                e[2],
+                e[3],
+                r.fused_ms,
+                r.composed_ms,
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "kernel-check on {device}: {} of {} cases failed: {}",
+            failed.len(),
+            reports.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+struct CheckJob<'a> {
+    args: &'a Args,
+    /// Whether f16 and bf16 are checked too.
+    half: bool,
+}
+
+impl Job for CheckJob<'_> {
+    type Output = anyhow::Result<Vec<AttentionCheck>>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Self::Output {
+        let dtypes: &[FloatDType] = if self.half {
+            &[FloatDType::F32, FloatDType::F16, FloatDType::BF16]
+        } else {
+            &[FloatDType::F32]
+        };
+        let seq = self.args.seq;
+        let mut reports = Vec::new();
+        for &dtype in dtypes {
+            // head_dim 64: GQA (8 query heads over 2), ALiBi, causal, a padded first element;
+            // head_dim 128: 6 heads (non-power-of-two ALiBi slopes), multi-query.
+            let cases = [
+                AttentionCase {
+                    batch: 2,
+                    seq,
+                    heads: 8,
+                    kv_heads: 2,
+                    head_dim: 64,
+                    dtype,
+                    alibi: true,
+                    padding: true,
+                },
+                AttentionCase {
+                    batch: 1,
+                    seq,
+                    heads: 6,
+                    kv_heads: 1,
+                    head_dim: 128,
+                    dtype,
+                    alibi: true,
+                    padding: false,
+                },
+            ];
+            for case in cases {
+                reports.push(check_attention::<B>(case, &device));
+            }
+        }
+        Ok(reports)
+    }
+}
