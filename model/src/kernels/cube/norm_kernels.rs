@@ -14,35 +14,14 @@ pub(super) fn row_index() -> usize {
     CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
-/// `value` summed over the cube's `units` units (a power of two), returned to every unit.
+/// `value` combined over the cube's `units` units (a power of two): summed, or with `max` the
+/// largest; returned to every unit.
 #[cube]
-pub(super) fn cube_sum(
+fn cube_reduce(
     value: f32,
     shared: &mut SharedMemory<f32>,
     #[comptime] units: usize,
-) -> f32 {
-    let u = UNIT_POS_X as usize;
-    shared[u] = value;
-    sync_cube();
-    let mut active = units.runtime();
-    while active > 1 {
-        active /= 2;
-        if u < active {
-            shared[u] += shared[u + active];
-        }
-        sync_cube();
-    }
-    let total = shared[0];
-    sync_cube();
-    total
-}
-
-/// The largest `value` over the cube's `units` units (a power of two), returned to every unit.
-#[cube]
-pub(super) fn cube_max(
-    value: f32,
-    shared: &mut SharedMemory<f32>,
-    #[comptime] units: usize,
+    #[comptime] max: bool,
 ) -> f32 {
     let u = UNIT_POS_X as usize;
     shared[u] = value;
@@ -52,8 +31,12 @@ pub(super) fn cube_max(
         active /= 2;
         if u < active {
             let other = shared[u + active];
-            if other > shared[u] {
-                shared[u] = other;
+            if max {
+                if other > shared[u] {
+                    shared[u] = other;
+                }
+            } else {
+                shared[u] += other;
             }
         }
         sync_cube();
@@ -61,6 +44,26 @@ pub(super) fn cube_max(
     let total = shared[0];
     sync_cube();
     total
+}
+
+/// `value` summed over the cube's units.
+#[cube]
+pub(super) fn cube_sum(
+    value: f32,
+    shared: &mut SharedMemory<f32>,
+    #[comptime] units: usize,
+) -> f32 {
+    cube_reduce(value, shared, units, false)
+}
+
+/// The largest `value` over the cube's units.
+#[cube]
+pub(super) fn cube_max(
+    value: f32,
+    shared: &mut SharedMemory<f32>,
+    #[comptime] units: usize,
+) -> f32 {
+    cube_reduce(value, shared, units, true)
 }
 
 /// LayerNorm (two-pass: the mean, then the biased variance of the centred row) or RMSNorm over
