@@ -253,7 +253,8 @@ pub fn softmax_with_bias<B: Backend, const D: usize>(
 /// Per-row cross-entropy `logsumexp(x) - x[target]` of `logits` against `targets` (negative
 /// = ignored: loss 0), and, with `grad`, its gradient `softmax(x) - onehot(target)` (zero rows
 /// where ignored). No gradient flows through this function: it is the arithmetic of
-/// [`crate::lm_loss`], which builds the backward path itself.
+/// [`crate::lm_loss`], which builds the backward path itself. One kernel on Flex and on the
+/// CubeCL backends (f32 logits); the composed ops below elsewhere.
 ///
 /// # Shapes
 /// - `logits`: `[rows, v]`, `targets`: `[rows, 1]` -> `([rows, 1], Some([rows, v]))`
@@ -269,8 +270,14 @@ pub fn cross_entropy_rows<B: Backend>(
         grad,
     ) {
         Ok((loss, g)) => return (float(loss), g.map(float)),
-        Err((x, t)) => (float::<B, 2>(x), Tensor::<B, 2, Int>::from_primitive(t)),
+        Err(inputs) => inputs,
     };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (x, t) = match cube::cross_entropy::<B>(x, t, grad) {
+        Ok((loss, g)) => return (float(loss), g.map(float)),
+        Err(inputs) => inputs,
+    };
+    let (x, t) = (float::<B, 2>(x), Tensor::<B, 2, Int>::from_primitive(t));
     let valid = t.clone().greater_equal_elem(0);
     let safe = t.clone().mask_fill(valid.clone().bool_not(), 0);
     let valid = valid.float();
@@ -344,6 +351,9 @@ pub fn attach_gradients<B: Backend>(
 /// LayerNorm (`rms = false`: two-pass, biased variance, as `torch.nn.functional.layer_norm`) or
 /// RMSNorm (`rms = true`) over the last axis, times `weight`, plus `bias`.
 ///
+/// One fused kernel (one graph node under autodiff) on Flex and on the CubeCL backends (wgpu,
+/// CUDA: `cube/norm.rs`); the composed tensor ops below elsewhere.
+///
 /// # Shapes
 /// - `x`: `[..., d]`; `weight`, `bias`: `[d]`; returns `x`'s shape
 pub fn norm<B: Backend, const D: usize>(
@@ -362,8 +372,18 @@ pub fn norm<B: Backend, const D: usize>(
         rms,
     ) {
         Ok(y) => return float(y),
-        Err((x, w, b)) => (float::<B, D>(x), float::<B, 1>(w), b.map(float::<B, 1>)),
+        Err(inputs) => inputs,
     };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (x, weight, bias) = match cube::norm::<B>(x, weight, bias, eps, rms) {
+        Ok(y) => return float(y),
+        Err(inputs) => inputs,
+    };
+    let (x, weight, bias) = (
+        float::<B, D>(x),
+        float::<B, 1>(weight),
+        bias.map(float::<B, 1>),
+    );
     // Two-pass (centre, then variance) rather than a fused `E[x²] - E[x]²`, which loses digits
     // to cancellation (it cost parity with transformers: per-token loss off by 1.1e-5).
     let y = if rms {

@@ -40,6 +40,10 @@
 
 mod flash_bwd;
 mod flash_fwd;
+mod norm;
+mod norm_kernels;
+
+pub(crate) use norm::{cross_entropy, norm};
 
 use std::any::{Any, TypeId};
 
@@ -552,5 +556,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>
     }
 }
 
+#[cfg(all(test, feature = "wgpu"))]
+mod norm_tests;
 #[cfg(all(test, feature = "wgpu"))]
 mod tests;
