@@ -201,14 +201,13 @@ impl<B: Backend> Attention<B> {
                 (q, k, v.reshape([b, s, kvh, hd]))
             }
         };
-        // Training on the CPU: the whole attention as one fused kernel, in this layout.
+        // Training: the whole attention as one fused kernel, in this layout.
         let plain = ctx.rotary.is_none()
             && kv.is_none()
             && self.softcap.is_none()
-            && self.attn_pdrop == 0.0
-            && ctx.compute.is_none();
+            && self.attn_pdrop == 0.0;
         let (q, k, v) = if plain {
-            match kernels::attention(q, k, v, &ctx.bias, self.softmax_scale) {
+            match kernels::attention(q, k, v, &ctx.bias, self.softmax_scale, ctx.compute) {
                 Ok(out) => return self.project_out(out.reshape([b, s, h * hd]), ctx),
                 Err(inputs) => inputs,
             }

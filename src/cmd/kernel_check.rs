@@ -1,6 +1,7 @@
 //! Hidden `tessera kernel-check`: the fused attention (the CubeCL flash kernel on wgpu and CUDA,
 //! the CPU flash kernel on Flex) against the composed path, values and gradients, on a few
-//! shapes (head_dim 64 and 128, causal with ALiBi, GQA, a padded row) in f32, f16 and bf16, for
+//! shapes (head_dim 64 and 128, causal with ALiBi, GQA, a padded row) in f32, f16 and bf16,
+//! then the row kernels (LayerNorm, RMSNorm, the cross-entropy over a 50,432 vocabulary), for
 //! `xtask/scripts/gpu-check.sh`. Fails when an error is outside its dtype's tolerance, or when
 //! the kernel refuses an f32 case on wgpu/CUDA (or any case on CUDA).
 
@@ -8,7 +9,9 @@ use anyhow::bail;
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use tessera::device::{DeviceSpec, Job};
-use tessera::model::kernels::{AttentionCase, AttentionCheck, check_attention};
+use tessera::model::kernels::{
+    AttentionCase, AttentionCheck, RowsCheck, check_attention, check_cross_entropy, check_norm,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,7 +28,7 @@ pub struct Args {
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
     let half = args.half || matches!(device, DeviceSpec::Cuda(_));
-    let reports = device.run(CheckJob { args: &args, half })?;
+    let (reports, rows) = device.run(CheckJob { args: &args, half })?;
     let mut failed = Vec::new();
     if !args.json {
         println!("fused attention against the composed path on {device}");
@@ -89,11 +92,48 @@ pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
             );
         }
     }
+    if !args.json {
+        println!("\nrow kernels (norms, cross-entropy) against the composed path on {device}");
+        println!("{:<30} {:<5} {:>5}  errors", "kernel", "dtype", "fused");
+    }
+    for r in &rows {
+        let must_fuse = !matches!(device, DeviceSpec::Cpu)
+            && (r.dtype == FloatDType::F32 || matches!(device, DeviceSpec::Cuda(_)));
+        let ok = r.passed() && (r.fused || !must_fuse);
+        if !ok {
+            failed.push(format!("{} {:?}", r.what, r.dtype));
+        }
+        let errors: Vec<String> = r
+            .errors
+            .iter()
+            .map(|(name, e)| format!("{name} {e:.2e}"))
+            .collect();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device": device.to_string(), "kernel": r.what,
+                    "dtype": format!("{:?}", r.dtype), "fused": r.fused,
+                    "errors": r.errors.iter().map(|(n, e)| (n.to_string(), *e)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "tolerance": r.tolerance(), "ok": ok,
+                })
+            );
+        } else {
+            println!(
+                "{:<30} {:<5} {:>5}  {}  {}",
+                r.what,
+                format!("{:?}", r.dtype),
+                r.fused,
+                errors.join(", "),
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
     if !failed.is_empty() {
         bail!(
             "kernel-check on {device}: {} of {} cases failed: {}",
             failed.len(),
-            reports.len(),
+            reports.len() + rows.len(),
             failed.join("; ")
         );
     }
@@ -107,7 +147,7 @@ struct CheckJob<'a> {
 }
 
 impl Job for CheckJob<'_> {
-    type Output = anyhow::Result<Vec<AttentionCheck>>;
+    type Output = anyhow::Result<(Vec<AttentionCheck>, Vec<RowsCheck>)>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Self::Output {
         let dtypes: &[FloatDType] = if self.half {
@@ -146,6 +186,14 @@ impl Job for CheckJob<'_> {
                 reports.push(check_attention::<B>(case, &device));
             }
         }
-        Ok(reports)
+        // LayerNorm with a bias and RMSNorm without, at a 1B model's width (2048) and a
+        // width no multiple of the kernels' 128 units; the cross-entropy over MPT's vocabulary.
+        let mut rows = Vec::new();
+        for &dtype in dtypes {
+            rows.push(check_norm::<B>(seq, 2048, dtype, false, true, &device));
+            rows.push(check_norm::<B>(seq, 300, dtype, true, false, &device));
+        }
+        rows.push(check_cross_entropy::<B>(seq.min(256), 50_432, &device));
+        Ok((reports, rows))
     }
 }

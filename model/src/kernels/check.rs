@@ -166,7 +166,7 @@ fn run<B: AutodiffBackend>(
     let scale = 1.0 / (c.head_dim as f64).sqrt();
     let bias = bias::<B>(c, dev);
     let (took, out) = if fused {
-        match super::attention(q.clone(), k.clone(), v.clone(), &bias, scale) {
+        match super::attention(q.clone(), k.clone(), v.clone(), &bias, scale, None) {
             Ok(out) => (true, out),
             Err((q, k, v)) => (false, composed(q, k, v, &bias, scale)),
         }
@@ -224,5 +224,182 @@ pub fn check_attention<B: AutodiffBackend>(
         errors,
         fused_ms,
         composed_ms,
+    }
+}
+
+/// What [`check_norm`] or [`check_cross_entropy`] measured: one row-wise kernel against the
+/// composed path on the CPU in f32, from the same (rounded) inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowsCheck {
+    /// What ran, e.g. `layer_norm 4096x1024 bias` or `cross_entropy 512x50432`.
+    pub what: String,
+    /// The dtype of the inputs and outputs.
+    pub dtype: FloatDType,
+    /// Whether a fused kernel took the call.
+    pub fused: bool,
+    /// `max |fused − reference| / max(1, max |reference|)` per compared tensor, by name.
+    pub errors: Vec<(&'static str, f32)>,
+}
+
+impl RowsCheck {
+    /// As [`AttentionCheck::tolerance`]: the kernels accumulate in f32, so only the rounding of
+    /// their inputs' dtype is seen.
+    pub fn tolerance(&self) -> f32 {
+        match self.dtype {
+            FloatDType::F32 => 1e-4,
+            FloatDType::F16 => 4e-3,
+            _ => 2e-2,
+        }
+    }
+
+    /// Whether every error is within [`RowsCheck::tolerance`].
+    pub fn passed(&self) -> bool {
+        !self.errors.is_empty() && self.errors.iter().all(|(_, e)| *e <= self.tolerance())
+    }
+}
+
+fn floats<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// `values(n, seed)` rounded to `dtype` (what the kernel sees), as f32 data of `shape`.
+fn rounded<const D: usize>(
+    n: usize,
+    seed: u64,
+    shape: [usize; D],
+    dtype: FloatDType,
+) -> TensorData {
+    let t =
+        Tensor::<Flex, D>::from_data(TensorData::new(values(n, seed), shape), &Default::default());
+    t.cast(dtype).cast(FloatDType::F32).into_data()
+}
+
+/// LayerNorm (or RMSNorm) of `rows × d` values in `dtype`, with or without a bias, through
+/// [`super::fused_norm`] on `B`'s `device` (the composed path if no kernel takes it) and
+/// through the composed path on the CPU: the output and the gradients of `x`, the weight and
+/// the bias for a fixed cotangent.
+pub fn check_norm<B: AutodiffBackend>(
+    rows: usize,
+    d: usize,
+    dtype: FloatDType,
+    rms: bool,
+    bias: bool,
+    device: &B::Device,
+) -> RowsCheck {
+    let data = [
+        rounded(rows * d, 11, [rows, d], dtype),
+        rounded(d, 12, [d], dtype),
+        rounded(d, 13, [d], dtype),
+        rounded(rows * d, 14, [rows, d], dtype),
+    ];
+    fn run<Bk: AutodiffBackend>(
+        data: &[TensorData; 4],
+        dtype: FloatDType,
+        rms: bool,
+        bias: bool,
+        fused: bool,
+        dev: &Bk::Device,
+    ) -> (bool, [Vec<f32>; 4]) {
+        let x = Tensor::<Bk, 2>::from_data(data[0].clone(), dev)
+            .cast(dtype)
+            .detach()
+            .require_grad();
+        let leaf = |d: &TensorData| {
+            Tensor::<Bk, 1>::from_data(d.clone(), dev)
+                .cast(dtype)
+                .detach()
+                .require_grad()
+        };
+        let (w, b) = (leaf(&data[1]), bias.then(|| leaf(&data[2])));
+        let (took, y) = if fused {
+            match super::fused_norm(x.clone(), w.clone(), b.clone(), 1e-5, rms) {
+                Ok(y) => (true, y),
+                Err((x, w, b)) => (false, super::norm(x, w, b, 1e-5, rms)),
+            }
+        } else {
+            (
+                false,
+                super::norm(x.clone(), w.clone(), b.clone(), 1e-5, rms),
+            )
+        };
+        let cot = Tensor::<Bk, 2>::from_data(data[3].clone(), dev).cast(dtype);
+        let g = (y.clone() * cot).sum().backward();
+        let grad =
+            |t: Option<Tensor<Bk, 1>>| t.and_then(|t| t.grad(&g)).map(floats).unwrap_or_default();
+        let dx = x.grad(&g).map(floats).unwrap_or_default();
+        (took, [floats(y.inner()), dx, grad(Some(w)), grad(b)])
+    }
+    let (fused, got) = run::<B>(&data, dtype, rms, bias, true, device);
+    let (_, want) = run::<Reference>(
+        &data,
+        FloatDType::F32,
+        rms,
+        bias,
+        false,
+        &Default::default(),
+    );
+    let names = ["y", "dx", "dweight", "dbias"];
+    let errors = (0..if bias { 4 } else { 3 })
+        .map(|i| (names[i], relative_error(&got[i], &want[i])))
+        .collect();
+    let kind = if rms { "rms_norm" } else { "layer_norm" };
+    RowsCheck {
+        what: format!("{kind} {rows}x{d}{}", if bias { " bias" } else { "" }),
+        dtype,
+        fused,
+        errors,
+    }
+}
+
+/// The unembedding loss's per-row cross-entropy of `rows × v` f32 logits (every seventh
+/// target ignored) through [`super::fused_cross_entropy_rows`] on `B`'s `device` and through
+/// the composed path on the CPU: the losses and the gradient.
+pub fn check_cross_entropy<B: Backend>(rows: usize, v: usize, device: &B::Device) -> RowsCheck {
+    let logits = TensorData::new(
+        values(rows * v, 21).iter().map(|x| 4.0 * x).collect(),
+        [rows, v],
+    );
+    let targets: Vec<i64> = (0..rows)
+        .map(|i| {
+            if i % 7 == 3 {
+                -100
+            } else {
+                ((i * 7919) % v) as i64
+            }
+        })
+        .collect();
+    let targets = TensorData::new(targets, [rows, 1]);
+    fn run<Bk: Backend>(
+        logits: &TensorData,
+        targets: &TensorData,
+        fused: bool,
+        dev: &Bk::Device,
+    ) -> (bool, [Vec<f32>; 2]) {
+        let x = Tensor::<Bk, 2>::from_data(logits.clone(), dev);
+        let t = Tensor::<Bk, 2, Int>::from_data(targets.clone(), dev);
+        let (took, (loss, g)) = if fused {
+            match super::fused_cross_entropy_rows(x, t, true) {
+                Ok(out) => (true, out),
+                Err((x, t)) => (false, super::cross_entropy_rows(x, t, true)),
+            }
+        } else {
+            (false, super::cross_entropy_rows(x, t, true))
+        };
+        (took, [floats(loss), g.map(floats).unwrap_or_default()])
+    }
+    let (fused, got) = run::<B>(&logits, &targets, true, device);
+    let (_, want) = run::<Reference>(&logits, &targets, false, &Default::default());
+    RowsCheck {
+        what: format!("cross_entropy {rows}x{v}"),
+        dtype: FloatDType::F32,
+        fused,
+        errors: vec![
+            ("loss", relative_error(&got[0], &want[0])),
+            ("grad", relative_error(&got[1], &want[1])),
+        ],
     }
 }

@@ -6,8 +6,9 @@
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
 //! see `rows.rs` for the arithmetic and `flex.rs` for the glue); on every other backend or dtype
 //! it runs the composed tensor-op formulation below, which is the reference the fused kernels
-//! are tested against. Attention also has a CubeCL kernel for burn's wgpu and CUDA backends
-//! (`cube/`, with the `wgpu` or `cuda` feature), wired the same way.
+//! are tested against. Attention, LayerNorm/RMSNorm and the unembedding loss's cross-entropy
+//! also have CubeCL kernels for burn's wgpu and CUDA backends (`cube/`, with the `wgpu` or
+//! `cuda` feature), wired the same way (`TESSERA_CUBE_KERNELS=0` turns them off).
 //!
 //! [`adam_block`] is the one kernel here that the model does not call: the optimizers' update,
 //! run over the blocks [`zip_mut`] hands out.
@@ -23,12 +24,12 @@ mod rows;
 mod simd;
 
 pub use adam::{AdamConsts, adam_block};
-pub use check::{AttentionCase, AttentionCheck, check_attention};
+pub use check::{
+    AttentionCase, AttentionCheck, RowsCheck, check_attention, check_cross_entropy, check_norm,
+};
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-use burn::tensor::TensorMetadata;
 use burn::tensor::activation;
 use burn::tensor::{IndexingUpdateOp, TensorPrimitive};
 
@@ -152,11 +153,16 @@ pub type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 /// `[batch, heads, s_q, s_k]` tensor exists (neither the bias nor the probabilities). On burn's
 /// wgpu and CUDA backends (built with the `wgpu` / `cuda` feature, without burn's `fusion`) the
 /// same function runs as CubeCL kernels (`cube`): one graph node under autodiff, the forward
-/// alone without; f32, and f16/bf16 where the device has them; `TESSERA_CUBE_ATTENTION=0` turns
+/// alone without; f32, and f16/bf16 where the device has them; `TESSERA_CUBE_KERNELS=0` turns
 /// them off. Elsewhere, or for inputs those kernels refuse, it hands the inputs back, and the
 /// caller runs the composed path (head transposes, then [`crate::attention::attention`] with
 /// [`AttnBias::dense`]), the reference the kernels are tested against. Plain Flex stays
 /// composed because cached decoding relies on its row-independent products ([`matmul`]).
+///
+/// Under mixed precision (`compute`: the matmuls' dtype, bf16 or f16) the CubeCL kernels take
+/// `q`, `k` and `v` in that dtype and accumulate in f32, as the composed path's half-precision
+/// matmuls and f32 softmax do; the output comes back in `q`'s dtype. The CPU kernel is f32
+/// only, so there mixed precision stays composed.
 ///
 /// # Shapes
 /// - `q`: `[batch, s_q, heads, head_dim]`; `k`, `v`: `[batch, s_k, kv_heads, head_dim]`
@@ -167,24 +173,35 @@ pub fn attention<B: Backend>(
     v: Tensor<B, 4>,
     bias: &AttnBias<B>,
     scale: f64,
+    compute: Option<FloatDType>,
 ) -> Result<Tensor<B, 4>, AttentionInputs<B>> {
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    let (q, k, v) = match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
-        Ok(out) => return Ok(float(out)),
-        Err(inputs) => inputs,
+    let (q, k, v) = match compute {
+        None => match flex::attention::<B>(p(q), p(k), p(v), bias, scale) {
+            Ok(out) => return Ok(float(out)),
+            Err((q, k, v)) => (float(q), float(k), float(v)),
+        },
+        Some(_) => (q, k, v),
     };
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     let (q, k, v) = {
-        let s_k = k.shape()[1];
-        match cube::Masks::of(bias, q.shape().dims::<4>(), s_k) {
-            Some(masks) if cube::enabled() => match cube::attention::<B>(q, k, v, &masks, scale) {
-                Ok(out) => return Ok(float(out)),
-                Err(inputs) => inputs,
-            },
+        let s_k = k.dims()[1];
+        match cube::Masks::of(bias, q.dims(), s_k) {
+            Some(masks) if cube::enabled() => {
+                let dtype = FloatDType::from(q.dtype());
+                let cast = |t: &Tensor<B, 4>| match compute {
+                    Some(dt) if dt != dtype => t.clone().cast(dt),
+                    _ => t.clone(),
+                };
+                match cube::attention::<B>(p(cast(&q)), p(cast(&k)), p(cast(&v)), &masks, scale) {
+                    Ok(out) => return Ok(float::<B, 4>(out).cast(dtype)),
+                    Err(_) => (q, k, v),
+                }
+            }
             _ => (q, k, v),
         }
     };
-    Err((float(q), float(k), float(v)))
+    Err((q, k, v))
 }
 
 /// `x.swap_dims(1, 2)`, as a contiguous tensor on Flex: attention's head transposes.
@@ -263,21 +280,10 @@ pub fn cross_entropy_rows<B: Backend>(
     targets: Tensor<B, 2, Int>,
     grad: bool,
 ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>) {
-    let logits = logits.set_require_grad(false);
-    let (x, t) = match flex::cross_entropy::<B>(
-        logits.into_primitive().tensor(),
-        targets.into_primitive(),
-        grad,
-    ) {
-        Ok((loss, g)) => return (float(loss), g.map(float)),
+    let (x, t) = match fused_cross_entropy_rows(logits, targets, grad) {
+        Ok(out) => return out,
         Err(inputs) => inputs,
     };
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    let (x, t) = match cube::cross_entropy::<B>(x, t, grad) {
-        Ok((loss, g)) => return (float(loss), g.map(float)),
-        Err(inputs) => inputs,
-    };
-    let (x, t) = (float::<B, 2>(x), Tensor::<B, 2, Int>::from_primitive(t));
     let valid = t.clone().greater_equal_elem(0);
     let safe = t.clone().mask_fill(valid.clone().bool_not(), 0);
     let valid = valid.float();
@@ -289,6 +295,36 @@ pub fn cross_entropy_rows<B: Backend>(
             * valid
     });
     (loss, g)
+}
+
+/// The loss and (with `grad`) the gradient of [`cross_entropy_rows`].
+pub type CrossEntropyRows<B> = (Tensor<B, 2>, Option<Tensor<B, 2>>);
+
+/// [`cross_entropy_rows`]'s fused kernels alone (Flex, then CubeCL): `Err` with the inputs
+/// where none takes the call. For checks that must know which path ran.
+pub fn fused_cross_entropy_rows<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    grad: bool,
+) -> Result<CrossEntropyRows<B>, (Tensor<B, 2>, Tensor<B, 2, Int>)> {
+    let logits = logits.set_require_grad(false);
+    let (x, t) = match flex::cross_entropy::<B>(
+        logits.into_primitive().tensor(),
+        targets.into_primitive(),
+        grad,
+    ) {
+        Ok((loss, g)) => return Ok((float(loss), g.map(float))),
+        Err(inputs) => inputs,
+    };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (x, t) = match cube::enabled() {
+        true => match cube::cross_entropy::<B>(x, t, grad) {
+            Ok((loss, g)) => return Ok((float(loss), g.map(float))),
+            Err(inputs) => inputs,
+        },
+        false => (x, t),
+    };
+    Err((float(x), Tensor::from_primitive(t)))
 }
 
 /// Whether autodiff will carry a gradient back through `x`: `x` is a parameter that requires
@@ -363,27 +399,10 @@ pub fn norm<B: Backend, const D: usize>(
     eps: f64,
     rms: bool,
 ) -> Tensor<B, D> {
-    let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
-    let (x, weight, bias) = match flex::norm::<B>(
-        x.into_primitive().tensor(),
-        prim(weight),
-        bias.map(prim),
-        eps,
-        rms,
-    ) {
-        Ok(y) => return float(y),
+    let (x, weight, bias) = match fused_norm(x, weight, bias, eps, rms) {
+        Ok(y) => return y,
         Err(inputs) => inputs,
     };
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    let (x, weight, bias) = match cube::norm::<B>(x, weight, bias, eps, rms) {
-        Ok(y) => return float(y),
-        Err(inputs) => inputs,
-    };
-    let (x, weight, bias) = (
-        float::<B, D>(x),
-        float::<B, 1>(weight),
-        bias.map(float::<B, 1>),
-    );
     // Two-pass (centre, then variance) rather than a fused `E[x²] - E[x]²`, which loses digits
     // to cancellation (it cost parity with transformers: per-token loss off by 1.1e-5).
     let y = if rms {
@@ -399,6 +418,40 @@ pub fn norm<B: Backend, const D: usize>(
         Some(b) => y + b.unsqueeze::<D>(),
         None => y,
     }
+}
+
+/// The inputs of [`norm`] (`x`, `weight`, `bias`), handed back when no fused kernel takes them.
+pub type NormInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Option<Tensor<B, 1>>);
+
+/// [`norm`]'s fused kernels alone (Flex, then CubeCL): `Err` with the inputs where none takes
+/// the call. For checks that must know which path ran.
+pub fn fused_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 1>,
+    bias: Option<Tensor<B, 1>>,
+    eps: f64,
+    rms: bool,
+) -> Result<Tensor<B, D>, NormInputs<B, D>> {
+    let prim = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    let (x, weight, bias) = match flex::norm::<B>(
+        x.into_primitive().tensor(),
+        prim(weight),
+        bias.map(prim),
+        eps,
+        rms,
+    ) {
+        Ok(y) => return Ok(float(y)),
+        Err(inputs) => inputs,
+    };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (x, weight, bias) = match cube::enabled() {
+        true => match cube::norm::<B>(x, weight, bias, eps, rms) {
+            Ok(y) => return Ok(float(y)),
+            Err(inputs) => inputs,
+        },
+        false => (x, weight, bias),
+    };
+    Err((float(x), float(weight), bias.map(float)))
 }
 
 /// The composed (non-fused) formulations, for tests that compare the two paths.
@@ -636,7 +689,7 @@ mod tests {
             |t| {
                 let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
                 let bias = parts.build::<AD>(&t[0].device());
-                let out = attention(q, k, v, &bias, scale);
+                let out = attention(q, k, v, &bias, scale, None);
                 assert!(
                     !bias.dense_is_built(),
                     "the fused path built the dense bias"
@@ -646,7 +699,7 @@ mod tests {
             |t| {
                 let (q, k, v) = (t[0].clone(), t[1].clone(), t[2].clone());
                 let bias = parts.build::<Generic>(&t[0].device());
-                assert!(attention(q.clone(), k.clone(), v.clone(), &bias, scale).is_err());
+                assert!(attention(q.clone(), k.clone(), v.clone(), &bias, scale, None).is_err());
                 let dense = bias.dense().expect("causal attention has a bias");
                 composed_attention(q, k, v, dense, scale)
             },
@@ -723,11 +776,11 @@ mod tests {
         let x = rand::<Flex, 4>([1, 2, 1, 3], 1);
         // Plain Flex (inference) stays composed.
         let bias = parts.build::<Flex>(&dev);
-        assert!(attention(x.clone(), x.clone(), x, &bias, 1.0).is_err());
+        assert!(attention(x.clone(), x.clone(), x, &bias, 1.0, None).is_err());
         // A bias whose parts do not fit the shapes is left to the composed path too.
         let x = rand::<AD, 4>([1, 2, 1, 3], 1);
         let wrong = BiasParts { heads: 2, ..parts }.build::<AD>(&dev);
-        assert!(attention(x.clone(), x.clone(), x, &wrong, 1.0).is_err());
+        assert!(attention(x.clone(), x.clone(), x, &wrong, 1.0, None).is_err());
     }
 
     #[test]

@@ -61,9 +61,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{CubeCount, CubeDim, StorageType};
 
-/// The environment variable that turns the kernels off (`0`): attention then runs the
-/// composed path on wgpu and CUDA too (to compare, or to bisect a suspected kernel fault).
-pub const SWITCH: &str = "TESSERA_CUBE_ATTENTION";
+/// The environment variable that turns the CubeCL kernels off (`0`): attention, the norms and
+/// the cross-entropy then run the composed path on wgpu and CUDA too (to compare, or to bisect
+/// a suspected kernel fault).
+pub const SWITCH: &str = "TESSERA_CUBE_KERNELS";
 
 /// Whether the kernels are used: unless [`SWITCH`] is `0` (read once).
 pub(crate) fn enabled() -> bool {

@@ -369,8 +369,14 @@ fn model_attention_takes_the_cube_kernel_on_wgpu_without_a_dense_bias() {
     let t = |d: TensorData| Tensor::<AW, 4>::from_data(d, &dev);
     let masks = case.masks::<AW>(&dev);
     let bias = AttnBias::new(2, masks.slopes, 6, 0, None, None, &dev);
-    let out =
-        crate::kernels::attention(t(q.clone()), t(k.clone()), t(v.clone()), &bias, case.scale);
+    let out = crate::kernels::attention(
+        t(q.clone()),
+        t(k.clone()),
+        t(v.clone()),
+        &bias,
+        case.scale,
+        None,
+    );
     assert!(out.is_ok(), "Autodiff<Wgpu> takes the fused path");
     assert!(
         !bias.dense_is_built(),
@@ -378,7 +384,7 @@ fn model_attention_takes_the_cube_kernel_on_wgpu_without_a_dense_bias() {
     );
     // A bias whose parts do not fit the shapes is left to the composed path.
     let wrong = AttnBias::new(3, None, 6, 0, None, None, &dev);
-    assert!(crate::kernels::attention(t(q), t(k), t(v), &wrong, 1.0).is_err());
+    assert!(crate::kernels::attention(t(q), t(k), t(v), &wrong, 1.0, None).is_err());
 }
 
 #[test]
@@ -388,4 +394,47 @@ fn cube_attention_over_long_loops_matches_the_composed_one() {
     // iterations per invocation if the head_dim loops were not partly unrolled (it then stops
     // the loops silently and the gradients come out partial).
     matches_composed(&Case::new(1, 400, 2, 1, 64), 101);
+}
+
+/// Mixed precision: the model's attention hands the kernels `q`, `k`, `v` in the compute dtype
+/// and gets the output back in f32. lavapipe has f16 (not bf16): the result must be the
+/// composed path's, computed from the same f16-rounded inputs, within f16's rounding.
+#[test]
+#[ignore = "needs Mesa lavapipe (wgpu)"]
+fn mixed_precision_attention_runs_the_kernel_in_the_compute_dtype() {
+    use burn::tensor::FloatDType;
+    let case = Case::new(1, 20, 2, 1, 16);
+    let dev = Default::default();
+    let [q, k, v] = case.inputs(77);
+    let t = |d: &TensorData| Tensor::<AW, 4>::from_data(d.clone(), &dev);
+    let masks = case.masks::<AW>(&dev);
+    let bias = AttnBias::new(2, masks.slopes.clone(), 20, 0, None, None, &dev);
+    let out = crate::kernels::attention(
+        t(&q),
+        t(&k),
+        t(&v),
+        &bias,
+        case.scale,
+        Some(FloatDType::F16),
+    )
+    .expect("lavapipe runs the kernel in f16");
+    assert_eq!(
+        FloatDType::from(out.dtype()),
+        FloatDType::F32,
+        "back in f32"
+    );
+    // The composed path on the CPU from the f16-rounded inputs.
+    let cdev = Default::default();
+    let r = |d: &TensorData| {
+        Tensor::<Flex, 4>::from_data(d.clone(), &cdev)
+            .cast(FloatDType::F16)
+            .cast(FloatDType::F32)
+    };
+    let want = composed(r(&q), r(&k), r(&v), case.dense(&cdev), case.scale);
+    let (got, want) = (
+        out.into_data().to_vec::<f32>().unwrap(),
+        want.into_data().to_vec::<f32>().unwrap(),
+    );
+    let err = relative_error(&got, &want);
+    assert!(err <= 4e-3, "f16 attention off by {err:e}");
 }
