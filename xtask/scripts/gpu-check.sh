@@ -13,9 +13,10 @@
 #   1. `tessera parity --device cuda`: logits, loss, every gradient and greedy generation against
 #      transformers' reference outputs (fixtures/mpt), and transformers itself on the same GPU
 #      with TF32 off and on as the yardstick (xtask/python/torch_fixture_parity.py);
-#   1b. `tessera kernel-check --device cuda`: the CubeCL flash attention (model/src/kernels/cube)
-#      against the composed path, output and q/k/v gradients, head_dim 64 and 128, causal with
-#      ALiBi, GQA and a padded row, in f32, f16 and bf16; fails outside tolerance or if refused;
+#   1b. `tessera kernel-check --device cuda`: the CubeCL kernels (model/src/kernels/cube) against
+#      the composed path: flash attention (output and q/k/v gradients, head_dim 64 and 128, causal
+#      with ALiBi, GQA and a padded row), LayerNorm, RMSNorm and the cross-entropy, in f32, f16
+#      and bf16; fails outside tolerance or if refused;
 #   2. `tessera generate --device cuda` on every fixture checkpoint (transformers' greedy tokens),
 #      and `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
 #   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
@@ -75,7 +76,7 @@ step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record sta
 step parity 90 "$BIN" --device cuda parity --fixtures fixtures --json
 step torch_parity 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda
 step torch_parity_tf32 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda --tf32
-# The fused attention kernel against the composed path (values, gradients; f32, f16, bf16).
+# The CubeCL kernels against the composed path (values, gradients; f32, f16, bf16).
 step kernel_check 120 "$BIN" --device cuda kernel-check --seq 512
 # `tessera generate` on the GPU prints transformers' greedy tokens for every fixture checkpoint.
 generate_check() {

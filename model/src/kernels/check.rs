@@ -77,8 +77,9 @@ impl AttentionCheck {
     }
 }
 
-/// Deterministic values in `[-1.5, 1.5]`.
-fn values(n: usize, seed: u64) -> Vec<f32> {
+/// Deterministic values in `[-1.5, 1.5]` (the same on every backend; the kernel tests use them
+/// too).
+pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -127,7 +128,7 @@ fn composed<Bk: Backend>(
 }
 
 /// `max |a − b| / max(1, max |b|)` (infinite where `a` has a NaN).
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn relative_error(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
     let diff = a
         .iter()

@@ -8,6 +8,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::prelude::*;
 
+use crate::kernels::check::{relative_error, values};
 use crate::kernels::{cross_entropy_rows, norm};
 
 type AW = Autodiff<Wgpu>;
@@ -17,33 +18,6 @@ type Reference = Autodiff<Flex, BalancedCheckpointing>;
 /// Largest allowed `|fused − composed|` relative to `max(1, max |composed|)`, f32 throughout
 /// (the two sum in different orders).
 const TOLERANCE: f32 = 2e-5;
-
-/// Deterministic values in `[-1.5, 1.5]`.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 3001) as f32 / 1000.0 - 1.5
-        })
-        .collect()
-}
-
-fn relative_error(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    if diff.is_nan() {
-        f32::INFINITY
-    } else {
-        diff / scale
-    }
-}
 
 fn assert_close(what: &str, a: TensorData, b: TensorData) {
     let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
