@@ -300,13 +300,17 @@ pub fn cross_entropy_rows<B: Backend>(
 /// The loss and (with `grad`) the gradient of [`cross_entropy_rows`].
 pub type CrossEntropyRows<B> = (Tensor<B, 2>, Option<Tensor<B, 2>>);
 
+/// The inputs of [`cross_entropy_rows`] (logits, targets), handed back when no fused kernel
+/// takes them.
+pub type CrossEntropyInputs<B> = (Tensor<B, 2>, Tensor<B, 2, Int>);
+
 /// [`cross_entropy_rows`]'s fused kernels alone (Flex, then CubeCL): `Err` with the inputs
 /// where none takes the call. For checks that must know which path ran.
 pub fn fused_cross_entropy_rows<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 2, Int>,
     grad: bool,
-) -> Result<CrossEntropyRows<B>, (Tensor<B, 2>, Tensor<B, 2, Int>)> {
+) -> Result<CrossEntropyRows<B>, CrossEntropyInputs<B>> {
     let logits = logits.set_require_grad(false);
     let (x, t) = match flex::cross_entropy::<B>(
         logits.into_primitive().tensor(),
