@@ -101,12 +101,14 @@ fn bias<Bk: Backend>(c: &AttentionCase, dev: &Bk::Device) -> AttnBias<Bk> {
     AttnBias::new(c.heads, slopes, c.seq, 0, key_mask, None, dev)
 }
 
-/// Attention composed as the model does without a fused kernel.
-fn composed<Bk: Backend>(
+/// Attention composed as the model does without a fused kernel: head transposes, the
+/// grouped-query expansion, then [`crate::attention::attention`] with the dense `bias`. The
+/// reference every fused attention is checked against (here and in the kernels' tests).
+pub(crate) fn composed_attention<Bk: Backend>(
     q: Tensor<Bk, 4>,
     k: Tensor<Bk, 4>,
     v: Tensor<Bk, 4>,
-    bias: &AttnBias<Bk>,
+    bias: Option<Tensor<Bk, 4>>,
     scale: f64,
 ) -> Tensor<Bk, 4> {
     let [b, s_k, kvh, hd] = k.dims();
@@ -123,7 +125,7 @@ fn composed<Bk: Backend>(
         dropout: 0.0,
         compute: None,
     };
-    crate::attention::attention(q.swap_dims(1, 2), expand(k), expand(v), bias.dense(), &opts)
+    crate::attention::attention(q.swap_dims(1, 2), expand(k), expand(v), bias, &opts)
         .swap_dims(1, 2)
 }
 
@@ -169,12 +171,12 @@ fn run<B: AutodiffBackend>(
     let (took, out) = if fused {
         match super::attention(q.clone(), k.clone(), v.clone(), &bias, scale, None) {
             Ok(out) => (true, out),
-            Err((q, k, v)) => (false, composed(q, k, v, &bias, scale)),
+            Err((q, k, v)) => (false, composed_attention(q, k, v, bias.dense(), scale)),
         }
     } else {
         (
             false,
-            composed(q.clone(), k.clone(), v.clone(), &bias, scale),
+            composed_attention(q.clone(), k.clone(), v.clone(), bias.dense(), scale),
         )
     };
     let cot = Tensor::<B, 4>::from_data(data[3].clone(), dev).cast(c.dtype);

@@ -617,33 +617,6 @@ mod tests {
         close(y, x.swap_dims(0, 3).swap_dims(1, 2), 0.0);
     }
 
-    /// Attention composed as the model does without the fused kernel: head transposes, the
-    /// grouped-query expansion, then [`crate::attention::attention`].
-    fn composed_attention<Bk: Backend>(
-        q: Tensor<Bk, 4>,
-        k: Tensor<Bk, 4>,
-        v: Tensor<Bk, 4>,
-        bias: Tensor<Bk, 4>,
-        scale: f64,
-    ) -> Tensor<Bk, 4> {
-        let [b, s_k, kvh, hd] = k.dims();
-        let h = q.dims()[2];
-        let expand = |t: Tensor<Bk, 4>| {
-            t.swap_dims(1, 2)
-                .unsqueeze_dim::<5>(2)
-                .expand([b, kvh, h / kvh, s_k, hd])
-                .reshape([b, h, s_k, hd])
-        };
-        let opts = crate::attention::AttnOptions {
-            scale,
-            softcap: None,
-            dropout: 0.0,
-            compute: None,
-        };
-        crate::attention::attention(q.swap_dims(1, 2), expand(k), expand(v), Some(bias), &opts)
-            .swap_dims(1, 2)
-    }
-
     /// The parts of an attention bias, built on either backend.
     #[derive(Clone)]
     struct BiasParts {
@@ -705,7 +678,7 @@ mod tests {
                 let bias = parts.build::<Generic>(&t[0].device());
                 assert!(attention(q.clone(), k.clone(), v.clone(), &bias, scale, None).is_err());
                 let dense = bias.dense().expect("causal attention has a bias");
-                composed_attention(q, k, v, dense, scale)
+                check::composed_attention(q, k, v, Some(dense), scale)
             },
             5e-5,
         );

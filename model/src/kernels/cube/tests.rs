@@ -1,6 +1,6 @@
 //! The CubeCL kernels on burn's wgpu backend (Mesa's lavapipe where there is no GPU) against
-//! the composed path: head transposes, the grouped-query expansion and
-//! [`crate::attention::attention`] with the dense bias ([`AttnBias::dense`], or, without the
+//! the composed path ([`composed_attention`]: head transposes, the grouped-query expansion and
+//! [`crate::attention::attention`]) with the dense bias ([`AttnBias::dense`], or, without the
 //! causal mask, the same bias written out by hand), run on the CPU by a backend no fused kernel
 //! specialises. Outputs and the gradients of `q`, `k` and `v` must agree within
 //! [`TOLERANCE`] of the reference's largest magnitude.
@@ -9,7 +9,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::prelude::*;
 
-use crate::kernels::check::{relative_error, values};
+use crate::kernels::check::{composed_attention, relative_error, values};
 use burn::tensor::TensorPrimitive;
 
 use super::{Masks, attention};
@@ -141,33 +141,6 @@ impl Case {
     }
 }
 
-/// Attention composed as the model does without a fused kernel: head transposes, the
-/// grouped-query expansion, then [`crate::attention::attention`].
-fn composed<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    bias: Tensor<B, 4>,
-    scale: f64,
-) -> Tensor<B, 4> {
-    let [b, s_k, kvh, hd] = k.dims();
-    let h = q.dims()[2];
-    let expand = |t: Tensor<B, 4>| {
-        t.swap_dims(1, 2)
-            .unsqueeze_dim::<5>(2)
-            .expand([b, kvh, h / kvh, s_k, hd])
-            .reshape([b, h, s_k, hd])
-    };
-    let opts = crate::attention::AttnOptions {
-        scale,
-        softcap: None,
-        dropout: 0.0,
-        compute: None,
-    };
-    crate::attention::attention(q.swap_dims(1, 2), expand(k), expand(v), Some(bias), &opts)
-        .swap_dims(1, 2)
-}
-
 /// The kernel on backend `B` (wgpu, with or without autodiff).
 fn fused<B: Backend>(
     q: Tensor<B, 4>,
@@ -203,11 +176,11 @@ fn matches_composed(case: &Case, seed: u64) -> f32 {
     let (qw, kw, vw) = (on_w(&q), on_w(&k), on_w(&v));
     let (qc, kc, vc) = (on_c(&q), on_c(&k), on_c(&v));
     let out_w = fused(qw.clone(), kw.clone(), vw.clone(), case);
-    let out_c = composed(
+    let out_c = composed_attention(
         qc.clone(),
         kc.clone(),
         vc.clone(),
-        case.dense(&cdev),
+        Some(case.dense(&cdev)),
         case.scale,
     );
     let cot = TensorData::new(
@@ -330,7 +303,13 @@ fn cube_attention_forward_with_a_cached_prefix_matches_the_composed_one() {
     let on_w = |d: &TensorData| Tensor::<W, 4>::from_data(d.clone(), &wdev);
     let on_c = |d: &TensorData| Tensor::<Flex, 4>::from_data(d.clone(), &cdev);
     let out_w = fused(on_w(&q), on_w(&k), on_w(&v), &case);
-    let out_c = composed(on_c(&q), on_c(&k), on_c(&v), case.dense(&cdev), case.scale);
+    let out_c = composed_attention(
+        on_c(&q),
+        on_c(&k),
+        on_c(&v),
+        Some(case.dense(&cdev)),
+        case.scale,
+    );
     assert_close("output", &case, out_w.into_data(), out_c.into_data());
 }
 
@@ -404,7 +383,7 @@ fn mixed_precision_attention_runs_the_kernel_in_the_compute_dtype() {
             .cast(FloatDType::F16)
             .cast(FloatDType::F32)
     };
-    let want = composed(r(&q), r(&k), r(&v), case.dense(&cdev), case.scale);
+    let want = composed_attention(r(&q), r(&k), r(&v), Some(case.dense(&cdev)), case.scale);
     let (got, want) = (
         out.into_data().to_vec::<f32>().unwrap(),
         want.into_data().to_vec::<f32>().unwrap(),
