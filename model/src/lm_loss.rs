@@ -16,18 +16,26 @@
 //! any use of the returned scalar (the chain rule multiplies it by one upstream scalar), which
 //! is why the function returns the sum rather than per-token values.
 //!
-//! The same FLOPs as the unfused path (three `tokens × vocab × d_model` products); each block is
-//! sized to stay near the last-level cache.
+//! The same FLOPs as the unfused path (three `tokens × vocab × d_model` products). On the CPU in
+//! f32 the loop is one kernel ([`crate::kernels::fused_unembed_cross_entropy`]), which reuses
+//! one logits buffer and accumulates `∂/∂W` in place; elsewhere it is the tensor ops below.
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use crate::kernels::{
-    attach_gradients, cross_entropy_rows, is_tracked, linear, linear_backward, matmul,
+    attach_gradients, cross_entropy_rows, fused_unembed_cross_entropy, is_tracked, linear,
+    linear_backward, matmul,
 };
 
-/// Logits per block (~16 MB of f32).
-const BLOCK_ELEMENTS: usize = 1 << 22;
+/// Logits per block: 2²⁵ f32 values, 128 MiB (`plan --memory` counts it).
+///
+/// Why this large: every block also makes three passes over `W`-sized memory (two products
+/// read all of `W`, and `∂W` is read and written), so small blocks are slow. With the released
+/// MPT vocabulary (50432), `d_model` 256 and 2048 rows on a 2-core Xeon, the loss and its
+/// gradients took 1.05 s in blocks of 2²² values (83 rows), 0.87 s in 2²⁴ and 0.80 s in 2²⁵;
+/// larger blocks gained nothing more (BENCHMARKS.md).
+pub const LOGITS_BLOCK_ELEMENTS: usize = 1 << 25;
 
 /// `Σ` over non-ignored targets of `-log softmax(scale · h Wᵀ)[target]`, with a gradient for `h`
 /// and `W` when the backend tracks them.
@@ -50,6 +58,30 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     ignore_index: i64,
     logit_scale: f64,
     compute: Option<FloatDType>,
+) -> Tensor<B, 1> {
+    let how = Blocks {
+        elements: LOGITS_BLOCK_ELEMENTS,
+        fused: true,
+    };
+    in_blocks(h, w, targets, ignore_index, logit_scale, compute, how)
+}
+
+/// How [`in_blocks`] cuts and computes: at most `elements` logits per block, and whether the
+/// fused CPU kernel may take the call (tests turn it off to check the tensor ops on Flex).
+#[derive(Clone, Copy, Debug)]
+struct Blocks {
+    elements: usize,
+    fused: bool,
+}
+
+fn in_blocks<B: Backend>(
+    h: Tensor<B, 3>,
+    w: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    ignore_index: i64,
+    logit_scale: f64,
+    compute: Option<FloatDType>,
+    how: Blocks,
 ) -> Tensor<B, 1> {
     let [b, s, d] = h.dims();
     let [v, dw] = w.dims();
@@ -97,7 +129,23 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     );
     let targets = targets.mask_fill(ignored, -1).reshape([n, 1]);
 
-    let rows = (BLOCK_ELEMENTS / v.max(1)).clamp(1, n);
+    // On the CPU in f32, the whole loop below is one kernel.
+    let (hc, wc, targets) = match compute {
+        None if how.fused => match fused_unembed_cross_entropy(
+            (hc, wc, targets),
+            logit_scale,
+            [grad_h, grad_w],
+            how.elements,
+        ) {
+            Ok((losses, dh, dw)) => {
+                return with_gradients(losses.sum(), h.reshape([n, d]), dh, w, dw);
+            }
+            Err(inputs) => inputs,
+        },
+        _ => (hc, wc, targets),
+    };
+
+    let rows = (how.elements / v.max(1)).clamp(1, n);
     let mut losses = Vec::with_capacity(n.div_ceil(rows));
     let mut dh = Vec::with_capacity(n.div_ceil(rows));
     let mut dw_acc: Option<Tensor<B, 2>> = None;
@@ -137,18 +185,30 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
         }
     }
     let loss = Tensor::cat(losses, 0).sum(); // [1]
-    if dh.is_empty() {
-        return loss;
-    }
-    let dh = Tensor::cat(dh, 0); // [n, d]
-    let h = h.reshape([n, d]);
-    match dw_acc {
-        Some(dw_total) => attach_gradients(loss, h, dh, w, dw_total),
+    let dh = (!dh.is_empty()).then(|| Tensor::cat(dh, 0)); // [n, d]
+    with_gradients(loss, h.reshape([n, d]), dh, w, dw_acc)
+}
+
+/// `loss` as a function of `h` and `w` whose gradients are `dh` and `dw` (those given).
+fn with_gradients<B: Backend>(
+    loss: Tensor<B, 1>,
+    h: Tensor<B, 2>,
+    dh: Option<Tensor<B, 2>>,
+    w: Tensor<B, 2>,
+    dw: Option<Tensor<B, 2>>,
+) -> Tensor<B, 1> {
+    match (dh, dw) {
+        (Some(dh), Some(dw)) => attach_gradients(loss, h, dh, w, dw),
         // Only `h` needs its gradient: the surrogate `loss + (s - detach(s))`, s = Σ h ⊙ ∂h.
-        None => {
+        (Some(dh), None) => {
             let s = (h * dh).sum();
             loss.detach() + (s.clone() - s.detach())
         }
+        (None, Some(dw)) => {
+            let s = (w * dw).sum();
+            loss.detach() + (s.clone() - s.detach())
+        }
+        (None, None) => loss,
     }
 }
 
@@ -203,9 +263,21 @@ mod tests {
         token_cross_entropy(logits, t, -100).sum()
     }
 
-    fn check(b: usize, s: usize, d: usize, v: usize, scale: f64) {
+    /// Both ways of computing the loss (the CPU kernel, the tensor ops) against the reference,
+    /// in blocks of at most `elements` logits.
+    fn check(b: usize, s: usize, d: usize, v: usize, scale: f64, elements: usize) {
+        // The CPU kernel takes Autodiff<Flex>'s f32 tensors (so `fused: true` below runs it).
         let (h, w, t) = inputs(b, s, d, v);
-        let fused = unembed_cross_entropy_sum(h.clone(), w.clone(), t.clone(), -100, scale, None);
+        let inputs = (h.reshape([b * s, d]), w, t.reshape([b * s, 1]));
+        assert!(fused_unembed_cross_entropy(inputs, scale, [true, true], elements).is_ok());
+        for fused in [true, false] {
+            check_one(b, s, d, v, scale, Blocks { elements, fused });
+        }
+    }
+
+    fn check_one(b: usize, s: usize, d: usize, v: usize, scale: f64, how: Blocks) {
+        let (h, w, t) = inputs(b, s, d, v);
+        let fused = in_blocks(h.clone(), w.clone(), t.clone(), -100, scale, None, how);
         let want = reference(h.clone(), w.clone(), t, scale);
         let (f, r) = (fused.clone().into_scalar(), want.clone().into_scalar());
         assert!((f - r).abs() <= 1e-5 * r.abs().max(1.0), "loss {f} vs {r}");
@@ -225,13 +297,50 @@ mod tests {
 
     #[test]
     fn fused_loss_and_gradients_match_the_unfused_ones() {
-        check(2, 9, 8, 37, 1.0);
+        check(2, 9, 8, 37, 1.0, LOGITS_BLOCK_ELEMENTS);
     }
 
     #[test]
     fn fused_loss_handles_several_blocks_and_a_logit_scale() {
-        // 2^22 / 2^17 = 32 rows per block, so 70 rows make three blocks.
-        check(2, 35, 4, 1 << 17, 0.5);
+        // 1000 / 37 = 27 rows per block, so 70 rows make three blocks, the last one short.
+        check(2, 35, 4, 37, 0.5, 1000);
+        // One row per block.
+        check(1, 5, 4, 37, 2.0, 10);
+    }
+
+    #[test]
+    fn a_frozen_input_gets_no_gradient_and_the_other_its_own() {
+        let tol = Tolerance::absolute(1e-5).set_relative(1e-4);
+        for (fused, freeze_w) in [(true, true), (true, false), (false, true), (false, false)] {
+            let (h, w, t) = inputs(2, 7, 8, 37);
+            let (h, w) = match freeze_w {
+                true => (h, w.set_require_grad(false)),
+                false => (h.set_require_grad(false), w),
+            };
+            let how = Blocks {
+                elements: 100,
+                fused,
+            };
+            let got = in_blocks(h.clone(), w.clone(), t.clone(), -100, 1.5, None, how);
+            let want = reference(h.clone(), w.clone(), t, 1.5);
+            let (gg, gr) = (got.backward(), want.backward());
+            let what = format!("fused {fused}, frozen W {freeze_w}");
+            let (frozen, got, want) = match freeze_w {
+                true => (w.grad(&gg).is_none(), h.grad(&gg), h.grad(&gr)),
+                false => {
+                    let flat = |g: Tensor<Flex, 2>| g.reshape([1, 37, 8]);
+                    (
+                        h.grad(&gg).is_none(),
+                        w.grad(&gg).map(flat),
+                        w.grad(&gr).map(flat),
+                    )
+                }
+            };
+            assert!(frozen, "{what}: the frozen input has a gradient");
+            got.expect(&what)
+                .into_data()
+                .assert_approx_eq::<f32>(&want.expect(&what).into_data(), tol);
+        }
     }
 
     #[test]

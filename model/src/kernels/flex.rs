@@ -26,6 +26,7 @@ use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 use super::flash;
 use super::gemm::{MatRef, Threads, product};
 use super::rows::{self, NormStats};
+use super::unembed;
 use crate::mask::AttnBias;
 
 type AdFlex = Autodiff<Flex>;
@@ -733,6 +734,20 @@ fn wrap<B: Backend>(t: FlexTensor) -> Prim<B> {
     }
 }
 
+/// An int tensor's values as `i64` (i64 or i32 storage); `Err` with the tensor otherwise.
+fn target_ids(t: FlexTensor) -> Result<Vec<i64>, FlexTensor> {
+    let t = if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    match (t.as_slice::<i64>(), t.as_slice::<i32>()) {
+        (Some(v), _) => Ok(v.to_vec()),
+        (None, Some(v)) => Ok(v.iter().map(|&x| x as i64).collect()),
+        _ => Err(t),
+    }
+}
+
 /// Per-row cross-entropy `[rows, 1]` of f32 Flex / Autodiff<Flex> logits `[rows, v]` against
 /// `targets` `[rows, 1]` (negative = ignored), and with `grad` also `softmax - onehot`
 /// `[rows, v]`, computed in place in the logits' buffer when it is not shared.
@@ -748,16 +763,9 @@ pub(super) fn cross_entropy<B: Backend>(
     {
         return Err((logits, targets));
     }
-    let t: FlexTensor = give(targets);
-    let t = if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    };
-    let ids: Vec<i64> = match (t.as_slice::<i64>(), t.as_slice::<i32>()) {
-        (Some(v), _) => v.to_vec(),
-        (None, Some(v)) => v.iter().map(|&x| x as i64).collect(),
-        _ => return Err((logits, give(t))),
+    let ids = match target_ids(give(targets)) {
+        Ok(ids) => ids,
+        Err(t) => return Err((logits, give(t))),
     };
     let mut x = raw::<B>(logits);
     let shape = x.shape();
@@ -892,4 +900,57 @@ pub(super) fn attach_gradients<B: Backend>(
         }
         Which::Other => Err((value, a, da, b, db)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The unembedding and its cross-entropy, with both gradients
+
+/// The inputs of [`unembed_cross_entropy`] (`h`, `w`, targets), handed back.
+pub(super) type UnembedInputs<B> = (Prim<B>, Prim<B>, IntTensor<B>);
+/// Per-row losses `[n, 1]`, `∂h` `[n, d]` and `∂W` `[v, d]` (constants).
+pub(super) type Unembedded<B> = (Prim<B>, Option<Prim<B>>, Option<Prim<B>>);
+
+/// [`unembed::unembed_cross_entropy`] for f32 Flex / Autodiff<Flex> matrices `h: [n, d]` and
+/// `w: [v, d]` against `targets: [n, 1]` (negative = ignored), in blocks of `block` rows,
+/// with the gradients asked for as constants (no graph); `Err` with the inputs otherwise.
+pub(super) fn unembed_cross_entropy<B: Backend>(
+    (h, w, targets): UnembedInputs<B>,
+    scale: f32,
+    [grad_h, grad_w]: [bool; 2],
+    block: usize,
+) -> Result<Unembedded<B>, UnembedInputs<B>> {
+    let f32_matrices = [&h, &w]
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.shape().num_dims() == 2);
+    if !f32_matrices || which::<B>() == Which::Other {
+        return Err((h, w, targets));
+    }
+    let ids = match target_ids(give(targets)) {
+        Ok(ids) => ids,
+        Err(t) => return Err((h, w, give(t))),
+    };
+    let [h, w] = [h, w].map(|t| contiguous(raw::<B>(t)));
+    let ([n, d], v) = ([h.shape()[0], h.shape()[1]], w.shape()[0]);
+    assert_eq!(
+        ids.len(),
+        n,
+        "unembed_cross_entropy: {} targets for {n} rows",
+        ids.len()
+    );
+    let out = unembed::unembed_cross_entropy(
+        slice(&h),
+        slice(&w),
+        &ids,
+        [n, d, v],
+        scale,
+        grad_h,
+        grad_w,
+        block,
+    );
+    let t = |values: Vec<f32>, shape: [usize; 2]| wrap::<B>(tensor(values, Shape::new(shape)));
+    Ok((
+        t(out.losses, [n, 1]),
+        out.dh.map(|g| t(g, [n, d])),
+        out.dw.map(|g| t(g, [v, d])),
+    ))
 }

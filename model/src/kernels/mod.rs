@@ -22,6 +22,7 @@ mod flex;
 mod gemm;
 mod rows;
 mod simd;
+mod unembed;
 
 pub use adam::{AdamConsts, adam_block};
 pub use check::{
@@ -329,6 +330,40 @@ pub fn fused_cross_entropy_rows<B: Backend>(
         false => (x, t),
     };
     Err((float(x), Tensor::from_primitive(t)))
+}
+
+/// The inputs of [`fused_unembed_cross_entropy`] (`h`, `w`, targets), handed back when no fused
+/// kernel takes them.
+pub type UnembedInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2, Int>);
+
+/// Per-row losses, `∂h` and `∂W` of [`fused_unembed_cross_entropy`].
+pub type Unembedded<B> = (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>);
+
+/// [`crate::lm_loss`]'s whole block loop as one CPU kernel (Flex and Autodiff<Flex>, f32): per
+/// block of at most `max_elements / v` rows, the logits `scale · h Wᵀ`, their per-row
+/// cross-entropy against `targets` (negative = ignored: loss 0), and the gradients of the
+/// losses' sum asked for by `[grad_h, grad_w]`, returned as constants (no graph is built).
+/// `Err` with the inputs elsewhere; the caller then runs the same arithmetic as tensor ops.
+///
+/// # Shapes
+/// - `h`: `[n, d]`, `w`: `[v, d]`, `targets`: `[n, 1]` -> `([n, 1], Some([n, d]), Some([v, d]))`
+///
+/// # Panics
+/// If a target is `>= v`.
+pub fn fused_unembed_cross_entropy<B: Backend>(
+    (h, w, targets): UnembedInputs<B>,
+    scale: f64,
+    grads: [bool; 2],
+    max_elements: usize,
+) -> Result<Unembedded<B>, UnembedInputs<B>> {
+    let p = |t: Tensor<B, 2>| t.set_require_grad(false).into_primitive().tensor();
+    let v = w.dims()[0];
+    let block = unembed::block_rows(h.dims()[0], v, max_elements);
+    let inputs = (p(h), p(w), targets.into_primitive());
+    match flex::unembed_cross_entropy::<B>(inputs, scale as f32, grads, block) {
+        Ok((losses, dh, dw)) => Ok((float(losses), dh.map(float), dw.map(float))),
+        Err((h, w, t)) => Err((float(h), float(w), Tensor::from_primitive(t))),
+    }
 }
 
 /// Whether autodiff will carry a gradient back through `x`: `x` is a parameter that requires

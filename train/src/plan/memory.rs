@@ -76,8 +76,8 @@ fn adapter_error(key: &'static str, e: LoraError) -> crate::trainer::TrainError 
     }
 }
 
-/// The fused unembedding loss's logits block, in elements (`tessera_model::lm_loss`).
-const LOGITS_BLOCK_ELEMENTS: f64 = (1u64 << 22) as f64;
+/// The fused unembedding loss's logits block, in elements.
+const LOGITS_BLOCK_ELEMENTS: f64 = tessera_model::lm_loss::LOGITS_BLOCK_ELEMENTS as f64;
 
 /// What [`memory_estimate`] needs about the model and the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -612,7 +612,7 @@ mod tests {
         // Always block by block: each block's input and one block's activations.
         let (t, h) = (2048.0, 2048.0);
         let per_block = 16.0 * t * h * 4.0 + 16.0 * 2048.0 * 2048.0 * 4.0;
-        let rows = (f64::from(1u32 << 22) / 50_000.0).floor();
+        let rows = (LOGITS_BLOCK_ELEMENTS / 50_000.0).floor();
         let head = 3.0 * t * h * 4.0 + 2.0 * rows * 50_000.0 * 4.0;
         assert_eq!(e.activations, 24.0 * t * h * 4.0 + per_block + head);
     }
