@@ -1,6 +1,7 @@
 //! `cargo xtask bench dist`: real multi-process CPU training of the quickstart-sized model on
-//! 1, 2 and 4 ranks under `NO_SHARD`, `SHARD_GRAD_OP` and `FULL_SHARD`: each rank's peak RSS
-//! against `tessera plan --memory`, step time, `comm_s` from `metrics.jsonl`, and the scaling
+//! 1, 2 and 4 ranks under `NO_SHARD`, `SHARD_GRAD_OP` and `FULL_SHARD`, and a LoRA adapter
+//! under `FULL_SHARD` (the plan's frozen-base term): each rank's peak RSS against
+//! `tessera plan --memory`, step time, `comm_s` from `metrics.jsonl`, and the scaling
 //! efficiency of 2 ranks against 1 (the report's arithmetic is in [`crate::bench_dist_report`]).
 //!
 //! Ranks are `tessera train` processes started here with composer's environment (RANK,
@@ -19,7 +20,53 @@ use crate::bench_dist_report::{DistReport, Measured, Predicted, Row};
 use crate::bench_env::{self, Scratch};
 use crate::{markdown, util};
 
-const STRATEGIES: [&str; 3] = ["NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD"];
+/// What one run trains: every weight under a sharding strategy, or a LoRA adapter of this rank
+/// on the frozen base (`model.peft_config`, on Wqkv, out_proj, up_proj and down_proj).
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    strategy: &'static str,
+    lora_rank: Option<usize>,
+}
+
+impl Run {
+    const fn full(strategy: &'static str) -> Self {
+        Run {
+            strategy,
+            lora_rank: None,
+        }
+    }
+
+    /// The row's strategy column.
+    fn label(&self) -> String {
+        match self.lora_rank {
+            Some(r) => format!("{} + LoRA r{r}", self.strategy),
+            None => self.strategy.to_string(),
+        }
+    }
+
+    /// The `model:` keys that add the adapter.
+    fn peft_yaml(&self) -> String {
+        match self.lora_rank {
+            Some(r) => format!(
+                "  peft_config:\n    peft_type: LORA\n    task_type: CAUSAL_LM\n    r: {r}\n    \
+                 lora_alpha: {}\n    lora_dropout: 0.0\n    \
+                 target_modules: [Wqkv, out_proj, up_proj, down_proj]\n",
+                2 * r
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+const RUNS: [Run; 4] = [
+    Run::full("NO_SHARD"),
+    Run::full("SHARD_GRAD_OP"),
+    Run::full("FULL_SHARD"),
+    Run {
+        strategy: "FULL_SHARD",
+        lora_rank: Some(8),
+    },
+];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
@@ -135,7 +182,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let threads = (cores / world).max(1);
         // The fixed overhead at this world size: the tiny model's peak minus its prediction.
         let base_tag = format!("tiny-{world}");
-        let base_yaml = write_yaml(&scratch, &qs, &args, &tiny, "NO_SHARD", world, &base_tag)?;
+        let no_shard = Run::full("NO_SHARD");
+        let base_yaml = write_yaml(&scratch, &qs, &args, &tiny, no_shard, world, &base_tag)?;
         let base = measure(&bin, &base_yaml, world, threads, &args, &scratch, &base_tag)?;
         let base_plan = predict(&bin, &base_yaml, world)?;
         let overhead = base.max_peak() as f64 - base_plan.total;
@@ -144,12 +192,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             overhead / (1u64 << 20) as f64,
             base.max_peak() as f64 / (1u64 << 20) as f64
         );
-        for strategy in STRATEGIES {
-            let tag = format!("{strategy}-{world}");
-            let yaml = write_yaml(&scratch, &qs, &args, &model, strategy, world, &tag)?;
+        for run in RUNS {
+            let strategy = run.label();
+            let tag = format!("{strategy}-{world}").replace([' ', '+'], "");
+            let yaml = write_yaml(&scratch, &qs, &args, &model, run, world, &tag)?;
             let predicted = predict(&bin, &yaml, world)?;
-            params = plan_params(&bin, &yaml)?;
-            let measured = measure(&bin, &yaml, world, threads, &args, &scratch, &tag)?;
+            if run.lora_rank.is_none() {
+                params = plan_params(&bin, &yaml)?;
+            }
+            let mut measured = measure(&bin, &yaml, world, threads, &args, &scratch, &tag)?;
+            measured.strategy = strategy.clone();
             println!(
                 "{world} × {strategy}: training peak {:.0} MiB/rank (plan {:.0} + overhead {:.0}; {:.0} with the final save), {:.2} s/step, comm {:.3} s/step, {:.0} tokens/s",
                 measured.max_peak() as f64 / (1u64 << 20) as f64,
@@ -196,7 +248,7 @@ fn write_yaml(
     qs: &Path,
     args: &Args,
     shape: &Shape,
-    strategy: &str,
+    run: Run,
     world: usize,
     tag: &str,
 ) -> anyhow::Result<PathBuf> {
@@ -216,7 +268,7 @@ model:
   no_bias: true
   attn_config:
     alibi: true
-tokenizer:
+{peft}tokenizer:
   name: {tok}
 train_loader:
   name: text
@@ -258,6 +310,8 @@ fsdp_config:
         data = qs.join("data").display(),
         steps = args.steps,
         global = args.global_batch,
+        strategy = run.strategy,
+        peft = run.peft_yaml(),
     );
     let path = scratch.join(format!("{tag}.yaml"));
     util::write_atomic(&path, yaml.as_bytes())?;
@@ -412,8 +466,8 @@ fn vm_hwm(pid: libc::pid_t) -> Option<u64> {
 
 /// Waits for every rank with `wait4`. Returns each rank's peak RSS during training (its
 /// `VmHWM` when `trained()` first holds: the run has logged its next-to-last step, so the
-/// final checkpoint save has not begun) and over the whole process (`ru_maxrss`, the save
-/// included), in bytes. After `limit` every rank still running is killed; a rank that failed
+/// final checkpoint save has not begun; for a rank already gone by then, its `ru_maxrss`) and
+/// over the whole process (`ru_maxrss`, the save included), in bytes. After `limit` every rank still running is killed; a rank that failed
 /// or was killed fails the bench with the end of its log.
 fn reap(
     children: Vec<Child>,
@@ -424,7 +478,7 @@ fn reap(
     let deadline = Instant::now() + limit;
     let pids: Vec<libc::pid_t> = children.iter().map(|c| c.id() as libc::pid_t).collect();
     let mut peaks: Vec<Option<u64>> = vec![None; pids.len()];
-    let mut train_peaks: Option<Vec<u64>> = None;
+    let mut train_peaks: Option<Vec<Option<u64>>> = None;
     let mut failed = Vec::new();
     // `children` is kept only so that nothing else reaps them; they are waited for below.
     let _keep = children;
@@ -433,7 +487,7 @@ fn reap(
             train_peaks = Some(
                 pids.iter()
                     .zip(&peaks)
-                    .map(|(&pid, done)| done.or_else(|| vm_hwm(pid)).unwrap_or(0))
+                    .map(|(&pid, done)| done.or_else(|| vm_hwm(pid)))
                     .collect(),
             );
         }
@@ -482,6 +536,23 @@ fn reap(
     let peaks: Vec<u64> = peaks.into_iter().map(Option::unwrap_or_default).collect();
     let train_peaks =
         train_peaks.context("the ranks ended before the training-peak marker step was logged")?;
+    // A rank that had already exited (a zombie has no VmHWM) when the marker was seen: its
+    // whole-process peak, save included, is the only figure left, and an upper bound.
+    let train_peaks = train_peaks
+        .into_iter()
+        .zip(&peaks)
+        .enumerate()
+        .map(|(rank, (train, &whole))| {
+            train.unwrap_or_else(|| {
+                println!(
+                    "rank {rank} had exited before its training peak was read: using its peak \
+                     with the final save ({} MiB)",
+                    whole >> 20
+                );
+                whole
+            })
+        })
+        .collect();
     Ok((train_peaks, peaks))
 }
 

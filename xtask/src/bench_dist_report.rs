@@ -136,8 +136,8 @@ impl DistReport {
         let _ = writeln!(
             md,
             "Real multi-process CPU training (`tessera train` ranks on 127.0.0.1 with composer's environment, TCP collectives), \
-             {} ({:.2}M parameters), fp32, `mixed_precision: FULL`, AdamW. Training peak is each rank's `VmHWM` once the next-to-last step is logged (before the final \
-             checkpoint save), the largest rank shown; \"with save\" is the process's `ru_maxrss` (wait4). \
+             {} ({:.2}M parameters), fp32, `mixed_precision: FULL`, AdamW; the `+ LoRA r8` rows train only a rank-8 adapter on Wqkv, out_proj, up_proj and down_proj (`model.peft_config`), the base frozen. Training peak is each rank's `VmHWM` once the next-to-last step is logged (before the final \
+             checkpoint save), the largest rank shown, or the process's `ru_maxrss` for a rank that had already exited by then (the bench prints which); \"with save\" is the process's `ru_maxrss` (wait4). \
              Overhead: the same run with a d_model-16, 1-layer model, measured minus its own plan. Threads per rank: {}.\n",
             self.shape,
             self.params as f64 / 1e6,
