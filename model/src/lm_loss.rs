@@ -25,7 +25,7 @@ use burn::tensor::FloatDType;
 
 use crate::kernels::{
     attach_gradients, cross_entropy_rows, fused_unembed_cross_entropy, is_tracked, linear,
-    linear_backward, matmul,
+    linear_backward, matmul, reads_back_for_free,
 };
 
 /// Logits per block: 2²⁵ f32 values, 128 MiB (`plan --memory` counts it).
@@ -49,8 +49,9 @@ pub const LOGITS_BLOCK_ELEMENTS: usize = 1 << 25;
 /// - `h`: `[batch, seq, d]`, `w`: `[vocab, d]`, `targets`: `[batch, seq]` -> `[1]`
 ///
 /// # Panics
-/// If the shapes disagree, a target is `>= vocab` (on Flex), or a target is negative but not
-/// `ignore_index`.
+/// If the shapes disagree, or on the CPU (Flex) if a target is `>= vocab` or negative but not
+/// `ignore_index`. On other backends such targets make the loss NaN: refusing them there
+/// would read a value back inside the training step.
 pub fn unembed_cross_entropy_sum<B: Backend>(
     h: Tensor<B, 3>,
     w: Tensor<B, 2>,
@@ -62,16 +63,19 @@ pub fn unembed_cross_entropy_sum<B: Backend>(
     let how = Blocks {
         elements: LOGITS_BLOCK_ELEMENTS,
         fused: true,
+        check_on_host: reads_back_for_free::<B>(),
     };
     in_blocks(h, w, targets, ignore_index, logit_scale, compute, how)
 }
 
-/// How [`in_blocks`] cuts and computes: at most `elements` logits per block, and whether the
-/// fused CPU kernel may take the call (tests turn it off to check the tensor ops on Flex).
+/// How [`in_blocks`] cuts and computes: at most `elements` logits per block; whether the
+/// fused CPU kernel may take the call; whether stray targets are counted on the host (a panic)
+/// or flagged on the device (a NaN loss). Tests choose each on Flex.
 #[derive(Clone, Copy, Debug)]
 struct Blocks {
     elements: usize,
     fused: bool,
+    check_on_host: bool,
 }
 
 fn in_blocks<B: Backend>(
@@ -84,7 +88,7 @@ fn in_blocks<B: Backend>(
     how: Blocks,
 ) -> Tensor<B, 1> {
     let [b, s, d] = h.dims();
-    let [v, dw] = w.dims();
+    let dw = w.dims()[1];
     assert_eq!(d, dw, "hidden width {d} vs unembedding width {dw}");
     assert_eq!(targets.dims(), [b, s], "targets must be [batch, seq]");
     let n = b * s;
@@ -92,6 +96,48 @@ fn in_blocks<B: Backend>(
     if n == 0 {
         return Tensor::zeros([1], &device);
     }
+    let ignored = targets.clone().equal_elem(ignore_index);
+    // Below, every negative target counts as ignored: any other negative id is bad data,
+    // which the unfused loss would reject too, so it must not quietly lower the loss. On the
+    // CPU the count is read and refused at once. On a GPU reading it back would wait for
+    // every kernel queued so far, inside the step, so the loss becomes NaN instead, which the
+    // trainer's NaN judge refuses.
+    let stray = targets
+        .clone()
+        .lower_elem(0)
+        .bool_and(ignored.clone().bool_not())
+        .int()
+        .sum(); // [1]
+    let stray = if how.check_on_host {
+        let stray: i64 = stray.into_scalar().elem();
+        assert!(
+            stray == 0,
+            "targets hold {stray} negative id(s) other than ignore_index {ignore_index}"
+        );
+        None
+    } else {
+        Some(stray.greater_elem(0))
+    };
+    let targets = targets.mask_fill(ignored, -1).reshape([n, 1]);
+    let loss = loss_and_gradients(h, w, targets, logit_scale, compute, how);
+    match stray {
+        Some(bad) => loss.mask_fill(bad, f32::NAN),
+        None => loss,
+    }
+}
+
+/// The loss of `targets` (`[n, 1]`, negative = ignored) and its gradients, block by block.
+fn loss_and_gradients<B: Backend>(
+    h: Tensor<B, 3>,
+    w: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+    logit_scale: f64,
+    compute: Option<FloatDType>,
+    how: Blocks,
+) -> Tensor<B, 1> {
+    let [b, s, d] = h.dims();
+    let v = w.dims()[0];
+    let n = b * s;
     // Gradients only when autodiff tracks `h` or `W` (not, say, in an eval loop on an
     // autodiff backend). A frozen `W` (LoRA: only adapters train) gets none, and its product
     // is skipped.
@@ -112,22 +158,6 @@ fn in_blocks<B: Backend>(
     // Constants: no graph is built inside the loop.
     let hc = h.clone().reshape([n, d]).set_require_grad(false);
     let wc = cast(w.clone().set_require_grad(false));
-    let ignored = targets.clone().equal_elem(ignore_index);
-    // Below, every negative target counts as ignored: any other negative id is bad data,
-    // which the unfused loss would reject too, so it must not quietly lower the loss.
-    let stray: i64 = targets
-        .clone()
-        .lower_elem(0)
-        .bool_and(ignored.clone().bool_not())
-        .int()
-        .sum()
-        .into_scalar()
-        .elem();
-    assert!(
-        stray == 0,
-        "targets hold {stray} negative id(s) other than ignore_index {ignore_index}"
-    );
-    let targets = targets.mask_fill(ignored, -1).reshape([n, 1]);
 
     // On the CPU in f32, the whole loop below is one kernel.
     let (hc, wc, targets) = match compute {
@@ -271,7 +301,12 @@ mod tests {
         let inputs = (h.reshape([b * s, d]), w, t.reshape([b * s, 1]));
         assert!(fused_unembed_cross_entropy(inputs, scale, [true, true], elements).is_ok());
         for fused in [true, false] {
-            check_one(b, s, d, v, scale, Blocks { elements, fused });
+            let how = Blocks {
+                elements,
+                fused,
+                check_on_host: true,
+            };
+            check_one(b, s, d, v, scale, how);
         }
     }
 
@@ -320,6 +355,7 @@ mod tests {
             let how = Blocks {
                 elements: 100,
                 fused,
+                check_on_host: true,
             };
             let got = in_blocks(h.clone(), w.clone(), t.clone(), -100, 1.5, None, how);
             let want = reference(h.clone(), w.clone(), t, 1.5);
@@ -370,6 +406,25 @@ mod tests {
             Tensor::from_data([[-1i64]], &Default::default()),
         );
         let _ = unembed_cross_entropy_sum(h, w, t, -100, 1.0, None);
+    }
+
+    #[test]
+    fn without_a_host_check_a_stray_negative_target_makes_the_loss_nan() {
+        let (h, w, t) = inputs(1, 6, 8, 21);
+        let bad = t.clone().slice_assign(
+            [0..1, 2..3],
+            Tensor::from_data([[-1i64]], &Default::default()),
+        );
+        let how = Blocks {
+            elements: LOGITS_BLOCK_ELEMENTS,
+            fused: true,
+            check_on_host: false,
+        };
+        let loss = |t| in_blocks(h.clone(), w.clone(), t, -100, 1.0, None, how).into_scalar();
+        assert!(loss(bad).is_nan(), "a stray target must not pass silently");
+        // ignore_index itself is no stray target.
+        let want = reference(h.clone(), w.clone(), t.clone(), 1.0).into_scalar();
+        assert!((loss(t) - want).abs() < 1e-5);
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub(super) fn is_plain_flex<B: Backend>() -> bool {
     which::<B>() == Which::Flex
 }
 
-/// Whether `B` gets the fused kernels at all (for f32 tensors).
-#[cfg(test)]
+/// Whether `B` gets the fused kernels at all (for f32 tensors): Flex or Autodiff<Flex>, whose
+/// tensors live in host memory.
 pub(super) fn specialised<B: Backend>() -> bool {
     which::<B>() != Which::Other
 }

@@ -366,6 +366,13 @@ pub fn fused_unembed_cross_entropy<B: Backend>(
     }
 }
 
+/// Whether `B` is burn's CPU backend (Flex, or Autodiff<Flex>), where reading a value back to
+/// the host costs nothing. On a GPU backend it waits for every queued kernel, so code inside a
+/// training step must not (see [`crate::lm_loss`]'s target check).
+pub fn reads_back_for_free<B: Backend>() -> bool {
+    flex::specialised::<B>()
+}
+
 /// Whether autodiff will carry a gradient back through `x`: `x` is a parameter that requires
 /// one, or was computed from one. Unlike `Tensor::is_require_grad` (true for such parameters
 /// only), this holds for intermediate results too, so code that differentiates by hand (see
@@ -925,6 +932,8 @@ mod tests {
     fn only_flex_and_its_default_autodiff_take_the_fused_path() {
         assert!(flex::specialised::<Flex>() && flex::specialised::<AD>());
         assert!(!flex::specialised::<Generic>());
+        assert!(reads_back_for_free::<Flex>() && reads_back_for_free::<AD>());
+        assert!(!reads_back_for_free::<Generic>());
     }
 
     #[test]
