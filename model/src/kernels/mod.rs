@@ -1,6 +1,7 @@
 //! Fused kernels behind backend-generic signatures: GELU, `softmax(x + bias)`,
-//! LayerNorm/RMSNorm, attention (whole, and its head transpose), linear layers, and a matmul
-//! whose rows do not depend on how many are computed together (for exact cached decoding).
+//! LayerNorm/RMSNorm, attention (whole, and its head transpose), linear layers, the unembedding
+//! with its cross-entropy and both gradients (`unembed.rs`, CPU only), and a matmul whose rows
+//! do not depend on how many are computed together (for exact cached decoding).
 //!
 //! Each function here is what the model calls. On Flex and `Autodiff<Flex>` with f32 tensors it
 //! runs one fused CPU kernel (and, under autodiff, one graph node with a hand-written backward:
