@@ -2,6 +2,9 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod lt;
 #[cfg(feature = "cuda")]
 pub mod memory;
 
