@@ -937,6 +937,18 @@ mod tests {
     }
 
     #[test]
+    fn the_linear_check_passes_on_flex_and_names_the_path_that_ran() {
+        // The GPU check's plumbing, on the CPU: f32 takes Flex's fused gemm, bf16 is refused
+        // (Flex's kernels are f32) and compared composed against composed.
+        let dev = Default::default();
+        let full = check_linear::<AD>(7, 6, 5, FloatDType::F32, &dev);
+        assert!(full.fused && full.passed(), "{full:?}");
+        let half = check_linear::<AD>(7, 6, 5, FloatDType::BF16, &dev);
+        assert!(!half.fused && half.passed(), "{half:?}");
+        assert_eq!(cublaslt_fallbacks(), 0);
+    }
+
+    #[test]
     fn only_flex_and_its_default_autodiff_take_the_fused_path() {
         assert!(flex::specialised::<Flex>() && flex::specialised::<AD>());
         assert!(!flex::specialised::<Generic>());
