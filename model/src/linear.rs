@@ -106,8 +106,9 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// `x · wᵀ` (`x`: `[rows, d_in]`, `w`: `[d_out, d_in]`), in `compute` when given (see
-/// [`matmul_in`]); f32 products go through [`kernels::linear`].
+/// `x · wᵀ` (`x`: `[rows, d_in]`, `w`: `[d_out, d_in]`) through [`kernels::linear`], in
+/// `compute` when given (as [`matmul_in`]: both cast to `compute`, the result cast back to
+/// `x`'s dtype), so that a fused product (cuBLASLt on CUDA) sees the compute dtype.
 ///
 /// A weight stored in a lower precision than `x` (a frozen bf16 base under LoRA, see
 /// [`crate::lora`]) makes the product run in the weight's dtype, as PyTorch multiplies a bf16
@@ -119,7 +120,10 @@ pub(crate) fn product<B: Backend>(
 ) -> Tensor<B, 2> {
     let compute = compute.or_else(|| stored_below(&w, &x));
     match compute {
-        Some(dt) if FloatDType::from(x.dtype()) != dt => matmul_in(x, w.transpose(), compute),
+        Some(dt) if FloatDType::from(x.dtype()) != dt => {
+            let out = FloatDType::from(x.dtype());
+            kernels::linear(x.cast(dt), w.cast(dt)).cast(out)
+        }
         _ => kernels::linear(x, w),
     }
 }

@@ -4,13 +4,18 @@
 //! then the row kernels (LayerNorm, RMSNorm, the cross-entropy over a 50,432 vocabulary), for
 //! `xtask/scripts/gpu-check.sh`. Fails when an error is outside its dtype's tolerance, or when
 //! the kernel refuses an f32 case on wgpu/CUDA (or any case on CUDA).
+//!
+//! `--linear` runs only the linear layers' cuBLASLt path (`TESSERA_CUBLASLT=1`): `x · wᵀ` and
+//! both gradients against burn's matmul on the same device, in bf16 and f16, and in f32 (TF32)
+//! with `TESSERA_TF32=1`; on CUDA it fails if cuBLASLt refuses any case.
 
 use anyhow::bail;
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use tessera::device::{DeviceSpec, Job};
 use tessera::model::kernels::{
-    AttentionCase, AttentionCheck, RowsCheck, check_attention, check_cross_entropy, check_norm,
+    AttentionCase, AttentionCheck, LinearCheck, RowsCheck, check_attention, check_cross_entropy,
+    check_linear, check_norm, switches,
 };
 
 #[derive(clap::Args)]
@@ -24,9 +29,16 @@ pub struct Args {
     /// One JSON line per case instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only the linear layers' cuBLASLt GEMMs (needs TESSERA_CUBLASLT=1 on CUDA; f32 cases
+    /// need TESSERA_TF32=1 too).
+    #[arg(long)]
+    linear: bool,
 }
 
 pub fn run(args: Args, device: DeviceSpec) -> anyhow::Result<()> {
+    if args.linear {
+        return run_linear(&args, device);
+    }
     let half = args.half || matches!(device, DeviceSpec::Cuda(_));
     let (reports, rows) = device.run(CheckJob { args: &args, half })?;
     let mut failed = Vec::new();
@@ -195,5 +207,109 @@ impl Job for CheckJob<'_> {
         }
         rows.push(check_cross_entropy::<B>(seq.min(256), 50_432, &device));
         Ok((reports, rows))
+    }
+}
+
+/// `kernel-check --linear`: the cuBLASLt linear path against burn's matmul.
+fn run_linear(args: &Args, device: DeviceSpec) -> anyhow::Result<()> {
+    let cuda = matches!(device, DeviceSpec::Cuda(_));
+    if cuda && !switches::cublaslt() {
+        bail!(
+            "kernel-check --linear checks the cuBLASLt path, which is off: set {}=1",
+            switches::CUBLASLT
+        );
+    }
+    let reports = device.run(LinearJob)?;
+    if !args.json {
+        println!("linear layers (x · wᵀ and both gradients) against burn's matmul on {device}");
+        if !switches::tf32() {
+            println!(
+                "(f32 skipped: set {}=1 to check it in TF32)",
+                switches::TF32
+            );
+        }
+        println!(
+            "{:<5} {:>5} {:>5} {:>5} {:>5}  {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}  ok",
+            "dtype",
+            "rows",
+            "d_in",
+            "d_out",
+            "fused",
+            "y",
+            "dx",
+            "dw",
+            "tolerance",
+            "fused ms",
+            "composed ms"
+        );
+    }
+    let mut failed = Vec::new();
+    for r in &reports {
+        // On CUDA every case must go through cuBLASLt; elsewhere only the errors are checked.
+        let ok = r.passed() && (r.fused || !cuda);
+        if !ok {
+            failed.push(format!("{}x{}x{} {:?}", r.rows, r.d_in, r.d_out, r.dtype));
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device": device.to_string(), "kernel": "linear",
+                    "dtype": format!("{:?}", r.dtype), "rows": r.rows, "d_in": r.d_in,
+                    "d_out": r.d_out, "fused": r.fused, "errors": r.errors,
+                    "tolerance": r.tolerance(), "fused_ms": r.fused_ms,
+                    "composed_ms": r.composed_ms, "ok": ok,
+                })
+            );
+        } else {
+            let e = r.errors;
+            println!(
+                "{:<5} {:>5} {:>5} {:>5} {:>5}  {:>9.2e} {:>9.2e} {:>9.2e} {:>9.1e} {:>10.1} {:>11.1}  {}",
+                format!("{:?}", r.dtype),
+                r.rows,
+                r.d_in,
+                r.d_out,
+                r.fused,
+                e[0],
+                e[1],
+                e[2],
+                r.tolerance(),
+                r.fused_ms,
+                r.composed_ms,
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "kernel-check --linear on {device}: {} of {} cases failed: {}",
+            failed.len(),
+            reports.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+struct LinearJob;
+
+impl Job for LinearJob {
+    type Output = anyhow::Result<Vec<LinearCheck>>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _spec: DeviceSpec) -> Self::Output {
+        let mut dtypes = vec![FloatDType::BF16, FloatDType::F16];
+        if switches::tf32() {
+            dtypes.push(FloatDType::F32);
+        }
+        // A 350m-wide MLP product ([4096, 1024] · [1024, 4096]) and an odd one ([77, 96] ·
+        // [96, 200]: 77 rows, so ∂w's contraction and x's row count are not multiples of 8).
+        let shapes = [(4096, 1024, 4096), (77, 96, 200)];
+        let mut reports = Vec::new();
+        for &dtype in &dtypes {
+            for (rows, d_in, d_out) in shapes {
+                reports.push(check_linear::<B>(rows, d_in, d_out, dtype, &device));
+            }
+        }
+        Ok(reports)
     }
 }

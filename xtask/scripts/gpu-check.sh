@@ -17,10 +17,14 @@
 #      the composed path: flash attention (output and q/k/v gradients, head_dim 64 and 128, causal
 #      with ALiBi, GQA and a padded row), LayerNorm, RMSNorm and the cross-entropy, in f32, f16
 #      and bf16; fails outside tolerance or if refused;
+#   1c. `tessera kernel-check --linear` with TESSERA_CUBLASLT=1 TESSERA_TF32=1: the linear layers
+#      through cuBLASLt (model/src/kernels/cuda, never run before) against burn's matmul, output
+#      and both gradients, bf16, f16 and TF32, [4096,1024]x[1024,4096] and [77,96]x[96,200];
 #   2. `tessera generate --device cuda` on every fixture checkpoint (transformers' greedy tokens),
 #      and `tessera quickstart --device cuda`: the whole pipeline, trained on the GPU;
 #   3. `tessera bench-step --device cuda`: burn's matmul peak, and fwd+bwd of the mpt-125m shape
-#      at seq 2048 and 128, f32 and bf16;
+#      at seq 2048 and 128, f32 and bf16, and bf16 again with the linear layers through cuBLASLt
+#      (bench_step_lt, bench_short_step_lt);
 #   4. the same shape in PyTorch + transformers on the same GPU (xtask/python/torch_train_bench.py);
 #   5. `tessera train` of a 125m-wide model on the quickstart data, bf16, MFU against the card's peak;
 #   6. wgpu (a binary built with `--features cuda,wgpu`): whether the machine offers a Vulkan
@@ -60,6 +64,21 @@ nvrtc=$(ldconfig -p | awk '/libnvrtc\.so/ {print $NF; exit}')
 [ -n "$nvrtc" ] || nvrtc=$(find /usr/local /opt -name 'libnvrtc.so*' 2>/dev/null | head -1)
 echo "nvrtc: ${nvrtc:-not found}" | tee -a "$OUTDIR/gpu.txt"
 export LD_LIBRARY_PATH="${nvrtc:+$(dirname "$nvrtc"):}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# cudarc opens cuBLASLt as libcublasLt.so (or .so.13, .so.12, ...) and NCCL as libnccl.so (or
+# .so.13, .so.12, ...: not the .so.2 NCCL ships). Where no toolkit copy is on the path above,
+# PyTorch's wheels have them (site-packages/nvidia/{cublas,nccl}/lib): link them under those
+# names in $WORK/lib, which goes last on the loader path so a toolkit copy still wins.
+mkdir -p "$WORK/lib"
+nvidia_dirs=$(python3 -c 'import importlib.util as u; s = u.find_spec("nvidia"); print("\n".join(s.submodule_search_locations if s else []))' 2>/dev/null)
+for d in $nvidia_dirs; do
+    for f in "$d"/cublas/lib/libcublasLt.so.* "$d"/nccl/lib/libnccl.so.*; do
+        [ -f "$f" ] || continue
+        case "$f" in *libcublasLt*) link=libcublasLt.so ;; *) link=libnccl.so ;; esac
+        [ -e "$WORK/lib/$link" ] || ln -s "$f" "$WORK/lib/$link"
+    done
+done
+export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$WORK/lib"
+echo "linked from the wheels: $(ls -l "$WORK/lib" | awk 'NR > 1 {print $9, $11}' | tr '\n' ' ')" | tee -a "$OUTDIR/gpu.txt"
 
 wanted() { case " ${STEPS:-all} " in *" all "*|*" $1 "*) return 0 ;; *) return 1 ;; esac; }
 step() { # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.log, record status and time
@@ -78,6 +97,9 @@ step torch_parity 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt -
 step torch_parity_tf32 60 python3 xtask/python/torch_fixture_parity.py fixtures/mpt --device cuda --tf32
 # The CubeCL kernels against the composed path (values, gradients; f32, f16, bf16).
 step kernel_check 120 "$BIN" --device cuda kernel-check --seq 512
+# The linear layers through cuBLASLt (off unless TESSERA_CUBLASLT=1: never run before this
+# check) against burn's matmul: y, dx, dw in bf16, f16 and f32 (TF32); fails if refused.
+step linear_check 120 env TESSERA_CUBLASLT=1 TESSERA_TF32=1 "$BIN" --device cuda kernel-check --linear
 # `tessera generate` on the GPU prints transformers' greedy tokens for every fixture checkpoint.
 generate_check() {
     for m in fixtures/mpt/*/; do
@@ -105,6 +127,9 @@ step bench_f32 60 "$BIN" --device cuda bench-step "${LONG[@]}" --dtype f32
 step bench_bf16 60 "$BIN" --device cuda bench-step "${LONG[@]}" --dtype bf16
 step bench_short_f32 60 "$BIN" --device cuda bench-step "${SHORT[@]}" --dtype f32
 step bench_short_bf16 60 "$BIN" --device cuda bench-step "${SHORT[@]}" --dtype bf16
+# The same bf16 rows with the linear layers through cuBLASLt, to read side by side.
+step bench_step_lt 60 env TESSERA_CUBLASLT=1 "$BIN" --device cuda bench-step "${LONG[@]}" --dtype bf16
+step bench_short_step_lt 60 env TESSERA_CUBLASLT=1 "$BIN" --device cuda bench-step "${SHORT[@]}" --dtype bf16
 TORCH=(--d-model 768 --n-layers 12 --n-heads 12 --vocab 50368 --seq 2048 --batch 4 --microbatch 4
        --threads 8 --warmup 2 --steps 8 --device cuda)
 step torch_f32 60 python3 xtask/python/torch_train_bench.py "${TORCH[@]}" --dtype fp32
@@ -146,9 +171,10 @@ done
 
 echo "== summary =="
 cat "$OUTDIR/status.txt"
-for f in parity torch_parity torch_parity_tf32 kernel_check generate; do cat "$OUTDIR/$f.log" 2>/dev/null; done
+for f in parity torch_parity torch_parity_tf32 kernel_check linear_check generate; do cat "$OUTDIR/$f.log" 2>/dev/null; done
 tail -n 3 "$OUTDIR/quickstart.log" 2>/dev/null
-for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 torch_f32 torch_tf32 torch_bf16; do
+for f in peak bench_f32 bench_bf16 bench_short_f32 bench_short_bf16 bench_step_lt bench_short_step_lt \
+    torch_f32 torch_tf32 torch_bf16; do
     tail -n 1 "$OUTDIR/$f.log" 2>/dev/null
 done
 tail -n 2 "$OUTDIR/train_bf16.log" 2>/dev/null

@@ -1,59 +1,45 @@
 //! NCCL on the device memory of burn-cuda tensors.
 //!
-//! tessera builds burn-cuda without its `fusion` feature, so `burn::backend::Cuda`'s float
-//! primitive is a `CubeTensor<CudaRuntime>`: a compute client, a memory handle and a layout. A
-//! generic `Tensor<B, 1>` is recognised as one at run time (its primitive's `TypeId`), so the
-//! tensor layer needs no extra trait bound. Autodiff and fusion tensors are other types: they
-//! take the host path ([`crate::tensor::TensorPath::Host`]).
+//! The tensor side (recognising a burn-cuda tensor by its primitive's `TypeId`, making it
+//! contiguous, synchronising cubecl's stream, reaching its device pointer, allocating outputs)
+//! is `tessera_cuda::memory`, shared with the model's cuBLASLt GEMMs. Autodiff and fusion
+//! tensors are other types: they take the host path ([`crate::tensor::TensorPath::Host`]).
 //!
 //! Ordering. cubecl runs kernels on its own CUDA stream, which it does not expose. Before NCCL
-//! touches a tensor, `client.sync()` waits for every kernel cubecl queued (so the input is
-//! written); NCCL then runs on this communicator's stream, and [`NcclComm::run`] waits for it
-//! before returning (so kernels cubecl queues next see the result). Both share the device's
-//! primary context, so cubecl's device pointers are valid for NCCL. The other design, running
-//! NCCL on cubecl's stream, needs a patched cubecl-cuda; which costs less was not measured (no
-//! GPU here; see the README).
-
-use std::any::Any;
+//! touches a tensor, `ready` synchronises that stream (so the input is written); NCCL then runs
+//! on this communicator's stream, and [`NcclComm::run`] waits for it before returning (so
+//! kernels cubecl queues next see the result). Both share the device's primary context, so
+//! cubecl's device pointers are valid for NCCL. The other design, running NCCL on cubecl's
+//! stream, needs a patched cubecl-cuda; which costs less was not measured (no GPU here; see the
+//! README).
 
 use burn::prelude::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
-use burn_cubecl::tensor::CubeTensor;
-use cubecl::cuda::CudaRuntime;
+use burn::tensor::{DType, Shape, Tensor};
 use cudarc::nccl::{result as nccl, sys};
+use tessera_cuda::CudaError;
+use tessera_cuda::memory::{self, CudaTensor};
 
 use super::NcclComm;
 use crate::error::{DistError, Op};
 
-type CudaTensor = CubeTensor<CudaRuntime>;
+pub use tessera_cuda::memory::is_cuda_backend;
 
-/// True when `B`'s float tensors are burn-cuda's (`CubeTensor<CudaRuntime>`).
-pub fn is_cuda_backend<B: Backend>() -> bool {
-    std::any::TypeId::of::<B::FloatTensorPrimitive>() == std::any::TypeId::of::<CudaTensor>()
-}
-
+// Callers check `is_cuda_backend` first (`TensorPath::Device`).
 fn to_cuda<B: Backend>(t: Tensor<B, 1>) -> CudaTensor {
-    let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
-    *primitive
-        .downcast::<CudaTensor>()
-        .expect("callers check is_cuda_backend first")
+    memory::into_cuda(t)
 }
 
 fn from_cuda<B: Backend>(t: CudaTensor) -> Tensor<B, 1> {
-    let primitive: Box<dyn Any> = Box::new(t);
-    let primitive = *primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("callers check is_cuda_backend first");
-    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+    memory::from_cuda(t)
 }
 
-/// NCCL's name for a dtype, and its size in bytes.
-fn nccl_dtype(dtype: DType) -> Result<(sys::ncclDataType_t, usize), DistError> {
+/// NCCL's name for a dtype.
+fn nccl_dtype(dtype: DType) -> Result<sys::ncclDataType_t, DistError> {
     Ok(match dtype {
-        DType::F32 => (sys::ncclDataType_t::ncclFloat32, 4),
-        DType::F64 => (sys::ncclDataType_t::ncclFloat64, 8),
-        DType::BF16 => (sys::ncclDataType_t::ncclBfloat16, 2),
-        DType::F16 => (sys::ncclDataType_t::ncclFloat16, 2),
+        DType::F32 => sys::ncclDataType_t::ncclFloat32,
+        DType::F64 => sys::ncclDataType_t::ncclFloat64,
+        DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+        DType::F16 => sys::ncclDataType_t::ncclFloat16,
         other => {
             return Err(DistError::Tensor(format!(
                 "NCCL collectives carry f32, f64, bf16 and f16 tensors, not {other:?}"
@@ -62,42 +48,26 @@ fn nccl_dtype(dtype: DType) -> Result<(sys::ncclDataType_t, usize), DistError> {
     })
 }
 
-/// A new contiguous tensor of `len` elements on `like`'s device (uninitialised).
-fn empty_like(like: &CudaTensor, len: usize, elem_bytes: usize) -> CudaTensor {
-    let handle = like.client.empty(len * elem_bytes);
-    CudaTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        [len].into(),
-        handle,
-        like.dtype,
-    )
+/// A new contiguous tensor of `len` elements on `like`'s device, of its dtype (uninitialised).
+fn empty_like(like: &CudaTensor, len: usize) -> CudaTensor {
+    memory::empty(like, Shape::new([len]), like.dtype)
+}
+
+fn nccl_err(op: Op) -> impl Fn(CudaError) -> DistError {
+    move |e| DistError::Nccl {
+        detail: format!("{op}: {e}"),
+        culprit: None,
+    }
 }
 
 /// The tensor, contiguous, after cubecl finished writing it.
 fn ready(t: CudaTensor, op: Op) -> Result<CudaTensor, DistError> {
-    let t = if t.is_contiguous() {
-        t
-    } else {
-        burn_cubecl::kernel::into_contiguous(t)
-    };
-    cubecl::future::block_on(t.client.sync()).map_err(|e| DistError::Nccl {
-        detail: format!("{op}: synchronising burn's CUDA stream failed: {e:?}"),
-        culprit: None,
-    })?;
-    Ok(t)
+    memory::ready(t).map_err(nccl_err(op))
 }
 
 /// The device address of `t`'s first element. The guard keeps the memory alive.
 fn device_ptr(t: &CudaTensor, op: Op) -> Result<(u64, impl Sized + use<>), DistError> {
-    let resource = t
-        .client
-        .get_resource(t.handle.clone())
-        .map_err(|e| DistError::Nccl {
-            detail: format!("{op}: cannot reach the tensor's device memory: {e:?}"),
-            culprit: None,
-        })?;
-    Ok((resource.resource().ptr, resource))
+    memory::device_ptr(t).map_err(nccl_err(op))
 }
 
 impl NcclComm {
@@ -107,13 +77,13 @@ impl NcclComm {
     ) -> Result<Tensor<B, 1>, DistError> {
         let op = Op::AllReduce;
         let input = ready(to_cuda(t), op)?;
-        let (dtype, elem) = nccl_dtype(input.dtype)?;
+        let dtype = nccl_dtype(input.dtype)?;
         let len = input.meta.shape().num_elements();
         // In place when nothing else holds the buffer; else into a fresh one.
         let output = if input.can_mut() {
             input.clone()
         } else {
-            empty_like(&input, len, elem)
+            empty_like(&input, len)
         };
         let (src, _src_guard) = device_ptr(&input, op)?;
         let (dst, _dst_guard) = device_ptr(&output, op)?;
@@ -141,9 +111,9 @@ impl NcclComm {
     ) -> Result<Tensor<B, 1>, DistError> {
         let op = Op::ReduceScatter;
         let input = ready(to_cuda(t), op)?;
-        let (dtype, elem) = nccl_dtype(input.dtype)?;
+        let dtype = nccl_dtype(input.dtype)?;
         let shard = input.meta.shape().num_elements() / self.world_size();
-        let output = empty_like(&input, shard, elem);
+        let output = empty_like(&input, shard);
         let (src, _src_guard) = device_ptr(&input, op)?;
         let (dst, _dst_guard) = device_ptr(&output, op)?;
         // SAFETY: as in all_reduce_tensor; the input holds world × shard elements.
@@ -169,9 +139,9 @@ impl NcclComm {
     ) -> Result<Tensor<B, 1>, DistError> {
         let op = Op::AllGather;
         let input = ready(to_cuda(t), op)?;
-        let (dtype, elem) = nccl_dtype(input.dtype)?;
+        let dtype = nccl_dtype(input.dtype)?;
         let len = input.meta.shape().num_elements();
-        let output = empty_like(&input, len * self.world_size(), elem);
+        let output = empty_like(&input, len * self.world_size());
         let (src, _src_guard) = device_ptr(&input, op)?;
         let (dst, _dst_guard) = device_ptr(&output, op)?;
         // SAFETY: as in all_reduce_tensor; the output holds world × len elements.
@@ -190,12 +160,12 @@ impl NcclComm {
     ) -> Result<Tensor<B, 1>, DistError> {
         let op = Op::Broadcast;
         let input = ready(to_cuda(t), op)?;
-        let (dtype, elem) = nccl_dtype(input.dtype)?;
+        let dtype = nccl_dtype(input.dtype)?;
         let len = input.meta.shape().num_elements();
         let output = if input.can_mut() {
             input.clone()
         } else {
-            empty_like(&input, len, elem)
+            empty_like(&input, len)
         };
         let (src, _src_guard) = device_ptr(&input, op)?;
         let (dst, _dst_guard) = device_ptr(&output, op)?;

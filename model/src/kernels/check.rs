@@ -1,5 +1,7 @@
 //! A self check of the fused attention ([`super::attention`]) on any backend, against the
-//! composed path run on the CPU in f32: the output and the gradients of `q`, `k` and `v`.
+//! composed path run on the CPU in f32: the output and the gradients of `q`, `k` and `v`. The
+//! same for the row kernels ([`check_norm`], [`check_cross_entropy`]) and for the linear
+//! layers' fused products ([`check_linear`], against burn's matmul on the same device).
 //!
 //! Why: the fused kernels' unit tests run on the CPU (Flex) and on lavapipe (wgpu, f32); the
 //! CUDA build, f16 and bf16 can only be checked on a GPU, by the binary
@@ -404,5 +406,117 @@ pub fn check_cross_entropy<B: Backend>(rows: usize, v: usize, device: &B::Device
             ("loss", relative_error(&got[0], &want[0])),
             ("grad", relative_error(&got[1], &want[1])),
         ],
+    }
+}
+
+/// What [`check_linear`] measured: `y = x · wᵀ` and its two gradients through
+/// [`super::fused_linear`] against burn's matmul on the same device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearCheck {
+    /// `x` is `[rows, d_in]`, `w` is `[d_out, d_in]`.
+    pub rows: usize,
+    /// Input features.
+    pub d_in: usize,
+    /// Output features.
+    pub d_out: usize,
+    /// The dtype of `x`, `w`, the output and the gradients.
+    pub dtype: FloatDType,
+    /// Whether a fused product (cuBLASLt on CUDA, gemm on Flex) took the forward and both
+    /// backward products.
+    pub fused: bool,
+    /// `max |fused − reference| / max(1, max |reference|)` of `y`, `dx` and `dw`.
+    pub errors: [f32; 3],
+    /// Wall time of one forward and backward through [`super::fused_linear`] (after one
+    /// warm-up), including the read-back, in milliseconds.
+    pub fused_ms: f64,
+    /// The same through burn's matmul in the same dtype on the same device, in milliseconds.
+    pub composed_ms: f64,
+}
+
+impl LinearCheck {
+    /// The largest error allowed. The reference is burn's matmul in f32 from the same rounded
+    /// inputs: exact products of bf16/f16 values (TF32, which burn's CUDA matmul uses for f32,
+    /// holds them exactly), so only the fused path's output rounding and summation order show.
+    /// In f32 both sides round their inputs through TF32 (10-bit mantissas).
+    pub fn tolerance(&self) -> f32 {
+        match self.dtype {
+            FloatDType::F32 => 2e-3,
+            FloatDType::F16 => 4e-3,
+            _ => 2e-2,
+        }
+    }
+
+    /// Whether every error is within [`LinearCheck::tolerance`].
+    pub fn passed(&self) -> bool {
+        self.errors.iter().all(|&e| e <= self.tolerance())
+    }
+}
+
+/// `x · wᵀ` for `x` `[rows, d_in]` and `w` `[d_out, d_in]` in `dtype` on `B`'s `device`,
+/// through [`super::fused_linear`] (burn's matmul where it is refused), and through burn's
+/// matmul in f32 on the same device from the same rounded inputs: the output and the gradients
+/// of `x` and `w` for a fixed cotangent. A backward product that fell back to burn's matmul
+/// ([`super::cublaslt_fallbacks`]) counts as refused.
+pub fn check_linear<B: AutodiffBackend>(
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    dtype: FloatDType,
+    device: &B::Device,
+) -> LinearCheck {
+    let data = [
+        rounded(rows * d_in, 31, [rows, d_in], dtype),
+        rounded(d_out * d_in, 32, [d_out, d_in], dtype),
+        rounded(rows * d_out, 33, [rows, d_out], dtype),
+    ];
+    fn run<Bk: AutodiffBackend>(
+        data: &[TensorData; 3],
+        dtype: FloatDType,
+        fused: bool,
+        dev: &Bk::Device,
+    ) -> (bool, [Vec<f32>; 3]) {
+        let leaf = |d: &TensorData| {
+            Tensor::<Bk, 2>::from_data(d.clone(), dev)
+                .cast(dtype)
+                .detach()
+                .require_grad()
+        };
+        let (x, w) = (leaf(&data[0]), leaf(&data[1]));
+        let fallbacks = super::cublaslt_fallbacks();
+        let composed = |x: Tensor<Bk, 2>, w: Tensor<Bk, 2>| x.matmul(w.transpose());
+        let (took, y) = if fused {
+            match super::fused_linear(x.clone(), w.clone()) {
+                Ok(y) => (true, y),
+                Err((x, w)) => (false, composed(x, w)),
+            }
+        } else {
+            (false, composed(x.clone(), w.clone()))
+        };
+        // d(sum(y ⊙ cot))/dy = cot: the upstream gradient is exactly the cotangent.
+        let cot = Tensor::<Bk, 2>::from_data(data[2].clone(), dev).cast(dtype);
+        let g = (y.clone() * cot).sum().backward();
+        let grad = |t: &Tensor<Bk, 2>| t.grad(&g).map(floats).unwrap_or_default();
+        let (dx, dw) = (grad(&x), grad(&w));
+        let took = took && super::cublaslt_fallbacks() == fallbacks;
+        (took, [floats(y.inner()), dx, dw])
+    }
+    let timed = |fused: bool| {
+        run::<B>(&data, dtype, fused, device);
+        let t0 = Instant::now();
+        let result = run::<B>(&data, dtype, fused, device);
+        (result, t0.elapsed().as_secs_f64() * 1e3)
+    };
+    let ((fused, got), fused_ms) = timed(true);
+    let (_, composed_ms) = timed(false);
+    let (_, want) = run::<B>(&data, FloatDType::F32, false, device);
+    LinearCheck {
+        rows,
+        d_in,
+        d_out,
+        dtype,
+        fused,
+        errors: std::array::from_fn(|i| relative_error(&got[i], &want[i])),
+        fused_ms,
+        composed_ms,
     }
 }

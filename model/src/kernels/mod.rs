@@ -9,7 +9,9 @@
 //! it runs the composed tensor-op formulation below, which is the reference the fused kernels
 //! are tested against. Attention, LayerNorm/RMSNorm and the unembedding loss's cross-entropy
 //! also have CubeCL kernels for burn's wgpu and CUDA backends (`cube/`, with the `wgpu` or
-//! `cuda` feature), wired the same way (`TESSERA_CUBE_KERNELS=0` turns them off).
+//! `cuda` feature), wired the same way (`TESSERA_CUBE_KERNELS=0` turns them off). On CUDA, the
+//! linear layers' products can go through cuBLASLt (`cuda/`, feature `cuda`; off unless
+//! `TESSERA_CUBLASLT=1`, as it has not yet run on a GPU). The switches are in [`switches`].
 //!
 //! [`adam_block`] is the one kernel here that the model does not call: the optimizers' update,
 //! run over the blocks [`zip_mut`] hands out.
@@ -18,16 +20,20 @@ mod adam;
 mod check;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod flash;
 mod flex;
 mod gemm;
 mod rows;
 mod simd;
+pub mod switches;
 mod unembed;
 
 pub use adam::{AdamConsts, adam_block};
 pub use check::{
-    AttentionCase, AttentionCheck, RowsCheck, check_attention, check_cross_entropy, check_norm,
+    AttentionCase, AttentionCheck, LinearCheck, RowsCheck, check_attention, check_cross_entropy,
+    check_linear, check_norm,
 };
 
 use burn::prelude::*;
@@ -88,21 +94,62 @@ fn pad_axis<B: Backend, const D: usize>(x: Tensor<B, D>, axis: usize, len: usize
 ///
 /// When training on the CPU (`Autodiff<Flex>`, f32) this is one graph node whose forward and
 /// backward products call gemm directly, writing into fresh buffers: Flex's matmul zero-fills
-/// and then re-copies every output on one thread. Elsewhere it is [`matmul`] of `x` and `wᵀ`.
+/// and then re-copies every output on one thread. On burn's CUDA backend with
+/// `TESSERA_CUBLASLT=1` (feature `cuda`), bf16/f16 products (and f32 ones with
+/// `TESSERA_TF32=1`) run through cuBLASLt, one graph node under autodiff (`cuda/`).
+/// Elsewhere it is [`matmul`] of `x` and `wᵀ`.
 ///
 /// # Shapes
 /// - `x`: `[rows, d_in]`, `w`: `[d_out, d_in]` -> `[rows, d_out]`
 pub fn linear<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    match flex::linear::<B>(x.into_primitive().tensor(), w.into_primitive().tensor()) {
-        Ok(y) => float(y),
-        Err((x, w)) => matmul(float(x), float::<B, 2>(w).transpose()),
+    match fused_linear(x, w) {
+        Ok(y) => y,
+        Err((x, w)) => matmul(x, w.transpose()),
     }
+}
+
+/// The inputs of [`linear`] (`x`, `w`), handed back when no fused kernel takes them.
+pub type LinearInputs<B> = (Tensor<B, 2>, Tensor<B, 2>);
+
+/// [`linear`]'s fused paths alone (Flex's gemm, then cuBLASLt on CUDA): `Err` with the inputs
+/// where none takes the call. For checks that must know which path ran.
+///
+/// # Shapes
+/// - `x`: `[rows, d_in]`, `w`: `[d_out, d_in]` -> `[rows, d_out]`
+pub fn fused_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+    let (x, w) = match flex::linear::<B>(x.into_primitive().tensor(), w.into_primitive().tensor()) {
+        Ok(y) => return Ok(float(y)),
+        Err(inputs) => inputs,
+    };
+    #[cfg(feature = "cuda")]
+    let (x, w) = match cuda::linear::<B>(x, w) {
+        Ok(y) => return Ok(float(y)),
+        Err(inputs) => inputs,
+    };
+    Err((float(x), float(w)))
+}
+
+/// How many backward products of cuBLASLt linear nodes have fallen back to burn's matmul in
+/// this process (a cuBLASLt failure after the forward had gone through it).
+#[cfg(feature = "cuda")]
+pub fn cublaslt_fallbacks() -> usize {
+    cuda::fallbacks()
+}
+
+/// How many backward products of cuBLASLt linear nodes have fallen back to burn's matmul:
+/// always 0 without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub fn cublaslt_fallbacks() -> usize {
+    0
 }
 
 /// The backward products of a linear layer `y = x · wᵀ` for the upstream gradient `g`:
 /// `(∂/∂x, ∂/∂w) = (g · w, gᵀ · x)`, as constants (no graph is built). For code that
 /// differentiates a layer itself ([`crate::lm_loss`]); on Flex both products go straight
-/// through gemm as [`linear`]'s do.
+/// through gemm, and on CUDA through cuBLASLt, as [`linear`]'s do.
 ///
 /// # Shapes
 /// - `x`: `[rows, d_in]`, `w`: `[d_out, d_in]`, `g`: `[rows, d_out]`
@@ -113,7 +160,10 @@ pub fn linear_backward<B: Backend>(
     g: Tensor<B, 2>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let p = |t: Tensor<B, 2>| t.set_require_grad(false).into_primitive().tensor();
-    match flex::linear_backward::<B>(p(x), p(w), p(g)) {
+    let fused = flex::linear_backward::<B>(p(x), p(w), p(g));
+    #[cfg(feature = "cuda")]
+    let fused = fused.or_else(|(x, w, g)| cuda::linear_backward::<B>(x, w, g));
+    match fused {
         Ok((dx, dw)) => (float(dx), float(dw)),
         Err((x, w, g)) => {
             let (x, w, g) = (float::<B, 2>(x), float::<B, 2>(w), float::<B, 2>(g));
@@ -927,6 +977,18 @@ mod tests {
         let g = rand::<Generic, 1>([10], 3);
         let back = zip_mut([g.clone()], |[a]| a.fill(0.0)).expect_err("not plain Flex");
         assert_eq!(back[0].to_data(), g.to_data());
+    }
+
+    #[test]
+    fn the_linear_check_passes_on_flex_and_names_the_path_that_ran() {
+        // The GPU check's plumbing, on the CPU: f32 takes Flex's fused gemm, bf16 is refused
+        // (Flex's kernels are f32) and compared composed against composed.
+        let dev = Default::default();
+        let full = check_linear::<AD>(7, 6, 5, FloatDType::F32, &dev);
+        assert!(full.fused && full.passed(), "{full:?}");
+        let half = check_linear::<AD>(7, 6, 5, FloatDType::BF16, &dev);
+        assert!(!half.fused && half.passed(), "{half:?}");
+        assert_eq!(cublaslt_fallbacks(), 0);
     }
 
     #[test]

@@ -61,15 +61,10 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::{CubeCount, CubeDim, StorageType};
 
-/// The environment variable that turns the CubeCL kernels off (`0`): attention, the norms and
-/// the cross-entropy then run the composed path on wgpu and CUDA too (to compare, or to bisect
-/// a suspected kernel fault).
-pub const SWITCH: &str = "TESSERA_CUBE_KERNELS";
-
-/// Whether the kernels are used: unless [`SWITCH`] is `0` (read once).
+/// Whether the kernels are used: unless `TESSERA_CUBE_KERNELS` is `0`
+/// ([`super::switches::CUBE_KERNELS`]).
 pub(crate) fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var(SWITCH).map_or(true, |v| v.trim() != "0"))
+    super::switches::cube_kernels()
 }
 
 /// A float primitive of backend `B`.
