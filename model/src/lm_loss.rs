@@ -24,8 +24,8 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use crate::kernels::{
-    attach_gradients, cross_entropy_rows, fused_unembed_cross_entropy, is_tracked, linear,
-    linear_backward, matmul, reads_back_for_free,
+    attach_gradients, block_rows, cross_entropy_rows, fused_unembed_cross_entropy, is_tracked,
+    linear, linear_backward, matmul, reads_back_for_free,
 };
 
 /// Logits per block: 2²⁵ f32 values, 128 MiB (`plan --memory` counts it).
@@ -36,6 +36,11 @@ use crate::kernels::{
 /// gradients took 1.05 s in blocks of 2²² values (83 rows), 0.87 s in 2²⁴ and 0.80 s in 2²⁵;
 /// larger blocks gained nothing more (BENCHMARKS.md).
 pub const LOGITS_BLOCK_ELEMENTS: usize = 1 << 25;
+
+/// Rows per block of [`unembed_cross_entropy_sum`] for `n` rows and a vocabulary of `v`.
+pub fn logits_block_rows(n: usize, v: usize) -> usize {
+    block_rows(n, v, LOGITS_BLOCK_ELEMENTS)
+}
 
 /// `Σ` over non-ignored targets of `-log softmax(scale · h Wᵀ)[target]`, with a gradient for `h`
 /// and `W` when the backend tracks them.
@@ -175,7 +180,7 @@ fn loss_and_gradients<B: Backend>(
         _ => (hc, wc, targets),
     };
 
-    let rows = (how.elements / v.max(1)).clamp(1, n);
+    let rows = block_rows(n, v, how.elements);
     let mut losses = Vec::with_capacity(n.div_ceil(rows));
     let mut dh = Vec::with_capacity(n.div_ceil(rows));
     let mut dw_acc: Option<Tensor<B, 2>> = None;

@@ -648,18 +648,7 @@ impl KvHead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::check::values;
 
     /// Attention and its gradients by the definition, in f64, one row at a time, with the
     /// mask applied as `mask::attention_bias` builds it (a wholly masked row is uniform).

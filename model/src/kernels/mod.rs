@@ -35,6 +35,7 @@ pub use check::{
     AttentionCase, AttentionCheck, LinearCheck, RowsCheck, check_attention, check_cross_entropy,
     check_linear, check_norm,
 };
+pub use unembed::block_rows;
 
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -409,7 +410,7 @@ pub fn fused_unembed_cross_entropy<B: Backend>(
 ) -> Result<Unembedded<B>, UnembedInputs<B>> {
     let p = |t: Tensor<B, 2>| t.set_require_grad(false).into_primitive().tensor();
     let v = w.dims()[0];
-    let block = unembed::block_rows(h.dims()[0], v, max_elements);
+    let block = block_rows(h.dims()[0], v, max_elements);
     let inputs = (p(h), p(w), targets.into_primitive());
     match flex::unembed_cross_entropy::<B>(inputs, scale as f32, grads, block) {
         Ok((losses, dh, dw)) => Ok((float(losses), dh.map(float), dw.map(float))),

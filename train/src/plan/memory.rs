@@ -76,9 +76,6 @@ fn adapter_error(key: &'static str, e: LoraError) -> crate::trainer::TrainError 
     }
 }
 
-/// The fused unembedding loss's logits block, in elements.
-const LOGITS_BLOCK_ELEMENTS: f64 = tessera_model::lm_loss::LOGITS_BLOCK_ELEMENTS as f64;
-
 /// What [`memory_estimate`] needs about the model and the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryInput {
@@ -412,7 +409,7 @@ pub fn memory_estimate(m: &MemoryInput) -> MemoryEstimate {
     let t = s * b;
     let per_block = 16.0 * t * h * e + a * b * s * s * 4.0;
     let v = m.vocab_size as f64;
-    let logits_rows = (LOGITS_BLOCK_ELEMENTS / v).floor().clamp(1.0, t);
+    let logits_rows = tessera_model::lm_loss::logits_block_rows(t as usize, v as usize) as f64;
     let head = 3.0 * t * h * e + 2.0 * logits_rows * v * 4.0;
     let layers = m.n_layers as f64;
     let blocks = if blockwise {
@@ -612,7 +609,7 @@ mod tests {
         // Always block by block: each block's input and one block's activations.
         let (t, h) = (2048.0, 2048.0);
         let per_block = 16.0 * t * h * 4.0 + 16.0 * 2048.0 * 2048.0 * 4.0;
-        let rows = (LOGITS_BLOCK_ELEMENTS / 50_000.0).floor();
+        let rows = (tessera_model::lm_loss::LOGITS_BLOCK_ELEMENTS / 50_000) as f64;
         let head = 3.0 * t * h * 4.0 + 2.0 * rows * 50_000.0 * 4.0;
         assert_eq!(e.activations, 24.0 * t * h * 4.0 + per_block + head);
     }
